@@ -1,0 +1,92 @@
+/* The one place that chooses an instruction set, plus per-type facts.
+ * Tables are built once per ISA (scalar first, then the ISA's overrides), so switching
+ * is just a pointer swap; nothing else in the library looks at CPU features. */
+#include <stddef.h>
+
+#include "kernels.h"
+
+static const char *const isa_names[SM_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
+
+static sm_kernels tables[SM_ISA_COUNT];
+static int tables_built[SM_ISA_COUNT];
+static int current_isa = -1;
+
+const char *sm_isa_name(int isa) {
+    return (isa >= 0 && isa < SM_ISA_COUNT) ? isa_names[isa] : "unknown";
+}
+
+int sm_isa_best(void) {
+    const int order[] = {SM_ISA_AVX512, SM_ISA_AVX2, SM_ISA_NEON};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (sm_isa_available(order[i])) return order[i];
+    return SM_ISA_SCALAR;
+}
+
+static void build_table(int isa) {
+    sm_kernels *k = &tables[isa];
+    sm_fill_kernels_scalar(k);
+    switch (isa) {
+#if defined(SM_HAVE_AVX2_UNIT)
+    case SM_ISA_AVX2: sm_fill_kernels_avx2(k); break;
+#endif
+#if defined(SM_HAVE_AVX512_UNIT)
+    /* AVX-512 CPUs have AVX2 too: the avx512 unit overrides what it does better. */
+    case SM_ISA_AVX512: sm_fill_kernels_avx2(k); sm_fill_kernels_avx512(k); break;
+#endif
+#if defined(SM_HAVE_NEON_UNIT)
+    case SM_ISA_NEON: sm_fill_kernels_neon(k); break;
+#endif
+    default: break;
+    }
+    tables_built[isa] = 1;
+}
+
+int sm_isa_select(int isa) {
+    if (isa < 0 || isa >= SM_ISA_COUNT || !sm_isa_available(isa)) return SM_E_ISA;
+    if (!tables_built[isa]) build_table(isa);
+    current_isa = isa;
+    return SM_OK;
+}
+
+int sm_isa_current(void) {
+    if (current_isa < 0) sm_isa_select(sm_isa_best());
+    return current_isa;
+}
+
+const sm_kernels *sm_kernels_current(void) { return &tables[sm_isa_current()]; }
+
+/* ---- per-type facts ---- */
+
+typedef struct {
+    int64_t block;  /* values per block */
+    int64_t bytes;  /* bytes per block */
+    int vec_dot_type;
+    int weight;     /* readable as a weight type */
+} type_info;
+
+static type_info info_of(int type) {
+    switch (type) {
+    case SM_TYPE_F32: return (type_info){1, 4, SM_TYPE_F32, 1};
+    case SM_TYPE_F16: return (type_info){1, 2, SM_TYPE_F32, 1};
+    case SM_TYPE_BF16: return (type_info){1, 2, SM_TYPE_F32, 1};
+    case SM_TYPE_Q4_0: return (type_info){QK4_0, sizeof(block_q4_0), SM_TYPE_Q8_0, 1};
+    case SM_TYPE_Q5_0: return (type_info){QK5_0, sizeof(block_q5_0), SM_TYPE_Q8_0, 1};
+    case SM_TYPE_Q8_0: return (type_info){QK8_0, sizeof(block_q8_0), SM_TYPE_Q8_0, 1};
+    case SM_TYPE_Q4_K: return (type_info){QK_K, sizeof(block_q4_K), SM_TYPE_Q8_K, 1};
+    case SM_TYPE_Q5_K: return (type_info){QK_K, sizeof(block_q5_K), SM_TYPE_Q8_K, 1};
+    case SM_TYPE_Q6_K: return (type_info){QK_K, sizeof(block_q6_K), SM_TYPE_Q8_K, 1};
+    case SM_TYPE_Q8_K: return (type_info){QK_K, sizeof(block_q8_K), SM_TYPE_Q8_K, 0};
+    default: return (type_info){0, 0, -1, 0};
+    }
+}
+
+int sm_type_supported(int type) { return info_of(type).weight; }
+int64_t sm_block_size(int type) { return info_of(type).block; }
+int64_t sm_type_size(int type) { return info_of(type).bytes; }
+int sm_vec_dot_type(int type) { return info_of(type).vec_dot_type; }
+
+int64_t sm_row_size(int type, int64_t n) {
+    const type_info t = info_of(type);
+    if (t.block == 0 || n < 0 || n % t.block != 0) return -1;
+    return n / t.block * t.bytes;
+}

@@ -1,0 +1,93 @@
+/* The C API of SmallMind's kernels.
+ *
+ * A weight row of n values of type t is dotted with an activation row that was quantized
+ * once into t's "vec_dot type" (Q8_0 for the 32-blocks, Q8_K for the K-quants, F32 for the
+ * float types).  Each instruction set fills an sm_kernels table; the best table for the CPU
+ * is chosen once (dispatch.c) and everything else goes through it.
+ *
+ * Library C never prints or exits: errors are negative SM_E* codes. */
+#ifndef SMALLMIND_KERNELS_H
+#define SMALLMIND_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quants.h"
+
+enum sm_error {
+    SM_OK = 0,
+    SM_E_TYPE = -1,     /* unsupported tensor type */
+    SM_E_SHAPE = -2,    /* n not a multiple of the type's block size, or bad sizes */
+    SM_E_ISA = -3,      /* requested instruction set not available on this CPU */
+    SM_E_NOMEM = -4,    /* allocation failed */
+    SM_E_ARG = -5,      /* other bad argument */
+};
+
+enum sm_isa { SM_ISA_SCALAR = 0, SM_ISA_AVX2 = 1, SM_ISA_AVX512 = 2, SM_ISA_NEON = 3, SM_ISA_COUNT = 4 };
+
+/* src: n values of a weight type -> dst: n floats.  n is a multiple of the block size. */
+typedef void (*sm_dequant_fn)(float *dst, const void *src, int64_t n);
+/* src: n floats -> dst: n values of an activation type (Q8_0 or Q8_K). */
+typedef void (*sm_quantize_fn)(void *dst, const float *src, int64_t n);
+/* *s = dot(w[0:n], a[0:n]); w in the weight type, a in its vec_dot type. */
+typedef void (*sm_vec_dot_fn)(float *s, const void *w, const void *a, int n);
+
+typedef struct {
+    sm_dequant_fn dequant[SM_TYPE_COUNT];    /* per weight type */
+    sm_vec_dot_fn vec_dot[SM_TYPE_COUNT];    /* per weight type, against vec_dot_type[t] */
+    sm_quantize_fn quantize[SM_TYPE_COUNT];  /* per activation type (Q8_0, Q8_K) */
+} sm_kernels;
+
+/* ---- per-type facts (dispatch.c) ---- */
+int sm_type_supported(int type);       /* weight types we can read: 1/0 */
+int64_t sm_block_size(int type);       /* weights per block (1 for float types) */
+int64_t sm_type_size(int type);        /* bytes per block */
+int64_t sm_row_size(int type, int64_t n); /* bytes for n values, or -1 if n is not whole blocks */
+int sm_vec_dot_type(int type);         /* activation type the weight type dots against */
+
+/* ---- instruction sets (cpu_features.c, dispatch.c) ---- */
+int sm_isa_available(int isa);         /* 1 if this CPU (and OS) can run it and it was compiled in */
+const char *sm_isa_name(int isa);
+int sm_isa_best(void);
+/* Select the table used by everything below. SM_E_ISA if unavailable. */
+int sm_isa_select(int isa);
+int sm_isa_current(void);
+const sm_kernels *sm_kernels_current(void);
+
+/* Filled by each ISA unit; each starts from the scalar table and overrides what it has. */
+void sm_fill_kernels_scalar(sm_kernels *k);
+void sm_fill_kernels_avx2(sm_kernels *k);
+void sm_fill_kernels_avx512(sm_kernels *k);
+void sm_fill_kernels_neon(sm_kernels *k);
+
+/* ---- threads ---- */
+void sm_set_threads(int n);
+int sm_get_threads(void);
+int sm_max_threads(void);
+
+/* ---- row and matrix operations (matmul.c) ---- */
+/* dst[0:n] = dequantized row.  */
+int sm_dequantize_row(int type, const void *src, float *dst, int64_t n);
+/* Quantize an f32 row into the activation type of `wtype` (for tests/introspection). */
+int sm_quantize_activation(int wtype, const float *src, void *dst, int64_t n);
+
+/* Work space for sm_matmul, reused across calls so the hot path does not allocate. */
+typedef struct {
+    void *buf;
+    size_t cap;
+} sm_workspace;
+void sm_workspace_free(sm_workspace *ws);
+
+/* Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T, W (n_rows, n_cols) of type wtype, rows
+ * contiguous (row stride = sm_row_size(wtype, n_cols)).  Activations are quantized once per
+ * row of X; output rows are split over OpenMP threads. */
+int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
+              const float *X, int64_t n_tok, sm_workspace *ws);
+/* The same with X already quantized into the vec_dot type (Xq rows of sm_row_size). */
+int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
+                const void *Xq, int64_t n_tok);
+
+/* ---- benchmarks (membench.c) ---- */
+uint64_t sm_read_memory(const void *buf, size_t n_bytes, int n_threads);
+
+#endif

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Matvec throughput per weight type and instruction set, next to memory read bandwidth.
+
+Prints GB/s of weight bytes streamed by one matrix x vector (activations quantized once, as
+in decode) with 1 thread and with all threads, for every ISA this CPU runs, beside the read
+bandwidth of a plain memory sweep measured in the same run; `% bw` is the ratio.
+
+Shapes (rows x cols): the default model's LM head 262144x640 and its FFN 2048x640. The
+K-quants need rows of whole 256-blocks, so they use the same number of weights as
+163840x1024 and 1280x1024.  Figures are medians of --repeat runs."""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from smallmind import _kernels, kernels
+
+BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q5_0": (32, 22),
+         "Q8_0": (32, 34), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
+SCALE_OFFSETS = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+SHAPES = {"lm_head": (262144, 640), "ffn": (2048, 640)}
+
+
+def shape_for(wtype, shape):
+    rows, cols = shape
+    if BLOCK[wtype][0] == 256:
+        return rows * cols // 1024, 1024
+    return rows, cols
+
+
+def make_weights(wtype, rows, cols, rng):
+    """Random blocks with finite fp16 scales (the kernels' speed does not depend on values)."""
+    block, nbytes = BLOCK[wtype]
+    n_blocks = rows * cols // block
+    if wtype == "F32":
+        return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
+    if wtype == "F16":
+        return rng.standard_normal((rows, cols), dtype=np.float32).astype(np.float16).view(np.uint8)
+    if wtype == "BF16":
+        f = rng.standard_normal((rows, cols), dtype=np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
+    for off in SCALE_OFFSETS[wtype]:
+        raw[:, off:off + 2] = (rng.random(n_blocks, dtype=np.float32) * 0.01).astype(np.float16).view(
+            np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+def median_seconds(fn, repeat):
+    fn()  # warm up: page in, caches
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def memory_bandwidth(threads, repeat):
+    buf = np.ones(1 << 30, dtype=np.uint8)
+    seconds = median_seconds(lambda: _kernels.read_memory(buf, threads), repeat)
+    return buf.nbytes / seconds / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--types", default=",".join(BLOCK), help="comma-separated weight types")
+    parser.add_argument("--isas", default=",".join(kernels.available_isas()))
+    parser.add_argument("--shapes", default="lm_head,ffn")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    all_threads = kernels.usable_cores()
+    thread_counts = sorted({1, all_threads})
+    bw = {t: memory_bandwidth(t, args.repeat) for t in thread_counts}
+    print(f"memory read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in thread_counts))
+    print(f"{'type':6} {'shape':8} {'rows x cols':>14} {'MiB':>7} {'isa':7} "
+          + " ".join(f"{f'{t}t GB/s':>9} {'% bw':>5}" for t in thread_counts))
+    for wtype in args.types.split(","):
+        for shape_name in args.shapes.split(","):
+            rows, cols = shape_for(wtype, SHAPES[shape_name])
+            w = make_weights(wtype, rows, cols, rng)
+            x = rng.standard_normal((1, cols), dtype=np.float32)
+            xq = kernels.quantize_activation(x, wtype)
+            out = np.empty((1, rows), dtype=np.float32)
+            for isa in args.isas.split(","):
+                kernels.select_isa(isa)
+                cells = []
+                for t in thread_counts:
+                    kernels.set_threads(t)
+                    s = median_seconds(lambda: kernels.matmul_q(w, wtype, cols, xq, out=out), args.repeat)
+                    gbps = w.nbytes / s / 1e9
+                    cells.append(f"{gbps:9.1f} {100 * gbps / bw[t]:5.0f}")
+                print(f"{wtype:6} {shape_name:8} {f'{rows}x{cols}':>14} {w.nbytes / 2**20:7.1f} {isa:7} "
+                      + " ".join(cells), flush=True)
+    kernels.set_threads(all_threads)
+
+
+if __name__ == "__main__":
+    main()

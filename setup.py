@@ -1,0 +1,85 @@
+"""Build the native kernels.
+
+One translation unit per instruction set, each compiled with only its own flags, so a
+wheel built anywhere runs on any CPU of its architecture: dispatch.c picks the best unit
+at run time.  Never -march=native.  Needs Cython >= 3 and numpy (see pyproject.toml)."""
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+MACHINE = platform.machine().lower()
+IS_X86 = MACHINE in ("x86_64", "amd64", "i686", "x86")
+IS_ARM64 = MACHINE in ("aarch64", "arm64")
+
+COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing"]
+
+# (source, flags, macro announcing the unit to dispatch.c / cpu_features.c)
+if IS_X86:
+    ISA_UNITS = [
+        ("csrc/dot_avx2.c", ["-mavx2", "-mfma", "-mf16c"], "SM_HAVE_AVX2_UNIT"),
+        ("csrc/dot_avx512.c", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
+                               "-mavx512vl", "-mavx512dq", "-mavx512vnni"], "SM_HAVE_AVX512_UNIT"),
+    ]
+elif IS_ARM64:
+    ISA_UNITS = [("csrc/dot_neon.c", ["-march=armv8.2-a+dotprod+fp16"], "SM_HAVE_NEON_UNIT")]
+else:
+    ISA_UNITS = []
+
+BASE_SOURCES = ["csrc/dispatch.c", "csrc/cpu_features.c", "csrc/matmul.c", "csrc/membench.c",
+                "csrc/dot_scalar.c"]
+
+
+def openmp_flags(compiler_cmd):
+    """-fopenmp if the compiler links it (gcc, clang with libomp); else build without threads."""
+    src = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "t.c")
+        with open(path, "w") as f:
+            f.write(src)
+        try:
+            r = subprocess.run([compiler_cmd, "-fopenmp", path, "-o", os.path.join(tmp, "t")],
+                               capture_output=True)
+        except OSError:
+            return []
+        return ["-fopenmp"] if r.returncode == 0 else []
+
+
+class BuildWithIsaUnits(build_ext):
+    """Compile each ISA unit with its own flags and link the objects into the extension."""
+
+    def build_extension(self, ext):
+        omp = openmp_flags(self.compiler.compiler_so[0])
+        if not omp:
+            print("warning: OpenMP not found; kernels will run on one thread", file=sys.stderr)
+        ext.extra_compile_args = COMMON_FLAGS + omp
+        ext.extra_link_args = omp + ["-lm"]
+        objects = []
+        for src, flags, _ in ISA_UNITS:
+            objects += self.compiler.compile(
+                [src], output_dir=self.build_temp, include_dirs=["csrc"],
+                extra_postargs=COMMON_FLAGS + flags + omp)
+        ext.extra_objects = objects
+        super().build_extension(ext)
+
+
+extension = Extension(
+    "smallmind._kernels",
+    sources=["smallmind/_kernels.pyx"] + BASE_SOURCES,
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=[(macro, "1") for _, _, macro in ISA_UNITS]
+    + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    depends=["csrc/quants.h", "csrc/kernels.h"] + [u[0] for u in ISA_UNITS],
+)
+
+setup(
+    ext_modules=cythonize([extension], language_level=3,
+                          compiler_directives={"boundscheck": False, "wraparound": False}),
+    cmdclass={"build_ext": BuildWithIsaUnits},
+)

@@ -1,0 +1,26 @@
+"""Typed errors.  Each maps to one HTTP status and OpenAI error type in the server's one
+error-mapping place; the CLI prints them as a one-line message."""
+
+
+class SmallMindError(Exception):
+    """Base of every error SmallMind raises on purpose."""
+
+
+class ModelFormatError(SmallMindError):
+    """A model file is not a GGUF we can read: broken, hostile or unsupported."""
+
+
+class KernelError(SmallMindError):
+    """A native kernel refused its arguments (unsupported type, bad shape)."""
+
+
+class IsaError(SmallMindError):
+    """A requested instruction set is unknown or not available on this CPU."""
+
+
+class ConfigError(SmallMindError):
+    """A setting has a bad value."""
+
+
+class RequestValidationError(SmallMindError):
+    """A request's body or parameters are invalid."""

@@ -1,0 +1,118 @@
+"""Python face of the native kernels: type names, ISA choice, threads, typed errors.
+
+The instruction set is chosen once, at import: SMALLMIND_ISA (scalar|avx2|avx512|neon)
+forces one and is an error if this CPU lacks it; otherwise the best available is used.
+SMALLMIND_THREADS sets the OpenMP thread count (default: all usable cores)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from smallmind import _kernels
+from smallmind.errors import ConfigError, IsaError, KernelError
+
+# ggml type ids of the weight types the kernels read.
+TYPE_IDS = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8,
+    "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30,
+}
+TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
+ISA_IDS = {_kernels.isa_name(i): i for i in range(_kernels.isa_count())}
+
+
+def type_id(t: int | str) -> int:
+    if isinstance(t, str):
+        try:
+            return TYPE_IDS[t.upper()]
+        except KeyError:
+            raise KernelError(f"unsupported weight type {t!r}; supported: {', '.join(TYPE_IDS)}") from None
+    if not _kernels.type_supported(int(t)):
+        raise KernelError(f"unsupported weight type id {t}")
+    return int(t)
+
+
+def available_isas() -> list[str]:
+    return [name for name, i in ISA_IDS.items() if _kernels.isa_available(i)]
+
+
+def current_isa() -> str:
+    return _kernels.isa_name(_kernels.isa_current())
+
+
+def select_isa(name: str) -> None:
+    if name not in ISA_IDS:
+        raise IsaError(f"unknown instruction set {name!r}; known: {', '.join(ISA_IDS)}")
+    if not _kernels.isa_available(ISA_IDS[name]):
+        raise IsaError(f"instruction set {name!r} is not available on this CPU "
+                       f"(available: {', '.join(available_isas())})")
+    _kernels.isa_select(ISA_IDS[name])
+
+
+def set_threads(n: int) -> None:
+    if n < 0:
+        raise ConfigError(f"thread count must be >= 0 (0 = all cores), got {n}")
+    _kernels.set_threads(n)
+
+
+def get_threads() -> int:
+    return _kernels.get_threads()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def configure_from_env(environ=os.environ) -> None:
+    """Apply SMALLMIND_ISA and SMALLMIND_THREADS."""
+    isa = environ.get("SMALLMIND_ISA", "").strip().lower()
+    select_isa(isa if isa else _kernels.isa_name(_kernels.isa_best()))
+    threads = environ.get("SMALLMIND_THREADS", "").strip()
+    if threads:
+        try:
+            n = int(threads)
+        except ValueError:
+            raise ConfigError(f"SMALLMIND_THREADS must be an integer, got {threads!r}") from None
+        set_threads(n)
+    else:
+        set_threads(usable_cores())
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except _kernels.NativeError as e:
+        raise KernelError(str(e)) from None
+
+
+def row_size(wtype, n_cols: int) -> int:
+    return _kernels.row_size(type_id(wtype), n_cols)
+
+
+def dequantize(raw: np.ndarray, wtype, n_cols: int) -> np.ndarray:
+    """Raw rows of `wtype` with `n_cols` values each -> float32 (n_rows, n_cols)."""
+    return _call(_kernels.dequantize, np.ascontiguousarray(raw), type_id(wtype), n_cols)
+
+
+def quantize_activation(x: np.ndarray, wtype) -> np.ndarray:
+    """f32 rows -> raw rows in the activation type `wtype` dots against (Q8_0, Q8_K or F32)."""
+    return _call(_kernels.quantize_activation, np.asarray(x), type_id(wtype))
+
+
+Workspace = _kernels.Workspace
+
+
+def matmul(raw_w: np.ndarray, wtype, n_cols: int, x: np.ndarray, out=None, workspace=None) -> np.ndarray:
+    """Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T with W given as raw rows of `wtype`."""
+    return _call(_kernels.matmul, np.ascontiguousarray(raw_w), type_id(wtype), n_cols,
+                 np.asarray(x), out, workspace)
+
+
+def matmul_q(raw_w: np.ndarray, wtype, n_cols: int, xq: np.ndarray, out=None) -> np.ndarray:
+    return _call(_kernels.matmul_q, np.ascontiguousarray(raw_w), type_id(wtype), n_cols, xq, out)
+
+
+configure_from_env()

@@ -1,0 +1,49 @@
+"""`python -m smallmind` as a user runs it: real processes, exit codes, one-line errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smallmind import kernels
+from tests.conftest import REPO
+
+
+def run(*args, env=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "smallmind", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_info_prints_version_isa_and_threads():
+    r = run("info", env={"SMALLMIND_THREADS": "2"})
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(": ", 1) for line in r.stdout.strip().splitlines()[1:])
+    assert r.stdout.startswith("smallmind ")
+    assert lines["isa"] in lines["available isas"].split(", ")
+    assert "scalar" in lines["available isas"]
+    assert lines["threads"].startswith("2 ")
+
+
+@pytest.mark.parametrize("isa", kernels.available_isas())
+def test_smallmind_isa_forces_a_path(isa):
+    r = run("info", env={"SMALLMIND_ISA": isa})
+    assert r.returncode == 0, r.stderr
+    assert f"isa: {isa}\n" in r.stdout
+
+
+def test_unavailable_isa_is_a_one_line_error():
+    missing = [name for name in ("avx512", "avx2", "neon") if name not in kernels.available_isas()]
+    for name in missing + ["pentium"]:
+        r = run("info", env={"SMALLMIND_ISA": name})
+        assert r.returncode != 0
+        assert "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert name in r.stderr
+
+
+def test_bad_thread_count_is_a_one_line_error():
+    r = run("info", env={"SMALLMIND_THREADS": "many"})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "SMALLMIND_THREADS" in r.stderr

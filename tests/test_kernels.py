@@ -1,0 +1,247 @@
+"""Kernels against an independent reference: the numpy dequantizer of the `gguf` package.
+
+For every weight type and every instruction set this CPU runs:
+- dequantize equals gguf.quants.dequantize exactly;
+- matmul equals the float64 product of the *dequantized* weights with the activations
+  as our 8-bit quantizer rounded them, up to float summation order (REL_SUM_TOL);
+- and equals the product with the original f32 activations within the rounding bound of
+  8-bit activations: per element |x - x'| <= d/2 (+ fp16 rounding of d for Q8_0), weighted
+  by |w| (see activation_error_bound).
+Data: random blocks for every type; real Q4_K/Q6_K/Q5_0/Q8_0 blocks from the tiny
+reference models and the default model."""
+import functools
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
+
+from smallmind import kernels
+from tests.conftest import default_model_path, reference_path
+
+# float32 accumulation over <= a few thousand terms, relative to sum |w*x|
+REL_SUM_TOL = 2e-5
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+K_QUANTS = {"Q4_K": (144, [0, 2]), "Q5_K": (176, [0, 2]), "Q6_K": (210, [208])}  # bytes, fp16 scale offsets
+ISAS = kernels.available_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = kernels.current_isa()
+    kernels.select_isa(request.param)
+    yield request.param
+    kernels.select_isa(before)
+
+
+def random_rows(wtype: str, n_rows: int, n_cols: int, rng) -> np.ndarray:
+    """Raw bytes (n_rows, row_bytes) of `wtype` holding random but well-formed blocks."""
+    if wtype == "F32":
+        return rng.standard_normal((n_rows, n_cols)).astype(np.float32).view(np.uint8)
+    if wtype in K_QUANTS:
+        block_bytes, scale_offsets = K_QUANTS[wtype]
+        n_blocks = n_rows * n_cols // 256
+        raw = rng.integers(0, 256, (n_blocks, block_bytes), dtype=np.uint8)
+        for off in scale_offsets:  # sane scales: no inf/nan, magnitudes like real models
+            scales = (rng.random(n_blocks) * 0.02).astype(np.float16)
+            raw[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+        return raw.reshape(n_rows, -1)
+    values = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
+    return gguf_quantize(values, GGMLQuantizationType[wtype]).reshape(n_rows, -1)
+
+
+def reference_dequantize(raw: np.ndarray, wtype: str, n_cols: int) -> np.ndarray:
+    if wtype == "F32":
+        return raw.view(np.float32).reshape(-1, n_cols)
+    return gguf_dequantize(raw, GGMLQuantizationType[wtype]).reshape(-1, n_cols)
+
+
+def decode_activation(xq: np.ndarray, wtype: str, n_cols: int) -> np.ndarray:
+    """Our quantized activation rows back to float64 (independently of the C code)."""
+    at = {"Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K"}.get(wtype)
+    if at is None:
+        return xq.view(np.float32).reshape(-1, n_cols).astype(np.float64)
+    if at == "Q8_0":
+        blocks = xq.reshape(-1, 34)
+        d = blocks[:, :2].copy().view(np.float16).astype(np.float64)
+        q = blocks[:, 2:].view(np.int8).astype(np.float64)
+        return (d * q).reshape(-1, n_cols)
+    blocks = xq.reshape(-1, 292)
+    d = blocks[:, :4].copy().view(np.float32).astype(np.float64)
+    q = blocks[:, 4:260].view(np.int8)
+    bsums = blocks[:, 260:292].copy().view(np.int16)
+    assert np.array_equal(bsums, q.reshape(-1, 16, 16).astype(np.int32).sum(axis=2)), "bad Q8_K bsums"
+    return (d * q.astype(np.float64)).reshape(-1, n_cols)
+
+
+def activation_error_bound(x: np.ndarray, wtype: str) -> np.ndarray:
+    """Per-element bound on |x - dequant(quant(x))| for the activation type of `wtype`."""
+    if wtype in ("F32", "F16", "BF16"):
+        return np.zeros_like(x, dtype=np.float64)
+    block = 32 if wtype in ("Q4_0", "Q5_0", "Q8_0") else 256
+    amax = np.abs(x.astype(np.float64)).reshape(x.shape[0], -1, block).max(axis=2, keepdims=True)
+    d = amax / 127
+    if block == 32:  # d is stored as fp16: |q| * |d - fp16(d)| <= 127 * d * 2^-11
+        per_block = d / 2 + 127 * d * 2.0 ** -11
+    else:
+        per_block = d / 2
+    return np.broadcast_to(per_block, amax.shape[:2] + (block,)).reshape(x.shape)
+
+
+def check_matmul(raw: np.ndarray, wtype: str, n_cols: int, x: np.ndarray) -> None:
+    w = reference_dequantize(raw, wtype, n_cols).astype(np.float64)
+    y = kernels.matmul(raw, wtype, n_cols, x)
+    assert y.shape == (x.shape[0], w.shape[0])
+    # 1. exact integer work: compare with the activations as they were quantized
+    xq = kernels.quantize_activation(x, wtype)
+    x_deq = decode_activation(xq, wtype, n_cols)
+    exact_q = x_deq @ w.T
+    scale_q = np.abs(x_deq) @ np.abs(w).T
+    np.testing.assert_array_less(np.abs(y - exact_q), REL_SUM_TOL * scale_q + 1e-6)
+    # 2. the 8-bit rounding of activations stays within its analytic bound
+    exact = x.astype(np.float64) @ w.T
+    bound = activation_error_bound(x, wtype) @ np.abs(w).T + REL_SUM_TOL * (np.abs(x) @ np.abs(w).T) + 1e-6
+    np.testing.assert_array_less(np.abs(y - exact), bound)
+    # 3. the pre-quantized entry point gives the same numbers
+    np.testing.assert_array_equal(kernels.matmul_q(raw, wtype, n_cols, xq), y)
+
+
+@pytest.mark.parametrize("wtype", TYPES)
+def test_dequantize_random_blocks_exact(isa, wtype):
+    rng = np.random.default_rng(1)
+    n_cols = 512
+    raw = random_rows(wtype, 24, n_cols, rng)
+    np.testing.assert_array_equal(kernels.dequantize(raw, wtype, n_cols),
+                                  reference_dequantize(raw, wtype, n_cols))
+
+
+@pytest.mark.parametrize("wtype", TYPES)
+@pytest.mark.parametrize("n_tok", [1, 3])
+def test_matmul_random_blocks(isa, wtype, n_tok):
+    rng = np.random.default_rng(2 + n_tok)
+    n_cols = 768
+    raw = random_rows(wtype, 40, n_cols, rng)
+    x = rng.standard_normal((n_tok, n_cols)).astype(np.float32)
+    x[0, :40] *= 30  # outliers make per-block scales differ
+    check_matmul(raw, wtype, n_cols, x)
+
+
+@functools.lru_cache(maxsize=None)
+def real_tensors(path, types, max_rows=64):
+    """(name, type, n_cols, raw rows) of the 2-D tensors of `types`; parsed once per session."""
+    reader = GGUFReader(str(path))
+    found = []
+    for t in reader.tensors:
+        name = t.tensor_type.name
+        if name in types and len(t.shape) == 2:
+            n_cols = int(t.shape[0])
+            raw = np.asarray(t.data).reshape(int(t.shape[1]), -1)[:max_rows]
+            found.append((t.name, name, n_cols, np.ascontiguousarray(raw)))
+    return found
+
+
+def check_real(tensors, isa_name):
+    rng = np.random.default_rng(3)
+    assert tensors, "no tensors of the wanted types"
+    for name, wtype, n_cols, raw in tensors:
+        np.testing.assert_array_equal(kernels.dequantize(raw, wtype, n_cols),
+                                      reference_dequantize(raw, wtype, n_cols), err_msg=f"{name} ({isa_name})")
+        check_matmul(raw, wtype, n_cols, rng.standard_normal((2, n_cols)).astype(np.float32))
+
+
+def test_real_blocks_tiny_models(isa):
+    for model in ("tiny-llama-q4_k_m.gguf", "tiny-llama-q8_0.gguf", "tiny-qwen3-q4_k_m.gguf"):
+        tensors = real_tensors(reference_path("tiny", model), frozenset({"Q4_K", "Q6_K", "Q8_0"}))
+        check_real(tensors[:6], isa)
+
+
+def test_real_blocks_default_model(isa):
+    tensors = real_tensors(default_model_path(), frozenset({"Q4_K", "Q6_K", "Q5_0", "Q8_0"}), max_rows=48)
+    seen = {}
+    for t in tensors:  # one tensor of each type and shape is enough
+        seen.setdefault((t[1], t[2]), t)
+    assert {k[0] for k in seen} == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}
+    check_real(list(seen.values()), isa)
+
+
+@pytest.mark.parametrize("wtype", TYPES)
+def test_every_isa_agrees_with_scalar(wtype):
+    rng = np.random.default_rng(4)
+    n_cols = 1024
+    raw = random_rows(wtype, 33, n_cols, rng)  # 33: a tile boundary and a ragged last tile
+    x = rng.standard_normal((5, n_cols)).astype(np.float32)
+    before = kernels.current_isa()
+    try:
+        kernels.select_isa("scalar")
+        ref = kernels.matmul(raw, wtype, n_cols, x)
+        for name in ISAS:
+            kernels.select_isa(name)
+            y = kernels.matmul(raw, wtype, n_cols, x)
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=name)
+    finally:
+        kernels.select_isa(before)
+
+
+def test_threads_give_same_result():
+    rng = np.random.default_rng(5)
+    raw = random_rows("Q4_K", 512, 1024, rng)
+    x = rng.standard_normal((2, 1024)).astype(np.float32)
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(1)
+        one = kernels.matmul(raw, "Q4_K", 1024, x)
+        kernels.set_threads(2)
+        two = kernels.matmul(raw, "Q4_K", 1024, x)
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(one, two)  # rows are independent: threads only split them
+
+
+def test_bad_shapes_and_types_raise_typed_errors():
+    from smallmind.errors import KernelError
+
+    raw = np.zeros((4, 144), dtype=np.uint8)
+    with pytest.raises(KernelError, match="unsupported"):
+        kernels.matmul(raw, "Q2_K", 256, np.zeros(256, np.float32))
+    with pytest.raises(KernelError, match="blocks"):
+        kernels.dequantize(np.zeros((4, 18), np.uint8), "Q4_0", 33)
+    with pytest.raises(ValueError, match="columns"):
+        kernels.matmul(raw, "Q4_K", 256, np.zeros(128, np.float32))
+    with pytest.raises(ValueError, match="whole number"):
+        kernels.matmul(np.zeros(100, np.uint8), "Q4_K", 256, np.zeros(256, np.float32))
+
+
+def test_matmul_releases_the_gil():
+    """A Python thread keeps running while a large matmul runs in another thread."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(6)
+    n_rows, n_cols = 65536, 640
+    raw = random_rows("Q8_0", 1024, n_cols, rng)
+    raw = np.ascontiguousarray(np.tile(raw, (n_rows // 1024, 1)))
+    x = rng.standard_normal((1, n_cols)).astype(np.float32)
+    before = kernels.get_threads()
+    kernels.set_threads(1)  # leave the other core to the counting thread
+    durations = []
+
+    def work():
+        start = time.perf_counter()
+        for _ in range(8):
+            kernels.matmul(raw, "Q8_0", n_cols, x)
+        durations.append(time.perf_counter() - start)
+
+    try:
+        worker = threading.Thread(target=work)
+        ticks = 0
+        worker.start()
+        while worker.is_alive():
+            ticks += 1
+        worker.join()
+    finally:
+        kernels.set_threads(before)
+    # Held GIL: the counting loop would only run at the 5 ms switch interval (~100 ticks/0.5 s).
+    # Released: it spins freely, millions of ticks per second.
+    assert durations[0] > 0.02, "matmul too short to tell"
+    assert ticks / durations[0] > 200_000, f"only {ticks} ticks in {durations[0]:.3f}s: GIL held?"
