@@ -1,0 +1,622 @@
+/* AVX2 + FMA + F16C kernels.  Compiled with -mavx2 -mfma -mf16c only; dispatch.c calls
+ * sm_fill_kernels_avx2() on a table the scalar unit has already filled, and only when the
+ * CPU has these features.
+ *
+ * The integer dot products compute exactly the same int32 per-block (or per-sub-block)
+ * sums as dot_scalar.c, just 32 bytes at a time, so only the order in which the scaled
+ * float terms are added differs.  The byte products use _mm256_maddubs_epi16, which needs
+ * one unsigned operand:
+ *   - 4/5/6-bit weights are kept unsigned (0..15, 0..31, 0..63) and their zero point is
+ *     removed afterwards, either with a second maddubs of the constant offset against the
+ *     activations (Q4_0, Q5_0) or through the activation sums in q8_K.bsums (Q6_K), or it
+ *     does not exist (Q4_K, Q5_K use a separate min term, also through bsums);
+ *   - signed Q8_0 weights give their sign to the activation and use |w| as the unsigned
+ *     side.  This is exact as long as no activation is -128, which the Q8_0 quantizer never
+ *     produces (it maps amax to 127).
+ * No pair sum can saturate int16: the largest is 2*63*128 (Q6_K) or 2*128*127 (Q8_0).
+ *
+ * Dequantization reproduces the scalar results bit for bit: every weight is a product
+ * d*scale*q that is exact in float (at most 24 significant bits), followed for the
+ * K-quants with mins by one rounded subtraction, the same single rounding as the scalar
+ * code.  F16C conversions equal sm_half_to_float for every half except signalling NaNs,
+ * which the hardware quiets (sets the quiet bit). */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "quants.h"
+
+/* ------------------------------------------------------------------------------------ */
+/* helpers                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+static inline float fp16_to_f32(sm_half h) { return _cvtsh_ss(h); }
+
+static inline __m256i load_256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline __m128i load_128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+static inline float hsum_f32x8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+/* Software prefetch of the weight stream.  With the hardware prefetcher alone, DRAM
+ * latency is barely overlapped with the arithmetic and a matvec runs at roughly
+ * 1/(1/compute_rate + 1/bandwidth).  PF_AHEAD (bytes) is about latency x bandwidth with
+ * margin (~100 ns x ~28 GB/s); 2-4 KiB measured best here.  Rows of a matrix are
+ * contiguous, so running past the end of this row fetches the next one; prefetches
+ * never fault. */
+#define PF_AHEAD 4096
+static inline void prefetch_weights(const void *p, int lines) {
+    const char *c = (const char *)p + PF_AHEAD;
+    for (int l = 0; l < lines; l++) _mm_prefetch(c + 64 * l, _MM_HINT_T0);
+}
+
+/* 16 packed bytes -> 32 nibbles in weight order: low nibbles (weights 0..15) in the low
+ * lane, high nibbles (weights 16..31) in the high lane; the layout of Q4_0/Q5_0. */
+static inline __m256i nibbles_32(const uint8_t *qs) {
+    /* the 16 bytes go to both lanes straight from memory (a pure load), then one
+     * per-lane variable shift moves the high nibbles down in the high lane only */
+    const __m256i both = _mm256_broadcastsi128_si256(load_128(qs));
+    const __m256i shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+}
+
+/* 32 bits -> 32 bytes, 0x10 where bit j of `bits` is set, else 0 (byte j <- bit j). */
+static inline __m256i bits_to_0x10(uint32_t bits) {
+    /* send byte j/8 of the word to byte j, then test bit j%8 of it */
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/* Sum of x*y over 32 signed bytes, as 8 int32 partial sums.  x takes |x|, y takes x's
+ * sign (x*y == |x| * (sign(x)*y)); exact unless y holds -128 (see the file comment). */
+static inline __m256i dot_s8_s8(__m256i x, __m256i y) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+/* Sum of (u - off)*y over 32 bytes, u unsigned, as 8 int32 partial sums.  The offset is
+ * taken out in int16 (both maddubs are exact: |pair| <= 2*31*128), so any y is fine. */
+static inline __m256i dot_u8off_s8(__m256i u, __m256i off, __m256i y) {
+    const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u, y), _mm256_maddubs_epi16(off, y));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+/* Q4_K/Q5_K: 12 packed bytes -> 8 six-bit scales (bytes 0..7) and 8 six-bit mins (bytes
+ * 8..15).  Sub-blocks 0..3 keep scale/min in the low 6 bits of bytes 0..3 / 4..7;
+ * sub-blocks 4..7 keep the low 4 bits in the nibbles of bytes 8..11 and the top 2 bits in
+ * the spare top bits of bytes 0..3 (scales) and 4..7 (mins).  Done on 32-bit words. */
+static inline __m128i unpack_scales_mins_k4(const uint8_t *scales) {
+    uint32_t a, b, c;
+    memcpy(&a, scales + 0, 4);
+    memcpy(&b, scales + 4, 4);
+    memcpy(&c, scales + 8, 4);
+    const uint32_t sc_lo = a & 0x3f3f3f3fu;
+    const uint32_t mn_lo = b & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (c & 0x0f0f0f0fu) | (((a >> 6) & 0x03030303u) << 4);
+    const uint32_t mn_hi = ((c >> 4) & 0x0f0f0f0fu) | (((b >> 6) & 0x03030303u) << 4);
+    return _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)mn_lo, (int)mn_hi);
+}
+
+/* Byte-shuffle mask broadcasting int16 element k of each 128-bit lane to the whole lane. */
+static inline __m256i bcast16_mask(int k) {
+    return _mm256_set1_epi16((short)(((2 * k + 1) << 8) | (2 * k)));
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* float types                                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+/* Four independent accumulators hide the FMA latency; the tail is done in float too. */
+static void vec_dot_f32_avx2(float *s, const void *w, const void *a, int n) {
+    const float *x = (const float *)w;
+    const float *y = (const float *)a;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights(x + i, 2);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc0);
+    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; i++) sum += x[i] * y[i];
+    *s = sum;
+}
+
+static void vec_dot_f16_avx2(float *s, const void *w, const void *a, int n) {
+    const sm_half *x = (const sm_half *)w;
+    const float *y = (const float *)a;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights(x + i, 1);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(load_128(x + i)), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(load_128(x + i + 8)), _mm256_loadu_ps(y + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_cvtph_ps(load_128(x + i + 16)), _mm256_loadu_ps(y + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_cvtph_ps(load_128(x + i + 24)), _mm256_loadu_ps(y + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(load_128(x + i)), _mm256_loadu_ps(y + i), acc0);
+    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; i++) sum += fp16_to_f32(x[i]) * y[i];
+    *s = sum;
+}
+
+/* bf16 is the top half of an f32: widen to 32 bits and shift into place. */
+static inline __m256 bf16x8_to_f32(const sm_bf16 *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_128(p)), 16));
+}
+
+static void vec_dot_bf16_avx2(float *s, const void *w, const void *a, int n) {
+    const sm_bf16 *x = (const sm_bf16 *)w;
+    const float *y = (const float *)a;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        prefetch_weights(x + i, 1);
+        acc0 = _mm256_fmadd_ps(bf16x8_to_f32(x + i), _mm256_loadu_ps(y + i), acc0);
+        acc1 = _mm256_fmadd_ps(bf16x8_to_f32(x + i + 8), _mm256_loadu_ps(y + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(bf16x8_to_f32(x + i + 16), _mm256_loadu_ps(y + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(bf16x8_to_f32(x + i + 24), _mm256_loadu_ps(y + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(bf16x8_to_f32(x + i), _mm256_loadu_ps(y + i), acc0);
+    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; i++) sum += sm_bf16_to_float(x[i]) * y[i];
+    *s = sum;
+}
+
+static void dequant_f16_avx2(float *dst, const void *src, int64_t n) {
+    const sm_half *x = (const sm_half *)src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(load_128(x + i)));
+        _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(load_128(x + i + 8)));
+    }
+    for (; i < n; i++) dst[i] = sm_half_to_float(x[i]);
+}
+
+static void dequant_bf16_avx2(float *dst, const void *src, int64_t n) {
+    const sm_bf16 *x = (const sm_bf16 *)src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, bf16x8_to_f32(x + i));
+    for (; i < n; i++) dst[i] = sm_bf16_to_float(x[i]);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* 32-weight blocks against Q8_0                                                        */
+/* ------------------------------------------------------------------------------------ */
+
+/* The 32-blocks are done 4 at a time to cut the per-block float work, which at one
+ * block per step costs as much as the integer dot itself: the 8 fp16 scales of 4 blocks
+ * (4 weight, 4 activation) go through one vcvtph2ps, and the 4 blocks' int32 sums are
+ * reduced into one vector with in-lane shuffles, so one cvtdq2ps and one FMA cover all 4
+ * blocks.  Each block still contributes (float)sumi * (d_w * d_a), the very product the
+ * scalar code forms; only the order of the float additions differs. */
+
+/* fp16 scale `d` (first member) of 4 blocks `stride` bytes apart, packed into 64 bits. */
+static inline uint64_t pack_4_halves(const void *first, size_t stride) {
+    const uint8_t *p = (const uint8_t *)first;
+    uint16_t h0, h1, h2, h3;
+    memcpy(&h0, p, 2);
+    memcpy(&h1, p + stride, 2);
+    memcpy(&h2, p + 2 * stride, 2);
+    memcpy(&h3, p + 3 * stride, 2);
+    return (uint64_t)h0 | (uint64_t)h1 << 16 | (uint64_t)h2 << 32 | (uint64_t)h3 << 48;
+}
+
+/* d_w[i] * d_a[i] for the 4 blocks. */
+static inline __m128 scale_products_4(uint64_t dw, uint64_t da) {
+    const __m256 f = _mm256_cvtph_ps(_mm_set_epi64x((long long)da, (long long)dw));
+    return _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+}
+
+/* 4 vectors of 8 int32 partial sums -> the 4 totals (exact int32 adds). */
+static inline __m128i block_sums_4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    /* [v0 v0 v1 v1 | v0 v0 v1 v1] and the same for v2, v3 */
+    const __m256i a = _mm256_add_epi32(_mm256_unpacklo_epi64(v0, v1), _mm256_unpackhi_epi64(v0, v1));
+    const __m256i b = _mm256_add_epi32(_mm256_unpacklo_epi64(v2, v3), _mm256_unpackhi_epi64(v2, v3));
+    /* even and odd int32 of a, b side by side: [v0 v1 v2 v3 | v0 v1 v2 v3] */
+    const __m256 af = _mm256_castsi256_ps(a), bf = _mm256_castsi256_ps(b);
+    const __m256i c = _mm256_add_epi32(_mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(2, 0, 2, 0))),
+                                       _mm256_castps_si256(_mm256_shuffle_ps(af, bf, _MM_SHUFFLE(3, 1, 3, 1))));
+    return _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+}
+
+/* Sum of the 8 int32 of v. */
+static inline int32_t hsum_i32x8(__m256i v) {
+    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    x = _mm_add_epi32(x, _mm_unpackhi_epi64(x, x));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 1, 1, 1)));
+    return _mm_cvtsi128_si32(x);
+}
+
+/* One loop for the three 32-block types; BLOCK_DOT(i) yields the 8 int32 partial sums of
+ * block i.  The leftover (nb % 4) blocks go one by one, in the scalar's own form. */
+#define DOT_32_BLOCKS(WTYPE, BLOCK_DOT)                                                          \
+    const WTYPE *x = (const WTYPE *)w;                                                           \
+    const block_q8_0 *y = (const block_q8_0 *)a;                                                 \
+    const int nb = n / 32;                                                                       \
+    __m128 acc = _mm_setzero_ps();                                                               \
+    int i = 0;                                                                                   \
+    for (; i + 4 <= nb; i += 4) {                                                                \
+        prefetch_weights(&x[i], (int)((4 * sizeof(WTYPE) + 63) / 64));                           \
+        const __m128i sumi = block_sums_4(BLOCK_DOT(i), BLOCK_DOT(i + 1), BLOCK_DOT(i + 2),      \
+                                          BLOCK_DOT(i + 3));                                     \
+        const __m128 d = scale_products_4(pack_4_halves(&x[i].d, sizeof(WTYPE)),                 \
+                                          pack_4_halves(&y[i].d, sizeof(block_q8_0)));           \
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sumi), d, acc);                                       \
+    }                                                                                            \
+    acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));                                              \
+    acc = _mm_add_ss(acc, _mm_movehdup_ps(acc));                                                 \
+    float sumf = _mm_cvtss_f32(acc);                                                             \
+    for (; i < nb; i++)                                                                          \
+        sumf += (float)hsum_i32x8(BLOCK_DOT(i)) * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));   \
+    *s = sumf;
+
+static void vec_dot_q8_0_avx2(float *s, const void *w, const void *a, int n) {
+#define Q8_0_DOT(k) dot_s8_s8(load_256(x[k].qs), load_256(y[k].qs))
+    DOT_32_BLOCKS(block_q8_0, Q8_0_DOT)
+#undef Q8_0_DOT
+}
+
+static void vec_dot_q4_0_avx2(float *s, const void *w, const void *a, int n) {
+    const __m256i off = _mm256_set1_epi8(8);
+#define Q4_0_DOT(k) dot_u8off_s8(nibbles_32(x[k].qs), off, load_256(y[k].qs))
+    DOT_32_BLOCKS(block_q4_0, Q4_0_DOT)
+#undef Q4_0_DOT
+}
+
+/* 5-bit weight q in 0..31 (4 bits from qs, the 5th from qh), value q - 16. */
+static inline __m256i q5_0_unsigned(const block_q5_0 *b) {
+    uint32_t qh;
+    memcpy(&qh, b->qh, sizeof(qh));
+    return _mm256_or_si256(nibbles_32(b->qs), bits_to_0x10(qh));
+}
+
+static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
+    const __m256i off = _mm256_set1_epi8(16);
+#define Q5_0_DOT(k) dot_u8off_s8(q5_0_unsigned(&x[k]), off, load_256(y[k].qs))
+    DOT_32_BLOCKS(block_q5_0, Q5_0_DOT)
+#undef Q5_0_DOT
+}
+#undef DOT_32_BLOCKS
+
+/* 32 small signed integers (int8) times d -> 32 floats. d*q is exact, as in the scalar. */
+static inline void store_scaled_i8x32(float *dst, __m256i q, __m256 d) {
+    const __m128i lo = _mm256_castsi256_si128(q);
+    const __m128i hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(dst + 0, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_storeu_ps(dst + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_storeu_ps(dst + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+}
+
+static void dequant_q4_0_avx2(float *dst, const void *src, int64_t n) {
+    const block_q4_0 *x = (const block_q4_0 *)src;
+    const int64_t nb = n / QK4_0;
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q = _mm256_sub_epi8(nibbles_32(x[i].qs), _mm256_set1_epi8(8));
+        store_scaled_i8x32(dst + i * QK4_0, q, _mm256_set1_ps(fp16_to_f32(x[i].d)));
+    }
+}
+
+static void dequant_q5_0_avx2(float *dst, const void *src, int64_t n) {
+    const block_q5_0 *x = (const block_q5_0 *)src;
+    const int64_t nb = n / QK5_0;
+    for (int64_t i = 0; i < nb; i++) {
+        const __m256i q = _mm256_sub_epi8(q5_0_unsigned(&x[i]), _mm256_set1_epi8(16));
+        store_scaled_i8x32(dst + i * QK5_0, q, _mm256_set1_ps(fp16_to_f32(x[i].d)));
+    }
+}
+
+static void dequant_q8_0_avx2(float *dst, const void *src, int64_t n) {
+    const block_q8_0 *x = (const block_q8_0 *)src;
+    const int64_t nb = n / QK8_0;
+    for (int64_t i = 0; i < nb; i++)
+        store_scaled_i8x32(dst + i * QK8_0, load_256(x[i].qs), _mm256_set1_ps(fp16_to_f32(x[i].d)));
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* K-quants against Q8_K                                                                */
+/* ------------------------------------------------------------------------------------ */
+
+/* sum over the 8 sub-blocks of m_j * (sum of the 32 activations of sub-block j), as 4
+ * int32 partial sums; bsums holds the activation sums per 16. */
+static inline __m128i mins_dot_bsums(__m128i mins8, const int16_t *bsums) {
+    const __m256i bs = load_256(bsums);
+    const __m128i bs32 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    return _mm_madd_epi16(_mm_cvtepu8_epi16(mins8), bs32);
+}
+
+/* *s = sum_i d_i * sum_j sc_ij * dot_ij  -  dmin_i * sum_j m_ij * bsum_ij.
+ * The int32 vector `sumi` gathers the scaled sub-block dots of one super-block; the
+ * 8-bit scales reach madd as int16 broadcasts shuffled out of one register. */
+static void vec_dot_q4_K_avx2(float *s, const void *w, const void *a, int n) {
+    const block_q4_K *x = (const block_q4_K *)w;
+    const block_q8_K *y = (const block_q8_K *)a;
+    const int nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_weights(&x[i], 3);
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const float dmin = y[i].d * fp16_to_f32(x[i].dmin);
+        const __m128i sm = unpack_scales_mins_k4(x[i].scales);
+        const __m128i msum = mins_dot_bsums(_mm_unpackhi_epi64(sm, sm), y[i].bsums);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(msum), acc_m);
+
+        const __m128i sc16 = _mm_cvtepu8_epi16(sm); /* 8 scales as int16 */
+        const __m256i scales = _mm256_broadcastsi128_si256(sc16);
+        const uint8_t *q4 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            /* 32 bytes = sub-block 2j in the low nibbles, 2j+1 in the high nibbles */
+            const __m256i b = load_256(q4 + 32 * j);
+            const __m256i lo = _mm256_and_si256(b, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            const __m256i p_lo = _mm256_maddubs_epi16(lo, load_256(q8 + 64 * j));
+            const __m256i p_hi = _mm256_maddubs_epi16(hi, load_256(q8 + 64 * j + 32));
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, bcast16_mask(2 * j));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, bcast16_mask(2 * j + 1));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s_lo, p_lo));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s_hi, p_hi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    *s = hsum_f32x8(acc) - _mm_cvtss_f32(acc_m);
+}
+
+static void vec_dot_q5_K_avx2(float *s, const void *w, const void *a, int n) {
+    const block_q5_K *x = (const block_q5_K *)w;
+    const block_q8_K *y = (const block_q8_K *)a;
+    const int nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_weights(&x[i], 3);
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const float dmin = y[i].d * fp16_to_f32(x[i].dmin);
+        const __m128i sm = unpack_scales_mins_k4(x[i].scales);
+        const __m128i msum = mins_dot_bsums(_mm_unpackhi_epi64(sm, sm), y[i].bsums);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(msum), acc_m);
+
+        const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const uint8_t *q5 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        /* bit j of qh[l] is the 5th bit of weight l of sub-block j; shifting qh right by
+         * 2 per pair of sub-blocks brings the next two bits to positions 0 and 1 (the
+         * 16-bit shift only pollutes bits 6-7 of each byte, never read). */
+        __m256i hbits = load_256(x[i].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i b = load_256(q5 + 32 * j);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(b, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hbits, 4), b4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hbits, 3), b4));
+            hbits = _mm256_srli_epi16(hbits, 2);
+            const __m256i p_lo = _mm256_maddubs_epi16(lo, load_256(q8 + 64 * j));
+            const __m256i p_hi = _mm256_maddubs_epi16(hi, load_256(q8 + 64 * j + 32));
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, bcast16_mask(2 * j));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, bcast16_mask(2 * j + 1));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s_lo, p_lo));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s_hi, p_hi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    *s = hsum_f32x8(acc) - _mm_cvtss_f32(acc_m);
+}
+
+/* Q6_K: q = 6-bit unsigned (0..63), value q - 32, 16 signed 8-bit scales (one per 16).
+ * The -32 is applied once per super-block through bsums:
+ *   sum_k sc_k * sum((q-32)*a)_k = sum_k sc_k * sum(q*a)_k - 32 * sum_k sc_k * bsum_k,
+ * which saves a maddubs and a subtraction per 32 weights.  All int32, no overflow:
+ * |sum| <= 256*63*128*128. */
+static void vec_dot_q6_K_avx2(float *s, const void *w, const void *a, int n) {
+    const block_q6_K *x = (const block_q6_K *)w;
+    const block_q8_K *y = (const block_q8_K *)a;
+    const int nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2h = _mm256_set1_epi8(0x30); /* the 2 high bits, already in place */
+    /* per 32-weight group g of a half: low lane gets scale 2g, high lane scale 2g+1,
+     * matching madd's int16 lanes 0-7 (weights 0-15) and 8-15 (weights 16-31) */
+    const __m256i sh0 = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    const __m256i step = _mm256_set1_epi8(4);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_weights(&x[i], 4);
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(load_128(x[i].scales));
+        const __m256i corr = _mm256_madd_epi16(sc16, load_256(y[i].bsums));
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h;
+            const int8_t *q8 = y[i].qs + 128 * h;
+            /* the 8 scales of this half in both lanes */
+            const __m256i sc = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+                                      : _mm256_permute2x128_si256(sc16, sc16, 0x11);
+            const __m256i l0 = load_256(ql);
+            const __m256i l1 = load_256(ql + 32);
+            const __m256i hb = load_256(x[i].qh + 32 * h);
+            /* qh[l] bits 2g..2g+1 are the high bits of weight l of group g */
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2h));
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2h));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                               _mm256_and_si256(hb, m2h));
+            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2h));
+            __m256i shuf = sh0;
+            const __m256i s0 = _mm256_shuffle_epi8(sc, shuf);
+            shuf = _mm256_add_epi8(shuf, step);
+            const __m256i s1 = _mm256_shuffle_epi8(sc, shuf);
+            shuf = _mm256_add_epi8(shuf, step);
+            const __m256i s2 = _mm256_shuffle_epi8(sc, shuf);
+            shuf = _mm256_add_epi8(shuf, step);
+            const __m256i s3 = _mm256_shuffle_epi8(sc, shuf);
+            const __m256i p0 = _mm256_madd_epi16(s0, _mm256_maddubs_epi16(q0, load_256(q8)));
+            const __m256i p1 = _mm256_madd_epi16(s1, _mm256_maddubs_epi16(q1, load_256(q8 + 32)));
+            const __m256i p2 = _mm256_madd_epi16(s2, _mm256_maddubs_epi16(q2, load_256(q8 + 64)));
+            const __m256i p3 = _mm256_madd_epi16(s3, _mm256_maddubs_epi16(q3, load_256(q8 + 96)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_add_epi32(p0, p1), _mm256_add_epi32(p2, p3)));
+        }
+        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_f32x8(acc);
+}
+
+/* K-quant dequant: 8-bit unsigned q in a 32-byte vector -> 32 floats d1*q - m1.
+ * Multiply then subtract, like the scalar code; the product is exact, so this is the
+ * scalar's single rounding. */
+static inline void store_affine_u8x32(float *dst, __m256i q, __m256 d1, __m256 m1) {
+    const __m128i lo = _mm256_castsi256_si128(q);
+    const __m128i hi = _mm256_extracti128_si256(q, 1);
+    const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    const __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    const __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    _mm256_storeu_ps(dst + 0, _mm256_sub_ps(_mm256_mul_ps(d1, f0), m1));
+    _mm256_storeu_ps(dst + 8, _mm256_sub_ps(_mm256_mul_ps(d1, f1), m1));
+    _mm256_storeu_ps(dst + 16, _mm256_sub_ps(_mm256_mul_ps(d1, f2), m1));
+    _mm256_storeu_ps(dst + 24, _mm256_sub_ps(_mm256_mul_ps(d1, f3), m1));
+}
+
+static void dequant_q4_K_avx2(float *dst, const void *src, int64_t n) {
+    const block_q4_K *x = (const block_q4_K *)src;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16_to_f32(x[i].d);
+        const float dmin = fp16_to_f32(x[i].dmin);
+        uint8_t sm[16];
+        _mm_storeu_si128((__m128i *)sm, unpack_scales_mins_k4(x[i].scales));
+        float *yv = dst + i * QK_K;
+        for (int j = 0; j < 4; j++) {
+            const __m256i b = load_256(x[i].qs + 32 * j);
+            store_affine_u8x32(yv + 64 * j, _mm256_and_si256(b, m4), _mm256_set1_ps(d * (float)sm[2 * j]),
+                               _mm256_set1_ps(dmin * (float)sm[8 + 2 * j]));
+            store_affine_u8x32(yv + 64 * j + 32, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                               _mm256_set1_ps(d * (float)sm[2 * j + 1]),
+                               _mm256_set1_ps(dmin * (float)sm[8 + 2 * j + 1]));
+        }
+    }
+}
+
+static void dequant_q5_K_avx2(float *dst, const void *src, int64_t n) {
+    const block_q5_K *x = (const block_q5_K *)src;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16_to_f32(x[i].d);
+        const float dmin = fp16_to_f32(x[i].dmin);
+        uint8_t sm[16];
+        _mm_storeu_si128((__m128i *)sm, unpack_scales_mins_k4(x[i].scales));
+        __m256i hbits = load_256(x[i].qh);
+        float *yv = dst + i * QK_K;
+        for (int j = 0; j < 4; j++) {
+            const __m256i b = load_256(x[i].qs + 32 * j);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(b, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hbits, 4), b4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hbits, 3), b4));
+            hbits = _mm256_srli_epi16(hbits, 2);
+            store_affine_u8x32(yv + 64 * j, lo, _mm256_set1_ps(d * (float)sm[2 * j]),
+                               _mm256_set1_ps(dmin * (float)sm[8 + 2 * j]));
+            store_affine_u8x32(yv + 64 * j + 32, hi, _mm256_set1_ps(d * (float)sm[2 * j + 1]),
+                               _mm256_set1_ps(dmin * (float)sm[8 + 2 * j + 1]));
+        }
+    }
+}
+
+/* d * sc * (q - 32) with q - 32 as int8: exact in float whatever the association. */
+static inline void store_q6_group(float *dst, __m256i q, float d, const int8_t *sc) {
+    const __m128i lo = _mm256_castsi256_si128(q);
+    const __m128i hi = _mm256_extracti128_si256(q, 1);
+    const __m256 da = _mm256_set1_ps(d * (float)sc[0]); /* weights 0..15 */
+    const __m256 db = _mm256_set1_ps(d * (float)sc[1]); /* weights 16..31 */
+    _mm256_storeu_ps(dst + 0, _mm256_mul_ps(da, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(da, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_storeu_ps(dst + 16, _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_storeu_ps(dst + 24, _mm256_mul_ps(db, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+}
+
+static void dequant_q6_K_avx2(float *dst, const void *src, int64_t n) {
+    const block_q6_K *x = (const block_q6_K *)src;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2h = _mm256_set1_epi8(0x30);
+    const __m256i k32 = _mm256_set1_epi8(32);
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = fp16_to_f32(x[i].d);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h;
+            const int8_t *sc = x[i].scales + 8 * h;
+            float *yv = dst + i * QK_K + 128 * h;
+            const __m256i l0 = load_256(ql);
+            const __m256i l1 = load_256(ql + 32);
+            const __m256i hb = load_256(x[i].qh + 32 * h);
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2h));
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                               _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2h));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                               _mm256_and_si256(hb, m2h));
+            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2h));
+            store_q6_group(yv + 0, _mm256_sub_epi8(q0, k32), d, sc + 0);
+            store_q6_group(yv + 32, _mm256_sub_epi8(q1, k32), d, sc + 2);
+            store_q6_group(yv + 64, _mm256_sub_epi8(q2, k32), d, sc + 4);
+            store_q6_group(yv + 96, _mm256_sub_epi8(q3, k32), d, sc + 6);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+
+void sm_fill_kernels_avx2(sm_kernels *k) {
+    k->dequant[SM_TYPE_F16] = dequant_f16_avx2;
+    k->dequant[SM_TYPE_BF16] = dequant_bf16_avx2;
+    k->dequant[SM_TYPE_Q4_0] = dequant_q4_0_avx2;
+    k->dequant[SM_TYPE_Q5_0] = dequant_q5_0_avx2;
+    k->dequant[SM_TYPE_Q8_0] = dequant_q8_0_avx2;
+    k->dequant[SM_TYPE_Q4_K] = dequant_q4_K_avx2;
+    k->dequant[SM_TYPE_Q5_K] = dequant_q5_K_avx2;
+    k->dequant[SM_TYPE_Q6_K] = dequant_q6_K_avx2;
+
+    k->vec_dot[SM_TYPE_F32] = vec_dot_f32_avx2;
+    k->vec_dot[SM_TYPE_F16] = vec_dot_f16_avx2;
+    k->vec_dot[SM_TYPE_BF16] = vec_dot_bf16_avx2;
+    k->vec_dot[SM_TYPE_Q4_0] = vec_dot_q4_0_avx2;
+    k->vec_dot[SM_TYPE_Q5_0] = vec_dot_q5_0_avx2;
+    k->vec_dot[SM_TYPE_Q8_0] = vec_dot_q8_0_avx2;
+    k->vec_dot[SM_TYPE_Q4_K] = vec_dot_q4_K_avx2;
+    k->vec_dot[SM_TYPE_Q5_K] = vec_dot_q5_K_avx2;
+    k->vec_dot[SM_TYPE_Q6_K] = vec_dot_q6_K_avx2;
+    /* quantize[] stays scalar so every ISA dots against identical activations */
+}
