@@ -33,7 +33,7 @@ else:
     ISA_UNITS = []
 
 BASE_SOURCES = ["csrc/dispatch.c", "csrc/cpu_features.c", "csrc/matmul.c", "csrc/membench.c",
-                "csrc/dot_scalar.c"]
+                "csrc/dot_scalar.c", "csrc/forward.c"]
 
 
 def openmp_flags(compiler_cmd):
@@ -55,6 +55,8 @@ class BuildWithIsaUnits(build_ext):
     """Compile each ISA unit with its own flags and link the objects into the extension."""
 
     def build_extension(self, ext):
+        if ext.name != "smallmind._kernels":  # plain extensions: default flags
+            return super().build_extension(ext)
         omp = openmp_flags(self.compiler.compiler_so[0])
         if not omp:
             print("warning: OpenMP not found; kernels will run on one thread", file=sys.stderr)
@@ -75,11 +77,16 @@ extension = Extension(
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[(macro, "1") for _, _, macro in ISA_UNITS]
     + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    depends=["csrc/quants.h", "csrc/kernels.h"] + [u[0] for u in ISA_UNITS],
+    depends=["csrc/quants.h", "csrc/kernels.h", "csrc/forward.h", "smallmind/_engine.pxi"]
+    + [u[0] for u in ISA_UNITS],
 )
 
+# The tokenizer's merge loops (pure Python fallback in smallmind/engine/tokenizer.py).
+tokenize_extension = Extension("smallmind._tokenize", sources=["smallmind/_tokenize.pyx"],
+                               extra_compile_args=["-O3"])
+
 setup(
-    ext_modules=cythonize([extension], language_level=3,
+    ext_modules=cythonize([extension, tokenize_extension], language_level=3,
                           compiler_directives={"boundscheck": False, "wraparound": False}),
     cmdclass={"build_ext": BuildWithIsaUnits},
 )

@@ -211,3 +211,6 @@ def read_memory(cnp.ndarray buf not None, int n_threads):
     with nogil:
         total = sm_read_memory(p, n, n_threads)
     return total
+
+
+include "_engine.pxi"

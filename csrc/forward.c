@@ -1,0 +1,661 @@
+/* The transformer step (forward.h): llama, qwen2, qwen3 and gemma3 over a batch of tokens.
+ *
+ * Reads top to bottom like llama2.c's run.c: the weights are pointers into the mmapped
+ * GGUF (only the small 1-D vectors are copied, to f32), scratch buffers are allocated once
+ * in sm_model_create, and sm_forward is one flat loop over layers, a comment per step.
+ *
+ * Numerics follow llama.cpp's CPU backend, so that our logits match its logits:
+ * - linear layers: sm_matmul (activations quantized once per row, as ggml does);
+ * - RMSNorm: sum of squares in double, then x * (1/sqrt(mean + eps)), then * w;
+ * - RoPE: theta_i = pos * base^(-2i/head_dim) built by repeated multiplication, as ggml;
+ * - attention: q rounded to f16 and dotted with the f16 K cache; softmax in f32 with the
+ *   sum in double; the probabilities rounded to f16 and dotted with the (transposed) f16
+ *   V cache -- ggml's non-flash attention path;
+ * - GELU: ggml's f16 lookup table (input rounded to f16, output rounded to f16).
+ *
+ * KV cache: f16, per layer, per slot.  Global layers hold n_ctx positions; sliding-window
+ * layers hold a ring of sliding_window + max_batch_tokens positions, enough that a batch
+ * never overwrites a position an earlier token of the same batch still attends to.
+ * K is stored (slot, cell, kv_head, head_dim); V transposed (slot, kv_head, head_dim, cell)
+ * so that both attention products are dot products over contiguous f16 rows. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forward.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------------------------- */
+/* Model state                                                                         */
+/* ---------------------------------------------------------------------------------- */
+
+/* The 1-D weights of one layer as f32 (copied at load; NULL when absent). */
+typedef struct {
+    float *attn_norm, *bq, *bk, *bv, *q_norm, *k_norm, *post_attn_norm, *ffn_norm,
+        *post_ffn_norm;
+} layer_vectors;
+
+/* One layer's KV cache. */
+typedef struct {
+    sm_half *k;  /* (n_slots, cap, n_kv_heads, head_dim) */
+    sm_half *v;  /* (n_slots, n_kv_heads, head_dim, cap): transposed */
+    int cap;     /* cells per slot: n_ctx, or the ring size of a sliding-window layer */
+    int swa;     /* 1: sliding-window layer */
+} kv_layer;
+
+struct sm_model {
+    sm_config cfg;
+    sm_weights w;
+    sm_layer_weights *layers;  /* copy of w.layers */
+    layer_vectors *vec;        /* n_layers */
+    float *output_norm;        /* (dim) */
+    float *rope_freqs;         /* (head_dim/2) or NULL */
+    float *vec_arena;          /* owns all the f32 vectors above */
+    uint8_t *layer_swa;        /* (n_layers) */
+
+    kv_layer *kv;              /* (n_layers) */
+    int swa_cap;               /* ring size of sliding-window layers (0: none) */
+    int *slot_len;             /* (n_slots) positions cached per slot */
+    int *ring_pos;             /* (n_slots, swa_cap) position held by each ring cell, or -1 */
+    int *slot_last;            /* (n_slots) scratch: last position seen in this batch */
+
+    /* scratch, B = max_batch_tokens */
+    float *x;                  /* (B, dim) residual stream       */
+    float *xb;                 /* (B, dim) normed input          */
+    float *xb2;                /* (B, dim) branch output         */
+    float *q;                  /* (B, n_heads * head_dim)        */
+    float *k;                  /* (B, n_kv_heads * head_dim)     */
+    float *v;                  /* (B, n_kv_heads * head_dim)     */
+    float *att_out;            /* (B, n_heads * head_dim)        */
+    float *hb;                 /* (B, hidden_dim) gate           */
+    float *hb2;                /* (B, hidden_dim) up             */
+    float *rope_cos, *rope_sin;         /* (B, head_dim/2) global layers         */
+    float *rope_cos_swa, *rope_sin_swa; /* (B, head_dim/2) sliding-window layers */
+    float *att;                /* (n_att_threads, att_stride) scores, per thread */
+    int n_att_threads, att_stride;
+    sm_half *gelu_table;       /* (65536) ggml's f16 GELU table, or NULL */
+    sm_workspace ws;           /* quantized activations for sm_matmul */
+};
+
+/* ---------------------------------------------------------------------------------- */
+/* Small kernels                                                                       */
+/* ---------------------------------------------------------------------------------- */
+
+/* o (n) = x (n) / sqrt(mean(x^2) + eps) * w (n) */
+static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+    const float mean = (float)(ss / n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = 0; i < n; i++) o[i] = (x[i] * scale) * w[i];
+}
+
+/* cos/sin (head_dim/2) for one position: theta_i = pos * scale * base^(-2i/head_dim) / f_i.
+ * theta is built by repeated multiplication in f32, as ggml's rope cache is. */
+static void rope_angles(float *cs, float *sn, int pos, int head_dim, float base, float freq_scale,
+                        const float *freqs) {
+    const float theta_scale = powf(base, -2.0f / (float)head_dim);
+    float theta = (float)pos;
+    for (int i = 0; i < head_dim / 2; i++) {
+        const float t = freq_scale * (freqs ? theta / freqs[i] : theta);
+        cs[i] = cosf(t);
+        sn[i] = sinf(t);
+        theta *= theta_scale;
+    }
+}
+
+/* x (n_heads, head_dim) rotated in place: NEOX pairs (i, i + head_dim/2), else (2i, 2i+1) */
+static void rope(float *x, int n_heads, int head_dim, const float *cs, const float *sn, int neox) {
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *xh = x + h * head_dim;
+        for (int i = 0; i < half; i++) {
+            const int i0 = neox ? i : 2 * i;
+            const int i1 = neox ? i + half : 2 * i + 1;
+            const float x0 = xh[i0], x1 = xh[i1];
+            xh[i0] = x0 * cs[i] - x1 * sn[i];
+            xh[i1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+static float gelu_tanh(float x) {
+    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x)));
+}
+
+/* g (n) = act(g) * u (n); GELU through ggml's f16 table (exactly what llama.cpp computes) */
+static void glu(float *g, const float *u, int64_t n, int act, const sm_half *gelu_table) {
+    if (act == SM_ACT_SILU) {
+        for (int64_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i];
+        if (x <= -10.0f) g[i] = 0.0f;
+        else if (x >= 10.0f) g[i] = x * u[i];
+        else g[i] = sm_half_to_float(gelu_table[sm_float_to_half(x)]) * u[i];
+    }
+}
+
+/* x (n) rounded to the nearest f16 values, in place */
+static void round_to_half(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = sm_half_to_float(sm_float_to_half(x[i]));
+}
+
+/* out (head_dim) = softmax(scale * q.K[lo..pos]) . V[lo..pos] for one head.
+ * q (head_dim) is rounded to f16 in place; att (pos - lo + 1) is scratch.
+ * kc: K rows of this slot/kv head, cell stride k_stride; vt: V^T rows (head_dim, cap). */
+static void attention(float *out, float *q, const sm_half *kc, int64_t k_stride,
+                      const sm_half *vt, int cap, int head_dim, int lo, int pos, float scale,
+                      float *att, sm_vec_dot_fn dot_f16) {
+    const int n = pos - lo + 1;
+    round_to_half(q, head_dim);
+    /* scores */
+    float max = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        float s;
+        dot_f16(&s, kc + (int64_t)((lo + j) % cap) * k_stride, q, head_dim);
+        att[j] = s * scale;
+        if (att[j] > max) max = att[j];
+    }
+    /* softmax: f32 exponentials, sum in double */
+    double sum = 0.0;
+    for (int j = 0; j < n; j++) {
+        att[j] = expf(att[j] - max);
+        sum += (double)att[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int j = 0; j < n; j++) att[j] *= inv;
+    round_to_half(att, n);
+    /* weighted sum of values: the ring's cells lo..pos are at most two contiguous runs */
+    const int c0 = lo % cap;
+    const int n0 = c0 + n <= cap ? n : cap - c0;
+    for (int d = 0; d < head_dim; d++) {
+        const sm_half *vd = vt + (int64_t)d * cap;
+        float s0, s1 = 0.0f;
+        dot_f16(&s0, vd + c0, att, n0);
+        if (n0 < n) dot_f16(&s1, vd, att + n0, n - n0);
+        out[d] = s0 + s1;
+    }
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Creation                                                                            */
+/* ---------------------------------------------------------------------------------- */
+
+static int is_float_type(int t) { return t == SM_TYPE_F32 || t == SM_TYPE_F16 || t == SM_TYPE_BF16; }
+
+/* A weight matrix (rows, cols) the matmul can read. */
+static int check_matrix(const sm_tensor *t, int64_t rows, int64_t cols) {
+    if (!t->data) return SM_E_ARG;
+    if (!sm_type_supported(t->type)) return SM_E_TYPE;
+    if (t->n_rows != rows || t->n_cols != cols || sm_row_size(t->type, cols) < 0) return SM_E_SHAPE;
+    return SM_OK;
+}
+
+/* A 1-D float vector of n values (absent allowed if optional). */
+static int check_vector(const sm_tensor *t, int64_t n, int optional) {
+    if (!t->data) return optional ? SM_OK : SM_E_ARG;
+    if (!is_float_type(t->type)) return SM_E_TYPE;
+    if (t->n_rows * t->n_cols != n) return SM_E_SHAPE;
+    return SM_OK;
+}
+
+/* Copies a 1-D vector into the arena as f32; returns NULL if absent. */
+static float *take_vector(float **arena, const sm_tensor *t, int64_t n) {
+    if (!t->data) return NULL;
+    float *dst = *arena;
+    sm_dequantize_row(t->type, t->data, dst, n);
+    *arena += n;
+    return dst;
+}
+
+static int check_config(const sm_config *c) {
+    if (c->arch < SM_ARCH_LLAMA || c->arch > SM_ARCH_GEMMA3) return SM_E_ARG;
+    if (c->act != SM_ACT_SILU && c->act != SM_ACT_GELU_TANH) return SM_E_ARG;
+    if (c->dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->head_dim <= 0 || c->hidden_dim <= 0 || c->vocab_size <= 0)
+        return SM_E_SHAPE;
+    if (c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0) return SM_E_SHAPE;
+    if (c->n_ctx <= 0 || c->n_slots <= 0 || c->max_batch_tokens <= 0 || c->sliding_window < 0)
+        return SM_E_ARG;
+    return SM_OK;
+}
+
+static int check_weights(const sm_config *c, const sm_weights *w) {
+    const int64_t q_dim = (int64_t)c->n_heads * c->head_dim;
+    const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    int rc;
+#define CHECK(expr) do { if ((rc = (expr)) != SM_OK) return rc; } while (0)
+    CHECK(check_matrix(&w->token_embd, c->vocab_size, c->dim));
+    CHECK(check_vector(&w->output_norm, c->dim, 0));
+    if (w->output.data) CHECK(check_matrix(&w->output, c->vocab_size, c->dim));
+    CHECK(check_vector(&w->rope_freqs, c->head_dim / 2, 1));
+    if (!w->layers) return SM_E_ARG;
+    for (int l = 0; l < c->n_layers; l++) {
+        const sm_layer_weights *L = &w->layers[l];
+        const int gemma = c->arch == SM_ARCH_GEMMA3;
+        const int qk_norm = c->arch == SM_ARCH_QWEN3 || gemma;
+        CHECK(check_vector(&L->attn_norm, c->dim, 0));
+        CHECK(check_matrix(&L->wq, q_dim, c->dim));
+        CHECK(check_matrix(&L->wk, kv_dim, c->dim));
+        CHECK(check_matrix(&L->wv, kv_dim, c->dim));
+        CHECK(check_matrix(&L->wo, c->dim, q_dim));
+        CHECK(check_vector(&L->bq, q_dim, 1));
+        CHECK(check_vector(&L->bk, kv_dim, 1));
+        CHECK(check_vector(&L->bv, kv_dim, 1));
+        CHECK(check_vector(&L->q_norm, c->head_dim, !qk_norm));
+        CHECK(check_vector(&L->k_norm, c->head_dim, !qk_norm));
+        CHECK(check_vector(&L->post_attn_norm, c->dim, !gemma));
+        CHECK(check_vector(&L->ffn_norm, c->dim, 0));
+        CHECK(check_matrix(&L->w_gate, c->hidden_dim, c->dim));
+        CHECK(check_matrix(&L->w_up, c->hidden_dim, c->dim));
+        CHECK(check_matrix(&L->w_down, c->dim, c->hidden_dim));
+        CHECK(check_vector(&L->post_ffn_norm, c->dim, !gemma));
+    }
+#undef CHECK
+    return SM_OK;
+}
+
+/* Bytes of quantized activations the largest matmul of a batch needs. */
+static size_t workspace_bytes(const sm_config *c, const sm_weights *w) {
+    size_t most = 0;
+#define NEED(t) do {                                                                     \
+        const int at = sm_vec_dot_type((t).type);                                          \
+        if (at != SM_TYPE_F32) {                                                           \
+            const size_t b = (size_t)sm_row_size(at, (t).n_cols) * c->max_batch_tokens;    \
+            if (b > most) most = b;                                                        \
+        }                                                                                  \
+    } while (0)
+    NEED(w->output.data ? w->output : w->token_embd);
+    for (int l = 0; l < c->n_layers; l++) {
+        const sm_layer_weights *L = &w->layers[l];
+        NEED(L->wq); NEED(L->wk); NEED(L->wv); NEED(L->wo);
+        NEED(L->w_gate); NEED(L->w_up); NEED(L->w_down);
+    }
+#undef NEED
+    return most;
+}
+
+void sm_model_free(sm_model *m) {
+    if (!m) return;
+    if (m->kv)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            free(m->kv[l].k);
+            free(m->kv[l].v);
+        }
+    free(m->kv);
+    free(m->layers);
+    free(m->vec);
+    free(m->vec_arena);
+    free(m->layer_swa);
+    free(m->slot_len);
+    free(m->slot_last);
+    free(m->ring_pos);
+    free(m->x); free(m->xb); free(m->xb2);
+    free(m->q); free(m->k); free(m->v); free(m->att_out);
+    free(m->hb); free(m->hb2);
+    free(m->rope_cos); free(m->rope_sin); free(m->rope_cos_swa); free(m->rope_sin_swa);
+    free(m->att);
+    free(m->gelu_table);
+    sm_workspace_free(&m->ws);
+    free(m);
+}
+
+sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err) {
+    int rc = check_config(cfg);
+    if (rc == SM_OK) rc = check_weights(cfg, w);
+    if (rc != SM_OK) {
+        if (err) *err = rc;
+        return NULL;
+    }
+    sm_model *m = calloc(1, sizeof *m);
+    if (!m) goto nomem;
+    const sm_config *c = &m->cfg;
+    m->cfg = *cfg;
+    m->w = *w;
+    const int L = c->n_layers, B = c->max_batch_tokens, dim = c->dim, hd = c->head_dim;
+    const int64_t q_dim = (int64_t)c->n_heads * hd, kv_dim = (int64_t)c->n_kv_heads * hd;
+
+    /* weights: the layer table, and every 1-D vector as f32 */
+    m->layers = malloc(sizeof(sm_layer_weights) * L);
+    m->vec = calloc(L, sizeof(layer_vectors));
+    const int64_t per_layer = 4 * (int64_t)dim + q_dim + 2 * kv_dim + 2 * hd;
+    m->vec_arena = malloc(sizeof(float) * (size_t)(per_layer * L + dim + hd / 2));
+    m->layer_swa = calloc(L, 1);
+    if (!m->layers || !m->vec || !m->vec_arena || !m->layer_swa) goto nomem;
+    memcpy(m->layers, w->layers, sizeof(sm_layer_weights) * L);
+    m->w.layers = m->layers;
+    float *arena = m->vec_arena;
+    m->output_norm = take_vector(&arena, &w->output_norm, dim);
+    m->rope_freqs = take_vector(&arena, &w->rope_freqs, hd / 2);
+    for (int l = 0; l < L; l++) {
+        const sm_layer_weights *lw = &w->layers[l];
+        layer_vectors *v = &m->vec[l];
+        v->attn_norm = take_vector(&arena, &lw->attn_norm, dim);
+        v->bq = take_vector(&arena, &lw->bq, q_dim);
+        v->bk = take_vector(&arena, &lw->bk, kv_dim);
+        v->bv = take_vector(&arena, &lw->bv, kv_dim);
+        v->q_norm = take_vector(&arena, &lw->q_norm, hd);
+        v->k_norm = take_vector(&arena, &lw->k_norm, hd);
+        v->post_attn_norm = take_vector(&arena, &lw->post_attn_norm, dim);
+        v->ffn_norm = take_vector(&arena, &lw->ffn_norm, dim);
+        v->post_ffn_norm = take_vector(&arena, &lw->post_ffn_norm, dim);
+        m->layer_swa[l] = (c->sliding_window > 0 && cfg->layer_swa) ? (cfg->layer_swa[l] != 0) : 0;
+    }
+    m->cfg.layer_swa = m->layer_swa;
+
+    /* KV cache: f16, zeroed (attention never reads a cell before it is written) */
+    m->swa_cap = c->sliding_window > 0 ? c->sliding_window + B : 0;
+    if (m->swa_cap > c->n_ctx) m->swa_cap = c->n_ctx;
+    m->kv = calloc(L, sizeof(kv_layer));
+    if (!m->kv) goto nomem;
+    int max_cap = 1;
+    for (int l = 0; l < L; l++) {
+        kv_layer *kv = &m->kv[l];
+        kv->swa = m->layer_swa[l];
+        kv->cap = kv->swa ? m->swa_cap : c->n_ctx;
+        if (kv->cap > max_cap) max_cap = kv->cap;
+        const size_t n = (size_t)c->n_slots * kv->cap * kv_dim;
+        kv->k = calloc(n, sizeof(sm_half));
+        kv->v = calloc(n, sizeof(sm_half));
+        if (!kv->k || !kv->v) goto nomem;
+    }
+    m->slot_len = calloc(c->n_slots, sizeof(int));
+    m->slot_last = calloc(c->n_slots, sizeof(int));
+    if (!m->slot_len || !m->slot_last) goto nomem;
+    if (m->swa_cap) {
+        m->ring_pos = malloc(sizeof(int) * (size_t)c->n_slots * m->swa_cap);
+        if (!m->ring_pos) goto nomem;
+        for (int64_t i = 0; i < (int64_t)c->n_slots * m->swa_cap; i++) m->ring_pos[i] = -1;
+    }
+
+    /* scratch */
+#define ALLOC(p, n) do { if (!((p) = malloc(sizeof(*(p)) * (size_t)(n)))) goto nomem; } while (0)
+    ALLOC(m->x, (int64_t)B * dim);
+    ALLOC(m->xb, (int64_t)B * dim);
+    ALLOC(m->xb2, (int64_t)B * dim);
+    ALLOC(m->q, B * q_dim);
+    ALLOC(m->k, B * kv_dim);
+    ALLOC(m->v, B * kv_dim);
+    ALLOC(m->att_out, B * q_dim);
+    ALLOC(m->hb, (int64_t)B * c->hidden_dim);
+    ALLOC(m->hb2, (int64_t)B * c->hidden_dim);
+    ALLOC(m->rope_cos, (int64_t)B * hd / 2);
+    ALLOC(m->rope_sin, (int64_t)B * hd / 2);
+    ALLOC(m->rope_cos_swa, (int64_t)B * hd / 2);
+    ALLOC(m->rope_sin_swa, (int64_t)B * hd / 2);
+    m->n_att_threads = sm_max_threads() > sm_get_threads() ? sm_max_threads() : sm_get_threads();
+    m->att_stride = max_cap;
+    ALLOC(m->att, (int64_t)m->n_att_threads * max_cap);
+    if (c->act == SM_ACT_GELU_TANH) {
+        /* ggml's table: f16 in -> gelu in f32 -> f16 out */
+        ALLOC(m->gelu_table, 65536);
+        for (int i = 0; i < 65536; i++)
+            m->gelu_table[i] = sm_float_to_half(gelu_tanh(sm_half_to_float((sm_half)i)));
+    }
+#undef ALLOC
+    /* reserve the matmul workspace now, so sm_forward never allocates */
+    const size_t ws_bytes = workspace_bytes(c, &m->w);
+    if (ws_bytes) {
+        m->ws.buf = malloc(ws_bytes);
+        if (!m->ws.buf) goto nomem;
+        m->ws.cap = ws_bytes;
+    }
+    if (err) *err = SM_OK;
+    return m;
+
+nomem:
+    sm_model_free(m);
+    if (err) *err = SM_E_NOMEM;
+    return NULL;
+}
+
+int64_t sm_model_kv_bytes(const sm_model *m) {
+    int64_t total = 0;
+    const int64_t kv_dim = (int64_t)m->cfg.n_kv_heads * m->cfg.head_dim;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        total += 2 * (int64_t)m->cfg.n_slots * m->kv[l].cap * kv_dim * (int64_t)sizeof(sm_half);
+    return total;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The forward pass                                                                    */
+/* ---------------------------------------------------------------------------------- */
+
+/* Whether the sliding-window rings of slot s still hold every position a token at
+ * position p attends to besides itself: [p - sliding_window + 1, p). */
+static int ring_holds_window(const sm_model *m, int s, int p) {
+    if (!m->swa_cap) return 1;
+    const int *tag = m->ring_pos + (int64_t)s * m->swa_cap;
+    for (int q = p - m->cfg.sliding_window + 1 > 0 ? p - m->cfg.sliding_window + 1 : 0; q < p; q++)
+        if (tag[q % m->swa_cap] != q) return 0;
+    return 1;
+}
+
+/* Checks a batch against the model and the cache (all before any work is done). */
+static int check_batch(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
+                       const int32_t *positions, int n_out, const int32_t *out_rows) {
+    const sm_config *c = &m->cfg;
+    if (n_tokens <= 0 || n_tokens > c->max_batch_tokens) return SM_E_ARG;
+    if (n_out < 0 || n_out > c->max_batch_tokens || (n_out > 0 && !out_rows)) return SM_E_ARG;
+    if (!tokens || !slots || !positions) return SM_E_ARG;
+    for (int s = 0; s < c->n_slots; s++) m->slot_last[s] = -1;
+    for (int t = 0; t < n_tokens; t++) {
+        const int s = slots[t], p = positions[t];
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size) return SM_E_ARG;
+        if (s < 0 || s >= c->n_slots || p < 0 || p >= c->n_ctx) return SM_E_ARG;
+        if (m->slot_last[s] < 0) {
+            /* a slot's first token: every earlier position must be cached and, on
+             * sliding-window layers, still in the ring */
+            if (p > m->slot_len[s] || !ring_holds_window(m, s, p)) return SM_E_ARG;
+        } else if (p != m->slot_last[s] + 1) {
+            return SM_E_ARG;
+        }
+        m->slot_last[s] = p;
+    }
+    for (int i = 0; i < n_out; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= n_tokens) return SM_E_ARG;
+    return SM_OK;
+}
+
+int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
+               const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
+               float *hidden) {
+    if (!m) return SM_E_ARG;
+    int rc = check_batch(m, n_tokens, tokens, slots, positions, n_out, out_rows);
+    if (rc != SM_OK) return rc;
+    if (n_out > 0 && !logits) return SM_E_ARG;
+
+    const sm_config *c = &m->cfg;
+    const int T = n_tokens, dim = c->dim, hd = c->head_dim, half = hd / 2;
+    const int n_heads = c->n_heads, n_kv_heads = c->n_kv_heads, hidden_dim = c->hidden_dim;
+    const int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, kv_mul = n_heads / n_kv_heads;
+    const int gemma = c->arch == SM_ARCH_GEMMA3;
+    const float eps = c->norm_eps;
+    /* gemma scales q before attention (llama.cpp does), the others scale q.k */
+    const float kq_scale = gemma ? 1.0f : c->attn_scale;
+    const sm_kernels *kern = sm_kernels_current();
+    const sm_vec_dot_fn dot_f16 = kern->vec_dot[SM_TYPE_F16];
+    float *x = m->x, *xb = m->xb, *xb2 = m->xb2;
+    sm_workspace *ws = &m->ws;
+
+#define MATMUL(Y, W, X, N)                                                                 \
+    do {                                                                                   \
+        rc = sm_matmul((Y), (W).data, (W).type, (W).n_rows, (W).n_cols, (X), (N), ws);     \
+        if (rc != SM_OK) return rc;                                                        \
+    } while (0)
+
+    /* embeddings: dequantized rows of token_embd, times embed_scale */
+    const sm_tensor *emb = &m->w.token_embd;
+    const int64_t emb_row = sm_row_size(emb->type, dim);
+    for (int t = 0; t < T; t++) {
+        float *xt = x + (int64_t)t * dim;
+        sm_dequantize_row(emb->type, (const uint8_t *)emb->data + tokens[t] * emb_row, xt, dim);
+        if (c->embed_scale != 1.0f)
+            for (int i = 0; i < dim; i++) xt[i] *= c->embed_scale;
+    }
+
+    /* rope angles of every token, for global and sliding-window layers (the latter
+     * with their own base and without linear scaling, as llama.cpp's gemma3) */
+    for (int t = 0; t < T; t++) {
+        rope_angles(m->rope_cos + t * half, m->rope_sin + t * half, positions[t], hd,
+                    c->rope_base, c->rope_freq_scale, m->rope_freqs);
+        if (m->swa_cap)
+            rope_angles(m->rope_cos_swa + t * half, m->rope_sin_swa + t * half, positions[t], hd,
+                        c->rope_base_swa, 1.0f, m->rope_freqs);
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const sm_layer_weights *lw = &m->layers[l];
+        const layer_vectors *lv = &m->vec[l];
+        const kv_layer *kv = &m->kv[l];
+
+        /* attention rmsnorm */
+        for (int t = 0; t < T; t++)
+            rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->attn_norm, dim, eps);
+
+        /* q, k, v projections (+ qwen2 biases) */
+        MATMUL(m->q, lw->wq, xb, T);
+        MATMUL(m->k, lw->wk, xb, T);
+        MATMUL(m->v, lw->wv, xb, T);
+        for (int t = 0; t < T; t++) {
+            if (lv->bq) for (int i = 0; i < q_dim; i++) m->q[(int64_t)t * q_dim + i] += lv->bq[i];
+            if (lv->bk) for (int i = 0; i < kv_dim; i++) m->k[(int64_t)t * kv_dim + i] += lv->bk[i];
+            if (lv->bv) for (int i = 0; i < kv_dim; i++) m->v[(int64_t)t * kv_dim + i] += lv->bv[i];
+        }
+
+        for (int t = 0; t < T; t++) {
+            float *qt = m->q + (int64_t)t * q_dim, *kt = m->k + (int64_t)t * kv_dim;
+            /* per-head q/k rmsnorm (qwen3, gemma3) */
+            if (lv->q_norm) for (int h = 0; h < n_heads; h++) rmsnorm(qt + h * hd, qt + h * hd, lv->q_norm, hd, eps);
+            if (lv->k_norm) for (int h = 0; h < n_kv_heads; h++) rmsnorm(kt + h * hd, kt + h * hd, lv->k_norm, hd, eps);
+            /* rope */
+            const float *cs = (kv->swa ? m->rope_cos_swa : m->rope_cos) + t * half;
+            const float *sn = (kv->swa ? m->rope_sin_swa : m->rope_sin) + t * half;
+            rope(qt, n_heads, hd, cs, sn, c->rope_neox);
+            rope(kt, n_kv_heads, hd, cs, sn, c->rope_neox);
+            /* gemma: q scaled by attn_scale (query_pre_attn_scalar) */
+            if (gemma) for (int i = 0; i < q_dim; i++) qt[i] *= c->attn_scale;
+            /* k, v into the f16 cache at this position's cell */
+            const int cell = positions[t] % kv->cap;
+            sm_half *kc = kv->k + ((int64_t)slots[t] * kv->cap + cell) * kv_dim;
+            for (int i = 0; i < kv_dim; i++) kc[i] = sm_float_to_half(kt[i]);
+            sm_half *vc = kv->v + (int64_t)slots[t] * kv_dim * kv->cap;
+            const float *vt = m->v + (int64_t)t * kv_dim;
+            for (int i = 0; i < kv_dim; i++) vc[(int64_t)i * kv->cap + cell] = sm_float_to_half(vt[i]);
+        }
+
+        /* attention, one (token, head) pair per iteration */
+        const int n_pairs = T * n_heads;
+        int n_thr = sm_get_threads();
+        if (n_thr > m->n_att_threads) n_thr = m->n_att_threads;
+        if (n_thr > n_pairs) n_thr = n_pairs;
+        (void)n_thr;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr)
+        for (int i = 0; i < n_pairs; i++) {
+            const int t = i / n_heads, h = i % n_heads, kvh = h / kv_mul;
+            const int s = slots[t], pos = positions[t];
+            int lo = 0;
+            if (kv->swa && pos - c->sliding_window + 1 > 0) lo = pos - c->sliding_window + 1;
+#ifdef _OPENMP
+            float *att = m->att + (int64_t)omp_get_thread_num() * m->att_stride;
+#else
+            float *att = m->att;
+#endif
+            attention(m->att_out + (int64_t)t * q_dim + h * hd, m->q + (int64_t)t * q_dim + h * hd,
+                      kv->k + (int64_t)s * kv->cap * kv_dim + kvh * hd, kv_dim,
+                      kv->v + ((int64_t)s * kv_dim + kvh * hd) * kv->cap, kv->cap, hd, lo, pos,
+                      kq_scale, att, dot_f16);
+        }
+
+        /* output projection, gemma's post-attention norm, residual */
+        MATMUL(xb2, lw->wo, m->att_out, T);
+        for (int t = 0; t < T; t++) {
+            float *bt = xb2 + (int64_t)t * dim, *xt = x + (int64_t)t * dim;
+            if (lv->post_attn_norm) rmsnorm(bt, bt, lv->post_attn_norm, dim, eps);
+            for (int i = 0; i < dim; i++) xt[i] += bt[i];
+        }
+
+        /* ffn rmsnorm */
+        for (int t = 0; t < T; t++)
+            rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->ffn_norm, dim, eps);
+
+        /* gated ffn: w_down (act(w_gate x) * w_up x) */
+        MATMUL(m->hb, lw->w_gate, xb, T);
+        MATMUL(m->hb2, lw->w_up, xb, T);
+        glu(m->hb, m->hb2, (int64_t)T * hidden_dim, c->act, m->gelu_table);
+        MATMUL(xb2, lw->w_down, m->hb, T);
+
+        /* gemma's post-ffn norm, residual */
+        for (int t = 0; t < T; t++) {
+            float *bt = xb2 + (int64_t)t * dim, *xt = x + (int64_t)t * dim;
+            if (lv->post_ffn_norm) rmsnorm(bt, bt, lv->post_ffn_norm, dim, eps);
+            for (int i = 0; i < dim; i++) xt[i] += bt[i];
+        }
+    }
+
+    /* the slots now hold these positions */
+    for (int t = 0; t < T; t++) {
+        m->slot_len[slots[t]] = positions[t] + 1;
+        if (m->swa_cap)
+            m->ring_pos[(int64_t)slots[t] * m->swa_cap + positions[t] % m->swa_cap] = positions[t];
+    }
+
+    /* final rmsnorm: every row into hidden if asked, the out rows into xb */
+    if (hidden)
+        for (int t = 0; t < T; t++)
+            rmsnorm(hidden + (int64_t)t * dim, x + (int64_t)t * dim, m->output_norm, dim, eps);
+    for (int i = 0; i < n_out; i++)
+        rmsnorm(xb + (int64_t)i * dim, x + (int64_t)out_rows[i] * dim, m->output_norm, dim, eps);
+
+    /* logits of the out rows (tied: token_embd is the output matrix) */
+    const sm_tensor *head = m->w.output.data ? &m->w.output : &m->w.token_embd;
+    if (n_out > 0) MATMUL(logits, *head, xb, n_out);
+#undef MATMUL
+    return SM_OK;
+}
+
+int sm_model_copy_slot(sm_model *m, int src, int dst, int n_positions) {
+    if (!m) return SM_E_ARG;
+    const sm_config *c = &m->cfg;
+    if (src < 0 || src >= c->n_slots || dst < 0 || dst >= c->n_slots) return SM_E_ARG;
+    if (n_positions < 0 || n_positions > m->slot_len[src]) return SM_E_ARG;
+    /* a sliding-window ring must still hold the window before n_positions */
+    if (!ring_holds_window(m, src, n_positions)) return SM_E_ARG;
+    if (src == dst) {
+        m->slot_len[dst] = n_positions;
+        return SM_OK;
+    }
+    const int64_t kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        const kv_layer *kv = &m->kv[l];
+        const int n = n_positions < kv->cap ? n_positions : kv->cap;
+        /* K: cells of positions [n_positions - n, n_positions) */
+        for (int p = n_positions - n; p < n_positions; p++) {
+            const int cell = p % kv->cap;
+            memcpy(kv->k + ((int64_t)dst * kv->cap + cell) * kv_dim,
+                   kv->k + ((int64_t)src * kv->cap + cell) * kv_dim, kv_dim * sizeof(sm_half));
+        }
+        /* V^T: the same cells of every (kv_head, dim) row */
+        for (int64_t r = 0; r < kv_dim; r++) {
+            const sm_half *vs = kv->v + ((int64_t)src * kv_dim + r) * kv->cap;
+            sm_half *vd = kv->v + ((int64_t)dst * kv_dim + r) * kv->cap;
+            for (int p = n_positions - n; p < n_positions; p++) vd[p % kv->cap] = vs[p % kv->cap];
+        }
+    }
+    if (m->swa_cap) {
+        const int *ts = m->ring_pos + (int64_t)src * m->swa_cap;
+        int *td = m->ring_pos + (int64_t)dst * m->swa_cap;
+        for (int i = 0; i < m->swa_cap; i++)
+            td[i] = ts[i] < n_positions && ts[i] >= n_positions - m->swa_cap ? ts[i] : -1;
+    }
+    m->slot_len[dst] = n_positions;
+    return SM_OK;
+}

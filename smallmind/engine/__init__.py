@@ -1,0 +1,1 @@
+"""The inference engine: model (GGUF -> native forward pass), tokenizer, sampler, scheduler."""

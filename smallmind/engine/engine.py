@@ -1,0 +1,189 @@
+"""Continuous batching over a Model: sequences join and leave the running batch at any step.
+
+One `step()` is one call into C: every running sequence contributes its next token (decode)
+or a chunk of its prompt (prefill), bounded by `max_batch_tokens`, and the logits of each
+sequence's newest position come back for sampling.  The engine knows nothing of HTTP and
+is not thread-safe: one thread owns it (the server runs it in its own thread)."""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from smallmind.engine.sampling import Sampler, SamplingParams
+from smallmind.errors import RequestValidationError
+
+
+@dataclass
+class Sequence:
+    """One generation: its prompt, what it produced so far, and where it stands."""
+
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    sampler: Sampler
+    slot: int = -1
+    n_cached: int = 0               # positions of this sequence already in the KV cache
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+
+@dataclass
+class StepEvent:
+    """What one step did for one sequence: a new token (None if it finished on a stop token)."""
+
+    sequence: Sequence
+    token: int | None
+    finished: bool
+
+
+@dataclass
+class _Batch:
+    """The flat arrays one forward call takes, and which sequence owns what."""
+
+    tokens: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    out_rows: list[int] = field(default_factory=list)
+    sampled: list[Sequence] = field(default_factory=list)          # owner of each out row
+    advances: list[tuple[Sequence, int]] = field(default_factory=list)
+
+    def add(self, seq: Sequence, ids: list[int], sample: bool) -> None:
+        self.tokens.extend(ids)
+        self.slots.extend([seq.slot] * len(ids))
+        self.positions.extend(range(seq.n_cached, seq.n_cached + len(ids)))
+        self.advances.append((seq, len(ids)))
+        if sample:
+            self.out_rows.append(len(self.tokens) - 1)
+            self.sampled.append(seq)
+
+
+class Engine:
+    def __init__(self, model, eog_ids: frozenset[int] | set[int] = frozenset(), max_batch_tokens: int | None = None):
+        self.model = model
+        self.eog_ids = frozenset(eog_ids)
+        self.max_batch_tokens = max_batch_tokens or model.max_batch_tokens
+        self.free_slots = list(range(model.n_slots))[::-1]
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._ids = itertools.count(1)
+
+    # ---- admission ----
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        """Queue a sequence; it starts at the next step that has a free slot."""
+        if not prompt_ids:
+            raise RequestValidationError("the prompt is empty")
+        params.validate(self.model.vocab_size)
+        if len(prompt_ids) >= self.model.n_ctx:
+            raise RequestValidationError(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.model.n_ctx}")
+        bad = [t for t in prompt_ids if not 0 <= t < self.model.vocab_size]
+        if bad:
+            raise RequestValidationError(f"token id {bad[0]} is outside the vocabulary (0..{self.model.vocab_size - 1})")
+        sampler = Sampler(params, self.model.vocab_size, eog_token_ids=self.eog_ids)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler)
+        self.waiting.append(seq)
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Drop a sequence wherever it is; its slot is free for the next step."""
+        if seq.finished:
+            return
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.finish_reason = "cancelled"
+        self._release(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _admit(self) -> None:
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            seq.slot = self.free_slots.pop()
+            seq.n_cached = 0
+            self.running.append(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq.slot >= 0:
+            self.free_slots.append(seq.slot)
+            seq.slot = -1
+
+    # ---- one step ----
+
+    def _plan(self) -> "_Batch":
+        """Tokens for this step: decode tokens first (they keep streams flowing), then prompt
+        chunks in arrival order within what is left of the token budget."""
+        batch = _Batch()
+        budget = self.max_batch_tokens
+        decoding = [s for s in self.running if s.n_cached >= len(s.prompt_ids)]
+        prefilling = [s for s in self.running if s.n_cached < len(s.prompt_ids)]
+        for seq in decoding:
+            if budget == 0:
+                break
+            batch.add(seq, [seq.all_ids[seq.n_cached]], sample=True)
+            budget -= 1
+        for seq in prefilling:
+            if budget == 0:
+                break
+            chunk = seq.prompt_ids[seq.n_cached:seq.n_cached + budget]
+            # Only a chunk that completes the prompt yields logits to sample the first token.
+            batch.add(seq, chunk, sample=seq.n_cached + len(chunk) == len(seq.prompt_ids))
+            budget -= len(chunk)
+        return batch
+
+    def step(self) -> list[StepEvent]:
+        """Run one batched forward pass and sample; returns what happened to each sequence."""
+        self._admit()
+        if not self.running:
+            return []
+        batch = self._plan()
+        logits = self.model.forward(np.asarray(batch.tokens, np.int32), np.asarray(batch.slots, np.int32),
+                                    np.asarray(batch.positions, np.int32), np.asarray(batch.out_rows, np.int32))
+        for seq, n_new in batch.advances:
+            seq.n_cached += n_new
+        return [self._sample(seq, logits[row]) for row, seq in enumerate(batch.sampled)]
+
+    def _sample(self, seq: Sequence, logits: np.ndarray) -> StepEvent:
+        params = seq.params
+        last_n = params.penalty_last_n
+        window = seq.all_ids if last_n < 0 else seq.all_ids[-last_n:] if last_n > 0 else []
+        token = seq.sampler.sample(logits, window)
+        stop_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eog_ids)
+        if token in stop_ids:
+            seq.finish_reason = "stop"
+            self._release(seq)
+            return StepEvent(seq, None, True)
+        seq.output_ids.append(token)
+        if len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.model.n_ctx:
+            seq.finish_reason = "length"
+            self._release(seq)
+            return StepEvent(seq, token, True)
+        return StepEvent(seq, token, False)
+
+    # ---- convenience ----
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        """Tokens of one sequence as they are produced (drives the whole engine)."""
+        seq = self.submit(prompt_ids, params)
+        try:
+            while not seq.finished:
+                for event in self.step():
+                    if event.sequence is seq and event.token is not None:
+                        yield event.token
+        finally:
+            self.cancel(seq)

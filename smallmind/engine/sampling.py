@@ -1,0 +1,591 @@
+"""Token sampling: request parameters, their validation, and a fast per-sequence sampler.
+
+The pipeline follows llama.cpp's default sampler chain (``common/sampling.cpp`` building on
+``src/llama-sampling.cpp``)::
+
+    logit_bias -> penalties -> top_k -> top_p -> min_p -> temperature -> dist
+
+* ``logit_bias`` is added first (llama.cpp puts the logit-bias sampler in front of the chain,
+  before the penalties; only the repetition penalty, which scales, can tell the two orders apart).
+  With ``ignore_eos`` the end-of-generation ids given to the ``Sampler`` get ``-inf`` here, as
+  llama.cpp does with its EOG logit bias.
+* penalties look at the last ``penalty_last_n`` tokens of ``recent_tokens``: a repeated token's
+  logit is divided by ``repetition_penalty`` when > 0 and multiplied by it when <= 0, then
+  ``count * frequency_penalty + presence_penalty`` is subtracted.
+* ``temperature == 0`` is greedy: argmax after bias and penalties, ties to the lowest id, no
+  random draw.
+* ``top_k`` keeps the k largest logits; ``top_p`` keeps the smallest prefix (by descending
+  probability) whose cumulative probability reaches ``top_p``, probabilities being the softmax
+  of the top-k survivors; ``min_p`` keeps tokens with ``p >= min_p * p_max``, i.e.
+  ``logit >= max_logit + log(min_p)``.  All three work on the logits *before* temperature, as in
+  llama.cpp, where the temperature sampler comes last.
+* the survivors are divided by the temperature, soft-maxed and one token is drawn with the
+  sequence's own ``numpy.random.Generator`` (exactly one uniform double per non-greedy sample).
+
+Speed: the full vocabulary (262,144 for Gemma 3) is never sorted.  Every filter keeps a prefix
+of the descending order, so candidates come from block maxima (the k-th largest block maximum
+is a value at least k tokens reach, so only the blocks reaching it are read) and vectorised
+thresholds; only the few survivors are partitioned and sorted.  Without top_k, top_p needs the
+softmax normaliser of the whole vocabulary (one float32 exp pass); its prefix is then found by
+walking thresholds down from the max and bisecting the last band.  Drawing from more than a
+few thousand candidates uses block sums instead of a full cumulative sum.  The results are
+exact (no tail is dropped).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from smallmind.errors import RequestValidationError
+
+__all__ = [
+    "SamplingParams",
+    "Sampler",
+    "log_softmax",
+    "logsumexp",
+    "top_logprobs",
+    "token_logprobs",
+]
+
+# Block length for the block maxima / block sums that stand in for full sorts and cumsums.
+_BLOCK = 1024
+# Largest candidate set that is sorted outright when cutting the top-p prefix.
+_SORT_MAX = 4096
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings (llama.cpp defaults).
+
+    ``top_k`` <= 0, ``top_p`` == 1, ``min_p`` == 0 and ``repetition_penalty`` == 1 switch the
+    respective stage off.  ``penalty_last_n``: how many recent tokens the penalties look at
+    (0 = none, -1 = all of ``recent_tokens``).  ``logit_bias`` maps token ids to an additive
+    bias (-100 effectively bans, +100 forces); decimal-string keys, as OpenAI sends them, are
+    converted to ints.  ``stop_token_ids``: generation ends when one is sampled (the caller's
+    job; the token is not part of the output).  ``seed`` None draws one from OS entropy.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    penalty_last_n: int = 64
+    logit_bias: Mapping[int, float] = field(default_factory=dict, hash=False)
+    max_tokens: int = 100
+    stop_token_ids: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        bias = self.logit_bias
+        if isinstance(bias, Mapping):
+            norm = {}
+            for key, value in bias.items():
+                if isinstance(key, str):
+                    try:
+                        key = int(key.strip())
+                    except ValueError:
+                        pass  # left as is: validate() names it
+                norm[key] = value
+            object.__setattr__(self, "logit_bias", norm)
+        stops = self.stop_token_ids
+        if not isinstance(stops, frozenset) and isinstance(stops, Iterable) \
+                and not isinstance(stops, (str, bytes)):
+            object.__setattr__(self, "stop_token_ids", frozenset(stops))
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling is deterministic argmax (temperature 0)."""
+        return self.temperature == 0
+
+    def problems(self, vocab_size: int) -> list[tuple[str, str]]:
+        """Every invalid setting as ``(parameter, message)``, in request-field order."""
+        out: list[tuple[str, str]] = []
+
+        def bad(name: str, msg: str) -> None:
+            out.append((name, f"{name} {msg}"))
+
+        t = self.temperature
+        if not _is_real(t) or not 0.0 <= t <= 2.0:
+            bad("temperature", f"must be a number between 0 and 2, got {t!r}")
+        p = self.top_p
+        if not _is_real(p) or not 0.0 < p <= 1.0:
+            bad("top_p", f"must be a number greater than 0 and at most 1, got {p!r}")
+        k = self.top_k
+        if not _is_int(k) or k < 0:
+            bad("top_k", f"must be an integer >= 0 (0 disables it), got {k!r}")
+        mp = self.min_p
+        if not _is_real(mp) or not 0.0 <= mp <= 1.0:
+            bad("min_p", f"must be a number between 0 and 1, got {mp!r}")
+        s = self.seed
+        if s is not None and not _is_int(s):
+            bad("seed", f"must be an integer or null, got {s!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not _is_real(v) or not -2.0 <= v <= 2.0:
+                bad(name, f"must be a number between -2 and 2, got {v!r}")
+        r = self.repetition_penalty
+        if not _is_real(r) or r <= 0.0:
+            bad("repetition_penalty", f"must be a number greater than 0 (1 disables it), got {r!r}")
+        n = self.penalty_last_n
+        if not _is_int(n) or n < -1:
+            bad("penalty_last_n", f"must be an integer >= -1 (-1 = whole context), got {n!r}")
+        lb = self.logit_bias
+        if not isinstance(lb, Mapping):
+            bad("logit_bias", f"must be a mapping of token id to bias, got {type(lb).__name__}")
+        else:
+            for tok, v in lb.items():
+                if not _is_int(tok) or not 0 <= tok < vocab_size:
+                    bad("logit_bias", f"has token id {tok!r} outside the vocabulary "
+                                      f"(0..{vocab_size - 1})")
+                elif not _is_real(v) or not -100.0 <= v <= 100.0:
+                    bad("logit_bias", f"value for token {tok} must be a number between "
+                                      f"-100 and 100, got {v!r}")
+        m = self.max_tokens
+        if not _is_int(m) or m < 1:
+            bad("max_tokens", f"must be an integer >= 1, got {m!r}")
+        st = self.stop_token_ids
+        if not isinstance(st, frozenset):
+            bad("stop_token_ids", f"must be a set of token ids, got {type(st).__name__}")
+        else:
+            for tok in sorted(st, key=repr):
+                if not _is_int(tok) or not 0 <= tok < vocab_size:
+                    bad("stop_token_ids", f"has token id {tok!r} outside the vocabulary "
+                                          f"(0..{vocab_size - 1})")
+        if not isinstance(self.ignore_eos, (bool, np.bool_)):
+            bad("ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
+        return out
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise ``RequestValidationError`` naming every bad setting (first one in ``.param``)."""
+        found = self.problems(vocab_size)
+        if found:
+            err = RequestValidationError("; ".join(msg for _, msg in found))
+            err.param = found[0][0]  # type: ignore[attr-defined]  # for OpenAI's error.param
+            err.params = [name for name, _ in found]  # type: ignore[attr-defined]
+            raise err
+
+
+# --------------------------------------------------------------------------------------------
+# Scratch buffers (per thread, per vocabulary size): no 1 MB allocation per token.
+# --------------------------------------------------------------------------------------------
+
+class _Scratch:
+    __slots__ = ("logits", "work")
+
+    def __init__(self, n: int) -> None:
+        self.logits = np.empty(n, np.float32)
+        self.work = np.empty(n, np.float32)
+
+
+_tls = threading.local()
+
+
+def _scratch(n: int) -> _Scratch:
+    cache = getattr(_tls, "cache", None)
+    if cache is None:
+        cache = _tls.cache = {}
+    s = cache.get(n)
+    if s is None:
+        s = cache[n] = _Scratch(n)
+    return s
+
+
+def _as_logits(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits)
+    if x.ndim != 1:
+        raise ValueError(f"logits must be one-dimensional, got shape {x.shape}")
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    return x
+
+
+def _check_max(m: float) -> None:
+    if math.isnan(m):
+        raise FloatingPointError("logits contain NaN")
+    if m == -math.inf:
+        raise FloatingPointError("every token has logit -inf: nothing can be sampled")
+
+
+def _block_max(x: np.ndarray) -> np.ndarray:
+    """Maximum of each run of _BLOCK entries (the last run may be shorter)."""
+    n = x.shape[0]
+    full = n - n % _BLOCK
+    bm = x[:full].reshape(-1, _BLOCK).max(axis=1)
+    if full < n:
+        bm = np.append(bm, x[full:].max())
+    return bm
+
+
+def _ids_at_least(x: np.ndarray, bm: np.ndarray, thr: float) -> np.ndarray:
+    """Ascending ids i with x[i] >= thr, reading only the blocks whose maximum reaches thr."""
+    n = x.shape[0]
+    t = np.float32(thr)
+    blocks = np.flatnonzero(bm >= t)
+    if blocks.size * 2 > bm.size:
+        return np.flatnonzero(x >= t)
+    nfull = n // _BLOCK
+    ids = []
+    fb = blocks[blocks < nfull]
+    if fb.size:
+        rows = np.take(x[: nfull * _BLOCK].reshape(-1, _BLOCK), fb, axis=0)
+        pos = np.flatnonzero(rows >= t)  # (2-D np.nonzero is several times slower)
+        ids.append(fb[pos // _BLOCK] * _BLOCK + pos % _BLOCK)
+    if blocks.size and blocks[-1] == nfull and nfull * _BLOCK < n:
+        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK:] >= t))
+    if not ids:
+        return np.empty(0, np.intp)
+    return ids[0] if len(ids) == 1 else np.concatenate(ids)
+
+
+def _top_k_ids(x: np.ndarray, bm: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest entries of x, by value descending, ties -> lower id.
+
+    The k-th largest block maximum is a value that at least k entries reach, so only the
+    blocks reaching it can hold the top k: no pass over the full vector beyond ``bm``."""
+    n = x.shape[0]
+    if k >= n:
+        idx = np.arange(n)
+    else:
+        nb = bm.shape[0]
+        kth = np.partition(bm, nb - k)[nb - k] if k <= nb else -np.inf
+        idx = _ids_at_least(x, bm, kth) if k <= nb else np.arange(n)
+        if idx.size > k:
+            vals = x[idx]
+            kth = np.partition(vals, idx.size - k)[idx.size - k]
+            above = idx[vals > kth]
+            tied = idx[vals == kth][: k - above.size]  # ties at the cut -> lowest ids
+            idx = np.concatenate((above, tied))
+    order = np.argsort(-x[idx], kind="stable")
+    return idx[order]
+
+
+def _mass_prefix(x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None,
+                 target: float, m: float) -> np.ndarray:
+    """Smallest set of ids (within ``cand``, or all) whose weights ``e`` reach ``target`` when
+    taken by descending ``x`` (ties -> lower id): the top-p prefix without a full sort.
+
+    Walks thresholds m-1, m-2, m-4, ... down until the mass reaches ``target``; everything above
+    the previous threshold is taken, and the cut inside the last band is found by bisecting on
+    the logit value until at most _SORT_MAX entries are left to sort."""
+    def at_least(thr: float) -> np.ndarray:
+        if cand is None:
+            return _ids_at_least(x, bm, thr)
+        return cand[x[cand] >= np.float32(thr)]
+
+    prev = np.empty(0, np.intp)
+    prev_mass = 0.0
+    d = 1.0
+    while True:
+        thr = m - d if d <= 128.0 else -np.inf
+        cur = at_least(thr)
+        mass = float(e[cur].sum(dtype=np.float64))
+        if mass >= target or thr == -np.inf:
+            break
+        prev, prev_mass = cur, mass
+        d *= 2.0
+    taken = [prev]
+    need = target - prev_mass
+    hi = m - d / 2.0 if d > 1.0 else m + 1.0
+    cur = cur[x[cur] < np.float32(hi)] if prev.size else cur
+    lo = thr
+    while cur.shape[0] > _SORT_MAX and need > 0.0 and hi - lo > 1e-6:
+        mid = 0.5 * (hi + lo) if lo != -np.inf else hi - 128.0
+        up = x[cur] >= np.float32(mid)
+        upper = cur[up]
+        mass = float(e[upper].sum(dtype=np.float64))
+        if mass >= need:
+            cur, lo = upper, mid
+        else:
+            taken.append(upper)
+            need -= mass
+            cur, hi = cur[~up], mid
+    if need > 0.0 and cur.shape[0]:
+        cur = cur[np.argsort(-x[cur], kind="stable")]
+        cum = np.cumsum(e[cur], dtype=np.float64)
+        cut = min(int(np.searchsorted(cum, need, side="left")) + 1, cur.shape[0])
+        taken.append(cur[:cut])
+    return taken[0] if len(taken) == 1 else np.concatenate(taken)
+
+
+def _pick(w: np.ndarray, u: float) -> int:
+    """Index i of weights w (float32, >= 0) with P(i) = w[i] / sum(w), from a uniform u.
+
+    Two-level inverse CDF (block sums, then one block) instead of a full float64 cumsum."""
+    n = w.shape[0]
+    full = n - n % _BLOCK
+    sums = w[:full].reshape(-1, _BLOCK).sum(axis=1)
+    if full < n:
+        sums = np.append(sums, w[full:].sum())
+    cs = np.cumsum(sums, dtype=np.float64)
+    target = u * cs[-1]
+    b = min(int(np.searchsorted(cs, target, side="right")), sums.shape[0] - 1)
+    while b > 0 and sums[b] == 0.0:
+        b -= 1
+    before = cs[b - 1] if b else 0.0
+    lo = b * _BLOCK
+    inner = np.cumsum(w[lo: lo + _BLOCK], dtype=np.float64)
+    j = min(int(np.searchsorted(inner, target - before, side="right")), inner.shape[0] - 1)
+    while j > 0 and w[lo + j] == 0.0:
+        j -= 1
+    return lo + j
+
+
+# --------------------------------------------------------------------------------------------
+# Sampler
+# --------------------------------------------------------------------------------------------
+
+class Sampler:
+    """Samples the next token of one sequence.  Not thread-safe; one per sequence.
+
+    ``eog_token_ids``: end-of-generation ids that ``ignore_eos`` bans (llama.cpp's EOG bias).
+    The constructor validates ``params`` (``RequestValidationError``).
+    """
+
+    __slots__ = ("params", "vocab_size", "rng", "_bias_ids", "_bias_vals", "_pen", "_rep",
+                 "_freq", "_pres", "_last_n", "_temp", "_top_k", "_top_p", "_log_min_p")
+
+    def __init__(self, params: SamplingParams, vocab_size: int, *,
+                 eog_token_ids: Iterable[int] = ()) -> None:
+        params.validate(vocab_size)
+        self.params = params
+        self.vocab_size = v = int(vocab_size)
+        seed = params.seed
+        # PCG64 wants a non-negative seed; negative ints are folded (deterministically).
+        self.rng = np.random.Generator(np.random.PCG64(None if seed is None else seed % 2**64))
+
+        bias = {int(t): float(b) for t, b in params.logit_bias.items() if b != 0}
+        if params.ignore_eos:
+            for t in eog_token_ids:
+                if 0 <= int(t) < v:
+                    bias[int(t)] = -math.inf
+        ids = sorted(bias)
+        self._bias_ids = np.array(ids, dtype=np.intp)
+        self._bias_vals = np.array([bias[t] for t in ids], dtype=np.float32)
+
+        self._rep = float(params.repetition_penalty)
+        self._freq = float(params.frequency_penalty)
+        self._pres = float(params.presence_penalty)
+        self._last_n = int(params.penalty_last_n)
+        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0
+                                            or self._pres != 0.0)
+        self._temp = float(params.temperature)
+        k = int(params.top_k)
+        self._top_k = k if 0 < k < v else 0
+        self._top_p = float(params.top_p) if params.top_p < 1.0 else None
+        self._log_min_p = math.log(params.min_p) if params.min_p > 0.0 else None
+
+    # -- stages --------------------------------------------------------------------------
+
+    def _window(self, recent: Sequence[int]) -> np.ndarray | None:
+        n = len(recent)
+        if n == 0:
+            return None
+        start = 0 if self._last_n < 0 else max(0, n - self._last_n)
+        if isinstance(recent, np.ndarray):
+            win = recent[start:]
+        else:
+            try:
+                win = recent[start:]
+            except TypeError:  # e.g. a deque
+                win = list(itertools.islice(recent, start, None))
+        arr = np.asarray(win, dtype=np.int64)
+        if arr.size == 0:
+            return None
+        return arr
+
+    def apply_logit_processors(self, logits: np.ndarray,
+                               recent_tokens: Sequence[int] = ()) -> np.ndarray:
+        """Logits after logit_bias and penalties.  Returns ``logits`` itself when nothing
+        applies, else a per-thread scratch array (valid until the next call on this thread)."""
+        x = _as_logits(logits)
+        if x.shape[0] != self.vocab_size:
+            raise ValueError(f"expected {self.vocab_size} logits, got {x.shape[0]}")
+        win = self._window(recent_tokens) if self._pen else None
+        if self._bias_ids.size == 0 and win is None:
+            return x
+        buf = _scratch(self.vocab_size).logits
+        np.copyto(buf, x)
+        if self._bias_ids.size:
+            buf[self._bias_ids] += self._bias_vals
+        if win is not None:
+            win = win[(win >= 0) & (win < self.vocab_size)]
+            ids, counts = np.unique(win, return_counts=True)
+            if ids.size:
+                vals = buf[ids].astype(np.float64)
+                if self._rep != 1.0:
+                    vals = np.where(vals <= 0.0, vals * self._rep, vals / self._rep)
+                vals -= counts * self._freq + self._pres
+                buf[ids] = vals
+        return buf
+
+    def sample(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> int:
+        """Next token id.  ``logits``: float32 (vocab,) raw model output (not modified);
+        ``recent_tokens``: the sequence so far (prompt + generated), oldest first."""
+        x = self.apply_logit_processors(logits, recent_tokens)
+        if self._temp <= 0.0:
+            i = int(np.argmax(x))
+            _check_max(float(x[i]))
+            return i
+        bm = _block_max(x)
+        m = float(bm.max())
+        _check_max(m)
+        if self._top_k:
+            ids, vals = self._filter_top_k(x, bm, m)
+        else:
+            ids, vals = self._filter_no_top_k(x, bm, m)
+        return self._draw(ids, vals, m)
+
+    def distribution(self, logits: np.ndarray,
+                     recent_tokens: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """The distribution ``sample`` draws from: ``(ids int64, probs float64)`` of the tokens
+        surviving every filter, by descending probability (ties -> lower id).  No draw."""
+        x = self.apply_logit_processors(logits, recent_tokens)
+        if self._temp <= 0.0:
+            i = int(np.argmax(x))
+            _check_max(float(x[i]))
+            return np.array([i], np.int64), np.ones(1)
+        bm = _block_max(x)
+        m = float(bm.max())
+        _check_max(m)
+        if self._top_k:
+            ids, vals = self._filter_top_k(x, bm, m)
+        else:
+            ids, vals = self._filter_no_top_k(x, bm, m)
+            if ids is None:
+                ids = np.arange(x.shape[0])
+        order = np.lexsort((ids, -vals.astype(np.float64)))
+        ids, vals = ids[order].astype(np.int64), vals[order]
+        w = np.exp((vals.astype(np.float64) - m) / self._temp)
+        return ids, w / w.sum()
+
+    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray,
+                      m: float) -> tuple[np.ndarray, np.ndarray]:
+        """top_k -> top_p -> min_p; returns (ids, logits) by descending logit."""
+        ids = _top_k_ids(x, bm, self._top_k)
+        vals = x[ids]
+        if self._top_p is not None and ids.size > 1:
+            # softmax of the top-k survivors, smallest prefix reaching top_p
+            cum = np.cumsum(np.exp(vals.astype(np.float64) - m))
+            cut = int(np.searchsorted(cum, self._top_p * cum[-1], side="left")) + 1
+            ids, vals = ids[:cut], vals[:cut]
+        if self._log_min_p is not None and ids.size > 1:
+            keep = max(int(np.count_nonzero(vals >= np.float32(m + self._log_min_p))), 1)
+            ids, vals = ids[:keep], vals[:keep]
+        return ids, vals
+
+    def _filter_no_top_k(self, x: np.ndarray, bm: np.ndarray,
+                         m: float) -> tuple[np.ndarray | None, np.ndarray]:
+        """top_p -> min_p over the whole vocabulary; returns (ids, logits), any order
+        (ids None: every token)."""
+        lmp, top_p = self._log_min_p, self._top_p
+        if top_p is None:
+            if lmp is None:  # no filter at all: the whole distribution
+                return None, x
+            ids = _ids_at_least(x, bm, m + lmp)
+            return ids, x[ids]
+        # top_p needs the softmax normaliser of the whole vocabulary: one full exp
+        e = _scratch(self.vocab_size).work
+        np.subtract(x, np.float32(m), out=e)
+        np.exp(e, out=e)
+        target = top_p * float(e.sum())  # float32 pairwise sum: ~1e-7 relative error
+        cand = None
+        if lmp is not None:
+            cand = _ids_at_least(x, bm, m + lmp)
+            if float(e[cand].sum(dtype=np.float64)) < target:
+                # top_p's prefix reaches past the min_p set, so min_p cuts it back to that set
+                return cand, x[cand]
+        ids = _mass_prefix(x, bm, e, cand, target, m)
+        return ids, x[ids]
+
+    def _draw(self, ids: np.ndarray | None, vals: np.ndarray, m: float) -> int:
+        """Temperature, softmax and one draw (always consumes exactly one uniform).
+        ``ids`` None: ``vals`` is the whole vocabulary."""
+        u = self.rng.random()
+        n = vals.shape[0]
+        if n == 1:
+            return 0 if ids is None else int(ids[0])
+        if n > _SORT_MAX:
+            w = _scratch(self.vocab_size).work[:n]
+            np.subtract(vals, np.float32(m), out=w)
+            if self._temp != 1.0:
+                w *= np.float32(1.0 / self._temp)
+            np.exp(w, out=w)
+            i = _pick(w, u)
+            return i if ids is None else int(ids[i])
+        cum = np.cumsum(np.exp((vals.astype(np.float64) - m) / self._temp))
+        j = min(int(np.searchsorted(cum, u * cum[-1], side="right")), n - 1)
+        return j if ids is None else int(ids[j])
+
+
+# --------------------------------------------------------------------------------------------
+# Log-probabilities (the server's logprobs feature)
+# --------------------------------------------------------------------------------------------
+
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable log-softmax along ``axis``; float32 in -> float32 out, else float64."""
+    x = np.asarray(logits)
+    dt = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
+    x = x.astype(dt, copy=False)
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0).astype(dt)
+    shifted = x - m
+    lse = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True, dtype=np.float64))
+    return (shifted - lse).astype(dt, copy=False)
+
+
+def logsumexp(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))) of a 1-D vector, in float64 (float32 exponentials)."""
+    x = _as_logits(logits)
+    m = float(x.max())
+    _check_max(m)
+    if m == math.inf:
+        return math.inf
+    work = _scratch(x.shape[0]).work
+    np.subtract(x, np.float32(m), out=work)
+    np.exp(work, out=work)
+    return m + math.log(float(work.sum(dtype=np.float64)))
+
+
+def top_logprobs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely tokens of the raw distribution (no sampling filters applied).
+
+    Returns ``(ids int64, logprobs float64)`` by descending probability, ties to the lower id."""
+    x = _as_logits(logits)
+    k = max(0, min(int(k), x.shape[0]))
+    if k == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    lse = logsumexp(x)
+    ids = _top_k_ids(x, _block_max(x), k).astype(np.int64)
+    return ids, x[ids].astype(np.float64) - lse
+
+
+def token_logprobs(logits: np.ndarray, token_ids: Sequence[int] | int) -> np.ndarray | float:
+    """Raw log-probabilities of given token ids (a float for a single int id)."""
+    x = _as_logits(logits)
+    lse = logsumexp(x)
+    if isinstance(token_ids, numbers.Integral):
+        return float(x[int(token_ids)]) - lse
+    ids = np.asarray(token_ids, dtype=np.int64)
+    return x[ids].astype(np.float64) - lse

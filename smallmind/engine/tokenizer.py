@@ -1,0 +1,902 @@
+"""Tokenizers built from GGUF metadata, token-exact with llama.cpp (``llama-vocab.cpp``).
+
+Two vocabulary types:
+
+* ``tokenizer.ggml.model == "llama"`` -- SentencePiece BPE ("SPM"): spaces become U+2581
+  ("▁"), one is prepended to a text fragment that starts the input or follows a special
+  token when ``add_space_prefix`` (default true; Gemma 3 sets it false); the fragment is
+  split into characters and the adjacent pair whose concatenation is a token with the
+  highest score is merged, again and again (ties: the leftmost pair).  Symbols left that
+  are not tokens become byte tokens ``<0xXX>`` (or the unknown token).
+* ``tokenizer.ggml.model == "gpt2"`` -- byte-level BPE: the pre-tokenizer named by
+  ``tokenizer.ggml.pre`` splits the text (see :mod:`.bpe_pretokenize`), each piece's UTF-8
+  bytes are mapped to GPT-2's printable alphabet, and merges are applied lowest rank first
+  (ties: leftmost).
+
+Before either, special tokens are split out of the text as llama.cpp's
+``tokenizer_st_partition`` does: longest token text first, every occurrence in every text
+fragment left.  Control and unknown tokens are split out only with ``parse_special=True``;
+user-defined tokens (token type 4, e.g. Gemma's ``"\\n"``, runs of spaces, ``<table>``) are
+*always* split out, exactly as llama.cpp (and Hugging Face ``tokenizers``) do.
+
+Speed: the merge loops work on one "word" at a time and their results are cached per word.
+For SPM that is only valid where no merge can cross a word boundary: the text is cut before
+a "▁" only when the character before it never precedes a "▁" inside any token of the
+vocabulary, so no token can span the cut (checked once per vocabulary in ``from_gguf``).
+
+Decoding follows ``token_to_piece``: SPM normal tokens with "▁" -> " ", byte tokens ->
+their byte, control/unknown/user-defined tokens -> their text; BPE normal tokens through
+the GPT-2 alphabet back to bytes.  Control and unknown tokens render as "" with
+``skip_special=True``.  Unused/undefined token types render as "" (as in llama.cpp).
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import heapq
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import regex
+
+from ..errors import ModelFormatError
+
+try:  # optional compiled hot loops (smallmind/_tokenize.pyx); same results, faster
+    from .._tokenize import BpeVocab as _CBpeVocab, SpmVocab as _CSpmVocab
+except ImportError:  # pragma: no cover - depends on the build
+    _CBpeVocab = _CSpmVocab = None
+from .bpe_pretokenize import (BYTE_DECODE_TABLE, BYTE_ENCODE_TABLE, PreTokenizer,
+                              get_pretokenizer)
+
+__all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
+
+
+class TokenType:
+    """Values of ``tokenizer.ggml.token_type`` (llama.cpp's ``llama_token_type``)."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+SPACE = "\u2581"
+_NEG_INF = float("-inf")
+_INF = float("inf")
+# words longer than this use the heap-based merge loop (O(n log n) instead of O(n^2));
+# the compiled loop is O(n^2) too, but in C
+_LONG_WORD = 48
+_LONG_WORD_C = 512
+# words longer than this are not cached
+_CACHE_WORD_MAX = 64
+_CACHE_MAX_ENTRIES = 200_000
+
+# llama.cpp detects these by text (llama_vocab::impl::load) and forces them to CONTROL.
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+              "<|end_of_text|>", "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>",
+              "<end_of_utterance>")
+_EOM_TEXTS = ("<|eom_id|>",)
+_FIM_PAD_TEXTS = ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>")
+_FIM_REP_TEXTS = ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<fim_repo>", "<REPO>")
+_FIM_SEP_TEXTS = ("<|file_sep|>",)
+_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",
+              "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
+              "<|end_of_text|>", "<end_of_utterance>")
+
+
+def _utf8(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _encode_text(s: str) -> bytes:
+    """UTF-8 of (sanitized) input text; U+DC80..U+DCFF stand for raw bytes."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _sanitize(text: str) -> str:
+    """Lone surrogates other than surrogateescape's U+DC80..U+DCFF (raw bytes) cannot be
+    UTF-8: replace them with U+FFFD."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff"
+                       else c for c in text)
+
+
+def _to_byte_alphabet(word: str) -> str:
+    return _encode_text(word).decode("latin-1").translate(BYTE_ENCODE_TABLE)
+
+
+class Tokenizer:
+    """A llama.cpp-compatible tokenizer.  Build with :meth:`from_gguf`.
+
+    Attributes (read-only by convention): ``model`` ("llama" or "gpt2"), ``pre`` (the
+    pre-tokenizer name, BPE only), ``tokens`` (list of token texts), ``token_types`` (list
+    of :class:`TokenType` values after llama.cpp's adjustments), ``add_bos``, ``add_eos``,
+    ``add_space_prefix``, ``clean_spaces`` (llama.cpp's detokenizer space clean-up flag),
+    ``unk_id``, ``pad_id``, ``eom_id``.
+    """
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_gguf(cls, metadata: Mapping[str, Any]) -> "Tokenizer":
+        """Build from a GGUF metadata dict (``GGUFFile(path).metadata``).
+
+        Raises :class:`ModelFormatError` for missing, malformed or unsupported tokenizer
+        metadata."""
+        self = cls.__new__(cls)
+        self._init(metadata)
+        return self
+
+    def _init(self, md: Mapping[str, Any]) -> None:
+        model = md.get("tokenizer.ggml.model")
+        if model is None:
+            raise ModelFormatError("tokenizer metadata missing: no tokenizer.ggml.model")
+        if model not in ("llama", "gpt2"):
+            raise ModelFormatError(
+                f"unsupported tokenizer model {model!r} (tokenizer.ggml.model); "
+                "supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE)")
+        self.model = model
+        is_spm = model == "llama"
+
+        tokens = md.get("tokenizer.ggml.tokens")
+        if tokens is None:
+            raise ModelFormatError("tokenizer metadata missing: no tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not set(map(type, tokens)) <= {str}:
+            raise ModelFormatError("tokenizer.ggml.tokens must be an array of strings")
+        n = len(tokens)
+        if n == 0:
+            raise ModelFormatError("tokenizer.ggml.tokens is empty")
+        if not all(tokens):  # llama.cpp renames empty tokens
+            tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        self.tokens = tokens
+
+        scores = self._numeric_array(md, "tokenizer.ggml.scores", n)
+        self.scores = (scores.astype("float32").tolist() if scores is not None
+                       else [0.0] * n)
+        ttypes = self._numeric_array(md, "tokenizer.ggml.token_type", n)
+        self.token_types = (ttypes.astype("int64").tolist() if ttypes is not None
+                            else [TokenType.NORMAL] * n)
+
+        # last occurrence wins, as with llama.cpp's token_to_id[word] = i
+        self._tok2id: dict[str, int] = dict(zip(tokens, range(n)))
+
+        # ---- type defaults (llama.cpp load())
+        self.pretokenizer: PreTokenizer | None = None
+        self.pre: str | None = None
+        if is_spm:
+            bos, eos, unk = 1, 2, 0
+            self.add_space_prefix = True
+            self.clean_spaces = False
+            self.add_bos, self.add_eos = True, False
+        else:
+            bos, eos, unk = 11, 11, None
+            pre = md.get("tokenizer.ggml.pre")
+            self.pretokenizer = get_pretokenizer(pre)
+            self.pre = self.pretokenizer.name
+            self.add_space_prefix = False
+            self.clean_spaces = self.pretokenizer.clean_spaces
+            self.add_bos, self.add_eos = self.pretokenizer.add_bos, False
+            if self.pretokenizer.no_bos:
+                bos = None
+        self.add_space_prefix = self._bool(md, "tokenizer.ggml.add_space_prefix",
+                                           self.add_space_prefix)
+
+        def default(i):
+            return i if i is not None and 0 <= i < n else None
+
+        self.bos_id = self._token_id(md, "tokenizer.ggml.bos_token_id", default(bos))
+        self.eos_id = self._token_id(md, "tokenizer.ggml.eos_token_id", default(eos))
+        self.eot_id = self._token_id(md, "tokenizer.ggml.eot_token_id", None)
+        self.eom_id = self._token_id(md, "tokenizer.ggml.eom_token_id", None)
+        self.unk_id = self._token_id(md, "tokenizer.ggml.unknown_token_id", default(unk))
+        self.pad_id = self._token_id(md, "tokenizer.ggml.padding_token_id", None)
+        fim_pad = self._token_id(md, "tokenizer.ggml.fim_pad_token_id", None)
+        fim_rep = self._token_id(md, "tokenizer.ggml.fim_rep_token_id", None)
+        fim_sep = self._token_id(md, "tokenizer.ggml.fim_sep_token_id", None)
+        self.add_bos = self._bool(md, "tokenizer.ggml.add_bos_token", self.add_bos)
+        self.add_eos = self._bool(md, "tokenizer.ggml.add_eos_token", self.add_eos)
+
+        # ---- text-detected special tokens (llama.cpp forces them to CONTROL)
+        tt = self.token_types
+        t2i = self._tok2id
+
+        def detect(current, texts):
+            if current is not None:
+                return current
+            # llama.cpp takes whichever match its hash map yields first; we take the
+            # first text in list order (so "<|eot_id|>" beats "<|end_of_text|>")
+            for t in texts:
+                i = t2i.get(t)
+                if i is not None:
+                    tt[i] = TokenType.CONTROL
+                    return i
+            return None
+
+        self.eot_id = detect(self.eot_id, _EOT_TEXTS)
+        self.eom_id = detect(self.eom_id, _EOM_TEXTS)
+        fim_pad = detect(fim_pad, _FIM_PAD_TEXTS)
+        fim_rep = detect(fim_rep, _FIM_REP_TEXTS)
+        fim_sep = detect(fim_sep, _FIM_SEP_TEXTS)
+        eog = {i for i in (fim_pad, fim_rep, fim_sep) if i is not None}
+        for t in _EOG_TEXTS:
+            i = t2i.get(t)
+            if i is not None:
+                eog.add(i)
+                tt[i] = TokenType.CONTROL
+        for i in (self.eos_id, self.eot_id, self.eom_id):
+            if i is not None:
+                eog.add(i)
+        self._eog_ids = frozenset(eog)
+
+        tt_arr = np.asarray(tt, dtype=np.int64)
+        self._special_ids = frozenset(np.flatnonzero(
+            (tt_arr == TokenType.CONTROL) | (tt_arr == TokenType.UNKNOWN)).tolist())
+
+        # ---- special-token partition tables
+        with_control = _SpecialMatcher(tokens, tt_arr, parse_special=True)
+        self._partition = {
+            True: with_control,
+            False: _SpecialMatcher(tokens, tt_arr, parse_special=False,
+                                   superset=with_control),
+        }
+
+        # ---- algorithm tables
+        self._cache: dict[str, tuple[int, ...]] = {}
+        if is_spm:
+            self._init_spm()
+        else:
+            self._init_bpe(md)
+
+        # decode pieces: built on first use (self._pieces)
+
+    @staticmethod
+    def _numeric_array(md, key, n):
+        arr = md.get(key)
+        if arr is None:
+            return None
+        if not hasattr(arr, "dtype") or getattr(arr, "ndim", 0) != 1 \
+                or arr.dtype.kind not in "iuf":
+            raise ModelFormatError(f"{key} must be a numeric array")
+        if len(arr) != n:
+            raise ModelFormatError(
+                f"{key} has {len(arr)} entries but tokenizer.ggml.tokens has {n}")
+        return arr
+
+    @staticmethod
+    def _bool(md, key, default):
+        v = md.get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, int) and v in (0, 1):
+            return bool(v)
+        raise ModelFormatError(f"{key} must be a bool, got {v!r}")
+
+    def _token_id(self, md, key, default):
+        v = md.get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ModelFormatError(f"{key} must be an integer token id, got {v!r}")
+        if not 0 <= v < len(self.tokens):
+            # llama.cpp warns "bad special token" and keeps the default
+            return default
+        return v
+
+    def _init_spm(self) -> None:
+        tokens, scores = self.tokens, self.scores
+        t2i = self._tok2id
+        # byte fallback: <0xXX> tokens, else the single-byte token (llama.cpp byte_to_token)
+        byte_ids: list[int | None] = []
+        for b in range(256):
+            i = t2i.get(f"<0x{b:02X}>")
+            if i is None:
+                i = t2i.get(bytes([b]).decode("utf-8", "surrogateescape"))
+            byte_ids.append(i)
+        self._byte_ids = byte_ids
+        # characters that precede a "▁" inside some token: never cut between them and "▁"
+        joined = "\x00".join(tokens)
+        bad = set(regex.findall(f"([^{SPACE}\x00]){SPACE}", joined))
+        if joined.count("\x00") != len(tokens) - 1:
+            bad.add("\x00")  # a token holds a NUL itself: be conservative
+        self._spm_nosplit = frozenset(bad)
+        self._c = (_CSpmVocab(tokens, scores, byte_ids, self.unk_id)
+                   if _CSpmVocab is not None else None)
+        if self._c is None:
+            self._score  # noqa: B018 - the pure-Python loop needs it: build it now
+        cls = "".join(re.escape(c) for c in sorted(bad | {SPACE}))
+        self._spm_split_rx = re.compile(f"(?<=[^{cls}])(?={SPACE})")
+
+    def _init_bpe(self, md) -> None:
+        merges = md.get("tokenizer.ggml.merges")
+        if merges is None:
+            raise ModelFormatError("tokenizer metadata missing: no tokenizer.ggml.merges "
+                                   "(required for a gpt2 tokenizer)")
+        if not isinstance(merges, list) or not set(map(type, merges)) <= {str}:
+            raise ModelFormatError("tokenizer.ggml.merges must be an array of strings")
+        self._merges = merges
+        self._ignore_merges = self.pretokenizer.ignore_merges
+        self._c = (_CBpeVocab(self.tokens, merges, self._ignore_merges)
+                   if _CBpeVocab is not None else None)
+        if self._c is None:
+            self._ranks  # noqa: B018 - the pure-Python loop needs it: build it now
+
+    @functools.cached_property
+    def _score(self) -> dict[str, float]:
+        """SPM: text -> score of the token (last duplicate wins, like _tok2id); built on
+        first use (the compiled loop has its own table)."""
+        return dict(zip(self.tokens, self.scores))
+
+    @functools.cached_property
+    def _ranks(self) -> dict[str, int]:
+        """BPE: merge line "left right" -> rank.  Keyed by the line itself: llama.cpp
+        splits a line at its first space after position 0, and looking up left + " " +
+        right is the same because byte-level symbols never contain a space ("Ġ").  Built
+        in reverse so that, as with llama.cpp's map.emplace, a repeated line keeps its
+        first (lowest) rank.  Built on first use."""
+        m = self._merges
+        return dict(zip(reversed(m), range(len(m) - 1, -1, -1)))
+
+    @functools.cached_property
+    def _pieces(self) -> list[bytes]:
+        """Each token's bytes as llama.cpp's token_to_piece(special=True) gives them.
+        Built on first use (~0.1 s for 262k tokens)."""
+        tokens, tt = self.tokens, self.token_types
+        tt_arr = np.asarray(tt, dtype=np.int64)
+        N, C, U, D, B = (TokenType.NORMAL, TokenType.CONTROL, TokenType.UNKNOWN,
+                         TokenType.USER_DEFINED, TokenType.BYTE)
+        spm = self.model == "llama"
+        normal = np.flatnonzero(tt_arr == N).tolist()
+        pieces: list[bytes] = [b""] * len(tokens)
+        texts = [tokens[i] for i in normal]
+        if spm:
+            # one join/replace/encode for all normal tokens, split at NUL (unless a token
+            # holds a NUL itself: then one by one)
+            joined = "\x00".join(texts)
+            if joined.count("\x00") == len(texts) - 1:
+                parts = joined.replace(SPACE, " ").encode("utf-8", "surrogateescape") \
+                    .split(b"\x00")
+            else:
+                parts = [_utf8(t.replace(SPACE, " ")) for t in texts]
+        else:
+            # the GPT-2 alphabet maps each character to exactly one byte: translate and
+            # encode everything at once, then cut by the character lengths
+            table = BYTE_DECODE_TABLE
+            try:
+                blob = "".join(texts).translate(table).encode("latin-1")
+                parts = []
+                pos = 0
+                for t in texts:
+                    end = pos + len(t)
+                    parts.append(blob[pos:end])
+                    pos = end
+            except UnicodeEncodeError:
+                parts = [self._bpe_piece_slow(t) for t in texts]
+        for i, p in zip(normal, parts):
+            pieces[i] = p
+        for i in np.flatnonzero(tt_arr != N).tolist():
+            ty = tt[i]
+            if ty in (C, U, D):
+                pieces[i] = _utf8(tokens[i])
+            elif ty == B and spm:
+                t = tokens[i]
+                if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                    try:
+                        pieces[i] = bytes([int(t[3:5], 16)])
+                    except ValueError:
+                        pass
+        return pieces
+
+    @staticmethod
+    def _bpe_piece_slow(t: str) -> bytes:
+        table = BYTE_DECODE_TABLE
+        try:
+            return t.translate(table).encode("latin-1")
+        except UnicodeEncodeError:
+            # a character outside the byte alphabet: keep its UTF-8 (llama.cpp prints an
+            # "[UNK_BYTE_0x..]" marker instead)
+            return b"".join(bytes([table[ord(c)]]) if ord(c) in table else _utf8(c)
+                            for c in t)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        """End-of-generation ids: eos, eot, eom, FIM pad/rep/sep and, by text,
+        <|eot_id|>, <|im_end|>, <end_of_turn>, <|endoftext|>, ... (as llama.cpp)."""
+        return self._eog_ids
+
+    def is_eog(self, token_id: int) -> bool:
+        return token_id in self._eog_ids
+
+    def is_special(self, token_id: int) -> bool:
+        """True for control and unknown tokens (those ``skip_special`` hides)."""
+        return token_id in self._special_ids
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokens[token_id]
+
+    def token_to_id(self, text: str) -> int | None:
+        return self._tok2id.get(text)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (special tokens as their text)."""
+        return self._pieces[token_id]
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, text: str, add_special: bool = True,
+               parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``.
+
+        ``add_special`` adds BOS (if ``add_bos``) and EOS (if ``add_eos``);
+        ``parse_special`` turns the text of control tokens (e.g. ``<start_of_turn>``)
+        into those tokens.  User-defined tokens are always matched (as in llama.cpp)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        out: list[int] = []
+        text = _sanitize(text)
+        frags = self._partition[bool(parse_special)].partition(text) if text else []
+        if self.model == "llama":
+            if add_special and self.add_bos and self.bos_id is not None:
+                out.append(self.bos_id)
+            prev_special = True
+            prefix = self.add_space_prefix
+            for f in frags:
+                if f.__class__ is int:
+                    out.append(f)
+                    prev_special = True
+                else:
+                    if prefix and prev_special:
+                        f = " " + f
+                    self._spm_encode(f.replace(" ", SPACE), out)
+                    prev_special = False
+        else:
+            if add_special and self.add_bos and self.bos_id is not None:
+                out.append(self.bos_id)
+            for f in frags:
+                if f.__class__ is int:
+                    out.append(f)
+                else:
+                    self._bpe_encode(f, out)
+        if add_special and self.add_eos and self.eos_id is not None:
+            out.append(self.eos_id)
+        return out
+
+    # ---- SPM
+    def _spm_encode(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        words = self._spm_split_rx.split(text)
+        if self._c is not None and max(map(len, words)) <= _LONG_WORD_C:
+            self._c.encode_words(words, cache, out, _CACHE_WORD_MAX)
+            if len(cache) > _CACHE_MAX_ENTRIES:
+                cache.clear()
+            return
+        for w in words:
+            ids = cache.get(w)
+            if ids is None:
+                ids = self._spm_word(w)
+                if len(w) <= _CACHE_WORD_MAX:
+                    if len(cache) >= _CACHE_MAX_ENTRIES:
+                        cache.clear()
+                    cache[w] = ids
+            out.extend(ids)
+
+    def _spm_word(self, word: str) -> tuple[int, ...]:
+        if len(word) > _LONG_WORD:
+            syms = self._spm_merge_long(word)
+        elif self._c is not None:
+            return tuple(self._c.encode_word(word))
+        else:
+            syms = self._spm_merge(word)
+        t2i = self._tok2id
+        ids: list[int] = []
+        for s in syms:
+            i = t2i.get(s)
+            if i is not None:
+                ids.append(i)
+            else:
+                for b in _utf8(s):
+                    ids.append(self._byte_token(b))
+        return tuple(ids)
+
+    def _byte_token(self, b: int) -> int:
+        i = self._byte_ids[b]
+        if i is None:
+            i = self.unk_id
+            if i is None:
+                raise ModelFormatError(
+                    f"vocabulary has no byte token for 0x{b:02X} and no unknown token")
+        return i
+
+    def _spm_merge(self, word: str) -> list[str]:
+        """Highest-score adjacent pair first, leftmost on ties (short words)."""
+        syms = list(word)
+        if len(syms) < 2:
+            return syms
+        get = self._score.get
+        ps = [get(a + b, _NEG_INF) for a, b in zip(syms, syms[1:])]
+        while ps:
+            best = max(ps)
+            if best == _NEG_INF:
+                break
+            i = ps.index(best)
+            m = syms[i] + syms[i + 1]
+            syms[i] = m
+            del syms[i + 1]
+            del ps[i]
+            if i:
+                ps[i - 1] = get(syms[i - 1] + m, _NEG_INF)
+            if i < len(ps):
+                ps[i] = get(m + syms[i + 1], _NEG_INF)
+        return syms
+
+    def _spm_merge_long(self, word: str) -> list[str]:
+        """Same result as :meth:`_spm_merge` with llama.cpp's priority queue."""
+        text = list(word)
+        n = len(text)
+        nxt = list(range(1, n)) + [-1]
+        prv = list(range(-1, n - 1))
+        get = self._score.get
+        heap: list[tuple[float, int, int, int]] = []
+
+        def push(left, right):
+            if left < 0 or right < 0:
+                return
+            merged = text[left] + text[right]
+            s = get(merged)
+            if s is not None:
+                heapq.heappush(heap, (-s, left, right, len(merged)))
+
+        for i in range(1, n):
+            push(i - 1, i)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            lt, rt = text[left], text[right]
+            if not lt or not rt or len(lt) + len(rt) != size:
+                continue
+            text[left] = lt + rt
+            text[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            push(prv[left], left)
+            push(left, nxt[left])
+        out = []
+        i = 0
+        while i != -1:
+            out.append(text[i])
+            i = nxt[i]
+        return out
+
+    # ---- BPE
+    def _bpe_encode(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        table = BYTE_ENCODE_TABLE
+        words = self.pretokenizer.split(text)
+        if self._c is not None and words and max(map(len, words)) <= _LONG_WORD_C:
+            self._c.encode_words(words, cache, out, _CACHE_WORD_MAX, _to_byte_alphabet)
+            if len(cache) > _CACHE_MAX_ENTRIES:
+                cache.clear()
+            return
+        for w in words:
+            ids = cache.get(w)
+            if ids is None:
+                mapped = _encode_text(w).decode("latin-1").translate(table)
+                ids = self._bpe_word(mapped)
+                if len(w) <= _CACHE_WORD_MAX:
+                    if len(cache) >= _CACHE_MAX_ENTRIES:
+                        cache.clear()
+                    cache[w] = ids
+            out.extend(ids)
+
+    def _bpe_word(self, word: str) -> tuple[int, ...]:
+        t2i = self._tok2id
+        if self._ignore_merges:
+            i = t2i.get(word)
+            if i is not None:
+                return (i,)
+        if len(word) > _LONG_WORD:
+            syms = self._bpe_merge_long(word)
+        elif self._c is not None:
+            return tuple(self._c.encode_word(word))
+        else:
+            syms = self._bpe_merge(word)
+        ids: list[int] = []
+        for s in syms:
+            i = t2i.get(s)
+            if i is not None:
+                ids.append(i)
+            else:  # llama.cpp: look up each byte of the symbol's UTF-8; skip misses
+                for b in _utf8(s):
+                    j = t2i.get(bytes([b]).decode("utf-8", "surrogateescape"))
+                    if j is not None:
+                        ids.append(j)
+        return tuple(ids)
+
+    def _bpe_merge(self, word: str) -> list[str]:
+        """Lowest-rank adjacent pair first, leftmost on ties (short words)."""
+        syms = list(word)
+        if len(syms) < 2:
+            return syms
+        get = self._ranks.get
+        ps = [get(f"{a} {b}", _INF) for a, b in zip(syms, syms[1:])]
+        while ps:
+            best = min(ps)
+            if best == _INF:
+                break
+            i = ps.index(best)
+            m = syms[i] + syms[i + 1]
+            syms[i] = m
+            del syms[i + 1]
+            del ps[i]
+            if i:
+                ps[i - 1] = get(f"{syms[i - 1]} {m}", _INF)
+            if i < len(ps):
+                ps[i] = get(f"{m} {syms[i + 1]}", _INF)
+        return syms
+
+    def _bpe_merge_long(self, word: str) -> list[str]:
+        text = list(word)
+        n = len(text)
+        nxt = list(range(1, n)) + [-1]
+        prv = list(range(-1, n - 1))
+        get = self._ranks.get
+        heap: list[tuple[int, int, int, str]] = []
+
+        def push(left, right):
+            if left < 0 or right < 0:
+                return
+            r = get(f"{text[left]} {text[right]}")
+            if r is not None:
+                heapq.heappush(heap, (r, left, right, text[left] + text[right]))
+
+        for i in range(1, n):
+            push(i - 1, i)
+        while heap:
+            _, left, right, merged = heapq.heappop(heap)
+            lt, rt = text[left], text[right]
+            if not lt or not rt or lt + rt != merged:
+                continue
+            text[left] = merged
+            text[right] = ""
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            push(prv[left], left)
+            push(left, nxt[left])
+        out = []
+        i = 0
+        while i != -1:
+            out.append(text[i])
+            i = nxt[i]
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget cached word tokenizations (for benchmarks)."""
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ decode
+    def decode_bytes(self, ids: Iterable[int], skip_special: bool = False,
+                     strip_leading_space: bool = False, clean_spaces: bool = False) -> bytes:
+        """Raw bytes of ``ids`` (see :meth:`decode`)."""
+        pieces = self._pieces
+        special = self._special_ids
+        n = len(pieces)
+        parts = []
+        strip = strip_leading_space and self.add_space_prefix
+        bos = self.bos_id
+        for k, i in enumerate(ids):
+            i = int(i)
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} out of range [0, {n})")
+            p = b"" if skip_special and i in special else pieces[i]
+            if strip and not (k == 0 and i == bos):
+                # the space the encoder prepended: first token after an optional BOS
+                if p[:1] == b" ":
+                    p = p[1:]
+                strip = False
+            parts.append(p)
+        data = b"".join(parts)
+        if clean_spaces:
+            data = _clean_spaces(data)
+        return data
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False,
+               strip_leading_space: bool = False, clean_spaces: bool = False) -> str:
+        """Text of ``ids`` (concatenated token pieces; invalid UTF-8 -> U+FFFD).
+
+        ``skip_special`` renders control/unknown tokens as "".  ``strip_leading_space``
+        (SPM with ``add_space_prefix`` only) drops one leading space of the first token
+        after an optional leading BOS -- the space the encoder prepended.  (llama.cpp's
+        ``llama_detokenize`` strips it only when the sequence does not start with BOS.)
+        ``clean_spaces`` applies llama.cpp's detokenizer clean-up (" ." -> "." etc.),
+        which llama.cpp uses in ``llama_detokenize`` when the vocabulary's
+        ``clean_spaces`` flag is set, but not when streaming token pieces."""
+        return self.decode_bytes(ids, skip_special, strip_leading_space,
+                                 clean_spaces).decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(model={self.model!r}, pre={self.pre!r}, "
+                f"vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})")
+
+
+def _clean_spaces(text: bytes) -> bytes:
+    """llama.cpp's detokenize clean-up passes (applied to bytes, as there)."""
+    t = bytearray(text)
+    # pass 1: " ?", " !", " .", " ," -> drop the space
+    out = bytearray(t[:1])
+    for i in range(1, len(t)):
+        x = t[i]
+        if t[i - 1] == 0x20 and x in b"?!.,":
+            out.pop()
+        out.append(x)
+    t = out
+    # pass 2: " ' " -> "'"
+    out = bytearray(t[:1])
+    i = 1
+    n = len(t)
+    while i < n:
+        x = t[i]
+        if x == 0x27 and i + 1 < n and t[i - 1] == 0x20 and t[i + 1] == 0x20:
+            out.pop()
+            out.append(x)
+            i += 2
+            continue
+        out.append(x)
+        i += 1
+    t = out
+    # pass 3: " 's", " 'm", " 're", " 've" -> drop the space
+    out = bytearray(t[:1])
+    n = len(t)
+    for i in range(1, n):
+        x = t[i]
+        if t[i - 1] == 0x20 and x == 0x27 and i + 1 < n:
+            x1 = t[i + 1]
+            if x1 in b"sm":
+                out.pop()
+            elif i + 2 < n and ((x1 == 0x72 and t[i + 2] == 0x65)
+                                or (x1 == 0x76 and t[i + 2] == 0x65)):
+                out.pop()
+        out.append(x)
+    return bytes(out)
+
+
+class _SpecialMatcher:
+    """llama.cpp's tokenizer_st_partition over the special tokens present in a text."""
+
+    def __init__(self, tokens: list[str], ttypes: np.ndarray, parse_special: bool,
+                 superset: "_SpecialMatcher | None" = None):
+        kinds = {TokenType.USER_DEFINED}
+        if parse_special:
+            kinds |= {TokenType.CONTROL, TokenType.UNKNOWN}
+        # text -> id (llama.cpp walks token ids, so a duplicated text keeps each id; the
+        # longer-first order then makes the lowest id win, which we reproduce)
+        specials: dict[str, int] = {}
+        for i in np.flatnonzero(np.isin(ttypes, list(kinds))).tolist():
+            specials.setdefault(tokens[i], i)
+        self._specials = specials
+        # order: longer UTF-8 text first (llama.cpp std::sort; ties here by id)
+        self._rank = {t: (-len(_utf8(t)), i) for t, i in specials.items()}
+        # Finding which specials occur in a text: runs of one repeated character (Gemma's
+        # "\n\n", "   ", "\t\t") are checked with `in` directly (a prefix walk would be
+        # quadratic in the run length); the rest by a prefix walk from every position
+        # where one of their first two characters occurs.
+        self._runs = sorted((t for t in specials if len(set(t)) == 1), key=len)
+        others = [t for t in specials if len(set(t)) > 1]
+        self._empty = not specials
+        if superset is not None:
+            # the prefix walk only prunes: a superset's prefixes and start positions are
+            # as good (found texts are filtered by this matcher's own specials)
+            self._prefixes = superset._prefixes
+            self._maxlen = superset._maxlen
+            self._start_rx = superset._start_rx if others else None
+            return
+        prefixes = set()
+        starts = set()
+        for t in others:
+            for k in range(1, len(t) + 1):
+                prefixes.add(t[:k])
+            starts.add(t[:2])
+        self._prefixes = prefixes
+        self._maxlen = max((len(t) for t in others), default=0)
+        if starts:
+            alt = "|".join(regex.escape(s) for s in sorted(starts, key=lambda s: -len(s)))
+            self._start_rx = regex.compile(f"(?=(?:{alt}))")
+        else:
+            self._start_rx = None
+
+    def _present(self, text: str) -> list[str]:
+        specials, prefixes = self._specials, self._prefixes
+        found = set()
+        missing = set()
+        for t in self._runs:  # shortest first: a longer run needs the shorter one
+            if t[0] in missing:
+                continue
+            if t in text:
+                found.add(t)
+            else:
+                missing.add(t[0])
+        if self._start_rx is not None:
+            maxlen = self._maxlen
+            for m in self._start_rx.finditer(text):
+                p = m.start()
+                for k in range(1, maxlen + 1):
+                    s = text[p:p + k]
+                    if len(s) < k or s not in prefixes:
+                        break
+                    if s in specials:
+                        found.add(s)
+        rank = self._rank
+        return sorted(found, key=rank.__getitem__)
+
+    def partition(self, text: str) -> list:
+        """``text`` split into str fragments and int special-token ids, in order."""
+        if self._empty:
+            return [text]
+        present = self._present(text)
+        if not present:
+            return [text]
+        frags: list = [(0, len(text))]
+        find = text.find
+        for tok in present:
+            tid = self._specials[tok]
+            L = len(tok)
+            new = []
+            for f in frags:
+                if f.__class__ is int:
+                    new.append(f)
+                    continue
+                s, e = f
+                p = find(tok, s, e)
+                if p < 0:
+                    new.append(f)
+                    continue
+                while p >= 0:
+                    if p > s:
+                        new.append((s, p))
+                    new.append(tid)
+                    s = p + L
+                    p = find(tok, s, e)
+                if s < e:
+                    new.append((s, e))
+            frags = new
+        return [f if f.__class__ is int else text[f[0]:f[1]] for f in frags]
+
+
+class StreamDecoder:
+    """Incremental detokenizer: ``push(id)`` returns the text completed by that token,
+    holding back an incomplete UTF-8 sequence until its last byte arrives; ``flush()``
+    returns what is left (an incomplete sequence as U+FFFD).  The concatenation of all
+    returned strings equals ``tokenizer.decode(ids, skip_special=skip_special)``.  No
+    leading space is stripped: a continuation's leading space is real text."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special
+        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, token_id: int) -> str:
+        tok = self.tokenizer
+        token_id = int(token_id)
+        if not 0 <= token_id < tok.vocab_size:
+            raise ValueError(f"token id {token_id} out of range [0, {tok.vocab_size})")
+        if self.skip_special and token_id in tok._special_ids:
+            return ""
+        return self._dec.decode(tok._pieces[token_id])
+
+    def flush(self) -> str:
+        out = self._dec.decode(b"", final=True)
+        self._dec.reset()
+        return out
