@@ -207,20 +207,33 @@ static void dequant_bf16_avx2(float *dst, const void *src, int64_t n) {
  * blocks.  Each block still contributes (float)sumi * (d_w * d_a), the very product the
  * scalar code forms; only the order of the float additions differs. */
 
-/* fp16 scale `d` (first member) of 4 blocks `stride` bytes apart, packed into 64 bits. */
-static inline uint64_t pack_4_halves(const void *first, size_t stride) {
-    const uint8_t *p = (const uint8_t *)first;
-    uint16_t h0, h1, h2, h3;
-    memcpy(&h0, p, 2);
-    memcpy(&h1, p + stride, 2);
-    memcpy(&h2, p + 2 * stride, 2);
-    memcpy(&h3, p + 3 * stride, 2);
-    return (uint64_t)h0 | (uint64_t)h1 << 16 | (uint64_t)h2 << 32 | (uint64_t)h3 << 48;
+/* fp16 scales `d` (first member) of 4 weight blocks `ws` bytes apart and of 4 activation
+ * blocks `as` bytes apart -> [dw0..dw3 | da0..da3] as 8 halves.  Inserting the halves one
+ * by one (vpinsrw from memory) costs fewer instructions than assembling them in a GPR. */
+static inline __m128i gather_8_halves(const void *wd, size_t ws, const void *ad, size_t as) {
+    const uint8_t *p = (const uint8_t *)wd, *q = (const uint8_t *)ad;
+    uint16_t h[8];
+    memcpy(&h[0], p, 2);
+    memcpy(&h[1], p + ws, 2);
+    memcpy(&h[2], p + 2 * ws, 2);
+    memcpy(&h[3], p + 3 * ws, 2);
+    memcpy(&h[4], q, 2);
+    memcpy(&h[5], q + as, 2);
+    memcpy(&h[6], q + 2 * as, 2);
+    memcpy(&h[7], q + 3 * as, 2);
+    __m128i v = _mm_cvtsi32_si128(h[0]);
+    v = _mm_insert_epi16(v, h[1], 1);
+    v = _mm_insert_epi16(v, h[2], 2);
+    v = _mm_insert_epi16(v, h[3], 3);
+    v = _mm_insert_epi16(v, h[4], 4);
+    v = _mm_insert_epi16(v, h[5], 5);
+    v = _mm_insert_epi16(v, h[6], 6);
+    return _mm_insert_epi16(v, h[7], 7);
 }
 
-/* d_w[i] * d_a[i] for the 4 blocks. */
-static inline __m128 scale_products_4(uint64_t dw, uint64_t da) {
-    const __m256 f = _mm256_cvtph_ps(_mm_set_epi64x((long long)da, (long long)dw));
+/* d_w[k] * d_a[k] for the 4 blocks. */
+static inline __m128 scale_products_4(const void *wd, size_t ws, const void *ad, size_t as) {
+    const __m256 f = _mm256_cvtph_ps(gather_8_halves(wd, ws, ad, as));
     return _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
 }
 
@@ -256,8 +269,7 @@ static inline int32_t hsum_i32x8(__m256i v) {
         prefetch_weights(&x[i], (int)((4 * sizeof(WTYPE) + 63) / 64));                           \
         const __m128i sumi = block_sums_4(BLOCK_DOT(i), BLOCK_DOT(i + 1), BLOCK_DOT(i + 2),      \
                                           BLOCK_DOT(i + 3));                                     \
-        const __m128 d = scale_products_4(pack_4_halves(&x[i].d, sizeof(WTYPE)),                 \
-                                          pack_4_halves(&y[i].d, sizeof(block_q8_0)));           \
+        const __m128 d = scale_products_4(&x[i].d, sizeof(WTYPE), &y[i].d, sizeof(block_q8_0));  \
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sumi), d, acc);                                       \
     }                                                                                            \
     acc = _mm_add_ps(acc, _mm_movehl_ps(acc, acc));                                              \
@@ -287,13 +299,106 @@ static inline __m256i q5_0_unsigned(const block_q5_0 *b) {
     return _mm256_or_si256(nibbles_32(b->qs), bits_to_0x10(qh));
 }
 
+/* Byte j of the result is 0xFF where bit j of the little-endian u32 at p is set, else 0. */
+static inline __m256i bits_to_mask(const uint8_t *p) {
+    uint32_t bits;
+    memcpy(&bits, p, sizeof(bits));
+    /* send byte j/8 of the word to byte j, then test bit j%8 of it */
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+}
+
+/* Q5_0: sum((nib + 16*bit - 16) * y) = sum(nib * y) - 16 * sum(y where the bit is clear).
+ * Masking the activations costs one andnot, where building the 5-bit weight and taking
+ * its offset out costs an and, an or and a subtraction.  |pair| <= 2*15*127 and
+ * 2*16*127, so the int16 difference is exact. */
+static inline __m256i q5_0_block_dot(const block_q5_0 *b, __m256i y, __m256i k16) {
+    const __m256i y_clear = _mm256_andnot_si256(bits_to_mask(b->qh), y);
+    const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles_32(b->qs), y),
+                                         _mm256_maddubs_epi16(k16, y_clear));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
 static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
-    const __m256i off = _mm256_set1_epi8(16);
-#define Q5_0_DOT(k) dot_u8off_s8(q5_0_unsigned(&x[k]), off, load_256(y[k].qs))
+    const __m256i k16 = _mm256_set1_epi8(16);
+#define Q5_0_DOT(k) q5_0_block_dot(&x[k], load_256(y[k].qs), k16)
     DOT_32_BLOCKS(block_q5_0, Q5_0_DOT)
 #undef Q5_0_DOT
 }
 #undef DOT_32_BLOCKS
+
+/* ---- several activation rows at once (sm_kernels.vec_dot_n) ---- */
+
+/* The weights of a group of 4 blocks are decoded once into signed bytes w (the scalar's
+ * q - offset) and |w|, and their fp16 scales into the low half of the scale vector; each
+ * activation row then costs a sign, a maddubs and a madd per block.  Per row the int32
+ * block sums, their reduction, the scale products and the order of the float additions
+ * are those of DOT_32_BLOCKS, so every s[j] is bit-identical to vec_dot's. */
+#define DOT_32_BLOCKS_N(WTYPE, DECODE)                                                           \
+    const WTYPE *x = (const WTYPE *)w;                                                           \
+    const int nb = n / 32;                                                                       \
+    const __m256i ones = _mm256_set1_epi16(1);                                                   \
+    __m128 acc[SM_VEC_DOT_N_MAX];                                                                \
+    for (int j = 0; j < n_act; j++) acc[j] = _mm_setzero_ps();                                   \
+    int i = 0;                                                                                   \
+    for (; i + 4 <= nb; i += 4) {                                                                \
+        prefetch_weights(&x[i], (int)((4 * sizeof(WTYPE) + 63) / 64));                           \
+        const __m256i w0 = DECODE(i), w1 = DECODE(i + 1), w2 = DECODE(i + 2), w3 = DECODE(i + 3); \
+        const __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);            \
+        const __m256i u2 = _mm256_sign_epi8(w2, w2), u3 = _mm256_sign_epi8(w3, w3);            \
+        for (int j = 0; j < n_act; j++) {                                                        \
+            const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + j * a_stride) + i;  \
+            const __m256i p0 = _mm256_madd_epi16(                                                \
+                _mm256_maddubs_epi16(u0, _mm256_sign_epi8(load_256(y[0].qs), w0)), ones);        \
+            const __m256i p1 = _mm256_madd_epi16(                                                \
+                _mm256_maddubs_epi16(u1, _mm256_sign_epi8(load_256(y[1].qs), w1)), ones);        \
+            const __m256i p2 = _mm256_madd_epi16(                                                \
+                _mm256_maddubs_epi16(u2, _mm256_sign_epi8(load_256(y[2].qs), w2)), ones);        \
+            const __m256i p3 = _mm256_madd_epi16(                                                \
+                _mm256_maddubs_epi16(u3, _mm256_sign_epi8(load_256(y[3].qs), w3)), ones);        \
+            const __m128 d = scale_products_4(&x[i].d, sizeof(WTYPE), &y[0].d, sizeof(block_q8_0)); \
+            acc[j] = _mm_fmadd_ps(_mm_cvtepi32_ps(block_sums_4(p0, p1, p2, p3)), d, acc[j]);     \
+        }                                                                                        \
+    }                                                                                            \
+    for (int j = 0; j < n_act; j++) {                                                            \
+        const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + j * a_stride);          \
+        __m128 t = _mm_add_ps(acc[j], _mm_movehl_ps(acc[j], acc[j]));                            \
+        t = _mm_add_ss(t, _mm_movehdup_ps(t));                                                   \
+        float sumf = _mm_cvtss_f32(t);                                                           \
+        for (int k = i; k < nb; k++)                                                             \
+            sumf += (float)hsum_i32x8(dot_s8_s8(DECODE(k), load_256(y[k].qs))) *                 \
+                    (fp16_to_f32(x[k].d) * fp16_to_f32(y[k].d));                                 \
+        s[j * s_stride] = sumf;                                                                  \
+    }
+
+static void vec_dot_n_q8_0_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act) {
+#define Q8_0_DECODE(k) load_256(x[k].qs)
+    DOT_32_BLOCKS_N(block_q8_0, Q8_0_DECODE)
+#undef Q8_0_DECODE
+}
+
+static void vec_dot_n_q4_0_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act) {
+    const __m256i k8 = _mm256_set1_epi8(8);
+#define Q4_0_DECODE(k) _mm256_sub_epi8(nibbles_32(x[k].qs), k8)
+    DOT_32_BLOCKS_N(block_q4_0, Q4_0_DECODE)
+#undef Q4_0_DECODE
+}
+
+/* q - 16 as int8 directly: the low nibble, with 0xF0 (-16) on top where the 5th bit is
+ * clear. */
+static void vec_dot_n_q5_0_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act) {
+    const __m256i kf0 = _mm256_set1_epi8((char)0xF0);
+#define Q5_0_DECODE(k) _mm256_or_si256(nibbles_32(x[k].qs), _mm256_andnot_si256(bits_to_mask(x[k].qh), kf0))
+    DOT_32_BLOCKS_N(block_q5_0, Q5_0_DECODE)
+#undef Q5_0_DECODE
+}
+#undef DOT_32_BLOCKS_N
 
 /* 32 small signed integers (int8) times d -> 32 floats. d*q is exact, as in the scalar. */
 static inline void store_scaled_i8x32(float *dst, __m256i q, __m256 d) {
@@ -490,6 +595,172 @@ static void vec_dot_q6_K_avx2(float *s, const void *w, const void *a, int n) {
     *s = hsum_f32x8(acc);
 }
 
+/* ---- K-quants, several activation rows at once (sm_kernels.vec_dot_n) ----
+ * Each 32 weights of a super-block are unpacked once, with their madd scale multiplier,
+ * and then meet all G activation rows while in registers: per row a maddubs, a madd and an
+ * add, with the G int32 accumulators in registers too.  G (rows per pass, <= 8) is a
+ * compile-time constant in each instance of the *_rows functions below, so the loops over
+ * rows unroll.  Per row the operations and their order are those of the one-row kernel
+ * above (the integer sums are exact in any order), so every s[j] is bit-identical to
+ * vec_dot's. */
+#define SM_INLINE static inline __attribute__((always_inline))
+
+/* Dispatch n_act rows to FN(G) instances in passes of up to 8 rows. */
+#define VEC_DOT_N_PASSES(FN)                                                                     \
+    while (n_act > 0) {                                                                          \
+        const int g = n_act < SM_VEC_DOT_N_MAX ? n_act : SM_VEC_DOT_N_MAX;                       \
+        switch (g) {                                                                             \
+        case 1: FN(1); break;                                                                    \
+        case 2: FN(2); break;                                                                    \
+        case 3: FN(3); break;                                                                    \
+        case 4: FN(4); break;                                                                    \
+        case 5: FN(5); break;                                                                    \
+        case 6: FN(6); break;                                                                    \
+        case 7: FN(7); break;                                                                    \
+        default: FN(8); break;                                                                   \
+        }                                                                                        \
+        s += (size_t)g * s_stride;                                                               \
+        a = (const uint8_t *)a + (size_t)g * a_stride;                                           \
+        n_act -= g;                                                                              \
+    }
+
+/* Q4_K and Q5_K differ only in how the 32 quants of a sub-block pair are unpacked. */
+SM_INLINE void q45_K_rows(float *s, size_t s_stride, const void *w, size_t w_block, const void *a,
+                          size_t a_stride, int n, const int G, const int five) {
+    const int nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i b4 = _mm256_set1_epi8(0x10);
+    __m256 acc[SM_VEC_DOT_N_MAX];
+    __m128 acc_m[SM_VEC_DOT_N_MAX];
+    for (int j = 0; j < G; j++) {
+        acc[j] = _mm256_setzero_ps();
+        acc_m[j] = _mm_setzero_ps();
+    }
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *xb = (const uint8_t *)w + (size_t)i * w_block;
+        prefetch_weights(xb, 3);
+        /* q4_K and q5_K share d, dmin, scales[12] at the start; qs (and qh) follow */
+        const block_q4_K *x4 = (const block_q4_K *)xb;
+        const block_q5_K *x5 = (const block_q5_K *)xb;
+        const float xd = fp16_to_f32(x4->d);
+        const float xdmin = fp16_to_f32(x4->dmin);
+        const __m128i sm = unpack_scales_mins_k4(x4->scales);
+        const __m128i mins = _mm_unpackhi_epi64(sm, sm);
+        const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const uint8_t *qs = five ? x5->qs : x4->qs;
+        __m256i hbits = five ? load_256(x5->qh) : _mm256_setzero_si256();
+        __m256i sumi[SM_VEC_DOT_N_MAX];
+        float d[SM_VEC_DOT_N_MAX];
+        for (int j = 0; j < G; j++) {
+            const block_q8_K *y = (const block_q8_K *)((const uint8_t *)a + j * a_stride) + i;
+            d[j] = y->d * xd;
+            const float dmin = y->d * xdmin;
+            const __m128i msum = mins_dot_bsums(mins, y->bsums);
+            acc_m[j] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(msum), acc_m[j]);
+            sumi[j] = _mm256_setzero_si256();
+        }
+        for (int k = 0; k < 4; k++) {
+            const __m256i b = load_256(qs + 32 * k);
+            __m256i lo = _mm256_and_si256(b, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hbits, 4), b4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hbits, 3), b4));
+                hbits = _mm256_srli_epi16(hbits, 2);
+            }
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, bcast16_mask(2 * k));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, bcast16_mask(2 * k + 1));
+            for (int j = 0; j < G; j++) {
+                const int8_t *q8 = ((const block_q8_K *)((const uint8_t *)a + j * a_stride) + i)->qs + 64 * k;
+                const __m256i p_lo = _mm256_madd_epi16(s_lo, _mm256_maddubs_epi16(lo, load_256(q8)));
+                const __m256i p_hi = _mm256_madd_epi16(s_hi, _mm256_maddubs_epi16(hi, load_256(q8 + 32)));
+                sumi[j] = _mm256_add_epi32(sumi[j], _mm256_add_epi32(p_lo, p_hi));
+            }
+        }
+        for (int j = 0; j < G; j++) acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d[j]), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
+    }
+    for (int j = 0; j < G; j++) {
+        __m128 m = _mm_add_ps(acc_m[j], _mm_movehl_ps(acc_m[j], acc_m[j]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        s[j * s_stride] = hsum_f32x8(acc[j]) - _mm_cvtss_f32(m);
+    }
+}
+
+static void vec_dot_n_q4_K_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act) {
+#define Q4_K_ROWS(G) q45_K_rows(s, s_stride, w, sizeof(block_q4_K), a, a_stride, n, G, 0)
+    VEC_DOT_N_PASSES(Q4_K_ROWS)
+#undef Q4_K_ROWS
+}
+
+static void vec_dot_n_q5_K_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act) {
+#define Q5_K_ROWS(G) q45_K_rows(s, s_stride, w, sizeof(block_q5_K), a, a_stride, n, G, 1)
+    VEC_DOT_N_PASSES(Q5_K_ROWS)
+#undef Q5_K_ROWS
+}
+
+SM_INLINE void q6_K_rows(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride, int n,
+                         const int G) {
+    const block_q6_K *x = (const block_q6_K *)w;
+    const int nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i m2h = _mm256_set1_epi8(0x30);
+    const __m256i sh0 = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                         2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    const __m256i step = _mm256_set1_epi8(4);
+    __m256 acc[SM_VEC_DOT_N_MAX];
+    for (int j = 0; j < G; j++) acc[j] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        prefetch_weights(&x[i], 4);
+        const float xd = fp16_to_f32(x[i].d);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(load_128(x[i].scales));
+        __m256i sumi[SM_VEC_DOT_N_MAX];
+        for (int j = 0; j < G; j++) sumi[j] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h;
+            const __m256i scv = h == 0 ? _mm256_permute2x128_si256(sc16, sc16, 0x00)
+                                       : _mm256_permute2x128_si256(sc16, sc16, 0x11);
+            const __m256i l0 = load_256(ql);
+            const __m256i l1 = load_256(ql + 32);
+            const __m256i hb = load_256(x[i].qh + 32 * h);
+            __m256i shuf = sh0;
+            for (int g = 0; g < 4; g++) {
+                /* group g of this half: weights 32g.. of it, activations qs[128h + 32g ..] */
+                const __m256i l = g & 1 ? l1 : l0;
+                const __m256i lo4 = g < 2 ? _mm256_and_si256(l, m4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), m4);
+                const __m256i hi2 = g == 0 ? _mm256_slli_epi16(hb, 4)
+                                  : g == 1 ? _mm256_slli_epi16(hb, 2)
+                                  : g == 2 ? hb
+                                           : _mm256_srli_epi16(hb, 2);
+                const __m256i q = _mm256_or_si256(lo4, _mm256_and_si256(hi2, m2h));
+                const __m256i sc = _mm256_shuffle_epi8(scv, shuf);
+                shuf = _mm256_add_epi8(shuf, step);
+                for (int j = 0; j < G; j++) {
+                    const int8_t *q8 = ((const block_q8_K *)((const uint8_t *)a + j * a_stride) + i)->qs;
+                    sumi[j] = _mm256_add_epi32(
+                        sumi[j], _mm256_madd_epi16(sc, _mm256_maddubs_epi16(q, load_256(q8 + 128 * h + 32 * g))));
+                }
+            }
+        }
+        for (int j = 0; j < G; j++) {
+            const block_q8_K *y = (const block_q8_K *)((const uint8_t *)a + j * a_stride) + i;
+            const float d = y->d * xd;
+            const __m256i corr = _mm256_madd_epi16(sc16, load_256(y->bsums));
+            sumi[j] = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(corr, 5));
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[j]), acc[j]);
+        }
+    }
+    for (int j = 0; j < G; j++) s[j * s_stride] = hsum_f32x8(acc[j]);
+}
+
+static void vec_dot_n_q6_K_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act) {
+#define Q6_K_ROWS(G) q6_K_rows(s, s_stride, w, a, a_stride, n, G)
+    VEC_DOT_N_PASSES(Q6_K_ROWS)
+#undef Q6_K_ROWS
+}
+
 /* K-quant dequant: 8-bit unsigned q in a 32-byte vector -> 32 floats d1*q - m1.
  * Multiply then subtract, like the scalar code; the product is exact, so this is the
  * scalar's single rounding. */
@@ -618,5 +889,12 @@ void sm_fill_kernels_avx2(sm_kernels *k) {
     k->vec_dot[SM_TYPE_Q4_K] = vec_dot_q4_K_avx2;
     k->vec_dot[SM_TYPE_Q5_K] = vec_dot_q5_K_avx2;
     k->vec_dot[SM_TYPE_Q6_K] = vec_dot_q6_K_avx2;
+
+    k->vec_dot_n[SM_TYPE_Q4_0] = vec_dot_n_q4_0_avx2;
+    k->vec_dot_n[SM_TYPE_Q5_0] = vec_dot_n_q5_0_avx2;
+    k->vec_dot_n[SM_TYPE_Q8_0] = vec_dot_n_q8_0_avx2;
+    k->vec_dot_n[SM_TYPE_Q4_K] = vec_dot_n_q4_K_avx2;
+    k->vec_dot_n[SM_TYPE_Q5_K] = vec_dot_n_q5_K_avx2;
+    k->vec_dot_n[SM_TYPE_Q6_K] = vec_dot_n_q6_K_avx2;
     /* quantize[] stays scalar so every ISA dots against identical activations */
 }

@@ -31,11 +31,22 @@ typedef void (*sm_dequant_fn)(float *dst, const void *src, int64_t n);
 typedef void (*sm_quantize_fn)(void *dst, const float *src, int64_t n);
 /* *s = dot(w[0:n], a[0:n]); w in the weight type, a in its vec_dot type. */
 typedef void (*sm_vec_dot_fn)(float *s, const void *w, const void *a, int n);
+/* Several activation rows against one weight row, decoding each weight block once:
+ * s[j * s_stride] = dot(w[0:n], a + j * a_stride) for j < n_act, 1 <= n_act <=
+ * SM_VEC_DOT_N_MAX (a_stride in bytes, s_stride in floats).  Same integer sums as vec_dot;
+ * an ISA unit's vec_dot_n gives the same floats as its vec_dot. */
+#define SM_VEC_DOT_N_MAX 8
+typedef void (*sm_vec_dot_n_fn)(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                                int n, int n_act);
 
 typedef struct {
     sm_dequant_fn dequant[SM_TYPE_COUNT];    /* per weight type */
     sm_vec_dot_fn vec_dot[SM_TYPE_COUNT];    /* per weight type, against vec_dot_type[t] */
     sm_quantize_fn quantize[SM_TYPE_COUNT];  /* per activation type (Q8_0, Q8_K) */
+    /* per weight type; NULL: no multi-row kernel, callers loop over vec_dot (the scalar
+     * table leaves them NULL so that a unit which overrides only vec_dot, e.g. NEON, keeps
+     * using its own vec_dot for batches instead of inheriting scalar code) */
+    sm_vec_dot_n_fn vec_dot_n[SM_TYPE_COUNT];
 } sm_kernels;
 
 /* ---- per-type facts (dispatch.c) ---- */
@@ -59,6 +70,9 @@ void sm_fill_kernels_scalar(sm_kernels *k);
 void sm_fill_kernels_avx2(sm_kernels *k);
 void sm_fill_kernels_avx512(sm_kernels *k);
 void sm_fill_kernels_neon(sm_kernels *k);
+/* Scalar reference of vec_dot_n (dot_scalar.c): a loop over the scalar vec_dot of `type`. */
+int sm_vec_dot_n_scalar(int type, float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
+                        int n, int n_act);
 
 /* ---- threads ---- */
 void sm_set_threads(int n);

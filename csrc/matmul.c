@@ -3,7 +3,9 @@
  * Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T.  Each row of X is quantized once into W's
  * vec_dot type; output rows are split over OpenMP threads in tiles, and inside a tile every
  * token is dotted against the same few weight rows while they are still in L1, so a batch
- * of tokens streams the weights from memory once. */
+ * of tokens streams the weights from memory once.  Where the kernel table has a multi-row
+ * dot (vec_dot_n), each weight row is also decoded once per group of SM_VEC_DOT_N_MAX
+ * tokens instead of once per token. */
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -73,8 +75,11 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     const int64_t w_row = sm_row_size(wtype, n_cols);
     const int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols);
     if (w_row < 0 || x_row < 0 || n_rows < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
-    const sm_vec_dot_fn dot = sm_kernels_current()->vec_dot[wtype];
+    const sm_kernels *k = sm_kernels_current();
+    const sm_vec_dot_fn dot = k->vec_dot[wtype];
     if (!dot) return SM_E_TYPE;
+    /* several tokens: each weight block decoded once for up to SM_VEC_DOT_N_MAX of them */
+    const sm_vec_dot_n_fn dot_n = n_tok > 1 ? k->vec_dot_n[wtype] : NULL;
 
     const uint8_t *w = (const uint8_t *)W;
     const uint8_t *x = (const uint8_t *)Xq;
@@ -87,10 +92,23 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         const int64_t r0 = tile * ROW_TILE;
         const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
-        for (int64_t t = 0; t < n_tok; t++) {
-            const uint8_t *xt = x + t * x_row;
-            float *yt = Y + t * n_rows;
-            for (int64_t r = r0; r < r1; r++) dot(&yt[r], w + r * w_row, xt, n);
+        if (dot_n) {
+            for (int64_t r = r0; r < r1; r++) {
+                for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) {
+                    const int64_t nt = n_tok - t0 < SM_VEC_DOT_N_MAX ? n_tok - t0 : SM_VEC_DOT_N_MAX;
+                    if (nt == 1)
+                        dot(&Y[t0 * n_rows + r], w + r * w_row, x + t0 * x_row, n);
+                    else
+                        dot_n(&Y[t0 * n_rows + r], (size_t)n_rows, w + r * w_row, x + t0 * x_row,
+                              (size_t)x_row, n, (int)nt);
+                }
+            }
+        } else {
+            for (int64_t t = 0; t < n_tok; t++) {
+                const uint8_t *xt = x + t * x_row;
+                float *yt = Y + t * n_rows;
+                for (int64_t r = r0; r < r1; r++) dot(&yt[r], w + r * w_row, xt, n);
+            }
         }
     }
     return SM_OK;

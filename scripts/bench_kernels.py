@@ -63,13 +63,49 @@ def memory_bandwidth(threads, repeat):
     return buf.nbytes / seconds / 1e9
 
 
+BATCH_SHAPES = [("Q5_0", 2048, 640), ("Q4_K", 640, 2048), ("Q6_K", 640, 2048), ("Q8_0", 262144, 640)]
+
+
+def batch_table(isas, threads, repeat, rng):
+    """Batched decode: one matmul of n_tok tokens vs n_tok single-token matvecs."""
+    kernels.set_threads(threads)
+    print(f"\nbatched decode, {threads} thread(s): time per matmul call; speedup = n_tok x t(1) / t(n_tok)")
+    print(f"{'type':6} {'rows x cols':>12} {'isa':7} {'n_tok':>5} {'ms/call':>9} {'tok/s':>9} {'speedup':>8}")
+    for wtype, rows, cols in BATCH_SHAPES:
+        w = make_weights(wtype, rows, cols, rng)
+        # small matrices: repeat inside one timing so each sample is well above timer noise
+        inner = max(1, int(2e7 // w.nbytes))
+        for isa in isas:
+            kernels.select_isa(isa)
+            t1 = None
+            for n_tok in (1, 2, 4, 8):
+                x = rng.standard_normal((n_tok, cols), dtype=np.float32)
+                xq = kernels.quantize_activation(x, wtype)
+                out = np.empty((n_tok, rows), dtype=np.float32)
+
+                def run():
+                    for _ in range(inner):
+                        kernels.matmul_q(w, wtype, cols, xq, out=out)
+
+                sec = median_seconds(run, repeat) / inner
+                t1 = sec if n_tok == 1 else t1
+                print(f"{wtype:6} {f'{rows}x{cols}':>12} {isa:7} {n_tok:5d} {sec * 1e3:9.3f} {n_tok / sec:9.0f} "
+                      f"{n_tok * t1 / sec:8.2f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", default=",".join(BLOCK), help="comma-separated weight types")
     parser.add_argument("--isas", default=",".join(kernels.available_isas()))
     parser.add_argument("--shapes", default="lm_head,ffn")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--batch", action="store_true",
+                        help="also time batched decode (n_tok 1, 2, 4, 8) on the default model's shapes")
+    parser.add_argument("--batch-only", action="store_true", help="only the batched-decode table")
     args = parser.parse_args()
+    if args.batch_only:
+        batch_table(args.isas.split(","), 1, args.repeat, np.random.default_rng(0))
+        return
 
     rng = np.random.default_rng(0)
     all_threads = kernels.usable_cores()
@@ -95,6 +131,8 @@ def main():
                     cells.append(f"{gbps:9.1f} {100 * gbps / bw[t]:5.0f}")
                 print(f"{wtype:6} {shape_name:8} {f'{rows}x{cols}':>14} {w.nbytes / 2**20:7.1f} {isa:7} "
                       + " ".join(cells), flush=True)
+    if args.batch:
+        batch_table(args.isas.split(","), 1, args.repeat, rng)
     kernels.set_threads(all_threads)
 
 

@@ -72,6 +72,7 @@ class Kernels(ctypes.Structure):
         ("dequant", ctypes.c_void_p * N_SLOTS),
         ("vec_dot", ctypes.c_void_p * N_SLOTS),
         ("quantize", ctypes.c_void_p * N_SLOTS),
+        ("vec_dot_n", ctypes.c_void_p * N_SLOTS),
     ]
 
 

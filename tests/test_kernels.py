@@ -245,3 +245,43 @@ def test_matmul_releases_the_gil():
     # Released: it spins freely, millions of ticks per second.
     assert durations[0] > 0.02, "matmul too short to tell"
     assert ticks / durations[0] > 200_000, f"only {ticks} ticks in {durations[0]:.3f}s: GIL held?"
+
+
+@pytest.mark.parametrize("wtype", TYPES)
+@pytest.mark.parametrize("n_tok", [2, 5, 8, 9])
+def test_batched_matmul_equals_per_token_matvecs(isa, wtype, n_tok):
+    """n_tok > 1 goes through the multi-row dot (vec_dot_n: each weight block decoded once
+    for up to 8 tokens, 9 = a group of 8 and a single one); the result must be the n_tok
+    matvecs.  The integer block sums are exact either way, so only the float order could
+    differ; the scalar and AVX2 units produce bit-identical numbers by construction."""
+    rng = np.random.default_rng(10 + n_tok)
+    n_cols = 1024 if wtype in K_QUANTS else 640  # 640: 20 blocks, a ragged group of 4
+    raw = random_rows(wtype, 37, n_cols, rng)  # 37: ragged last row tile
+    x = rng.standard_normal((n_tok, n_cols)).astype(np.float32)
+    x[:, :32] *= 1 + 20 * rng.random((n_tok, 1)).astype(np.float32)  # block scales differ per token
+    xq = kernels.quantize_activation(x, wtype)
+    batched = kernels.matmul_q(raw, wtype, n_cols, xq)
+    single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t:t + 1])[0] for t in range(n_tok)])
+    assert batched.shape == single.shape == (n_tok, 37)
+    if isa in ("scalar", "avx2"):
+        np.testing.assert_array_equal(batched, single)
+    else:  # e.g. AVX-512: vec_dot_n may come from the AVX2 unit, vec_dot from its own
+        w = reference_dequantize(raw, wtype, n_cols).astype(np.float64)
+        scale = np.abs(decode_activation(xq, wtype, n_cols)) @ np.abs(w).T
+        np.testing.assert_array_less(np.abs(batched - single), REL_SUM_TOL * scale + 1e-6)
+    check_matmul(raw, wtype, n_cols, x)  # and both against the float64 reference
+
+
+def test_batched_matmul_real_default_model_rows(isa):
+    """Real Q4_K/Q6_K/Q5_0/Q8_0 rows of the default model, 8 tokens at once vs one by one."""
+    tensors = real_tensors(default_model_path(), frozenset({"Q4_K", "Q6_K", "Q5_0", "Q8_0"}), max_rows=48)
+    seen = {}
+    for t in tensors:
+        seen.setdefault(t[1], t)
+    rng = np.random.default_rng(11)
+    for name, wtype, n_cols, raw in seen.values():
+        xq = kernels.quantize_activation(rng.standard_normal((8, n_cols)).astype(np.float32), wtype)
+        batched = kernels.matmul_q(raw, wtype, n_cols, xq)
+        single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t:t + 1])[0] for t in range(8)])
+        np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5 * np.abs(single).max(),
+                                   err_msg=f"{name} ({isa})")
