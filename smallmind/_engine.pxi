@@ -71,6 +71,7 @@ cdef class NativeModel:
     "layers": [{name: ...}, ...]}.  Holds references to the weight arrays (views into the
     mmapped file) for as long as it lives."""
     cdef sm_model *m
+    cdef bint busy  # sm_forward is not re-entrant: refuse a second caller instead of racing
     cdef list _keep
     cdef cnp.ndarray _layer_swa
     cdef readonly int vocab_size, dim, n_ctx, n_slots, max_batch_tokens
@@ -186,8 +187,14 @@ cdef class NativeModel:
         cdef const int32_t *rp = <const int32_t *>cnp.PyArray_DATA(rows)
         cdef float *lp = <float *>cnp.PyArray_DATA(out)
         cdef int rc
-        with nogil:
-            rc = sm_forward(self.m, n_tokens, tp, sp, pp, n_out, rp, lp, hidden_ptr)
+        if self.busy:
+            raise RuntimeError("NativeModel.forward called from two threads at once")
+        self.busy = True
+        try:
+            with nogil:
+                rc = sm_forward(self.m, n_tokens, tp, sp, pp, n_out, rp, lp, hidden_ptr)
+        finally:
+            self.busy = False
         check(rc, "forward")
         if want_hidden:
             return out, hid
@@ -196,6 +203,8 @@ cdef class NativeModel:
     def copy_slot(self, int src, int dst, int n_positions):
         """Copies the first n_positions cached positions of slot src into slot dst."""
         cdef int rc
+        if self.busy:
+            raise RuntimeError("NativeModel.copy_slot called while forward runs")
         with nogil:
             rc = sm_model_copy_slot(self.m, src, dst, n_positions)
         check(rc, "copy slot")

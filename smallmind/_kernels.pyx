@@ -139,6 +139,16 @@ def quantize_activation(cnp.ndarray x not None, int wtype):
     return out
 
 
+def _output(cnp.ndarray out, int64_t n_tok, int64_t n_rows):
+    """`out` checked for use as a (n_tok, n_rows) float32 result, or a new array."""
+    if out is None:
+        return np.empty((n_tok, n_rows), dtype=np.float32)
+    if (out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable
+            or out.size != n_tok * n_rows):
+        raise ValueError(f"out must be a writable C-contiguous float32 array of {n_tok * n_rows} values")
+    return out
+
+
 cdef class Workspace:
     """Scratch memory reused across matmul calls, so the hot path does not allocate."""
     cdef sm_workspace ws
@@ -160,11 +170,7 @@ def matmul(cnp.ndarray w not None, int wtype, int64_t n_cols, cnp.ndarray x not 
     if x.shape[x.ndim - 1] != n_cols:
         raise ValueError(f"activations have {x.shape[x.ndim - 1]} columns, weights {n_cols}")
     cdef int64_t n_tok = x.size // n_cols
-    if out is None:
-        out = np.empty((n_tok, n_rows), dtype=np.float32)
-    elif (out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable
-          or out.size != n_tok * n_rows):
-        raise ValueError(f"out must be a writable C-contiguous float32 array of {n_tok * n_rows} values")
+    out = _output(out, n_tok, n_rows)
     if workspace is None:
         workspace = Workspace()
     cdef float *Y = <float *>cnp.PyArray_DATA(out)
@@ -186,11 +192,7 @@ def matmul_q(cnp.ndarray w not None, int wtype, int64_t n_cols, cnp.ndarray xq n
     if not xq.flags.c_contiguous or xq.nbytes % x_row != 0:
         raise ValueError("quantized activations must be C-contiguous whole rows")
     cdef int64_t n_tok = xq.nbytes // x_row
-    if out is None:
-        out = np.empty((n_tok, n_rows), dtype=np.float32)
-    elif (out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable
-          or out.size != n_tok * n_rows):
-        raise ValueError(f"out must be a writable C-contiguous float32 array of {n_tok * n_rows} values")
+    out = _output(out, n_tok, n_rows)
     cdef float *Y = <float *>cnp.PyArray_DATA(out)
     cdef const void *W = cnp.PyArray_DATA(w)
     cdef const void *Xq = cnp.PyArray_DATA(xq)

@@ -1,4 +1,5 @@
 """`python -m smallmind` as a user runs it: real processes, exit codes, one-line errors."""
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,37 @@ def test_bad_thread_count_is_a_one_line_error():
     r = run("info", env={"SMALLMIND_THREADS": "many"})
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "SMALLMIND_THREADS" in r.stderr
+
+
+def test_tokenize_prints_json_ids():
+    from smallmind.engine.tokenizer import Tokenizer
+    from smallmind.gguf import GGUFFile
+    from tests.conftest import reference_path
+
+    path = reference_path("vocab", "ggml-vocab-llama-spm.gguf")
+    r = run("tokenize", "-m", str(path), "Hello world")
+    assert r.returncode == 0, r.stderr
+    with GGUFFile(path) as f:
+        expected = Tokenizer.from_gguf(f.metadata).encode("Hello world", add_special=True)
+    assert json.loads(r.stdout) == expected and expected[0] == 1
+    r = run("tokenize", "-m", str(path), "--no-bos", "Hello world")
+    assert json.loads(r.stdout) == expected[1:]
+
+
+def test_generate_streams_only_the_text():
+    from tests.conftest import reference_path
+
+    path = reference_path("tiny", "tiny-llama-q8_0.gguf")
+    r = run("generate", "-m", str(path), "--max-tokens", "8", "--temperature", "0", "Once upon a time")
+    assert r.returncode == 0, r.stderr
+    again = run("generate", "-m", str(path), "--max-tokens", "8", "--temperature", "0", "Once upon a time")
+    assert r.stdout == again.stdout and r.stdout.strip()
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_model_is_a_one_line_error():
+    for cmd in (["generate", "-m", "/nonexistent.gguf", "hi"], ["tokenize", "-m", "/nonexistent.gguf", "hi"]):
+        r = run(*cmd)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+        assert "not found" in r.stderr

