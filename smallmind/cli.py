@@ -69,6 +69,77 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace):
+    from smallmind.registry import Registry, resolve_cache_dir
+
+    return Registry(resolve_cache_dir(args.cache_dir))
+
+
+def cmd_model_add(args: argparse.Namespace) -> int:
+    entry = _registry(args).add(args.source, args.id, sha256=args.sha256, link=args.link,
+                                force=args.force, progress=True)
+    print(f"added {entry.id}: {entry.path} ({entry.size} bytes, sha256 {entry.sha256})")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from smallmind.registry import format_table
+
+    reg = _registry(args)
+    entries = reg.list()
+    print(format_table(entries) if entries else f"no models in {reg.cache_dir} "
+          f"(add one with `smallmind model add`)")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from smallmind.registry import format_info
+
+    print(format_info(_registry(args).describe(args.id)))
+    return 0
+
+
+def cmd_model_verify(args: argparse.Namespace) -> int:
+    entry = _registry(args).verify(args.id, full=not args.quick, progress=True)
+    print(f"ok: {entry.id} {'size' if args.quick else 'sha256'} matches ({entry.path})")
+    return 0
+
+
+def cmd_model_remove(args: argparse.Namespace) -> int:
+    entry = _registry(args).remove(args.id)
+    print(f"removed {entry.id}" + (f" (left the linked file {entry.path})" if entry.linked else ""))
+    return 0
+
+
+def _add_model_parser(sub) -> None:
+    model = sub.add_parser("model", help="manage the models in the cache (add, list, info, ...)")
+    model.add_argument("--cache-dir", default=None,
+                       help="model cache (default: $SMALLMIND_CACHE_DIR, else "
+                            "$XDG_CACHE_HOME/smallmind/models, else ~/.cache/smallmind/models)")
+    msub = model.add_subparsers(dest="model_command", metavar="{add,list,info,verify,remove}",
+                                required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    add = msub.add_parser("add", parents=[common], help="register a GGUF file, URL or `default`")
+    add.add_argument("source", help="local path, http(s) URL, or `default` (Gemma 3 270M)")
+    add.add_argument("--id", help="model id (required except for `default`)")
+    add.add_argument("--sha256", help="expected sha256 (hex); refuse the file if it differs")
+    add.add_argument("--link", action="store_true", help="symlink a local file, do not copy")
+    add.add_argument("--force", action="store_true", help="replace an existing id")
+    add.set_defaults(func=cmd_model_add)
+    lst = msub.add_parser("list", parents=[common], help="table of registered models")
+    lst.set_defaults(func=cmd_model_list)
+    for name, func, text in (("info", cmd_model_info, "details of one model"),
+                             ("verify", cmd_model_verify, "re-hash a model against the manifest"),
+                             ("remove", cmd_model_remove, "unregister (and delete if owned)")):
+        p = msub.add_parser(name, parents=[common], help=text)
+        p.add_argument("id")
+        if name == "verify":
+            p.add_argument("--quick", action="store_true", help="only check the size")
+        p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smallmind", description="Small quantized LLMs on the CPU.")
     parser.add_argument("--version", action="version", version=f"smallmind {__version__}")
@@ -93,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ctx-size", type=int, default=4096, help="context length (tokens)")
     gen.add_argument("prompt")
     gen.set_defaults(func=cmd_generate)
+    _add_model_parser(sub)
     return parser
 
 

@@ -24,3 +24,11 @@ class ConfigError(SmallMindError):
 
 class RequestValidationError(SmallMindError):
     """A request's body or parameters are invalid."""
+
+
+class RegistryError(SmallMindError):
+    """A model-registry operation failed: bad id, duplicate, download, hash or manifest."""
+
+
+class ModelNotFoundError(RegistryError):
+    """No model is registered under the requested id."""

