@@ -66,14 +66,23 @@ def test_tokenize_prints_json_ids():
 
 
 def test_generate_streams_only_the_text():
+    """stdout is exactly the greedy continuation the engine produces in-process, plus a newline."""
+    from smallmind.engine.engine import Engine
+    from smallmind.engine.model import Model
+    from smallmind.engine.sampling import SamplingParams
+    from smallmind.engine.tokenizer import Tokenizer
     from tests.conftest import reference_path
 
     path = reference_path("tiny", "tiny-llama-q8_0.gguf")
     r = run("generate", "-m", str(path), "--max-tokens", "8", "--temperature", "0", "Once upon a time")
     assert r.returncode == 0, r.stderr
-    again = run("generate", "-m", str(path), "--max-tokens", "8", "--temperature", "0", "Once upon a time")
-    assert r.stdout == again.stdout and r.stdout.strip()
     assert "Traceback" not in r.stderr
+    model = Model.load(path, n_ctx=256, n_slots=1)
+    tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
+    prompt = tokenizer.encode("Once upon a time", add_special=True, parse_special=True)
+    ids = list(Engine(model, eog_ids=tokenizer.eog_ids).generate(prompt, SamplingParams(temperature=0, max_tokens=8)))
+    model.close()
+    assert ids and r.stdout == tokenizer.decode(ids, skip_special=True) + "\n"
 
 
 def test_missing_model_is_a_one_line_error():
