@@ -21,6 +21,7 @@
  * code.  F16C conversions equal sm_half_to_float for every half except signalling NaNs,
  * which the hardware quiets (sets the quiet bit). */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -231,6 +232,18 @@ static inline __m128i gather_8_halves(const void *wd, size_t ws, const void *ad,
     return _mm_insert_epi16(v, h[7], 7);
 }
 
+/* fp16 scales `d` (first member) of 4 blocks `stride` bytes apart -> 4 floats. */
+static inline __m128 gather_4_scales(const void *d, size_t stride) {
+    const uint8_t *p = (const uint8_t *)d;
+    uint16_t h0, h1, h2, h3;
+    memcpy(&h0, p, 2);
+    memcpy(&h1, p + stride, 2);
+    memcpy(&h2, p + 2 * stride, 2);
+    memcpy(&h3, p + 3 * stride, 2);
+    const uint64_t v = (uint64_t)h0 | (uint64_t)h1 << 16 | (uint64_t)h2 << 32 | (uint64_t)h3 << 48;
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)v));
+}
+
 /* d_w[k] * d_a[k] for the 4 blocks. */
 static inline __m128 scale_products_4(const void *wd, size_t ws, const void *ad, size_t as) {
     const __m256 f = _mm256_cvtph_ps(gather_8_halves(wd, ws, ad, as));
@@ -349,6 +362,7 @@ static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
         const __m256i w0 = DECODE(i), w1 = DECODE(i + 1), w2 = DECODE(i + 2), w3 = DECODE(i + 3); \
         const __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);            \
         const __m256i u2 = _mm256_sign_epi8(w2, w2), u3 = _mm256_sign_epi8(w3, w3);            \
+        const __m128 dw = gather_4_scales(&x[i].d, sizeof(WTYPE));                               \
         for (int j = 0; j < n_act; j++) {                                                        \
             const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + j * a_stride) + i;  \
             const __m256i p0 = _mm256_madd_epi16(                                                \
@@ -359,7 +373,7 @@ static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
                 _mm256_maddubs_epi16(u2, _mm256_sign_epi8(load_256(y[2].qs), w2)), ones);        \
             const __m256i p3 = _mm256_madd_epi16(                                                \
                 _mm256_maddubs_epi16(u3, _mm256_sign_epi8(load_256(y[3].qs), w3)), ones);        \
-            const __m128 d = scale_products_4(&x[i].d, sizeof(WTYPE), &y[0].d, sizeof(block_q8_0)); \
+            const __m128 d = _mm_mul_ps(dw, gather_4_scales(&y[0].d, sizeof(block_q8_0)));       \
             acc[j] = _mm_fmadd_ps(_mm_cvtepi32_ps(block_sums_4(p0, p1, p2, p3)), d, acc[j]);     \
         }                                                                                        \
     }                                                                                            \
@@ -869,6 +883,106 @@ static void dequant_q6_K_avx2(float *dst, const void *src, int64_t n) {
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* Attention over the f16 KV cache                                                        */
+/* ------------------------------------------------------------------------------------ */
+
+/* Scores of RQ query rows x RK cache rows: each dot has one 8-lane accumulator (FMA over
+ * d in steps of 8), reduced by hsum_f32x8, then the tail (n % 8) added in order; the
+ * order depends only on n.  The RQ * RK accumulators hide the FMA latency and each K row
+ * is converted once per RQ query rows. */
+SM_INLINE void attn_scores_tile(float *s, size_t s_stride, const float *q, size_t q_stride,
+                                const sm_half *k, size_t k_stride, int n, const int RQ, const int RK) {
+    __m256 acc[4][4];
+    for (int i = 0; i < RQ; i++)
+        for (int j = 0; j < RK; j++) acc[i][j] = _mm256_setzero_ps();
+    int d = 0;
+    for (; d + 8 <= n; d += 8) {
+        __m256 kv[4];
+        for (int j = 0; j < RK; j++) kv[j] = _mm256_cvtph_ps(load_128(k + j * k_stride + d));
+        for (int i = 0; i < RQ; i++) {
+            const __m256 qv = _mm256_loadu_ps(q + i * q_stride + d);
+            for (int j = 0; j < RK; j++) acc[i][j] = _mm256_fmadd_ps(kv[j], qv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < RQ; i++)
+        for (int j = 0; j < RK; j++) {
+            float t = hsum_f32x8(acc[i][j]);
+            for (int e = d; e < n; e++) t += fp16_to_f32(k[j * k_stride + e]) * q[i * q_stride + e];
+            s[i * s_stride + j] = t;
+        }
+}
+
+static void attn_scores_avx2(float *s, size_t s_stride, const float *q, size_t q_stride, int n_q,
+                             const sm_half *k, size_t k_stride, int n_k, int n) {
+    int i = 0;
+    for (; i + 4 <= n_q; i += 4) {
+        int j = 0;
+        for (; j + 2 <= n_k; j += 2)
+            attn_scores_tile(s + i * s_stride + j, s_stride, q + i * q_stride, q_stride,
+                             k + j * k_stride, k_stride, n, 4, 2);
+        for (; j < n_k; j++)
+            attn_scores_tile(s + i * s_stride + j, s_stride, q + i * q_stride, q_stride,
+                             k + j * k_stride, k_stride, n, 4, 1);
+    }
+    for (; i < n_q; i++) {
+        int j = 0;
+        for (; j + 4 <= n_k; j += 4)
+            attn_scores_tile(s + i * s_stride + j, s_stride, q + i * q_stride, q_stride,
+                             k + j * k_stride, k_stride, n, 1, 4);
+        for (; j < n_k; j++)
+            attn_scores_tile(s + i * s_stride + j, s_stride, q + i * q_stride, q_stride,
+                             k + j * k_stride, k_stride, n, 1, 1);
+    }
+}
+
+/* o (RQ rows, DW * 8 columns from d) += p . V, the cache rows taken in order j = 0.. with
+ * one FMA per element and row; the o block stays in registers over all j. */
+SM_INLINE void attn_pv_tile(float *o, size_t o_stride, const float *p, size_t p_stride,
+                            const sm_half *v, size_t v_stride, int n_k, int d, const int RQ, const int DW) {
+    __m256 acc[3][4];
+    for (int i = 0; i < RQ; i++)
+        for (int c = 0; c < DW; c++) acc[i][c] = _mm256_loadu_ps(o + i * o_stride + d + 8 * c);
+    for (int j = 0; j < n_k; j++) {
+        __m256 vv[4];
+        for (int c = 0; c < DW; c++) vv[c] = _mm256_cvtph_ps(load_128(v + j * v_stride + d + 8 * c));
+        for (int i = 0; i < RQ; i++) {
+            const __m256 pv = _mm256_broadcast_ss(p + i * p_stride + j);
+            for (int c = 0; c < DW; c++) acc[i][c] = _mm256_fmadd_ps(pv, vv[c], acc[i][c]);
+        }
+    }
+    for (int i = 0; i < RQ; i++)
+        for (int c = 0; c < DW; c++) _mm256_storeu_ps(o + i * o_stride + d + 8 * c, acc[i][c]);
+}
+
+static void attn_pv_avx2(float *o, size_t o_stride, const float *p, size_t p_stride, int n_q,
+                         const sm_half *v, size_t v_stride, int n_k, int n) {
+    const int n8 = n & ~7;
+    int i = 0;
+    for (; i + 3 <= n_q; i += 3) {
+        int d = 0;
+        for (; d + 32 <= n8; d += 32)
+            attn_pv_tile(o + i * o_stride, o_stride, p + i * p_stride, p_stride, v, v_stride, n_k, d, 3, 4);
+        for (; d < n8; d += 8)
+            attn_pv_tile(o + i * o_stride, o_stride, p + i * p_stride, p_stride, v, v_stride, n_k, d, 3, 1);
+    }
+    for (; i < n_q; i++) {
+        int d = 0;
+        for (; d + 32 <= n8; d += 32)
+            attn_pv_tile(o + i * o_stride, o_stride, p + i * p_stride, p_stride, v, v_stride, n_k, d, 1, 4);
+        for (; d < n8; d += 8)
+            attn_pv_tile(o + i * o_stride, o_stride, p + i * p_stride, p_stride, v, v_stride, n_k, d, 1, 1);
+    }
+    /* tail columns (n % 8): the same sums, one element at a time */
+    if (n8 < n)
+        for (int r = 0; r < n_q; r++)
+            for (int j = 0; j < n_k; j++) {
+                const float pj = p[r * p_stride + j];
+                for (int e = n8; e < n; e++)
+                    o[r * o_stride + e] = fmaf(pj, fp16_to_f32(v[j * v_stride + e]), o[r * o_stride + e]);
+            }
+}
+
+/* ------------------------------------------------------------------------------------ */
 
 void sm_fill_kernels_avx2(sm_kernels *k) {
     k->dequant[SM_TYPE_F16] = dequant_f16_avx2;
@@ -897,4 +1011,7 @@ void sm_fill_kernels_avx2(sm_kernels *k) {
     k->vec_dot_n[SM_TYPE_Q5_K] = vec_dot_n_q5_K_avx2;
     k->vec_dot_n[SM_TYPE_Q6_K] = vec_dot_n_q6_K_avx2;
     /* quantize[] stays scalar so every ISA dots against identical activations */
+
+    k->attn_scores = attn_scores_avx2;
+    k->attn_pv = attn_pv_avx2;
 }

@@ -430,6 +430,29 @@ static void quantize_q8_K(void *dst, const float *src, int64_t n) {
 
 /* ------------------------------------------------------------------------------------ */
 
+/* ---- attention over the f16 KV cache ---- */
+
+/* Each score in double, as vec_dot_f16_f32. */
+static void attn_scores_scalar(float *s, size_t s_stride, const float *q, size_t q_stride, int n_q,
+                               const sm_half *k, size_t k_stride, int n_k, int n) {
+    for (int i = 0; i < n_q; i++)
+        for (int j = 0; j < n_k; j++)
+            vec_dot_f16_f32(&s[i * s_stride + j], k + j * k_stride, q + i * q_stride, n);
+}
+
+static void attn_pv_scalar(float *o, size_t o_stride, const float *p, size_t p_stride, int n_q,
+                           const sm_half *v, size_t v_stride, int n_k, int n) {
+    for (int i = 0; i < n_q; i++) {
+        float *oi = o + i * o_stride;
+        for (int j = 0; j < n_k; j++) {
+            const float pj = p[i * p_stride + j];
+            if (pj == 0.0f) continue; /* o + 0 * v == o */
+            const sm_half *vj = v + j * v_stride;
+            for (int d = 0; d < n; d++) oi[d] += pj * sm_half_to_float(vj[d]);
+        }
+    }
+}
+
 void sm_fill_kernels_scalar(sm_kernels *k) {
     k->dequant[SM_TYPE_F32] = dequant_f32;
     k->dequant[SM_TYPE_F16] = dequant_f16;
@@ -453,6 +476,9 @@ void sm_fill_kernels_scalar(sm_kernels *k) {
 
     k->quantize[SM_TYPE_Q8_0] = quantize_q8_0;
     k->quantize[SM_TYPE_Q8_K] = quantize_q8_K;
+
+    k->attn_scores = attn_scores_scalar;
+    k->attn_pv = attn_pv_scalar;
 
     /* No scalar multi-row kernels: a NULL vec_dot_n makes sm_matmul_q loop over the
      * table's vec_dot, which for a unit that only overrides vec_dot (NEON) is its own SIMD

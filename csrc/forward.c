@@ -74,8 +74,11 @@ struct sm_model {
     float *hb2;                /* (B, hidden_dim) up             */
     float *rope_cos, *rope_sin;         /* (B, head_dim/2) global layers         */
     float *rope_cos_swa, *rope_sin_swa; /* (B, head_dim/2) sliding-window layers */
-    float *att;                /* (n_att_threads, att_stride) per thread: scores, then a V row */
-    int n_att_threads, att_stride;
+    float *att;                /* (n_att_threads, att_stride) per thread: q rows, out rows, scores */
+    int n_att_threads;
+    int64_t att_stride;
+    int att_qb;                /* tokens per attention block */
+    int *att_items;            /* (B * n_heads, 4) attention work items of the current batch */
     float *gelu_table;         /* (65536) ggml's f16 GELU table (values widened to f32), or NULL */
     sm_workspace ws;           /* quantized activations for sm_matmul */
 };
@@ -153,45 +156,116 @@ static void glu(float *g, const float *u, int64_t n, int act, const float *gelu_
     }
 }
 
-/* x (n) rounded to the nearest f16 values, in place */
-static void round_to_half(float *x, int n) {
-    for (int i = 0; i < n; i++) x[i] = sm_half_to_float(sm_float_to_half(x[i]));
+/* Attention of one work item: the query rows of nt consecutive tokens (positions p0..,
+ * one slot) and nh query heads sharing one kv head, against that kv head's cache rows.
+ * Row r = tt * nh + hh is token t0 + tt, head h0 + hh; it sees positions
+ * [lo(pos), pos].  The item's rows are scored together against every position of the
+ * union [base, p_last] (so each K and V row is read once per item, not once per row), then
+ * each row's softmax runs over its own range only and the other columns become 0, which
+ * the P.V kernel adds as nothing: every row gets exactly the numbers it would get alone.
+ * Per row: q rounded to f16; score = kernel dot * scale; softmax in f32 with the sum in
+ * double; probabilities rounded to f16; out = sum_j p_j v_j in order of position. */
+static void attention_item(const sm_model *m, const kv_layer *kv, const int32_t *slots,
+                           const int32_t *positions, int t0, int nt, int h0, int nh, float scale,
+                           float *scratch, const sm_kernels *kern) {
+    const sm_config *c = &m->cfg;
+    const int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    const int kvh = h0 / (c->n_heads / c->n_kv_heads);
+    const int p0 = positions[t0], p_last = positions[t0 + nt - 1];
+    const int window = kv->swa ? c->sliding_window : 0;
+    const int base = window && p0 - window + 1 > 0 ? p0 - window + 1 : 0;
+    const int span = p_last - base + 1, R = nt * nh, cap = kv->cap;
+    float *qb = scratch, *ob = qb + (int64_t)R * hd, *S = ob + (int64_t)R * hd;
+
+    /* the query rows, rounded to f16 */
+    for (int tt = 0; tt < nt; tt++)
+        for (int hh = 0; hh < nh; hh++) {
+            const float *src = m->q + (int64_t)(t0 + tt) * q_dim + (int64_t)(h0 + hh) * hd;
+            float *dst = qb + (int64_t)(tt * nh + hh) * hd;
+            for (int d = 0; d < hd; d++) dst[d] = sm_half_to_float(sm_float_to_half(src[d]));
+        }
+    const int64_t slot_kv = (int64_t)slots[t0] * cap * kv_dim + (int64_t)kvh * hd;
+    const sm_half *kc = kv->k + slot_kv, *vc = kv->v + slot_kv;
+
+    /* scores of all rows x positions [base, p_last], in runs of contiguous ring cells */
+    for (int p = base; p <= p_last;) {
+        const int cell = p % cap;
+        const int len = p_last - p + 1 < cap - cell ? p_last - p + 1 : cap - cell;
+        kern->attn_scores(S + (p - base), (size_t)span, qb, (size_t)hd, R, kc + (int64_t)cell * kv_dim,
+                          (size_t)kv_dim, len, hd);
+        p += len;
+    }
+
+    /* softmax of each row over its own range; 0 elsewhere */
+    for (int r = 0; r < R; r++) {
+        const int pos = p0 + r / nh;
+        const int lo = window && pos - window + 1 > 0 ? pos - window + 1 : 0;
+        float *row = S + (int64_t)r * span;
+        float *att = row + (lo - base);
+        const int n = pos - lo + 1;
+        for (int j = 0; j < lo - base; j++) row[j] = 0.0f;
+        for (int j = pos - base + 1; j < span; j++) row[j] = 0.0f;
+        float max = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            att[j] *= scale;
+            if (att[j] > max) max = att[j];
+        }
+        double sum = 0.0;
+        for (int j = 0; j < n; j++) {
+            att[j] = expf(att[j] - max);
+            sum += (double)att[j];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int j = 0; j < n; j++) att[j] = sm_half_to_float(sm_float_to_half(att[j] * inv));
+    }
+
+    /* out rows = P . V */
+    memset(ob, 0, sizeof(float) * (size_t)R * hd);
+    for (int p = base; p <= p_last;) {
+        const int cell = p % cap;
+        const int len = p_last - p + 1 < cap - cell ? p_last - p + 1 : cap - cell;
+        kern->attn_pv(ob, (size_t)hd, S + (p - base), (size_t)span, R, vc + (int64_t)cell * kv_dim,
+                      (size_t)kv_dim, len, hd);
+        p += len;
+    }
+    for (int tt = 0; tt < nt; tt++)
+        for (int hh = 0; hh < nh; hh++)
+            memcpy(m->att_out + (int64_t)(t0 + tt) * q_dim + (int64_t)(h0 + hh) * hd,
+                   ob + (int64_t)(tt * nh + hh) * hd, sizeof(float) * (size_t)hd);
 }
 
-/* out (head_dim) = softmax(scale * q.K[lo..pos]) . V[lo..pos] for one head.
- * q (head_dim) is rounded to f16 in place.  k, v: this slot's and kv head's cache rows,
- * one every `stride` halves, cap cells (a ring: position p is in cell p % cap).
- * att (pos - lo + 1 + head_dim floats) is scratch. */
-static void attention(float *out, float *q, const sm_half *k, const sm_half *v, int64_t stride,
-                      int cap, int head_dim, int lo, int pos, float scale, float *att,
-                      const sm_kernels *kern) {
-    const int n = pos - lo + 1;
-    float *v_row = att + n;
-    round_to_half(q, head_dim);
-    /* scores */
-    float max = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        float s;
-        kern->vec_dot[SM_TYPE_F16](&s, k + (int64_t)((lo + j) % cap) * stride, q, head_dim);
-        att[j] = s * scale;
-        if (att[j] > max) max = att[j];
+/* Splits a batch into attention work items (t0, nt, h0, nh): runs of up to att_qb
+ * consecutive tokens of one slot with consecutive positions, times kv heads (all the query
+ * heads of a kv head in one item), or times single query heads when that leaves too few
+ * items for the threads.  Heaviest (latest) blocks first, for the dynamic schedule. */
+static int attention_items(sm_model *m, int T, const int32_t *slots, const int32_t *positions, int n_thr) {
+    const sm_config *c = &m->cfg;
+    const int kv_mul = c->n_heads / c->n_kv_heads;
+    int n_blocks = 0;
+    for (int t = 0; t < T;) {
+        int nt = 1;
+        while (t + nt < T && nt < m->att_qb && slots[t + nt] == slots[t] &&
+               positions[t + nt] == positions[t + nt - 1] + 1)
+            nt++;
+        n_blocks++;
+        t += nt;
     }
-    /* softmax: f32 exponentials, sum in double */
-    double sum = 0.0;
-    for (int j = 0; j < n; j++) {
-        att[j] = expf(att[j] - max);
-        sum += (double)att[j];
+    const int split = n_blocks * c->n_kv_heads < 2 * n_thr && kv_mul > 1;
+    const int nh = split ? 1 : kv_mul;
+    int n_items = n_blocks * (c->n_heads / nh);
+    int i = n_items;
+    for (int t = 0; t < T;) {
+        int nt = 1;
+        while (t + nt < T && nt < m->att_qb && slots[t + nt] == slots[t] &&
+               positions[t + nt] == positions[t + nt - 1] + 1)
+            nt++;
+        for (int h0 = c->n_heads - nh; h0 >= 0; h0 -= nh) {
+            int *it = m->att_items + 4 * (int64_t)(--i);
+            it[0] = t; it[1] = nt; it[2] = h0; it[3] = nh;
+        }
+        t += nt;
     }
-    const float inv = (float)(1.0 / sum);
-    for (int j = 0; j < n; j++) att[j] *= inv;
-    round_to_half(att, n);
-    /* weighted sum of the values */
-    for (int d = 0; d < head_dim; d++) out[d] = 0.0f;
-    for (int j = 0; j < n; j++) {
-        kern->dequant[SM_TYPE_F16](v_row, v + (int64_t)((lo + j) % cap) * stride, head_dim);
-        const float p = att[j];
-        for (int d = 0; d < head_dim; d++) out[d] += p * v_row[d];
-    }
+    return n_items;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -312,6 +386,7 @@ void sm_model_free(sm_model *m) {
     free(m->hb); free(m->hb2);
     free(m->rope_cos); free(m->rope_sin); free(m->rope_cos_swa); free(m->rope_sin_swa);
     free(m->att);
+    free(m->att_items);
     free(m->gelu_table);
     sm_workspace_free(&m->ws);
     free(m);
@@ -401,8 +476,15 @@ sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err) {
     ALLOC(m->rope_cos_swa, (int64_t)B * hd / 2);
     ALLOC(m->rope_sin_swa, (int64_t)B * hd / 2);
     m->n_att_threads = sm_max_threads() > sm_get_threads() ? sm_max_threads() : sm_get_threads();
-    m->att_stride = max_cap + hd;
+    /* attention blocks of up to 16 tokens, fewer if the per-thread scores would pass 8 MiB */
+    const int kv_mul = c->n_heads / c->n_kv_heads;
+    m->att_qb = B < 16 ? B : 16;
+    while (m->att_qb > 1 && (int64_t)m->att_qb * kv_mul * (max_cap + m->att_qb) * 4 > (8 << 20))
+        m->att_qb /= 2;
+    const int64_t att_rows = (int64_t)m->att_qb * kv_mul;
+    m->att_stride = att_rows * (2 * hd + max_cap + m->att_qb);
     ALLOC(m->att, (int64_t)m->n_att_threads * m->att_stride);
+    ALLOC(m->att_items, (int64_t)4 * B * c->n_heads);
     if (c->act == SM_ACT_GELU_TANH) {
         /* ggml's table: f16 in -> gelu in f32 -> f16 out */
         ALLOC(m->gelu_table, 65536);
@@ -485,7 +567,7 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
     const sm_config *c = &m->cfg;
     const int T = n_tokens, dim = c->dim, hd = c->head_dim, half = hd / 2;
     const int n_heads = c->n_heads, n_kv_heads = c->n_kv_heads, hidden_dim = c->hidden_dim;
-    const int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd, kv_mul = n_heads / n_kv_heads;
+    const int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
     const int gemma = c->arch == SM_ARCH_GEMMA3;
     const float eps = c->norm_eps;
     /* gemma scales q before attention (llama.cpp does), the others scale q.k */
@@ -498,6 +580,24 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
     do {                                                                                   \
         rc = sm_matmul((Y), (W).data, (W).type, (W).n_rows, (W).n_cols, (X), (N), ws);     \
         if (rc != SM_OK) return rc;                                                        \
+    } while (0)
+
+    /* matmuls over the same input in one region when their activation types agree */
+#define MATMUL_MULTI(P, NP, X)                                                             \
+    do {                                                                                   \
+        int same = 1;                                                                      \
+        for (int p_ = 1; p_ < (NP); p_++)                                                  \
+            same &= sm_vec_dot_type((P)[p_].wtype) == sm_vec_dot_type((P)[0].wtype);       \
+        if (same) {                                                                        \
+            rc = sm_matmul_multi((P), (NP), dim, (X), T, ws);                              \
+            if (rc != SM_OK) return rc;                                                    \
+        } else {                                                                           \
+            for (int p_ = 0; p_ < (NP); p_++) {                                            \
+                rc = sm_matmul((P)[p_].Y, (P)[p_].W, (P)[p_].wtype, (P)[p_].n_rows, dim,    \
+                               (X), T, ws);                                                \
+                if (rc != SM_OK) return rc;                                                \
+            }                                                                              \
+        }                                                                                  \
     } while (0)
 
     /* embeddings: dequantized rows of token_embd, times embed_scale */
@@ -520,6 +620,13 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
                         c->rope_base_swa, 1.0f, m->rope_freqs);
     }
 
+    /* attention work items (the same for every layer) */
+    int att_threads = sm_get_threads();
+    if (att_threads > m->n_att_threads) att_threads = m->n_att_threads;
+    const int n_items = attention_items(m, T, slots, positions, att_threads);
+    if (att_threads > n_items) att_threads = n_items;
+    (void)att_threads;
+
     for (int l = 0; l < c->n_layers; l++) {
         const sm_layer_weights *lw = &m->layers[l];
         const layer_vectors *lv = &m->vec[l];
@@ -530,9 +637,12 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
             rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->attn_norm, dim, eps);
 
         /* q, k, v projections (+ qwen2 biases) */
-        MATMUL(m->q, lw->wq, xb, T);
-        MATMUL(m->k, lw->wk, xb, T);
-        MATMUL(m->v, lw->wv, xb, T);
+        {
+            const sm_matmul_part parts[3] = {{m->q, lw->wq.data, lw->wq.type, lw->wq.n_rows},
+                                             {m->k, lw->wk.data, lw->wk.type, lw->wk.n_rows},
+                                             {m->v, lw->wv.data, lw->wv.type, lw->wv.n_rows}};
+            MATMUL_MULTI(parts, 3, xb);
+        }
         for (int t = 0; t < T; t++) {
             if (lv->bq) for (int i = 0; i < q_dim; i++) m->q[(int64_t)t * q_dim + i] += lv->bq[i];
             if (lv->bk) for (int i = 0; i < kv_dim; i++) m->k[(int64_t)t * kv_dim + i] += lv->bk[i];
@@ -560,27 +670,16 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
             }
         }
 
-        /* attention, one (token, head) pair per iteration */
-        const int n_pairs = T * n_heads;
-        int n_thr = sm_get_threads();
-        if (n_thr > m->n_att_threads) n_thr = m->n_att_threads;
-        if (n_thr > n_pairs) n_thr = n_pairs;
-        (void)n_thr;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_thr)
-        for (int i = 0; i < n_pairs; i++) {
-            const int t = i / n_heads, h = i % n_heads, kvh = h / kv_mul;
-            const int s = slots[t], pos = positions[t];
-            int lo = 0;
-            if (kv->swa && pos - c->sliding_window + 1 > 0) lo = pos - c->sliding_window + 1;
+        /* attention, one work item (token block x heads of one kv head) per iteration */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(att_threads)
+        for (int i = 0; i < n_items; i++) {
+            const int *it = m->att_items + 4 * (int64_t)i;
 #ifdef _OPENMP
-            float *att = m->att + (int64_t)omp_get_thread_num() * m->att_stride;
+            float *scratch = m->att + (int64_t)omp_get_thread_num() * m->att_stride;
 #else
-            float *att = m->att;
+            float *scratch = m->att;
 #endif
-            const int64_t slot_kv = (int64_t)s * kv->cap * kv_dim + kvh * hd;
-            attention(m->att_out + (int64_t)t * q_dim + h * hd, m->q + (int64_t)t * q_dim + h * hd,
-                      kv->k + slot_kv, kv->v + slot_kv, kv_dim, kv->cap, hd, lo, pos, kq_scale,
-                      att, kern);
+            attention_item(m, kv, slots, positions, it[0], it[1], it[2], it[3], kq_scale, scratch, kern);
         }
 
         /* output projection, gemma's post-attention norm, residual */
@@ -596,8 +695,11 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
             rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->ffn_norm, dim, eps);
 
         /* gated ffn: w_down (act(w_gate x) * w_up x) */
-        MATMUL(m->hb, lw->w_gate, xb, T);
-        MATMUL(m->hb2, lw->w_up, xb, T);
+        {
+            const sm_matmul_part parts[2] = {{m->hb, lw->w_gate.data, lw->w_gate.type, lw->w_gate.n_rows},
+                                             {m->hb2, lw->w_up.data, lw->w_up.type, lw->w_up.n_rows}};
+            MATMUL_MULTI(parts, 2, xb);
+        }
         glu(m->hb, m->hb2, (int64_t)T * hidden_dim, c->act, m->gelu_table);
         MATMUL(xb2, lw->w_down, m->hb, T);
 
@@ -627,6 +729,7 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
     const sm_tensor *head = m->w.output.data ? &m->w.output : &m->w.token_embd;
     if (n_out > 0) MATMUL(logits, *head, xb, n_out);
 #undef MATMUL
+#undef MATMUL_MULTI
     return SM_OK;
 }
 

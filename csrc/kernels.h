@@ -39,6 +39,18 @@ typedef void (*sm_vec_dot_fn)(float *s, const void *w, const void *a, int n);
 typedef void (*sm_vec_dot_n_fn)(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
                                 int n, int n_act);
 
+/* Attention scores: s[i * s_stride + j] = dot(q + i * q_stride, k + j * k_stride) over n
+ * values, for i < n_q, j < n_k; q f32, k f16 (cache rows).  Each sum is formed in an order
+ * that depends only on n, never on n_q, n_k or the other rows of the call, so a score does
+ * not depend on how the rows were grouped. */
+typedef void (*sm_attn_scores_fn)(float *s, size_t s_stride, const float *q, size_t q_stride, int n_q,
+                                  const sm_half *k, size_t k_stride, int n_k, int n);
+/* Attention values: o[i * o_stride + d] += sum_j p[i * p_stride + j] * v[j * v_stride + d]
+ * for i < n_q, d < n; the j terms are added into o one at a time, j = 0, 1, ..., n_k - 1
+ * (a zero p leaves o unchanged). */
+typedef void (*sm_attn_pv_fn)(float *o, size_t o_stride, const float *p, size_t p_stride, int n_q,
+                              const sm_half *v, size_t v_stride, int n_k, int n);
+
 typedef struct {
     sm_dequant_fn dequant[SM_TYPE_COUNT];    /* per weight type */
     sm_vec_dot_fn vec_dot[SM_TYPE_COUNT];    /* per weight type, against vec_dot_type[t] */
@@ -47,6 +59,9 @@ typedef struct {
      * table leaves them NULL so that a unit which overrides only vec_dot, e.g. NEON, keeps
      * using its own vec_dot for batches instead of inheriting scalar code) */
     sm_vec_dot_n_fn vec_dot_n[SM_TYPE_COUNT];
+    /* attention over the f16 KV cache (forward.c); never NULL */
+    sm_attn_scores_fn attn_scores;
+    sm_attn_pv_fn attn_pv;
 } sm_kernels;
 
 /* ---- per-type facts (dispatch.c) ---- */
@@ -100,6 +115,20 @@ int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols
 /* The same with X already quantized into the vec_dot type (Xq rows of sm_row_size). */
 int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                 const void *Xq, int64_t n_tok);
+
+/* Several matmuls over the same X in one parallel region: Y_p (n_tok, n_rows_p) =
+ * X @ W_p^T for every part, all W_p with n_cols columns and the same vec_dot type (else
+ * SM_E_TYPE).  X is quantized once (rows split over the threads), then the row tiles of
+ * all parts are shared out as one list.  Same results as one sm_matmul per part. */
+#define SM_MATMUL_MAX_PARTS 4
+typedef struct {
+    float *Y;
+    const void *W;
+    int wtype;
+    int64_t n_rows;
+} sm_matmul_part;
+int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, const float *X, int64_t n_tok,
+                    sm_workspace *ws);
 
 /* ---- benchmarks (membench.c) ---- */
 uint64_t sm_read_memory(const void *buf, size_t n_bytes, int n_threads);

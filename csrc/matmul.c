@@ -69,6 +69,40 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
 
+/* Rows [r0, r1) of Y = X @ W^T (X already in W's vec_dot type). */
+static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_t n_rows, const uint8_t *x,
+                               int64_t x_row, int n, int64_t n_tok, int64_t r0, int64_t r1,
+                               sm_vec_dot_fn dot, sm_vec_dot_n_fn dot_n) {
+    if (dot_n) {
+        /* token groups outer, rows inner: the tile's weight rows and one group of
+         * activation rows both stay in L1 */
+        for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) {
+            const int64_t nt = n_tok - t0 < SM_VEC_DOT_N_MAX ? n_tok - t0 : SM_VEC_DOT_N_MAX;
+            const uint8_t *xt = x + t0 * x_row;
+            float *yt = Y + t0 * n_rows;
+            for (int64_t r = r0; r < r1; r++) {
+                if (nt == 1)
+                    dot(&yt[r], w + r * w_row, xt, n);
+                else
+                    dot_n(&yt[r], (size_t)n_rows, w + r * w_row, xt, (size_t)x_row, n, (int)nt);
+            }
+        }
+    } else {
+        for (int64_t t = 0; t < n_tok; t++) {
+            const uint8_t *xt = x + t * x_row;
+            float *yt = Y + t * n_rows;
+            for (int64_t r = r0; r < r1; r++) dot(&yt[r], w + r * w_row, xt, n);
+        }
+    }
+}
+
+/* Tiles per dynamic-schedule chunk: ~16 chunks per thread, so a thread slowed by another
+ * process (shared machines) does not hold the others back, at little overhead. */
+static int64_t tile_chunk(int64_t n_tiles, int n_thr) {
+    const int64_t chunk = n_tiles / ((int64_t)n_thr * 16);
+    return chunk < 1 ? 1 : chunk;
+}
+
 int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                 const void *Xq, int64_t n_tok) {
     if (!sm_type_supported(wtype)) return SM_E_TYPE;
@@ -88,28 +122,15 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     const int use_threads = n_rows * w_row >= (1 << 16) && n_tiles > 1;
     (void)use_threads;
 
-#pragma omp parallel for schedule(static) num_threads(sm_get_threads()) if (use_threads)
+    const int n_thr = sm_get_threads();
+    const int64_t chunk = tile_chunk(n_tiles, n_thr);
+    (void)chunk;
+
+#pragma omp parallel for schedule(dynamic, chunk) num_threads(n_thr) if (use_threads)
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         const int64_t r0 = tile * ROW_TILE;
         const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
-        if (dot_n) {
-            for (int64_t r = r0; r < r1; r++) {
-                for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) {
-                    const int64_t nt = n_tok - t0 < SM_VEC_DOT_N_MAX ? n_tok - t0 : SM_VEC_DOT_N_MAX;
-                    if (nt == 1)
-                        dot(&Y[t0 * n_rows + r], w + r * w_row, x + t0 * x_row, n);
-                    else
-                        dot_n(&Y[t0 * n_rows + r], (size_t)n_rows, w + r * w_row, x + t0 * x_row,
-                              (size_t)x_row, n, (int)nt);
-                }
-            }
-        } else {
-            for (int64_t t = 0; t < n_tok; t++) {
-                const uint8_t *xt = x + t * x_row;
-                float *yt = Y + t * n_rows;
-                for (int64_t r = r0; r < r1; r++) dot(&yt[r], w + r * w_row, xt, n);
-            }
-        }
+        matmul_tile(Y, w, w_row, n_rows, x, x_row, n, n_tok, r0, r1, dot, dot_n);
     }
     return SM_OK;
 }
@@ -117,15 +138,70 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
 int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
               const float *X, int64_t n_tok, sm_workspace *ws) {
     if (!sm_type_supported(wtype)) return SM_E_TYPE;
-    const int at = sm_vec_dot_type(wtype);
-    const int64_t x_row = sm_row_size(at, n_cols);
-    if (x_row < 0 || sm_row_size(wtype, n_cols) < 0 || n_tok < 0) return SM_E_SHAPE;
-    if (at == SM_TYPE_F32) return sm_matmul_q(Y, W, wtype, n_rows, n_cols, X, n_tok);
+    const sm_matmul_part part = {Y, W, wtype, n_rows};
+    return sm_matmul_multi(&part, 1, n_cols, X, n_tok, ws);
+}
 
-    uint8_t *xq = workspace_reserve(ws, (size_t)(x_row * (n_tok > 0 ? n_tok : 1)));
-    if (!xq) return SM_E_NOMEM;
-    const sm_quantize_fn quantize = sm_kernels_current()->quantize[at];
-    if (!quantize) return SM_E_TYPE;
-    for (int64_t t = 0; t < n_tok; t++) quantize(xq + t * x_row, X + t * n_cols, n_cols);
-    return sm_matmul_q(Y, W, wtype, n_rows, n_cols, xq, n_tok);
+int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, const float *X, int64_t n_tok,
+                    sm_workspace *ws) {
+    if (n_parts <= 0 || n_parts > SM_MATMUL_MAX_PARTS) return SM_E_ARG;
+    if (n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
+    const sm_kernels *k = sm_kernels_current();
+    const int at = sm_type_supported(parts[0].wtype) ? sm_vec_dot_type(parts[0].wtype) : -1;
+    if (at < 0) return SM_E_TYPE;
+    const int64_t x_row = sm_row_size(at, n_cols);
+    if (x_row < 0) return SM_E_SHAPE;
+    int64_t first_tile[SM_MATMUL_MAX_PARTS + 1], w_row[SM_MATMUL_MAX_PARTS];
+    sm_vec_dot_fn dot[SM_MATMUL_MAX_PARTS];
+    sm_vec_dot_n_fn dot_n[SM_MATMUL_MAX_PARTS];
+    int64_t bytes = 0;
+    first_tile[0] = 0;
+    for (int p = 0; p < n_parts; p++) {
+        const int t = parts[p].wtype;
+        if (!sm_type_supported(t) || sm_vec_dot_type(t) != at) return SM_E_TYPE;
+        w_row[p] = sm_row_size(t, n_cols);
+        if (w_row[p] < 0 || parts[p].n_rows < 0) return SM_E_SHAPE;
+        dot[p] = k->vec_dot[t];
+        if (!dot[p]) return SM_E_TYPE;
+        dot_n[p] = n_tok > 1 ? k->vec_dot_n[t] : NULL;
+        first_tile[p + 1] = first_tile[p] + (parts[p].n_rows + ROW_TILE - 1) / ROW_TILE;
+        bytes += parts[p].n_rows * w_row[p];
+    }
+    const uint8_t *x = (const uint8_t *)X;
+    if (at != SM_TYPE_F32) {
+        uint8_t *xq = workspace_reserve(ws, (size_t)(x_row * (n_tok > 0 ? n_tok : 1)));
+        if (!xq) return SM_E_NOMEM;
+        if (!k->quantize[at]) return SM_E_TYPE;
+        x = xq;
+    }
+    const sm_quantize_fn quantize = k->quantize[at];
+    const int64_t n_tiles = first_tile[n_parts];
+    const int n = (int)n_cols;
+    const int n_thr = sm_get_threads();
+    const int64_t chunk = tile_chunk(n_tiles, n_thr);
+    const int use_threads = bytes >= (1 << 16) && n_tiles > 1;
+    (void)chunk;
+    (void)use_threads;
+
+    /* one parallel region: quantize the activations (rows split over threads), then all
+     * parts' row tiles as one list */
+#pragma omp parallel num_threads(n_thr) if (use_threads)
+    {
+        if (at != SM_TYPE_F32) {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < n_tok; t++)
+                quantize((uint8_t *)x + t * x_row, X + t * n_cols, n_cols);
+        }
+#pragma omp for schedule(dynamic, chunk)
+        for (int64_t tile = 0; tile < n_tiles; tile++) {
+            int p = 0;
+            while (tile >= first_tile[p + 1]) p++;
+            const int64_t rows = parts[p].n_rows;
+            const int64_t r0 = (tile - first_tile[p]) * ROW_TILE;
+            const int64_t r1 = r0 + ROW_TILE < rows ? r0 + ROW_TILE : rows;
+            matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, w_row[p], rows, x, x_row, n, n_tok, r0,
+                        r1, dot[p], dot_n[p]);
+        }
+    }
+    return SM_OK;
 }

@@ -8,10 +8,15 @@ Figures (medians of --repeat runs):
 for 1 and 2 threads.  llama.cpp (llama-cpp-python, if installed): llama_eval of the same
 512 tokens, and one-token decode steps at batch 1; the ratios are ours / llama.cpp."""
 import argparse
+import sys
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
+
+# Benchmark the tree this script sits in, not whatever smallmind is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from smallmind import kernels
 from smallmind.engine.engine import Engine

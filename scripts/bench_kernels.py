@@ -9,10 +9,15 @@ Shapes (rows x cols): the default model's LM head 262144x640 and its FFN 2048x64
 K-quants need rows of whole 256-blocks, so they use the same number of weights as
 163840x1024 and 1280x1024.  Figures are medians of --repeat runs."""
 import argparse
+import sys
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
+
+# Benchmark the tree this script sits in, not whatever smallmind is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from smallmind import _kernels, kernels
 

@@ -285,3 +285,97 @@ def test_batched_matmul_real_default_model_rows(isa):
         single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t:t + 1])[0] for t in range(8)])
         np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5 * np.abs(single).max(),
                                    err_msg=f"{name} ({isa})")
+
+
+# ---- attention kernels (sm_kernels.attn_scores / attn_pv), through a small ctypes build ----
+
+ATTN_SHIM = r"""
+#include <string.h>
+#include "kernels.h"
+static sm_kernels tab[2];
+static int ready;
+static void init(void) {
+    if (ready) return;
+    sm_fill_kernels_scalar(&tab[0]);
+    tab[1] = tab[0];
+    sm_fill_kernels_avx2(&tab[1]);
+    ready = 1;
+}
+void scores(int isa, float *s, size_t ss, const float *q, size_t qs, int nq, const sm_half *k, size_t ks,
+            int nk, int n) { init(); tab[isa].attn_scores(s, ss, q, qs, nq, k, ks, nk, n); }
+void pv(int isa, float *o, size_t os, const float *p, size_t ps, int nq, const sm_half *v, size_t vs,
+        int nk, int n) { init(); tab[isa].attn_pv(o, os, p, ps, nq, v, vs, nk, n); }
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def attn_lib(tmp: str):
+    import ctypes
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not found")
+    out = Path(tmp)
+    (out / "shim.c").write_text(ATTN_SHIM)
+    csrc = REPO / "csrc"
+    cmd = [gcc, "-O2", "-std=gnu11", "-fPIC", "-shared", f"-I{csrc}", "-mavx2", "-mfma", "-mf16c",
+           str(csrc / "dot_scalar.c"), str(csrc / "dot_avx2.c"), str(out / "shim.c"), "-o",
+           str(out / "libattn.so"), "-lm"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return ctypes.CDLL(str(out / "libattn.so"))
+
+
+@pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
+@pytest.mark.parametrize("n_q,n_k,n", [(1, 1, 256), (4, 7, 256), (7, 5, 64), (64, 33, 256), (3, 9, 100),
+                                       (5, 3, 13)])
+def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
+    """attn_scores and attn_pv of the scalar and the AVX2 table against float64 numpy: equal
+    up to float summation order; a score does not depend on the other rows of the call; a
+    zero probability adds nothing."""
+    import ctypes
+
+    lib = attn_lib(str(tmp_path_factory.mktemp("attn")))
+    rng = np.random.default_rng(n_q * 1000 + n_k * 10 + n)
+    q = rng.standard_normal((n_q, n)).astype(np.float16).astype(np.float32)
+    k = rng.standard_normal((n_k, n)).astype(np.float16)
+    v = rng.standard_normal((n_k, n)).astype(np.float16)
+    p = rng.random((n_q, n_k)).astype(np.float16).astype(np.float32)
+    p[:, ::3] = 0.0
+    o0 = rng.standard_normal((n_q, n)).astype(np.float32)
+    ref_s = q.astype(np.float64) @ k.astype(np.float64).T
+    ref_o = o0.astype(np.float64) + p.astype(np.float64) @ v.astype(np.float64)
+    f = ctypes.c_void_p
+    for isa in (0, 1):
+        s = np.zeros((n_q, n_k), np.float32)
+        lib.scores(isa, f(s.ctypes.data), ctypes.c_size_t(n_k), f(q.ctypes.data), ctypes.c_size_t(n), n_q,
+                   f(k.ctypes.data), ctypes.c_size_t(n), n_k, n)
+        bound = np.abs(q).astype(np.float64) @ np.abs(k.astype(np.float64)).T
+        assert np.all(np.abs(s - ref_s) <= REL_SUM_TOL * bound + 1e-30), isa
+        # row by row, one cache row at a time: the same floats
+        for i in range(n_q):
+            for j in range(n_k):
+                one = np.zeros(1, np.float32)
+                lib.scores(isa, f(one.ctypes.data), ctypes.c_size_t(1), f(q[i].ctypes.data), ctypes.c_size_t(n),
+                           1, f(k[j].ctypes.data), ctypes.c_size_t(n), 1, n)
+                assert one[0] == s[i, j], (isa, i, j)
+        o = o0.copy()
+        lib.pv(isa, f(o.ctypes.data), ctypes.c_size_t(n), f(p.ctypes.data), ctypes.c_size_t(n_k), n_q,
+               f(v.ctypes.data), ctypes.c_size_t(n), n_k, n)
+        bound = np.abs(o0).astype(np.float64) + p.astype(np.float64) @ np.abs(v.astype(np.float64))
+        assert np.all(np.abs(o - ref_o) <= REL_SUM_TOL * bound + 1e-30), isa
+        # the columns of p split into two calls: the same floats (the terms go in order)
+        o2 = o0.copy()
+        h = n_k // 2
+        pa, pb = np.ascontiguousarray(p[:, :h]), np.ascontiguousarray(p[:, h:])
+        if h:
+            lib.pv(isa, f(o2.ctypes.data), ctypes.c_size_t(n), f(pa.ctypes.data), ctypes.c_size_t(h), n_q,
+                   f(v.ctypes.data), ctypes.c_size_t(n), h, n)
+        lib.pv(isa, f(o2.ctypes.data), ctypes.c_size_t(n), f(pb.ctypes.data), ctypes.c_size_t(n_k - h), n_q,
+               f(v[h:].ctypes.data), ctypes.c_size_t(n), n_k - h, n)
+        np.testing.assert_array_equal(o2, o)
