@@ -32,7 +32,6 @@ the GPT-2 alphabet back to bytes.  Control and unknown tokens render as "" with
 
 from __future__ import annotations
 
-import codecs
 import functools
 import heapq
 import re
@@ -50,20 +49,10 @@ except ImportError:  # pragma: no cover - depends on the build
     _CBpeVocab = _CSpmVocab = None
 from .bpe_pretokenize import (BYTE_DECODE_TABLE, BYTE_ENCODE_TABLE, PreTokenizer,
                               get_pretokenizer)
+from .detokenize import StreamDecoder, clean_spaces as _clean_spaces
+from .special_tokens import SpecialMatcher, TokenType, utf8 as _utf8
 
 __all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
-
-
-class TokenType:
-    """Values of ``tokenizer.ggml.token_type`` (llama.cpp's ``llama_token_type``)."""
-
-    UNDEFINED = 0
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
 
 
 SPACE = "\u2581"
@@ -88,10 +77,6 @@ _FIM_SEP_TEXTS = ("<|file_sep|>",)
 _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",
               "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
               "<|end_of_text|>", "<end_of_utterance>")
-
-
-def _utf8(s: str) -> bytes:
-    return s.encode("utf-8", "surrogateescape")
 
 
 def _encode_text(s: str) -> bytes:
@@ -241,10 +226,10 @@ class Tokenizer:
             (tt_arr == TokenType.CONTROL) | (tt_arr == TokenType.UNKNOWN)).tolist())
 
         # ---- special-token partition tables
-        with_control = _SpecialMatcher(tokens, tt_arr, parse_special=True)
+        with_control = SpecialMatcher(tokens, tt_arr, parse_special=True)
         self._partition = {
             True: with_control,
-            False: _SpecialMatcher(tokens, tt_arr, parse_special=False,
+            False: SpecialMatcher(tokens, tt_arr, parse_special=False,
                                    superset=with_control),
         }
 
@@ -730,173 +715,3 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer(model={self.model!r}, pre={self.pre!r}, "
                 f"vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})")
-
-
-def _clean_spaces(text: bytes) -> bytes:
-    """llama.cpp's detokenize clean-up passes (applied to bytes, as there)."""
-    t = bytearray(text)
-    # pass 1: " ?", " !", " .", " ," -> drop the space
-    out = bytearray(t[:1])
-    for i in range(1, len(t)):
-        x = t[i]
-        if t[i - 1] == 0x20 and x in b"?!.,":
-            out.pop()
-        out.append(x)
-    t = out
-    # pass 2: " ' " -> "'"
-    out = bytearray(t[:1])
-    i = 1
-    n = len(t)
-    while i < n:
-        x = t[i]
-        if x == 0x27 and i + 1 < n and t[i - 1] == 0x20 and t[i + 1] == 0x20:
-            out.pop()
-            out.append(x)
-            i += 2
-            continue
-        out.append(x)
-        i += 1
-    t = out
-    # pass 3: " 's", " 'm", " 're", " 've" -> drop the space
-    out = bytearray(t[:1])
-    n = len(t)
-    for i in range(1, n):
-        x = t[i]
-        if t[i - 1] == 0x20 and x == 0x27 and i + 1 < n:
-            x1 = t[i + 1]
-            if x1 in b"sm":
-                out.pop()
-            elif i + 2 < n and ((x1 == 0x72 and t[i + 2] == 0x65)
-                                or (x1 == 0x76 and t[i + 2] == 0x65)):
-                out.pop()
-        out.append(x)
-    return bytes(out)
-
-
-class _SpecialMatcher:
-    """llama.cpp's tokenizer_st_partition over the special tokens present in a text."""
-
-    def __init__(self, tokens: list[str], ttypes: np.ndarray, parse_special: bool,
-                 superset: "_SpecialMatcher | None" = None):
-        kinds = {TokenType.USER_DEFINED}
-        if parse_special:
-            kinds |= {TokenType.CONTROL, TokenType.UNKNOWN}
-        # text -> id (llama.cpp walks token ids, so a duplicated text keeps each id; the
-        # longer-first order then makes the lowest id win, which we reproduce)
-        specials: dict[str, int] = {}
-        for i in np.flatnonzero(np.isin(ttypes, list(kinds))).tolist():
-            specials.setdefault(tokens[i], i)
-        self._specials = specials
-        # order: longer UTF-8 text first (llama.cpp std::sort; ties here by id)
-        self._rank = {t: (-len(_utf8(t)), i) for t, i in specials.items()}
-        # Finding which specials occur in a text: runs of one repeated character (Gemma's
-        # "\n\n", "   ", "\t\t") are checked with `in` directly (a prefix walk would be
-        # quadratic in the run length); the rest by a prefix walk from every position
-        # where one of their first two characters occurs.
-        self._runs = sorted((t for t in specials if len(set(t)) == 1), key=len)
-        others = [t for t in specials if len(set(t)) > 1]
-        self._empty = not specials
-        if superset is not None:
-            # the prefix walk only prunes: a superset's prefixes and start positions are
-            # as good (found texts are filtered by this matcher's own specials)
-            self._prefixes = superset._prefixes
-            self._maxlen = superset._maxlen
-            self._start_rx = superset._start_rx if others else None
-            return
-        prefixes = set()
-        starts = set()
-        for t in others:
-            for k in range(1, len(t) + 1):
-                prefixes.add(t[:k])
-            starts.add(t[:2])
-        self._prefixes = prefixes
-        self._maxlen = max((len(t) for t in others), default=0)
-        if starts:
-            alt = "|".join(regex.escape(s) for s in sorted(starts, key=lambda s: -len(s)))
-            self._start_rx = regex.compile(f"(?=(?:{alt}))")
-        else:
-            self._start_rx = None
-
-    def _present(self, text: str) -> list[str]:
-        specials, prefixes = self._specials, self._prefixes
-        found = set()
-        missing = set()
-        for t in self._runs:  # shortest first: a longer run needs the shorter one
-            if t[0] in missing:
-                continue
-            if t in text:
-                found.add(t)
-            else:
-                missing.add(t[0])
-        if self._start_rx is not None:
-            maxlen = self._maxlen
-            for m in self._start_rx.finditer(text):
-                p = m.start()
-                for k in range(1, maxlen + 1):
-                    s = text[p:p + k]
-                    if len(s) < k or s not in prefixes:
-                        break
-                    if s in specials:
-                        found.add(s)
-        rank = self._rank
-        return sorted(found, key=rank.__getitem__)
-
-    def partition(self, text: str) -> list:
-        """``text`` split into str fragments and int special-token ids, in order."""
-        if self._empty:
-            return [text]
-        present = self._present(text)
-        if not present:
-            return [text]
-        frags: list = [(0, len(text))]
-        find = text.find
-        for tok in present:
-            tid = self._specials[tok]
-            L = len(tok)
-            new = []
-            for f in frags:
-                if f.__class__ is int:
-                    new.append(f)
-                    continue
-                s, e = f
-                p = find(tok, s, e)
-                if p < 0:
-                    new.append(f)
-                    continue
-                while p >= 0:
-                    if p > s:
-                        new.append((s, p))
-                    new.append(tid)
-                    s = p + L
-                    p = find(tok, s, e)
-                if s < e:
-                    new.append((s, e))
-            frags = new
-        return [f if f.__class__ is int else text[f[0]:f[1]] for f in frags]
-
-
-class StreamDecoder:
-    """Incremental detokenizer: ``push(id)`` returns the text completed by that token,
-    holding back an incomplete UTF-8 sequence until its last byte arrives; ``flush()``
-    returns what is left (an incomplete sequence as U+FFFD).  The concatenation of all
-    returned strings equals ``tokenizer.decode(ids, skip_special=skip_special)``.  No
-    leading space is stripped: a continuation's leading space is real text."""
-
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special = skip_special
-        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def push(self, token_id: int) -> str:
-        tok = self.tokenizer
-        token_id = int(token_id)
-        if not 0 <= token_id < tok.vocab_size:
-            raise ValueError(f"token id {token_id} out of range [0, {tok.vocab_size})")
-        if self.skip_special and token_id in tok._special_ids:
-            return ""
-        return self._dec.decode(tok._pieces[token_id])
-
-    def flush(self) -> str:
-        out = self._dec.decode(b"", final=True)
-        self._dec.reset()
-        return out
