@@ -448,6 +448,12 @@ class Sampler:
             i = int(np.argmax(x))
             _check_max(float(x[i]))
             return i
+        ids, vals, m = self._candidates(x)
+        return self._draw(ids, vals, m)
+
+    def _candidates(self, x: np.ndarray):
+        """top-k (or top-p/min-p) survivors of processed logits x: (ids, vals, max logit);
+        ids is None when no filter cut anything."""
         bm = _block_max(x)
         m = float(bm.max())
         _check_max(m)
@@ -455,7 +461,7 @@ class Sampler:
             ids, vals = self._filter_top_k(x, bm, m)
         else:
             ids, vals = self._filter_no_top_k(x, bm, m)
-        return self._draw(ids, vals, m)
+        return ids, vals, m
 
     def distribution(self, logits: np.ndarray,
                      recent_tokens: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -466,15 +472,9 @@ class Sampler:
             i = int(np.argmax(x))
             _check_max(float(x[i]))
             return np.array([i], np.int64), np.ones(1)
-        bm = _block_max(x)
-        m = float(bm.max())
-        _check_max(m)
-        if self._top_k:
-            ids, vals = self._filter_top_k(x, bm, m)
-        else:
-            ids, vals = self._filter_no_top_k(x, bm, m)
-            if ids is None:
-                ids = np.arange(x.shape[0])
+        ids, vals, m = self._candidates(x)
+        if ids is None:
+            ids = np.arange(x.shape[0])
         order = np.lexsort((ids, -vals.astype(np.float64)))
         ids, vals = ids[order].astype(np.int64), vals[order]
         w = np.exp((vals.astype(np.float64) - m) / self._temp)
