@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (Tornado) in front of the engine."""
