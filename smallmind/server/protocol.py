@@ -1,0 +1,676 @@
+"""The OpenAI wire protocol: request parsing and validation, response shapes, error mapping.
+
+Pure Python (no Tornado, no native code) so it can be tested on its own.  Three jobs:
+
+* ``parse_chat`` / ``parse_completion`` / ``parse_embedding`` turn a request body into a typed
+  request, or raise ``RequestValidationError`` whose ``param`` names the offending field.
+  Unknown fields are ignored, because OpenAI clients send many we do not implement
+  (``logprobs``, ``tools``, ``response_format``, ...).  A JSON ``null`` means "not given".
+* the response builders return plain dicts in OpenAI's exact shapes;
+* ``error_response`` is the one place where a typed error becomes an HTTP status and an
+  OpenAI error body.
+
+Sampling determinism: choice ``j`` of a request with ``seed`` s samples with seed ``s + j``
+(``choice_params``), so the ``n`` choices differ from each other yet a repeated request
+reproduces every one of them.  Without a seed each choice draws its own OS entropy.
+
+Completion choices are numbered prompt-major: choice ``j`` of prompt ``i`` has index
+``i * n + j`` (``choice_index``), as OpenAI numbers them.
+
+Vocabulary-dependent checks (token ids in range, logit_bias keys) need the loaded model and
+are done by ``check_vocabulary``; context-length fitting by ``fit_max_tokens``.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from smallmind.engine.sampling import SamplingParams
+from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
+
+__all__ = [
+    # requests
+    "Defaults", "GenerationRequest", "ChatRequest", "CompletionRequest", "EmbeddingRequest",
+    "parse_chat", "parse_completion", "parse_embedding",
+    "choice_params", "choice_index", "fit_max_tokens", "check_vocabulary",
+    "MAX_N", "MAX_STOP", "MAX_PROMPTS", "MAX_EMBEDDING_INPUTS",
+    # responses
+    "new_id", "usage", "chat_completion", "chat_chunk", "usage_chunk", "completion",
+    "completion_chunk", "embedding_list", "model_entry", "model_list",
+    "CHAT_ID_PREFIX", "COMPLETION_ID_PREFIX",
+    # errors
+    "ContextLengthError", "EmbeddingsNotSupportedError", "RouteNotFoundError",
+    "MethodNotAllowedError", "BodyTooLargeError", "QueueFullError", "RequestTimeoutError",
+    "NotReadyError", "error_response",
+]
+
+MAX_N = 8                      # choices per prompt
+MAX_STOP = 4                   # stop strings, as OpenAI allows
+MAX_PROMPTS = 16               # prompts in one completions request
+MAX_EMBEDDING_INPUTS = 2048    # inputs in one embeddings request, as OpenAI allows
+
+CHAT_ID_PREFIX = "chatcmpl"
+COMPLETION_ID_PREFIX = "cmpl"
+
+
+# ============================================================================================
+# Errors
+# ============================================================================================
+
+class ContextLengthError(RequestValidationError):
+    """Prompt plus requested completion do not fit the model's context."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, context_length: int, prompt_tokens: int,
+                 max_tokens: int | None = None, param: str | None = "messages") -> None:
+        if max_tokens is None:
+            asked = f"{prompt_tokens} tokens in the prompt, leaving no room for a completion"
+        else:
+            asked = (f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+                     f"{max_tokens} in the completion)")
+        super().__init__(f"This model's maximum context length is {context_length} tokens, "
+                         f"however you requested {asked}. Please reduce the length of the "
+                         f"prompt or of max_tokens.")
+        self.param = param
+        self.context_length = context_length
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+
+
+class EmbeddingsNotSupportedError(RequestValidationError):
+    """The loaded model cannot produce embeddings."""
+
+    code = "embeddings_not_supported"
+
+    def __init__(self, model: str | None = None) -> None:
+        which = f"model {model!r}" if model else "the loaded model"
+        super().__init__(f"{which} does not support embeddings")
+        self.param = "model"
+
+
+class RouteNotFoundError(SmallMindError):
+    """No endpoint at this path."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no endpoint at {_clip(path)}")
+        self.path = path
+
+
+class MethodNotAllowedError(SmallMindError):
+    """The path exists but not for this HTTP method; ``allowed`` feeds the Allow header."""
+
+    def __init__(self, method: str, path: str, allowed: Sequence[str]) -> None:
+        super().__init__(f"method {_clip(method)} is not allowed on {_clip(path)} "
+                         f"(allowed: {', '.join(allowed)})")
+        self.allowed = tuple(allowed)
+
+
+class BodyTooLargeError(SmallMindError):
+    """The request body exceeds the configured limit."""
+
+    def __init__(self, limit_bytes: int, size_bytes: int | None = None) -> None:
+        size = f" ({size_bytes} bytes)" if size_bytes is not None else ""
+        super().__init__(f"request body{size} exceeds the limit of {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class QueueFullError(SmallMindError):
+    """Every worker is busy and the wait queue is full; ``retry_after`` is in seconds."""
+
+    def __init__(self, message: str = "the server is busy: too many requests queued, "
+                                      "retry later", retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeoutError(SmallMindError):
+    """The request did not finish within the configured time."""
+
+    def __init__(self, timeout_s: float | None = None) -> None:
+        after = f" after {timeout_s:g} s" if timeout_s is not None else ""
+        super().__init__(f"the request timed out{after}")
+
+
+class NotReadyError(SmallMindError):
+    """The model is still loading (or failed to load)."""
+
+    def __init__(self, message: str = "the model is not loaded yet, retry later") -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class _HttpMapping:
+    status: int
+    error_type: str
+    code: str | None
+
+
+# Exception class -> HTTP mapping, looked up along the exception's MRO so a subclass maps like
+# its parent unless listed itself.  Anything not found is a 500 whose text is never shown,
+# since it may hold paths, internals or user data.
+_HTTP_ERRORS: dict[type, _HttpMapping] = {
+    RequestValidationError: _HttpMapping(400, "invalid_request_error", None),
+    ModelNotFoundError: _HttpMapping(404, "invalid_request_error", "model_not_found"),
+    RouteNotFoundError: _HttpMapping(404, "invalid_request_error", "not_found"),
+    MethodNotAllowedError: _HttpMapping(405, "invalid_request_error", "method_not_allowed"),
+    BodyTooLargeError: _HttpMapping(413, "invalid_request_error", "request_too_large"),
+    QueueFullError: _HttpMapping(429, "rate_limit_exceeded", "rate_limit_exceeded"),
+    NotReadyError: _HttpMapping(503, "service_unavailable", None),
+    RequestTimeoutError: _HttpMapping(504, "timeout_error", None),
+}
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> tuple[int, dict]:
+    """``(status, {"error": {message, type, code, param}})`` for any exception.
+
+    A ``code`` or ``param`` attribute on the exception (``RequestValidationError`` carries
+    them) overrides the mapping's defaults.  Unknown exceptions become a 500 naming only
+    ``request_id``, which the server also logs next to the traceback."""
+    mapping = next((_HTTP_ERRORS[cls] for cls in type(exc).__mro__ if cls in _HTTP_ERRORS),
+                   None)
+    if mapping is None:
+        where = f" (request id {request_id})" if request_id else ""
+        return 500, _error_body(f"internal server error{where}", "internal_error", None, None)
+    code = getattr(exc, "code", None) or mapping.code
+    param = getattr(exc, "param", None)
+    message = str(exc) or mapping.error_type
+    return mapping.status, _error_body(message, mapping.error_type, code, param)
+
+
+def _error_body(message: str, error_type: str, code: str | None, param: str | None) -> dict:
+    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+
+
+def _invalid(param: str | None, message: str) -> RequestValidationError:
+    err = RequestValidationError(message)
+    err.param = param  # type: ignore[attr-defined]  # becomes OpenAI's error.param
+    return err
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    """repr-like text of a client value, short enough for an error message."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _shown(value: Any) -> str:
+    """A client's value as error messages quote it ('hot', 3.5, True), clipped."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+# ============================================================================================
+# Request types
+# ============================================================================================
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values for sampling fields a request leaves out (the server fills it from its config)."""
+
+    max_tokens: int = 100
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
+                              top_p=self.top_p, top_k=self.top_k, min_p=self.min_p)
+
+
+@dataclass(kw_only=True)
+class GenerationRequest:
+    """What chat and completions requests share."""
+
+    sampling: SamplingParams   # seed is the request's; per-choice seeds via choice_params()
+    max_tokens_given: bool     # user-set max_tokens must fit the context; a default is clipped
+    stop: list[str]
+    n: int
+    stream: bool
+    include_usage: bool        # stream_options.include_usage: a final usage-only chunk
+    model: str | None          # accepted and ignored: one model is served
+
+
+@dataclass(kw_only=True)
+class ChatRequest(GenerationRequest):
+    messages: list[dict]       # only checked to be objects; the chat template checks deeper
+
+
+@dataclass(kw_only=True)
+class CompletionRequest(GenerationRequest):
+    prompts: list[str | list[int]]   # text or token ids; each is its own prompt
+    echo: bool
+
+
+@dataclass(kw_only=True)
+class EmbeddingRequest:
+    inputs: list[str | list[int]]
+    encoding_format: str       # "float" or "base64"
+    model: str | None
+
+
+# ============================================================================================
+# Field readers
+# ============================================================================================
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    # JSON has no bool/number confusion, Python does: True is an int.  Infinite floats come
+    # from literals such as 1e999.  Huge ints are fine: they are only compared, never floated
+    # before their range check.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_int(value)
+
+
+@dataclass(frozen=True)
+class _NumberField:
+    """One numeric request field: its type, accepted range and how to describe it."""
+
+    name: str
+    integer: bool
+    accepts: Callable[[Any], bool]
+    expected: str                  # completes "<name> must be ..."
+
+    def read(self, body: dict) -> int | float | None:
+        """The field's value (float for non-integer fields), or None if absent or null."""
+        value = body.get(self.name)
+        if value is None:
+            return None
+        valid_type = _is_int(value) if self.integer else _is_number(value)
+        if not valid_type or not self.accepts(value):
+            raise _invalid(self.name, f"{self.name} must be {self.expected}, "
+                                      f"got {_shown(value)}")
+        return value if self.integer else float(value)
+
+
+# The request's sampling fields, each named as in SamplingParams.
+_SAMPLING_FIELDS = (
+    _NumberField("temperature", False, lambda v: 0 <= v <= 2, "a number between 0 and 2"),
+    _NumberField("top_p", False, lambda v: 0 < v <= 1,
+                 "a number greater than 0 and at most 1"),
+    _NumberField("top_k", True, lambda v: v >= 0, "an integer >= 0 (0 disables it)"),
+    _NumberField("min_p", False, lambda v: 0 <= v <= 1, "a number between 0 and 1"),
+    _NumberField("seed", True, lambda v: True, "an integer or null"),
+    _NumberField("presence_penalty", False, lambda v: -2 <= v <= 2,
+                 "a number between -2 and 2"),
+    _NumberField("frequency_penalty", False, lambda v: -2 <= v <= 2,
+                 "a number between -2 and 2"),
+    _NumberField("repetition_penalty", False, lambda v: v > 0,
+                 "a number greater than 0 (1 disables it)"),
+)
+_MAX_TOKENS = _NumberField("max_tokens", True, lambda v: v >= 1, "an integer >= 1 or null")
+_MAX_COMPLETION_TOKENS = dataclasses.replace(_MAX_TOKENS, name="max_completion_tokens")
+_N = _NumberField("n", True, lambda v: 1 <= v <= MAX_N, f"an integer between 1 and {MAX_N}")
+
+_TOKEN_ID_KEY = re.compile(r"[0-9]+", re.ASCII)
+
+
+def _load_object(body: bytes | str) -> dict:
+    def reject_constant(name: str) -> None:
+        # Python's json accepts NaN and Infinity; JSON does not.
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        parsed = json.loads(body, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
+        raise _invalid(None, f"invalid JSON body: {_clip(str(exc), 200)}") from None
+    if not isinstance(parsed, dict):
+        raise _invalid(None, f"invalid JSON body: expected an object, "
+                             f"got {_json_type(parsed)}")
+    return parsed
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_bool(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _invalid(name, f"{name} must be a boolean, got {_shown(value)}")
+    return value
+
+
+def _read_model(body: dict) -> str | None:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _invalid("model", f"model must be a string, got {_shown(model)}")
+    return model
+
+
+def _read_stop(body: dict) -> list[str]:
+    stop = body.get("stop")
+    expected = f"stop must be a string or a list of at most {MAX_STOP} non-empty strings"
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > MAX_STOP:
+        raise _invalid("stop", f"{expected}, got {_shown(stop)}")
+    for text in stops:
+        if not isinstance(text, str) or not text:
+            raise _invalid("stop", f"{expected}, got {_shown(text)} in it")
+    return list(stops)
+
+
+def _read_logit_bias(body: dict) -> dict[int, float]:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
+        raise _invalid("logit_bias", f"logit_bias must be an object mapping token ids to "
+                                     f"numbers, got {_shown(bias)}")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        if not _TOKEN_ID_KEY.fullmatch(key):
+            raise _invalid("logit_bias", f"logit_bias keys must be token ids (decimal "
+                                         f"integers >= 0), got {_shown(key)}")
+        if not _is_number(value) or not -100 <= value <= 100:
+            raise _invalid("logit_bias", f"logit_bias value for token {key} must be a number "
+                                         f"between -100 and 100, got {_shown(value)}")
+        out[int(key)] = float(value)
+    return out
+
+
+def _read_include_usage(body: dict, stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise _invalid("stream_options", "stream_options is only allowed when stream is true")
+    if not isinstance(options, dict):
+        raise _invalid("stream_options", f"stream_options must be an object, "
+                                         f"got {_shown(options)}")
+    include = options.get("include_usage")
+    if include is not None and not isinstance(include, bool):
+        raise _invalid("stream_options", f"stream_options.include_usage must be a boolean, "
+                                         f"got {_shown(include)}")
+    return bool(include)
+
+
+def _read_sampling(body: dict, defaults: Defaults) -> tuple[SamplingParams, bool]:
+    """SamplingParams from the body over ``defaults``, and whether max_tokens was given."""
+    given = {field.name: value for field in _SAMPLING_FIELDS
+             if (value := field.read(body)) is not None}
+    # Both are read so a bad value in either is reported; the newer name wins.
+    max_tokens = _MAX_TOKENS.read(body)
+    max_completion_tokens = _MAX_COMPLETION_TOKENS.read(body)
+    if max_completion_tokens is not None:
+        max_tokens = max_completion_tokens
+    if max_tokens is not None:
+        given["max_tokens"] = max_tokens
+    given["logit_bias"] = _read_logit_bias(body)
+    return dataclasses.replace(defaults.sampling(), **given), max_tokens is not None
+
+
+def _read_generation(body: dict, defaults: Defaults) -> dict[str, Any]:
+    """The GenerationRequest fields, as keyword arguments."""
+    sampling, max_tokens_given = _read_sampling(body, defaults)
+    stream = _read_bool(body, "stream")
+    return dict(sampling=sampling, max_tokens_given=max_tokens_given, stop=_read_stop(body),
+                n=_N.read(body) or 1, stream=stream,
+                include_usage=_read_include_usage(body, stream), model=_read_model(body))
+
+
+def _read_messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if messages is None:
+        raise _invalid("messages", "messages is required")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", f"messages must be a non-empty list of message objects, "
+                                   f"got {_shown(messages)}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _invalid("messages", f"messages[{i}] must be an object, "
+                                       f"got {_shown(message)}")
+    return messages
+
+
+def _token_ids(value: list, where: str, param: str) -> list[int]:
+    if not value:
+        raise _invalid(param, f"{where} must not be empty")
+    for i, token in enumerate(value):
+        if not _is_int(token) or token < 0:
+            raise _invalid(param, f"{where}[{i}] must be a token id (an integer >= 0), "
+                                  f"got {_shown(token)}")
+    return value
+
+
+def _read_texts_or_tokens(body: dict, param: str, *, max_items: int,
+                          allow_empty_text: bool) -> list[str | list[int]]:
+    """A ``prompt`` / ``input`` field: a string, a list of strings, a list of token ids (one
+    item) or a list of token-id lists.  Returns one entry per item."""
+    value = body.get(param)
+    shapes = "a string, a list of strings, a list of token ids or a list of token-id lists"
+    if value is None:
+        raise _invalid(param, f"{param} is required")
+    if isinstance(value, str):
+        items: list = [value]
+    elif isinstance(value, list) and value:
+        first = value[0]
+        if _is_int(first):  # one tokenised item
+            return [_token_ids(value, param, param)]
+        if not isinstance(first, (str, list)):
+            raise _invalid(param, f"{param} must be {shapes}, got {_shown(value)}")
+        items = value
+    else:
+        raise _invalid(param, f"{param} must be {shapes} (non-empty), got {_shown(value)}")
+    if len(items) > max_items:
+        raise _invalid(param, f"{param} may hold at most {max_items} items, got {len(items)}")
+    kind = type(items[0])
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]" if isinstance(value, list) else param
+        if type(item) is not kind:  # mixed lists are ambiguous
+            raise _invalid(param, f"{where} must be a {_json_type(items[0])} like the first "
+                                  f"item, got {_shown(item)}")
+        if kind is list:
+            _token_ids(item, where, param)
+        elif not item and not allow_empty_text:
+            raise _invalid(param, f"{where} must not be an empty string")
+    return list(items)
+
+
+# ============================================================================================
+# Parsers
+# ============================================================================================
+
+def parse_chat(body: bytes | str, defaults: Defaults = Defaults()) -> ChatRequest:
+    """A /v1/chat/completions body as a ChatRequest (RequestValidationError if invalid)."""
+    fields = _load_object(body)
+    messages = _read_messages(fields)
+    return ChatRequest(messages=messages, **_read_generation(fields, defaults))
+
+
+def parse_completion(body: bytes | str, defaults: Defaults = Defaults()) -> CompletionRequest:
+    """A /v1/completions body as a CompletionRequest (RequestValidationError if invalid)."""
+    fields = _load_object(body)
+    # An empty text prompt is allowed, as OpenAI allows it: generation starts from BOS.
+    prompts = _read_texts_or_tokens(fields, "prompt", max_items=MAX_PROMPTS,
+                                    allow_empty_text=True)
+    return CompletionRequest(prompts=prompts, echo=_read_bool(fields, "echo"),
+                             **_read_generation(fields, defaults))
+
+
+def parse_embedding(body: bytes | str) -> EmbeddingRequest:
+    """A /v1/embeddings body as an EmbeddingRequest (RequestValidationError if invalid)."""
+    fields = _load_object(body)
+    inputs = _read_texts_or_tokens(fields, "input", max_items=MAX_EMBEDDING_INPUTS,
+                                   allow_empty_text=False)
+    encoding_format = fields.get("encoding_format") or "float"
+    if encoding_format not in ("float", "base64"):
+        raise _invalid("encoding_format", f"encoding_format must be 'float' or 'base64', "
+                                          f"got {_shown(encoding_format)}")
+    if fields.get("dimensions") is not None:
+        raise _invalid("dimensions", "dimensions is not supported: embeddings always have "
+                                     "the model's own size")
+    return EmbeddingRequest(inputs=inputs, encoding_format=encoding_format,
+                            model=_read_model(fields))
+
+
+# ============================================================================================
+# Helpers for the server
+# ============================================================================================
+
+def choice_params(req: GenerationRequest, choice: int) -> SamplingParams:
+    """Sampling settings of choice ``choice`` (0-based within its prompt): seed s -> s + choice,
+    so choices differ yet reproduce; no seed stays no seed (fresh entropy per choice)."""
+    seed = req.sampling.seed
+    if seed is None or choice == 0:
+        return req.sampling
+    return dataclasses.replace(req.sampling, seed=seed + choice)
+
+
+def choice_index(prompt: int, choice: int, n: int) -> int:
+    """OpenAI's prompt-major index of choice ``choice`` of prompt ``prompt``."""
+    return prompt * n + choice
+
+
+def fit_max_tokens(req: GenerationRequest, prompt_tokens: int, context_length: int) -> int:
+    """The max_tokens to generate with: a default is clipped to the room the prompt leaves,
+    a user-given one that does not fit is a ContextLengthError, as is a prompt that leaves
+    no room at all."""
+    param = "messages" if isinstance(req, ChatRequest) else "prompt"
+    room = context_length - prompt_tokens
+    if room < 1:
+        raise ContextLengthError(context_length, prompt_tokens, None, param=param)
+    wanted = req.sampling.max_tokens
+    if wanted <= room:
+        return wanted
+    if req.max_tokens_given:
+        raise ContextLengthError(context_length, prompt_tokens, wanted, param=param)
+    return room
+
+
+def check_vocabulary(req: GenerationRequest | EmbeddingRequest, vocab_size: int) -> None:
+    """The checks that need the model: token ids in prompts / inputs and logit_bias keys
+    must lie in the vocabulary (RequestValidationError naming the field)."""
+    if isinstance(req, GenerationRequest):
+        req.sampling.validate(vocab_size)
+    if isinstance(req, CompletionRequest):
+        _check_token_ids(req.prompts, vocab_size, "prompt")
+    elif isinstance(req, EmbeddingRequest):
+        _check_token_ids(req.inputs, vocab_size, "input")
+
+
+def _check_token_ids(items: list[str | list[int]], vocab_size: int, param: str) -> None:
+    for item in items:
+        if isinstance(item, list):
+            bad = next((t for t in item if t >= vocab_size), None)
+            if bad is not None:
+                raise _invalid(param, f"{param} has token id {bad} outside the vocabulary "
+                                      f"(0..{vocab_size - 1})")
+
+
+# ============================================================================================
+# Responses
+# ============================================================================================
+
+def new_id(prefix: str) -> str:
+    """A fresh response id such as ``chatcmpl-`` + 24 hex digits."""
+    return f"{prefix.rstrip('-')}-{secrets.token_hex(12)}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_completion(id: str, created: int, model: str,
+                    choices: Iterable[tuple[str, str]], usage: dict) -> dict:
+    """A chat.completion; ``choices`` are (text, finish_reason) in index order."""
+    return {
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": i,
+                     "message": {"role": "assistant", "content": text, "refusal": None},
+                     "logprobs": None, "finish_reason": finish_reason}
+                    for i, (text, finish_reason) in enumerate(choices)],
+        "usage": usage,
+    }
+
+
+def chat_chunk(id: str, created: int, model: str, index: int, delta: dict,
+               finish_reason: str | None = None, *, include_usage: bool = False) -> dict:
+    """One chat.completion.chunk for choice ``index``; ``delta`` e.g. {"role": "assistant"},
+    {"content": "..."} or {} with the finish_reason.  With include_usage every chunk carries
+    "usage": null, as OpenAI does, before the final usage_chunk."""
+    chunk = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+             "choices": [{"index": index, "delta": delta, "logprobs": None,
+                          "finish_reason": finish_reason}]}
+    if include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(id: str, created: int, model: str, usage: dict, *, chat: bool = True) -> dict:
+    """The last chunk of a stream with include_usage: no choices, only usage."""
+    return {"id": id, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created, "model": model, "choices": [], "usage": usage}
+
+
+def completion(id: str, created: int, model: str,
+               choices: Iterable[tuple[str, str]], usage: dict) -> dict:
+    """A text_completion; ``choices`` are (text, finish_reason) in (prompt-major) index order."""
+    return {
+        "id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": i, "text": text, "logprobs": None,
+                     "finish_reason": finish_reason}
+                    for i, (text, finish_reason) in enumerate(choices)],
+        "usage": usage,
+    }
+
+
+def completion_chunk(id: str, created: int, model: str, index: int, text: str,
+                     finish_reason: str | None = None, *, include_usage: bool = False) -> dict:
+    """One streamed text_completion piece for choice ``index``."""
+    chunk = {"id": id, "object": "text_completion", "created": created, "model": model,
+             "choices": [{"index": index, "text": text, "logprobs": None,
+                          "finish_reason": finish_reason}]}
+    if include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def _encode_embedding(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    values = np.asarray(vector, dtype="<f4").ravel()  # OpenAI's base64 is little-endian f32
+    if encoding_format == "base64":
+        return base64.b64encode(values.tobytes()).decode("ascii")
+    return values.tolist()
+
+
+def embedding_list(model: str, vectors: Sequence[np.ndarray], encoding_format: str,
+                   prompt_tokens: int) -> dict:
+    """The /v1/embeddings response: one embedding per input, in input order."""
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i,
+                  "embedding": _encode_embedding(vector, encoding_format)}
+                 for i, vector in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def model_entry(id: str, created: int, owned_by: str) -> dict:
+    """One model object (GET /v1/models/{id})."""
+    return {"id": id, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def model_list(models: Iterable[tuple[str, int, str]]) -> dict:
+    """GET /v1/models: ``models`` are (id, created, owned_by)."""
+    return {"object": "list", "data": [model_entry(*m) for m in models]}
