@@ -70,11 +70,17 @@ class _Batch:
 
 
 class Engine:
-    def __init__(self, model, eog_ids: frozenset[int] | set[int] = frozenset(), max_batch_tokens: int | None = None):
+    def __init__(self, model, eog_ids: frozenset[int] | set[int] = frozenset(), max_batch_tokens: int | None = None,
+                 n_slots: int | None = None):
+        """n_slots: how many of the model's KV slots (the first ones) this engine may use; the
+        rest stay free for other work of the same thread (the server embeds in the last one)."""
         self.model = model
         self.eog_ids = frozenset(eog_ids)
         self.max_batch_tokens = max_batch_tokens or model.max_batch_tokens
-        self.free_slots = list(range(model.n_slots))[::-1]
+        n_slots = model.n_slots if n_slots is None else n_slots
+        if not 1 <= n_slots <= model.n_slots:
+            raise ValueError(f"n_slots must be between 1 and the model's {model.n_slots}")
+        self.free_slots = list(range(n_slots))[::-1]
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._ids = itertools.count(1)
