@@ -4,14 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# SIMDe lets the tests run the AVX-512 and NEON kernels on any CPU (tests/test_isa_emulated.py).
-if [ ! -f /usr/include/simde/x86/avx512.h ]; then
+# SIMDe lets the tests run the AVX-512 and NEON kernels on any CPU (tests/test_isa_emulated.py);
+# curl runs the README's examples against the server (tests/test_server.py).
+missing=()
+[ -f /usr/include/simde/x86/avx512.h ] || missing+=(libsimde-dev)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
         $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libsimde-dev gcc
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
     else
-        echo "test.sh: please install SIMDe headers (libsimde-dev) and gcc" >&2
+        echo "test.sh: please install: ${missing[*]}" >&2
     fi
 fi
 

