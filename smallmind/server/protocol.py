@@ -49,6 +49,7 @@ __all__ = [
     # errors
     "ContextLengthError", "EmbeddingsNotSupportedError", "RouteNotFoundError",
     "MethodNotAllowedError", "BodyTooLargeError", "QueueFullError", "RequestTimeoutError",
+    "AuthenticationError",
     "NotReadyError", "error_response",
 ]
 
@@ -140,6 +141,14 @@ class RequestTimeoutError(SmallMindError):
         super().__init__(f"the request timed out{after}")
 
 
+class AuthenticationError(SmallMindError):
+    """No API key, or not one of the configured keys."""
+
+    def __init__(self, message: str = "invalid or missing API key: send it as "
+                                      "'Authorization: Bearer <key>'") -> None:
+        super().__init__(message)
+
+
 class NotReadyError(SmallMindError):
     """The model is still loading (or failed to load)."""
 
@@ -159,6 +168,7 @@ class _HttpMapping:
 # since it may hold paths, internals or user data.
 _HTTP_ERRORS: dict[type, _HttpMapping] = {
     RequestValidationError: _HttpMapping(400, "invalid_request_error", None),
+    AuthenticationError: _HttpMapping(401, "invalid_request_error", "invalid_api_key"),
     ModelNotFoundError: _HttpMapping(404, "invalid_request_error", "model_not_found"),
     RouteNotFoundError: _HttpMapping(404, "invalid_request_error", "not_found"),
     MethodNotAllowedError: _HttpMapping(405, "invalid_request_error", "method_not_allowed"),
@@ -238,6 +248,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool        # stream_options.include_usage: a final usage-only chunk
     model: str | None          # accepted and ignored: one model is served
+    timeout_ms: int | None = None   # extension: at most the server's RequestTimeoutMs
 
 
 @dataclass(kw_only=True)
@@ -314,6 +325,8 @@ _SAMPLING_FIELDS = (
 _MAX_TOKENS = _NumberField("max_tokens", True, lambda v: v >= 1, "an integer >= 1 or null")
 _MAX_COMPLETION_TOKENS = dataclasses.replace(_MAX_TOKENS, name="max_completion_tokens")
 _N = _NumberField("n", True, lambda v: 1 <= v <= MAX_N, f"an integer between 1 and {MAX_N}")
+# Not OpenAI's: a client may ask for a shorter time limit than the server's RequestTimeoutMs.
+_TIMEOUT_MS = _NumberField("timeout_ms", True, lambda v: v >= 1, "an integer >= 1 or null")
 
 _TOKEN_ID_KEY = re.compile(r"[0-9]+", re.ASCII)
 
@@ -425,7 +438,8 @@ def _read_generation(body: dict, defaults: Defaults) -> dict[str, Any]:
     stream = _read_bool(body, "stream")
     return dict(sampling=sampling, max_tokens_given=max_tokens_given, stop=_read_stop(body),
                 n=_N.read(body) or 1, stream=stream,
-                include_usage=_read_include_usage(body, stream), model=_read_model(body))
+                include_usage=_read_include_usage(body, stream), model=_read_model(body),
+                timeout_ms=_TIMEOUT_MS.read(body))
 
 
 def _read_messages(body: dict) -> list[dict]:
