@@ -134,6 +134,8 @@ class Scheduler:
                 self._fail_all(e)
 
     def _run_once(self) -> None:
+        if not self.engine.has_work() and self.on_step is not None:
+            self.on_step(0)      # idle: no batch
         self._take_commands(block=not self.engine.has_work())
         if self._closing or not self.engine.has_work():
             return

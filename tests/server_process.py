@@ -73,3 +73,49 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+class RawStream:
+    """A streamed POST over http.client, read event by event; close() is a client leaving."""
+
+    def __init__(self, base_url: str, path: str, body: dict, headers: dict | None = None):
+        import http.client
+        from urllib.parse import urlparse
+
+        u = urlparse(base_url)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        self.conn.request("POST", path, json.dumps(body).encode(),
+                          {"Content-Type": "application/json", **(headers or {})})
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+
+    def event(self) -> str | None:
+        """The next `data:` payload, or None at the end of the stream."""
+        while True:
+            line = self.response.readline()
+            if not line:
+                return None
+            line = line.strip()
+            if line.startswith(b"data: "):
+                return line[6:].decode()
+
+    def events(self) -> list[str]:
+        out = []
+        while (e := self.event()) is not None:
+            out.append(e)
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def metric(base_url: str, name: str, labels: dict | None = None, headers: dict | None = None) -> float:
+    """One sample's value from /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, _, body = http("GET", base_url + "/metrics", headers=headers)
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                return sample.value
+    return 0.0

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
 
 from smallmind.errors import SmallMindError
 from smallmind.server.config import ServerOptions, describe, load_options
@@ -51,31 +53,57 @@ async def serve(options: ServerOptions, source) -> None:
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     log.info("listening on http://%s:%d (model %s)", options.host, port, source.path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loader = loop.run_in_executor(None, _load, state, source, options)
-    await stop.wait()
-    log.info("shutting down")
-    state.status, state.reason = "draining", "the server is shutting down"
+    signals = _Signals(asyncio.get_running_loop())
+    loader = asyncio.get_running_loop().run_in_executor(None, _load, state, source, options)
+    await signals.first.wait()
+    await drain(state, options.drain_timeout_ms / 1000)
     server.stop()
+    await server.close_all_connections()
     if state.served is not None:
         state.served.close()
     loader.cancel()
+    log.info("stopped")
+
+
+class _Signals:
+    """SIGTERM/SIGINT: the first starts the drain, a second one exits at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.first = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: int) -> None:
+        if self.first.is_set():
+            log.warning("second %s: exiting now", signal.Signals(sig).name)
+            os._exit(1)
+        log.info("%s: draining", signal.Signals(sig).name)
+        self.first.set()
+
+
+async def drain(state, timeout_s: float) -> None:
+    """New requests get 503 and /readyz says draining; in-flight ones may finish."""
+    state.set_status("draining", "the server is shutting down")
+    deadline = time.monotonic() + timeout_s
+    while state.active_requests > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if state.active_requests:
+        log.warning("drain timeout: %d requests still running are cut off", state.active_requests)
 
 
 def _load(state, source, options) -> None:
     try:
         served = ServedModel(source, options)
         seconds = served.warm_up()
+        served.scheduler.on_step = state.metrics.set_batch_size
         served.start()
     except Exception as e:   # readiness reports it; the process stays up for the probes
         log.exception("loading %s failed", source.path)
-        state.status, state.reason = "failed", f"loading the model failed: {e}"
+        state.set_status("failed", f"loading the model failed: {e}")
         return
     state.served = served
-    state.status, state.reason = "ready", ""
+    if state.status == "loading":
+        state.set_status("ready")
     log.info("model %s ready (n_ctx %d, warm-up %.2f s)", served.model_id, served.n_ctx, seconds)
 
 

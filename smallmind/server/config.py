@@ -55,6 +55,17 @@ class ServerOptions:
     threads: int = 0
     max_body_bytes: int = 10 * 1024 * 1024
     api_key: str | None = None
+    cors_origins: str | None = None
+    drain_timeout_ms: int = 30_000
+
+    @property
+    def api_keys(self) -> list[str]:
+        """ApiKey may list several keys, comma-separated (rotation without downtime)."""
+        return [k.strip() for k in (self.api_key or "").split(",") if k.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,13 @@ SETTINGS: tuple[Setting, ...] = (
             flag=True),
     Setting("MaxBodyBytes", "max_body_bytes", int,
             "largest request body accepted; larger ones get 413", low=1024),
-    Setting("ApiKey", "api_key", str, "API key clients must send", flag=True, secret=True),
+    Setting("ApiKey", "api_key", str,
+            "API key(s), comma-separated, that /v1/* and /metrics require as a Bearer token",
+            flag=True, secret=True),
+    Setting("CorsOrigins", "cors_origins", str,
+            "origins allowed by CORS, comma-separated, or * (unset: CORS off)", flag=True),
+    Setting("DrainTimeoutMs", "drain_timeout_ms", int,
+            "on SIGTERM, how long in-flight requests may finish before exit", low=0, flag=True),
 )
 
 _BY_KEY = {s.key.lower(): s for s in SETTINGS}

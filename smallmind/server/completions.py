@@ -1,0 +1,326 @@
+"""The POST endpoints: chat completions, text completions, embeddings.
+
+A generation request goes: parse -> prompt tokens -> context check -> admission (429 when the
+queue is full) -> [stream headers] -> wait for room (RequestTimeoutMs covers the wait and the
+generation) -> jobs on the engine thread -> updates written as they come.  Whatever ends it
+(done, client gone, timeout, error) releases its room and its KV slots."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+
+import tornado.iostream
+import tornado.web
+
+from smallmind.errors import SmallMindError
+from smallmind.scheduler import GenerationJob, Update
+from smallmind.server import protocol
+from smallmind.server.handlers import BaseHandler
+
+# Bodies up to this many times the limit are read and dropped so the client, still sending,
+# gets its 413; larger ones are cut off at once.
+_DRAIN_FACTOR = 8
+
+
+class ClientGone(Exception):
+    """The client closed the connection; nobody is left to answer."""
+
+
+@tornado.web.stream_request_body
+class PostHandler(BaseHandler):
+    PROTECTED = True
+
+    def prepare(self) -> None:
+        self.state.active_requests += 1
+        self._counted = True
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._jobs: list[GenerationJob] = []
+        self._ticket = None
+        self._updates: asyncio.Queue | None = None
+        super().prepare()
+        limit = self.state.options.max_body_bytes
+        length = self.request.headers.get("Content-Length", "")
+        declared = int(length) if length.isdigit() else 0
+        if declared > limit * _DRAIN_FACTOR:
+            raise self._too_large()
+        self.request.connection.set_max_body_size(max(declared, limit) + 1)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self.state.options.max_body_bytes:
+            self._chunks.append(chunk)
+        elif self._chunks:
+            self._chunks = []
+
+    def _too_large(self) -> Exception:
+        return protocol.BodyTooLargeError(self.state.options.max_body_bytes)
+
+    @property
+    def body(self) -> bytes:
+        if self._size > self.state.options.max_body_bytes:
+            raise self._too_large()
+        return b"".join(self._chunks)
+
+    async def post(self) -> None:
+        with self.state.tracer.request_span(self.request.headers, self.ROUTE, "POST"):
+            await self.handle()
+
+    async def handle(self) -> None:
+        raise NotImplementedError
+
+    # ---- endings ----
+
+    def on_connection_close(self) -> None:
+        self.client_gone = True
+        self.end_generation(ClientGone("the client disconnected"))
+
+    def on_finish(self) -> None:
+        self.end_generation(None)
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.state.active_requests -= 1
+        super().on_finish()
+
+    def end_generation(self, reason: Exception | None) -> None:
+        """Stops this request's sequences, gives back its room, and wakes its coroutine."""
+        served = self.state.served
+        for job in self._jobs if hasattr(self, "_jobs") else ():
+            if not job.done():
+                served.scheduler.cancel(job)
+        if getattr(self, "_ticket", None) is not None:
+            self.state.admission.abandon(self._ticket)
+            self._ticket = None
+        if reason is not None and getattr(self, "_updates", None) is not None:
+            self._updates.put_nowait(reason)
+
+    # ---- generation ----
+
+    def remaining_s(self) -> float:
+        return self.timeout_s - (time.perf_counter() - self.started)
+
+    async def generate(self, prompts: list[list[int]], req, shape: "_Shape") -> None:
+        served = self.served()
+        limit_ms = self.state.options.request_timeout_ms
+        self.timeout_s = min(req.timeout_ms or limit_ms, limit_ms) / 1000
+        budgets = [protocol.fit_max_tokens(req, len(ids), served.n_ctx) for ids in prompts]
+        self.prompt_tokens = sum(len(ids) for ids in prompts)
+        try:
+            self._ticket = self.state.admission.enter(req.n * len(prompts))
+        except protocol.QueueFullError:
+            self.state.metrics.rejected()
+            raise
+        try:
+            if req.stream:
+                await self.begin_stream()
+            await self.state.admission.wait(self._ticket, self.remaining_s())
+            self.submit(prompts, budgets, req)
+            with self.state.tracer.generation_span(self.prompt_tokens, max(budgets)):
+                if req.stream:
+                    await self.stream(shape, req.include_usage)
+                else:
+                    texts, reasons = await self.collect(len(prompts) * req.n)
+                    usage = protocol.usage(self.prompt_tokens, self.completion_tokens)
+                    self.send_json(shape.response(texts, reasons, usage))
+        except (ClientGone, tornado.iostream.StreamClosedError):
+            self.end_generation(None)
+        except Exception as e:
+            if isinstance(e, protocol.RequestTimeoutError):
+                self.state.metrics.timed_out()
+            if not req.stream:
+                raise
+            if not isinstance(e, SmallMindError):
+                self.log_exception(type(e), e, e.__traceback__)
+            await self.stream_error(e)
+        finally:
+            self.state.metrics.tokens(self.prompt_tokens, self.completion_tokens)
+
+    def submit(self, prompts: list[list[int]], budgets: list[int], req) -> None:
+        """One job per prompt, n choices each, all feeding one queue of updates."""
+        self._updates = asyncio.Queue()
+        scheduler = self.state.served.scheduler
+        for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
+            params = [dataclasses.replace(protocol.choice_params(req, j), max_tokens=max_tokens)
+                      for j in range(req.n)]
+            self._jobs.append(GenerationJob(prompt_ids, params, stop=req.stop, updates=self._updates,
+                                            index_base=i * req.n))
+        for job in self._jobs:
+            scheduler.submit(job)
+
+    async def updates(self, n_choices: int):
+        """Yields lists of Update until every choice has finished."""
+        open_choices, first = n_choices, True
+        n_tokens = [0] * n_choices
+        while open_choices:
+            remaining = self.remaining_s()
+            try:
+                item = await asyncio.wait_for(self._updates.get(), timeout=max(remaining, 0))
+            except asyncio.TimeoutError:
+                self.end_generation(None)
+                raise protocol.RequestTimeoutError(self.timeout_s) from None
+            if isinstance(item, Exception):
+                self.end_generation(None)
+                raise item
+            if first:
+                first = False
+                self.state.metrics.first_token((time.perf_counter() - self.started) * 1000)
+            for u in item:
+                n_tokens[u.index] = u.n_tokens
+                open_choices -= u.finish_reason is not None
+            self.completion_tokens = sum(n_tokens)
+            yield item
+
+    async def collect(self, n_choices: int) -> tuple[list[str], list[str]]:
+        texts = [[] for _ in range(n_choices)]
+        reasons = [""] * n_choices
+        async for updates in self.updates(n_choices):
+            for u in updates:
+                texts[u.index].append(u.text)
+                if u.finish_reason:
+                    reasons[u.index] = u.finish_reason
+        return ["".join(t) for t in texts], reasons
+
+    # ---- server-sent events ----
+
+    async def begin_stream(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")   # nginx: pass events through at once
+        await self.flush()
+
+    def write_event(self, payload: dict | str) -> None:
+        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        self.write(f"data: {data}\n\n")
+
+    async def stream(self, shape: "_Shape", include_usage: bool) -> None:
+        n_choices = len(self._jobs) * len(self._jobs[0].params)
+        for event in shape.opening(n_choices):
+            self.write_event(event)
+        await self.flush()
+        async for updates in self.updates(n_choices):
+            for u in updates:
+                for event in shape.chunks(u):
+                    self.write_event(event)
+            await self.flush_in_time()
+        if include_usage:
+            self.write_event(shape.usage_chunk(protocol.usage(self.prompt_tokens, self.completion_tokens)))
+        self.write_event("[DONE]")
+        self.finish()
+
+    async def flush_in_time(self) -> None:
+        """A client that stops reading must not hold its slot past the deadline."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout=max(self.remaining_s(), 0))
+        except asyncio.TimeoutError:
+            self.end_generation(None)
+            raise protocol.RequestTimeoutError(self.timeout_s) from None
+
+    async def stream_error(self, error: Exception) -> None:
+        """Headers are gone: the error travels as an event, then the stream ends."""
+        if self._finished:
+            return
+        _, body = protocol.error_response(error, request_id=self.request_id)
+        self.write_event(body)
+        try:
+            await self.flush()
+        except tornado.iostream.StreamClosedError:
+            pass
+        self.finish()
+
+
+@dataclasses.dataclass
+class _Shape:
+    """How one endpoint's answers look: the ids and the builders it uses."""
+
+    rid: str
+    created: int
+    model: str
+
+
+class _ChatShape(_Shape):
+    def opening(self, n_choices: int):
+        for j in range(n_choices):
+            yield protocol.chat_chunk(self.rid, self.created, self.model, j, {"role": "assistant", "content": ""})
+
+    def chunks(self, u: Update):
+        if u.text:
+            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {"content": u.text})
+        if u.finish_reason:
+            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {}, u.finish_reason)
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=True)
+
+    def response(self, texts, reasons, usage) -> dict:
+        return protocol.chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage)
+
+
+@dataclasses.dataclass
+class _CompletionShape(_Shape):
+    echoes: list[str] = dataclasses.field(default_factory=list)   # per choice, "" without echo
+
+    def opening(self, n_choices: int):
+        for i, echo in enumerate(self.echoes):
+            if echo:
+                yield protocol.completion_chunk(self.rid, self.created, self.model, i, echo)
+
+    def chunks(self, u: Update):
+        if u.text or u.finish_reason:
+            yield protocol.completion_chunk(self.rid, self.created, self.model, u.index, u.text, u.finish_reason)
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=False)
+
+    def response(self, texts, reasons, usage) -> dict:
+        texts = [echo + text for echo, text in zip(self.echoes, texts)]
+        return protocol.completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage)
+
+
+class ChatHandler(PostHandler):
+    ROUTE = "/v1/chat/completions"
+
+    async def handle(self) -> None:
+        req = protocol.parse_chat(self.body, self.state.defaults())
+        served = self.served()
+        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        prompt_ids = served.chat_prompt(req.messages)
+        shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id)
+        await self.generate([prompt_ids], req, shape)
+
+
+class CompletionHandler(PostHandler):
+    ROUTE = "/v1/completions"
+
+    async def handle(self) -> None:
+        req = protocol.parse_completion(self.body, self.state.defaults())
+        served = self.served()
+        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        prompts = [served.text_prompt(p) for p in req.prompts]
+        echoes = [self.echo_text(p, ids) if req.echo else "" for p, ids in zip(req.prompts, prompts)]
+        shape = _CompletionShape(protocol.new_id(protocol.COMPLETION_ID_PREFIX), int(time.time()),
+                                 served.model_id, [e for e in echoes for _ in range(req.n)])
+        await self.generate(prompts, req, shape)
+
+    def echo_text(self, prompt, ids: list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.state.served.tokenizer.decode(ids, skip_special=False)
+
+
+class EmbeddingHandler(PostHandler):
+    ROUTE = "/v1/embeddings"
+
+    async def handle(self) -> None:
+        req = protocol.parse_embedding(self.body)
+        served = self.served()
+        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        inputs = [served.text_prompt(item, param="input") for item in req.inputs]
+        for ids in inputs:
+            served.check_embedding_input(ids)
+        self.prompt_tokens = sum(len(ids) for ids in inputs)
+        vectors = await served.scheduler.embed(inputs)
+        self.state.metrics.tokens(self.prompt_tokens, 0)
+        self.send_json(protocol.embedding_list(served.model_id, vectors, req.encoding_format,
+                                               self.prompt_tokens))
