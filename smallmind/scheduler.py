@@ -34,6 +34,7 @@ class Update:
     text: str
     finish_reason: str | None = None
     n_tokens: int = 0          # completion tokens so far
+    logprobs: list = field(default_factory=list)   # TokenLogprob of the tokens of this step
 
 
 @dataclass
@@ -70,10 +71,14 @@ class GenerationJob:
 
 
 @dataclass
-class EmbeddingJob:
+class SideJob:
+    """Work done between steps in the spare KV slot: embeddings, prompt log-probabilities."""
+
+    kind: str                     # "embed" | "prompt_logprobs"
     inputs: list[list[int]]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    top_k: int = 0
 
 
 class Scheduler:
@@ -110,9 +115,16 @@ class Scheduler:
 
     async def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
         """Mean-pooled, L2-normalized final hidden states, one vector per input."""
+        return await self._side_job("embed", inputs)
+
+    async def prompt_logprobs(self, prompt_ids: list[int], top_k: int) -> list:
+        """TokenLogprob of each prompt token after the first."""
+        return (await self._side_job("prompt_logprobs", [prompt_ids], top_k))[0]
+
+    async def _side_job(self, kind: str, inputs: list[list[int]], top_k: int = 0) -> list:
         loop = asyncio.get_running_loop()
-        job = EmbeddingJob(inputs, loop.create_future(), loop)
-        self._commands.put(("embed", job))
+        job = SideJob(kind, inputs, loop.create_future(), loop, top_k)
+        self._commands.put(("side", job))
         return await job.future
 
     @property
@@ -161,8 +173,8 @@ class Scheduler:
             self._start(job)
         elif kind == "cancel":
             self._cancel(job)
-        elif kind == "embed":
-            self._embed(job)
+        elif kind == "side":
+            self._side(job)
         elif kind == "close":
             self._closing = True
 
@@ -214,11 +226,17 @@ class Scheduler:
                 tail, stopped = choice.stops.feed(choice.decoder.flush())
                 text += tail if stopped else tail + choice.stops.flush()
             choice.finish_reason = "stop" if stopped else seq.finish_reason
-        return Update(choice.index, text, choice.finish_reason, len(seq.output_ids))
+        logprobs = [event.logprob] if event.logprob is not None else []
+        return Update(choice.index, text, choice.finish_reason, len(seq.output_ids), logprobs)
 
-    def _embed(self, job: EmbeddingJob) -> None:
+    def _side(self, job: SideJob) -> None:
+        if job.kind == "embed":
+            work = self._embed_one
+        else:
+            def work(ids):
+                return self.engine.prompt_logprobs(ids, job.top_k, self.embed_slot)
         try:
-            outcome = (_set_result, [self._embed_one(ids) for ids in job.inputs])
+            outcome = (_set_result, [work(ids) for ids in job.inputs])
         except Exception as e:
             outcome = (_set_exception, e)
         try:

@@ -112,11 +112,27 @@ def test_null_fields_mean_default():
 
 def test_unknown_fields_are_ignored():
     req = p.parse_chat(chat_body(
-        logprobs=True, top_logprobs=3, tools=[{"type": "function"}], tool_choice="auto",
+        tools=[{"type": "function"}], tool_choice="auto",
         response_format={"type": "json_object"}, parallel_tool_calls=False,
         metadata={"a": "b"}, store=False, service_tier="auto", something_new=[1, {}]),
         DEFAULTS)
     assert req == p.parse_chat(chat_body(), DEFAULTS)
+
+
+def test_logprobs_fields():
+    assert p.parse_chat(chat_body(), DEFAULTS).logprobs is None
+    assert p.parse_chat(chat_body(logprobs=True), DEFAULTS).logprobs == 0
+    req = p.parse_chat(chat_body(logprobs=True, top_logprobs=5), DEFAULTS)
+    assert req.logprobs == 5 and p.choice_params(req, 1).logprobs == 5
+    assert chat_error(top_logprobs=3).param == "top_logprobs"          # needs logprobs: true
+    assert chat_error(logprobs=True, top_logprobs=21).param == "top_logprobs"
+    assert chat_error(logprobs=1).param == "logprobs"
+    body = json.dumps({"prompt": "x", "logprobs": 2}).encode()
+    assert p.parse_completion(body, DEFAULTS).logprobs == 2
+    for bad in (6, -1, True, "2"):
+        with pytest.raises(RequestValidationError) as e:
+            p.parse_completion(json.dumps({"prompt": "x", "logprobs": bad}).encode(), DEFAULTS)
+        assert e.value.param == "logprobs"
 
 
 def test_max_completion_tokens_wins():

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from smallmind.engine.sampling import Sampler, SamplingParams
+from smallmind.engine.sampling import Sampler, SamplingParams, top_logprobs, token_logprobs
 from smallmind.errors import RequestValidationError
 
 
@@ -40,12 +40,24 @@ class Sequence:
 
 
 @dataclass
+class TokenLogprob:
+    """The raw model distribution at one step (before bias, penalties and filters): the
+    chosen token's log-probability and the most likely tokens'."""
+
+    token: int
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+@dataclass
 class StepEvent:
     """What one step did for one sequence: a new token (None if it finished on a stop token)."""
 
     sequence: Sequence
     token: int | None
     finished: bool
+    logprob: TokenLogprob | None = None
 
 
 @dataclass
@@ -67,6 +79,12 @@ class _Batch:
         if sample:
             self.out_rows.append(len(self.tokens) - 1)
             self.sampled.append(seq)
+
+
+def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    top_ids, top_lps = top_logprobs(logits, k)
+    return TokenLogprob(int(token), float(token_logprobs(logits, int(token))),
+                        top_ids.tolist(), top_lps.tolist())
 
 
 class Engine:
@@ -175,13 +193,30 @@ class Engine:
             self._release(seq)
             return StepEvent(seq, None, True)
         seq.output_ids.append(token)
+        logprob = None if params.logprobs is None else token_logprob(logits, token, params.logprobs)
         if len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.model.n_ctx:
             seq.finish_reason = "length"
             self._release(seq)
-            return StepEvent(seq, token, True)
-        return StepEvent(seq, token, False)
+            return StepEvent(seq, token, True, logprob)
+        return StepEvent(seq, token, False, logprob)
 
     # ---- convenience ----
+
+    def prompt_logprobs(self, prompt_ids: list[int], k: int, slot: int, rows_per_call: int = 32) -> list:
+        """TokenLogprob of every prompt token after the first (what the model thought of the
+        prompt), computed in the given free slot, a few rows of logits at a time."""
+        out = []
+        n = len(prompt_ids)
+        for start in range(0, n - 1, rows_per_call):
+            end = min(start + rows_per_call, n - 1)
+            # positions start..end-1 go into the cache; their rows predict tokens start+1..end
+            tokens = np.asarray(prompt_ids[start:end], np.int32)
+            logits = self.model.forward(tokens, np.full(len(tokens), slot, np.int32),
+                                        np.arange(start, end, dtype=np.int32),
+                                        np.arange(len(tokens), dtype=np.int32))
+            for row, target in zip(logits, prompt_ids[start + 1:end + 1]):
+                out.append(token_logprob(row, target, k))
+        return out
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
         """Tokens of one sequence as they are produced (drives the whole engine)."""

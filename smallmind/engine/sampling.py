@@ -96,6 +96,7 @@ class SamplingParams:
     max_tokens: int = 100
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    logprobs: int | None = None     # None: off; k >= 0: chosen token's and the k most likely
 
     def __post_init__(self) -> None:
         bias = self.logit_bias
@@ -173,6 +174,9 @@ class SamplingParams:
                 if not _is_int(tok) or not 0 <= tok < vocab_size:
                     bad("stop_token_ids", f"has token id {tok!r} outside the vocabulary "
                                           f"(0..{vocab_size - 1})")
+        lp = self.logprobs
+        if lp is not None and (not _is_int(lp) or not 0 <= lp <= 20):
+            bad("logprobs", f"must be null or an integer between 0 and 20, got {lp!r}")
         if not isinstance(self.ignore_eos, (bool, np.bool_)):
             bad("ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
         return out

@@ -13,7 +13,8 @@ import tornado.web
 
 from smallmind.server import protocol
 from smallmind.server.admission import Admission
-from smallmind.server.completions import ChatHandler, CompletionHandler, EmbeddingHandler
+from smallmind.server.completions import (ChatHandler, CompletionHandler, DetokenizeHandler, EmbeddingHandler,
+                                          TokenizeHandler)
 from smallmind.server.config import ServerOptions
 from smallmind.server.handlers import (HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler,
                                        ReadyHandler)
@@ -74,6 +75,8 @@ def make_app(state: ServerState) -> tornado.web.Application:
         (r"/v1/chat/completions", ChatHandler, kw),
         (r"/v1/completions", CompletionHandler, kw),
         (r"/v1/embeddings", EmbeddingHandler, kw),
+        (r"/tokenize", TokenizeHandler, kw),
+        (r"/detokenize", DetokenizeHandler, kw),
     ]
     # The access log is ours (one structured line per request, written in on_finish).
     return tornado.web.Application(routes, default_handler_class=NotFoundHandler,

@@ -10,11 +10,12 @@ import asyncio
 import dataclasses
 import json
 import time
+from typing import Callable
 
 import tornado.iostream
 import tornado.web
 
-from smallmind.errors import SmallMindError
+from smallmind.errors import RequestValidationError, SmallMindError
 from smallmind.scheduler import GenerationJob, Update
 from smallmind.server import protocol
 from smallmind.server.handlers import BaseHandler
@@ -121,9 +122,9 @@ class PostHandler(BaseHandler):
                 if req.stream:
                     await self.stream(shape, req.include_usage)
                 else:
-                    texts, reasons = await self.collect(len(prompts) * req.n)
+                    texts, reasons, logprobs = await self.collect(len(prompts) * req.n)
                     usage = protocol.usage(self.prompt_tokens, self.completion_tokens)
-                    self.send_json(shape.response(texts, reasons, usage))
+                    self.send_json(shape.response(texts, reasons, usage, logprobs))
         except (ClientGone, tornado.iostream.StreamClosedError):
             self.end_generation(None)
         except Exception as e:
@@ -172,15 +173,18 @@ class PostHandler(BaseHandler):
             self.completion_tokens = sum(n_tokens)
             yield item
 
-    async def collect(self, n_choices: int) -> tuple[list[str], list[str]]:
+    async def collect(self, n_choices: int) -> tuple[list[str], list[str], list[list]]:
+        """Per choice: its text, finish reason and TokenLogprob entries (if asked for)."""
         texts = [[] for _ in range(n_choices)]
         reasons = [""] * n_choices
+        logprobs = [[] for _ in range(n_choices)]
         async for updates in self.updates(n_choices):
             for u in updates:
                 texts[u.index].append(u.text)
+                logprobs[u.index].extend(u.logprobs)
                 if u.finish_reason:
                     reasons[u.index] = u.finish_reason
-        return ["".join(t) for t in texts], reasons
+        return ["".join(t) for t in texts], reasons, logprobs
 
     # ---- server-sent events ----
 
@@ -232,11 +236,27 @@ class PostHandler(BaseHandler):
 
 @dataclasses.dataclass
 class _Shape:
-    """How one endpoint's answers look: the ids and the builders it uses."""
+    """How one endpoint's answers look: ids, builders, and log-probabilities when asked for
+    (``piece(id)`` gives a token's bytes).  In a stream, log-probabilities of tokens whose
+    text is still held back (half a character, a possible stop string) ride with the next
+    piece of text."""
 
     rid: str
     created: int
     model: str
+    piece: Callable[[int], bytes]
+    logprobs: bool = False
+    pending: dict = dataclasses.field(default_factory=dict)   # choice -> entries not sent yet
+
+    def take_logprobs(self, u: Update, flush: bool) -> list | None:
+        if not self.logprobs:
+            return None
+        entries = self.pending.setdefault(u.index, [])
+        entries.extend(u.logprobs)
+        if not (u.text or flush):
+            return None
+        self.pending[u.index] = []
+        return entries
 
 
 class _ChatShape(_Shape):
@@ -245,37 +265,62 @@ class _ChatShape(_Shape):
             yield protocol.chat_chunk(self.rid, self.created, self.model, j, {"role": "assistant", "content": ""})
 
     def chunks(self, u: Update):
+        entries = self.take_logprobs(u, flush=bool(u.finish_reason))
+        logprobs = None if entries is None else protocol.chat_logprobs(entries, self.piece)
         if u.text:
-            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {"content": u.text})
+            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {"content": u.text},
+                                      logprobs=logprobs)
+            logprobs = None
         if u.finish_reason:
-            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {}, u.finish_reason)
+            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {}, u.finish_reason,
+                                      logprobs=logprobs)
 
     def usage_chunk(self, usage: dict) -> dict:
         return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=True)
 
-    def response(self, texts, reasons, usage) -> dict:
-        return protocol.chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage)
+    def response(self, texts, reasons, usage, logprobs) -> dict:
+        lps = [protocol.chat_logprobs(e, self.piece) for e in logprobs] if self.logprobs else None
+        return protocol.chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)),
+                                        usage, lps)
 
 
 @dataclasses.dataclass
 class _CompletionShape(_Shape):
-    echoes: list[str] = dataclasses.field(default_factory=list)   # per choice, "" without echo
+    echoes: list[str] = dataclasses.field(default_factory=list)        # per choice, "" without echo
+    echo_logprobs: list[list] = dataclasses.field(default_factory=list)  # per choice: (token, entry)
+    offsets: dict = dataclasses.field(default_factory=dict)            # choice -> text offset so far
 
     def opening(self, n_choices: int):
         for i, echo in enumerate(self.echoes):
             if echo:
-                yield protocol.completion_chunk(self.rid, self.created, self.model, i, echo)
+                yield protocol.completion_chunk(self.rid, self.created, self.model, i, echo,
+                                                logprobs=self._legacy(i, self.echo_logprobs[i]))
 
     def chunks(self, u: Update):
         if u.text or u.finish_reason:
-            yield protocol.completion_chunk(self.rid, self.created, self.model, u.index, u.text, u.finish_reason)
+            entries = self.take_logprobs(u, flush=bool(u.finish_reason))
+            logprobs = None if entries is None else self._legacy(u.index, [(e.token, e) for e in entries])
+            yield protocol.completion_chunk(self.rid, self.created, self.model, u.index, u.text,
+                                            u.finish_reason, logprobs=logprobs)
+
+    def _legacy(self, index: int, pairs: list) -> dict | None:
+        if not self.logprobs:
+            return None
+        start = self.offsets.get(index, 0)
+        out = protocol.completion_logprobs(pairs, self.piece, text_start=start)
+        self.offsets[index] = start + sum(len(t) for t in out["tokens"])
+        return out
 
     def usage_chunk(self, usage: dict) -> dict:
         return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=False)
 
-    def response(self, texts, reasons, usage) -> dict:
+    def response(self, texts, reasons, usage, logprobs) -> dict:
         texts = [echo + text for echo, text in zip(self.echoes, texts)]
-        return protocol.completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage)
+        lps = None
+        if self.logprobs:
+            lps = [protocol.completion_logprobs(prefix + [(e.token, e) for e in entries], self.piece)
+                   for prefix, entries in zip(self.echo_logprobs, logprobs)]
+        return protocol.completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage, lps)
 
 
 class ChatHandler(PostHandler):
@@ -286,7 +331,8 @@ class ChatHandler(PostHandler):
         served = self.served()
         protocol.check_vocabulary(req, served.tokenizer.vocab_size)
         prompt_ids = served.chat_prompt(req.messages)
-        shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id)
+        shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id,
+                           served.tokenizer.token_bytes, req.logprobs is not None)
         await self.generate([prompt_ids], req, shape)
 
 
@@ -299,9 +345,20 @@ class CompletionHandler(PostHandler):
         protocol.check_vocabulary(req, served.tokenizer.vocab_size)
         prompts = [served.text_prompt(p) for p in req.prompts]
         echoes = [self.echo_text(p, ids) if req.echo else "" for p, ids in zip(req.prompts, prompts)]
+        echo_logprobs = [await self.echo_logprobs(ids, req) for ids in prompts]
         shape = _CompletionShape(protocol.new_id(protocol.COMPLETION_ID_PREFIX), int(time.time()),
-                                 served.model_id, [e for e in echoes for _ in range(req.n)])
+                                 served.model_id, served.tokenizer.token_bytes, req.logprobs is not None,
+                                 echoes=[e for e in echoes for _ in range(req.n)],
+                                 echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)])
         await self.generate(prompts, req, shape)
+
+    async def echo_logprobs(self, ids: list[int], req) -> list:
+        """(token, TokenLogprob or None) of each prompt token when echo and logprobs are both
+        asked for: the first token has no prediction, as in OpenAI's answers."""
+        if not (req.echo and req.logprobs is not None):
+            return []
+        entries = await self.state.served.scheduler.prompt_logprobs(ids, req.logprobs)
+        return list(zip(ids, [None] + entries))
 
     def echo_text(self, prompt, ids: list[int]) -> str:
         if isinstance(prompt, str):
@@ -324,3 +381,36 @@ class EmbeddingHandler(PostHandler):
         self.state.metrics.tokens(self.prompt_tokens, 0)
         self.send_json(protocol.embedding_list(served.model_id, vectors, req.encoding_format,
                                                self.prompt_tokens))
+
+
+class TokenizeHandler(PostHandler):
+    """llama.cpp's POST /tokenize: the prompt's token ids, optionally with their pieces."""
+
+    ROUTE = "/tokenize"
+
+    async def handle(self) -> None:
+        req = protocol.parse_tokenize(self.body)
+        tokenizer = self.served().tokenizer
+        ids = tokenizer.encode(req.content, add_special=req.add_special, parse_special=req.parse_special)
+        if req.with_pieces:
+            tokens = [{"id": i, "piece": protocol.token_piece(tokenizer.token_bytes(i))} for i in ids]
+        else:
+            tokens = ids
+        self.send_json({"tokens": tokens})
+
+
+class DetokenizeHandler(PostHandler):
+    """llama.cpp's POST /detokenize: token ids back to text."""
+
+    ROUTE = "/detokenize"
+
+    async def handle(self) -> None:
+        ids = protocol.parse_detokenize(self.body)
+        tokenizer = self.served().tokenizer
+        bad = next((t for t in ids if t >= tokenizer.vocab_size), None)
+        if bad is not None:
+            err = RequestValidationError(f"tokens has token id {bad} outside the vocabulary "
+                                         f"(0..{tokenizer.vocab_size - 1})")
+            err.param = "tokens"
+            raise err
+        self.send_json({"content": tokenizer.decode(ids, skip_special=False)})

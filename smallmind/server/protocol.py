@@ -39,11 +39,12 @@ from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMi
 __all__ = [
     # requests
     "Defaults", "GenerationRequest", "ChatRequest", "CompletionRequest", "EmbeddingRequest",
-    "parse_chat", "parse_completion", "parse_embedding",
+    "parse_chat", "parse_completion", "parse_embedding", "parse_tokenize", "parse_detokenize",
+    "TokenizeRequest", "token_piece",
     "choice_params", "choice_index", "fit_max_tokens", "check_vocabulary",
     "MAX_N", "MAX_STOP", "MAX_PROMPTS", "MAX_EMBEDDING_INPUTS",
     # responses
-    "new_id", "usage", "chat_completion", "chat_chunk", "usage_chunk", "completion",
+    "new_id", "usage", "chat_completion", "chat_chunk", "chat_logprobs", "completion_logprobs", "usage_chunk", "completion",
     "completion_chunk", "embedding_list", "model_entry", "model_list",
     "CHAT_ID_PREFIX", "COMPLETION_ID_PREFIX",
     # errors
@@ -249,6 +250,7 @@ class GenerationRequest:
     include_usage: bool        # stream_options.include_usage: a final usage-only chunk
     model: str | None          # accepted and ignored: one model is served
     timeout_ms: int | None = None   # extension: at most the server's RequestTimeoutMs
+    logprobs: int | None = None     # None: off; k: the chosen token's and the k most likely
 
 
 @dataclass(kw_only=True)
@@ -326,6 +328,10 @@ _MAX_TOKENS = _NumberField("max_tokens", True, lambda v: v >= 1, "an integer >= 
 _MAX_COMPLETION_TOKENS = dataclasses.replace(_MAX_TOKENS, name="max_completion_tokens")
 _N = _NumberField("n", True, lambda v: 1 <= v <= MAX_N, f"an integer between 1 and {MAX_N}")
 # Not OpenAI's: a client may ask for a shorter time limit than the server's RequestTimeoutMs.
+_TOP_LOGPROBS = _NumberField("top_logprobs", True, lambda v: 0 <= v <= 20,
+                             "an integer between 0 and 20 or null")
+_COMPLETION_LOGPROBS = _NumberField("logprobs", True, lambda v: 0 <= v <= 5,
+                                    "an integer between 0 and 5 or null")
 _TIMEOUT_MS = _NumberField("timeout_ms", True, lambda v: v >= 1, "an integer >= 1 or null")
 
 _TOKEN_ID_KEY = re.compile(r"[0-9]+", re.ASCII)
@@ -508,7 +514,18 @@ def parse_chat(body: bytes | str, defaults: Defaults = Defaults()) -> ChatReques
     """A /v1/chat/completions body as a ChatRequest (RequestValidationError if invalid)."""
     fields = _load_object(body)
     messages = _read_messages(fields)
-    return ChatRequest(messages=messages, **_read_generation(fields, defaults))
+    req = ChatRequest(messages=messages, **_read_generation(fields, defaults))
+    req.logprobs = _read_chat_logprobs(fields)
+    return req
+
+
+def _read_chat_logprobs(fields: dict) -> int | None:
+    """Chat asks with logprobs: true and top_logprobs: k (which needs logprobs)."""
+    wanted = _read_bool(fields, "logprobs")
+    top = _TOP_LOGPROBS.read(fields)
+    if top is not None and not wanted:
+        raise _invalid("top_logprobs", "top_logprobs needs logprobs: true")
+    return (top or 0) if wanted else None
 
 
 def parse_completion(body: bytes | str, defaults: Defaults = Defaults()) -> CompletionRequest:
@@ -517,8 +534,10 @@ def parse_completion(body: bytes | str, defaults: Defaults = Defaults()) -> Comp
     # An empty text prompt is allowed, as OpenAI allows it: generation starts from BOS.
     prompts = _read_texts_or_tokens(fields, "prompt", max_items=MAX_PROMPTS,
                                     allow_empty_text=True)
-    return CompletionRequest(prompts=prompts, echo=_read_bool(fields, "echo"),
-                             **_read_generation(fields, defaults))
+    req = CompletionRequest(prompts=prompts, echo=_read_bool(fields, "echo"),
+                            **_read_generation(fields, defaults))
+    req.logprobs = _COMPLETION_LOGPROBS.read(fields)
+    return req
 
 
 def parse_embedding(body: bytes | str) -> EmbeddingRequest:
@@ -537,6 +556,46 @@ def parse_embedding(body: bytes | str) -> EmbeddingRequest:
                             model=_read_model(fields))
 
 
+@dataclass(kw_only=True)
+class TokenizeRequest:
+    """llama.cpp's POST /tokenize."""
+
+    content: str
+    add_special: bool
+    parse_special: bool
+    with_pieces: bool
+
+
+def parse_tokenize(body: bytes | str) -> TokenizeRequest:
+    fields = _load_object(body)
+    content = fields.get("content")
+    if not isinstance(content, str):
+        raise _invalid("content", f"content must be a string, got {_shown(content)}")
+    parse_special = fields.get("parse_special", True)
+    if not isinstance(parse_special, bool):
+        raise _invalid("parse_special", f"parse_special must be a boolean, got {_shown(parse_special)}")
+    return TokenizeRequest(content=content, add_special=_read_bool(fields, "add_special"),
+                           parse_special=parse_special, with_pieces=_read_bool(fields, "with_pieces"))
+
+
+def parse_detokenize(body: bytes | str) -> list[int]:
+    """The token ids of a POST /detokenize body."""
+    fields = _load_object(body)
+    tokens = fields.get("tokens")
+    if not isinstance(tokens, list):
+        raise _invalid("tokens", f"tokens must be a list of token ids, got {_shown(tokens)}")
+    return _token_ids(tokens, "tokens", "tokens") if tokens else []
+
+
+def token_piece(piece: bytes) -> str | list[int]:
+    """A token's text as llama.cpp's /tokenize shows it: a string when the bytes are whole
+    UTF-8, else the list of byte values (a piece of a multi-byte character)."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(piece)
+
+
 # ============================================================================================
 # Helpers for the server
 # ============================================================================================
@@ -545,9 +604,9 @@ def choice_params(req: GenerationRequest, choice: int) -> SamplingParams:
     """Sampling settings of choice ``choice`` (0-based within its prompt): seed s -> s + choice,
     so choices differ yet reproduce; no seed stays no seed (fresh entropy per choice)."""
     seed = req.sampling.seed
-    if seed is None or choice == 0:
-        return req.sampling
-    return dataclasses.replace(req.sampling, seed=seed + choice)
+    if seed is not None and choice > 0:
+        seed += choice
+    return dataclasses.replace(req.sampling, seed=seed, logprobs=req.logprobs)
 
 
 def choice_index(prompt: int, choice: int, n: int) -> int:
@@ -606,25 +665,62 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_completion(id: str, created: int, model: str,
-                    choices: Iterable[tuple[str, str]], usage: dict) -> dict:
-    """A chat.completion; ``choices`` are (text, finish_reason) in index order."""
+                    choices: Iterable[tuple[str, str]], usage: dict,
+                    logprobs: Sequence[dict | None] | None = None) -> dict:
+    """A chat.completion; ``choices`` are (text, finish_reason) in index order; ``logprobs``
+    (from chat_logprobs) per choice when asked for."""
+    choices = list(choices)
+    logprobs = logprobs or [None] * len(choices)
     return {
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": i,
                      "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": finish_reason}
-                    for i, (text, finish_reason) in enumerate(choices)],
+                     "logprobs": lp, "finish_reason": finish_reason}
+                    for i, ((text, finish_reason), lp) in enumerate(zip(choices, logprobs))],
         "usage": usage,
     }
 
 
+def chat_logprobs(entries: Iterable, piece: Callable[[int], bytes]) -> dict:
+    """OpenAI's choice.logprobs of a chat answer from TokenLogprob-like entries (token,
+    logprob, top_ids, top_logprobs); ``piece(id)`` gives a token's bytes."""
+    def one(token: int, logprob: float) -> dict:
+        raw = piece(token)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+    content = [dict(one(e.token, e.logprob),
+                    top_logprobs=[one(t, lp) for t, lp in zip(e.top_ids, e.top_logprobs)])
+               for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(entries: Sequence, piece: Callable[[int], bytes], text_start: int = 0,
+                        with_top: bool = True) -> dict:
+    """The legacy completions logprobs object: tokens, token_logprobs, top_logprobs and each
+    token's character offset in the choice's text (counting from ``text_start``).  An entry
+    may be None: the first prompt token under echo, which nothing predicts."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = text_start
+    for token, e in entries:
+        text = piece(token).decode("utf-8", "replace")
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        token_logprobs.append(None if e is None else e.logprob)
+        tops.append(None if e is None else
+                    {piece(t).decode("utf-8", "replace"): lp for t, lp in zip(e.top_ids, e.top_logprobs)})
+    return {"tokens": tokens, "token_logprobs": token_logprobs,
+            "top_logprobs": tops if with_top else None, "text_offset": offsets}
+
+
 def chat_chunk(id: str, created: int, model: str, index: int, delta: dict,
-               finish_reason: str | None = None, *, include_usage: bool = False) -> dict:
+               finish_reason: str | None = None, *, include_usage: bool = False,
+               logprobs: dict | None = None) -> dict:
     """One chat.completion.chunk for choice ``index``; ``delta`` e.g. {"role": "assistant"},
     {"content": "..."} or {} with the finish_reason.  With include_usage every chunk carries
     "usage": null, as OpenAI does, before the final usage_chunk."""
     chunk = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": index, "delta": delta, "logprobs": None,
+             "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                           "finish_reason": finish_reason}]}
     if include_usage:
         chunk["usage"] = None
@@ -638,22 +734,26 @@ def usage_chunk(id: str, created: int, model: str, usage: dict, *, chat: bool = 
 
 
 def completion(id: str, created: int, model: str,
-               choices: Iterable[tuple[str, str]], usage: dict) -> dict:
+               choices: Iterable[tuple[str, str]], usage: dict,
+               logprobs: Sequence[dict | None] | None = None) -> dict:
     """A text_completion; ``choices`` are (text, finish_reason) in (prompt-major) index order."""
+    choices = list(choices)
+    logprobs = logprobs or [None] * len(choices)
     return {
         "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": i, "text": text, "logprobs": None,
+        "choices": [{"index": i, "text": text, "logprobs": lp,
                      "finish_reason": finish_reason}
-                    for i, (text, finish_reason) in enumerate(choices)],
+                    for i, ((text, finish_reason), lp) in enumerate(zip(choices, logprobs))],
         "usage": usage,
     }
 
 
 def completion_chunk(id: str, created: int, model: str, index: int, text: str,
-                     finish_reason: str | None = None, *, include_usage: bool = False) -> dict:
+                     finish_reason: str | None = None, *, include_usage: bool = False,
+                     logprobs: dict | None = None) -> dict:
     """One streamed text_completion piece for choice ``index``."""
     chunk = {"id": id, "object": "text_completion", "created": created, "model": model,
-             "choices": [{"index": index, "text": text, "logprobs": None,
+             "choices": [{"index": index, "text": text, "logprobs": logprobs,
                           "finish_reason": finish_reason}]}
     if include_usage:
         chunk["usage"] = None
