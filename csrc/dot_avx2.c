@@ -32,6 +32,9 @@
 /* helpers                                                                              */
 /* ------------------------------------------------------------------------------------ */
 
+/* for kernels instantiated per compile-time row count: the loops over rows unroll */
+#define SM_INLINE static inline __attribute__((always_inline))
+
 static inline float fp16_to_f32(sm_half h) { return _cvtsh_ss(h); }
 
 static inline __m256i load_256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
@@ -343,76 +346,170 @@ static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
 }
 #undef DOT_32_BLOCKS
 
-/* ---- several activation rows at once (sm_kernels.vec_dot_n) ---- */
+/* ---- several activation rows at once (sm_kernels.vec_dot_n) ----
+ *
+ * The per-pair integer work (sign, maddubs, madd) cannot shrink, so what is cut is what
+ * surrounds it: reducing each block's 8 partial sums to a total, and forming the scale
+ * products.  G activation rows (G = 2, 4 or 8) are done together, and the totals of 8
+ * (block, row) pairs are reduced into one vector, lane k * G + j for block k and row j,
+ * whose scales come from one load of the float activation-scale panel (a_d, laid out
+ * block-major with G rows per block; see kernels.h) times the weight scales permuted to
+ * the same lanes.  Each lane's accumulator then sees exactly the terms, in the order, of
+ * lane (block % 4) of DOT_32_BLOCKS' accumulator, and the final fold (lane 0 + lane 2) +
+ * (lane 1 + lane 3) is the one of DOT_32_BLOCKS too, done for all G rows at once: every
+ * s[j] is bit-identical to vec_dot's. */
 
-/* The weights of a group of 4 blocks are decoded once into signed bytes w (the scalar's
- * q - offset) and |w|, and their fp16 scales into the low half of the scale vector; each
- * activation row then costs a sign, a maddubs and a madd per block.  Per row the int32
- * block sums, their reduction, the scale products and the order of the float additions
- * are those of DOT_32_BLOCKS, so every s[j] is bit-identical to vec_dot's. */
-#define DOT_32_BLOCKS_N(WTYPE, DECODE)                                                           \
-    const WTYPE *x = (const WTYPE *)w;                                                           \
-    const int nb = n / 32;                                                                       \
-    const __m256i ones = _mm256_set1_epi16(1);                                                   \
-    __m128 acc[SM_VEC_DOT_N_MAX];                                                                \
-    for (int j = 0; j < n_act; j++) acc[j] = _mm_setzero_ps();                                   \
-    int i = 0;                                                                                   \
-    for (; i + 4 <= nb; i += 4) {                                                                \
-        prefetch_weights(&x[i], (int)((4 * sizeof(WTYPE) + 63) / 64));                           \
-        const __m256i w0 = DECODE(i), w1 = DECODE(i + 1), w2 = DECODE(i + 2), w3 = DECODE(i + 3); \
-        const __m256i u0 = _mm256_sign_epi8(w0, w0), u1 = _mm256_sign_epi8(w1, w1);            \
-        const __m256i u2 = _mm256_sign_epi8(w2, w2), u3 = _mm256_sign_epi8(w3, w3);            \
-        const __m128 dw = gather_4_scales(&x[i].d, sizeof(WTYPE));                               \
-        for (int j = 0; j < n_act; j++) {                                                        \
-            const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + j * a_stride) + i;  \
-            const __m256i p0 = _mm256_madd_epi16(                                                \
-                _mm256_maddubs_epi16(u0, _mm256_sign_epi8(load_256(y[0].qs), w0)), ones);        \
-            const __m256i p1 = _mm256_madd_epi16(                                                \
-                _mm256_maddubs_epi16(u1, _mm256_sign_epi8(load_256(y[1].qs), w1)), ones);        \
-            const __m256i p2 = _mm256_madd_epi16(                                                \
-                _mm256_maddubs_epi16(u2, _mm256_sign_epi8(load_256(y[2].qs), w2)), ones);        \
-            const __m256i p3 = _mm256_madd_epi16(                                                \
-                _mm256_maddubs_epi16(u3, _mm256_sign_epi8(load_256(y[3].qs), w3)), ones);        \
-            const __m128 d = _mm_mul_ps(dw, gather_4_scales(&y[0].d, sizeof(block_q8_0)));       \
-            acc[j] = _mm_fmadd_ps(_mm_cvtepi32_ps(block_sums_4(p0, p1, p2, p3)), d, acc[j]);     \
-        }                                                                                        \
-    }                                                                                            \
-    for (int j = 0; j < n_act; j++) {                                                            \
-        const block_q8_0 *y = (const block_q8_0 *)((const uint8_t *)a + j * a_stride);          \
-        __m128 t = _mm_add_ps(acc[j], _mm_movehl_ps(acc[j], acc[j]));                            \
-        t = _mm_add_ss(t, _mm_movehdup_ps(t));                                                   \
-        float sumf = _mm_cvtss_f32(t);                                                           \
-        for (int k = i; k < nb; k++)                                                             \
-            sumf += (float)hsum_i32x8(dot_s8_s8(DECODE(k), load_256(y[k].qs))) *                 \
-                    (fp16_to_f32(x[k].d) * fp16_to_f32(y[k].d));                                 \
-        s[j * s_stride] = sumf;                                                                  \
+enum q32_kind { Q32_Q4_0, Q32_Q5_0, Q32_Q8_0 };
+
+/* The 32 weights of one block as the signed bytes of the scalar code (q - offset). */
+SM_INLINE __m256i decode_q32(const uint8_t *block, const int kind) {
+    if (kind == Q32_Q8_0) return load_256(((const block_q8_0 *)block)->qs);
+    if (kind == Q32_Q4_0) return _mm256_sub_epi8(nibbles_32(((const block_q4_0 *)block)->qs), _mm256_set1_epi8(8));
+    /* Q5_0: q - 16 as int8 directly, the low nibble with 0xF0 (-16) on top where the
+     * 5th bit is clear */
+    const block_q5_0 *b = (const block_q5_0 *)block;
+    return _mm256_or_si256(nibbles_32(b->qs), _mm256_andnot_si256(bits_to_mask(b->qh), _mm256_set1_epi8((char)0xF0)));
+}
+
+/* Q4_0/Q5_0: the unsigned quants q (0..15, 0..31) of one block; their value is q - offset
+ * (q32_offset), and the offset term is taken out after the block totals, through the
+ * activation block sums of the panel: sum((q - c) * y) = sum(q * y) - c * sum(y).  This
+ * spares the two signs of the signed form per block and row (|pair| <= 2*31*127: exact
+ * in int16). */
+SM_INLINE __m256i decode_q32_unsigned(const uint8_t *block, const int kind) {
+    if (kind == Q32_Q4_0) return nibbles_32(((const block_q4_0 *)block)->qs);
+    const block_q5_0 *b = (const block_q5_0 *)block;
+    uint32_t qh;
+    memcpy(&qh, b->qh, sizeof(qh));
+    return _mm256_or_si256(nibbles_32(b->qs), bits_to_0x10(qh));
+}
+
+/* log2 of the offset c of q32_kind's unsigned quants (Q4_0: 8, Q5_0: 16). */
+SM_INLINE int q32_offset_shift(const int kind) { return kind == Q32_Q4_0 ? 3 : 4; }
+
+/* 8 int32 partial sums of q . y over one block, q unsigned. */
+SM_INLINE __m256i pair_dot_unsigned(__m256i q, const int8_t *y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, load_256(y)), _mm256_set1_epi16(1));
+}
+
+/* 8 int32 partial sums of w . y over one block: w signed, u = |w|. */
+SM_INLINE __m256i pair_dot(__m256i u, __m256i w, const int8_t *y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(load_256(y), w)), _mm256_set1_epi16(1));
+}
+
+/* 8 vectors of 8 int32 partial sums -> their 8 totals, lane m = total of v[m]. */
+SM_INLINE __m256i block_sums_8(const __m256i *v) {
+    __m256i pairs[4];
+    for (int k = 0; k < 4; k++) /* [v2k v2k v2k+1 v2k+1] per 128-bit lane */
+        pairs[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(v[2 * k], v[2 * k + 1]),
+                                    _mm256_unpackhi_epi64(v[2 * k], v[2 * k + 1]));
+    __m256i quads[2];
+    for (int k = 0; k < 2; k++) { /* [v4k .. v4k+3] per 128-bit lane, lane halves apart */
+        const __m256 a = _mm256_castsi256_ps(pairs[2 * k]), b = _mm256_castsi256_ps(pairs[2 * k + 1]);
+        quads[k] = _mm256_add_epi32(_mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                                    _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
+    }
+    return _mm256_add_epi32(_mm256_permute2x128_si256(quads[0], quads[1], 0x20),
+                            _mm256_permute2x128_si256(quads[0], quads[1], 0x31));
+}
+
+/* Lane m of a sum vector (G rows) holds block `first + m / G` of a group of 4. */
+SM_INLINE __m256i scale_lanes(const int G, int first) {
+    return _mm256_setr_epi32(first + 0 / G, first + 1 / G, first + 2 / G, first + 3 / G, first + 4 / G,
+                             first + 5 / G, first + 6 / G, first + 7 / G);
+}
+
+/* G rows (2, 4, 8) of which the first n_act are real; the others repeat the last real row
+ * with zero scales in the panel and are not stored. */
+SM_INLINE void q32_rows(float *s, size_t s_stride, const void *w, size_t w_block, const void *a, size_t a_stride,
+                        const float *a_d, int n, int n_act, const int G, const int kind) {
+    const uint8_t *x = (const uint8_t *)w;
+    const int nb = n / 32;
+    const int bpv = 8 / G;     /* blocks per vector of sums */
+    const int n_acc = 4 / bpv; /* vectors of sums per group of 4 blocks */
+    const block_q8_0 *y[SM_VEC_DOT_N_MAX];
+    for (int j = 0; j < G; j++)
+        y[j] = (const block_q8_0 *)((const uint8_t *)a + (size_t)(j < n_act ? j : n_act - 1) * a_stride);
+    const int32_t *a_sum = (const int32_t *)(a_d + (size_t)nb * G); /* see kernels.h */
+    __m256 acc[4];
+    for (int k = 0; k < n_acc; k++) acc[k] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        const uint8_t *xg = x + (size_t)i * w_block;
+        prefetch_weights(xg, (int)((4 * w_block + 63) / 64));
+        const __m256 dw4 = _mm256_castps128_ps256(gather_4_scales(xg, w_block));
+        for (int k = 0; k < n_acc; k++) {
+            __m256i p[8];
+            const size_t lane0 = (size_t)(i + k * bpv) * G; /* panel index of lane 0 */
+            for (int b = 0; b < bpv; b++) {
+                const int blk = i + k * bpv + b;
+                if (kind == Q32_Q8_0) {
+                    const __m256i wq = decode_q32(x + (size_t)blk * w_block, kind);
+                    const __m256i uq = _mm256_sign_epi8(wq, wq);
+                    for (int j = 0; j < G; j++) p[b * G + j] = pair_dot(uq, wq, y[j][blk].qs);
+                } else {
+                    const __m256i q = decode_q32_unsigned(x + (size_t)blk * w_block, kind);
+                    for (int j = 0; j < G; j++) p[b * G + j] = pair_dot_unsigned(q, y[j][blk].qs);
+                }
+            }
+            __m256i sums = block_sums_8(p);
+            if (kind != Q32_Q8_0)
+                sums = _mm256_sub_epi32(sums, _mm256_slli_epi32(load_256(a_sum + lane0), q32_offset_shift(kind)));
+            const __m256 dw = _mm256_permutevar8x32_ps(dw4, scale_lanes(G, k * bpv));
+            const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(a_d + lane0));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), d, acc[k]);
+        }
+    }
+    /* (lane 0 + lane 2) + (lane 1 + lane 3) of every row, as DOT_32_BLOCKS folds */
+    float total[8];
+    if (G == 8) {
+        _mm256_storeu_ps(total, _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3])));
+    } else if (G == 4) {
+        const __m256 t = _mm256_add_ps(acc[0], acc[1]); /* [l0 + l2 | l1 + l3] */
+        _mm_storeu_ps(total, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    } else {
+        /* [l0 l1 | l2 l3], two rows each */
+        const __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc[0]), _mm256_extractf128_ps(acc[0], 1));
+        _mm_storeu_ps(total, _mm_add_ps(t, _mm_movehl_ps(t, t)));
+    }
+    /* the leftover blocks one by one, in the scalar's own form */
+    for (int j = 0; j < n_act; j++) {
+        float sumf = total[j];
+        for (int k = i; k < nb; k++) {
+            const uint8_t *xb = x + (size_t)k * w_block;
+            sm_half xd;
+            memcpy(&xd, xb, sizeof xd);
+            sumf += (float)hsum_i32x8(dot_s8_s8(decode_q32(xb, kind), load_256(y[j][k].qs))) *
+                    (fp16_to_f32(xd) * fp16_to_f32(y[j][k].d));
+        }
+        s[j * s_stride] = sumf;
+    }
+}
+
+/* n_act rows through the instance for its padded row count (kernels.h). */
+#define Q32_DOT_N(KIND, WTYPE, VEC_DOT)                                                          \
+    switch (sm_vec_dot_n_pad(n_act)) {                                                           \
+    case 1: VEC_DOT(s, w, a, n); break;                                                          \
+    case 2: q32_rows(s, s_stride, w, sizeof(WTYPE), a, a_stride, a_d, n, n_act, 2, KIND); break; \
+    case 4: q32_rows(s, s_stride, w, sizeof(WTYPE), a, a_stride, a_d, n, n_act, 4, KIND); break; \
+    default: q32_rows(s, s_stride, w, sizeof(WTYPE), a, a_stride, a_d, n, n_act, 8, KIND); break; \
     }
 
 static void vec_dot_n_q8_0_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act) {
-#define Q8_0_DECODE(k) load_256(x[k].qs)
-    DOT_32_BLOCKS_N(block_q8_0, Q8_0_DECODE)
-#undef Q8_0_DECODE
+                                const float *a_d, int n, int n_act) {
+    Q32_DOT_N(Q32_Q8_0, block_q8_0, vec_dot_q8_0_avx2)
 }
 
 static void vec_dot_n_q4_0_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act) {
-    const __m256i k8 = _mm256_set1_epi8(8);
-#define Q4_0_DECODE(k) _mm256_sub_epi8(nibbles_32(x[k].qs), k8)
-    DOT_32_BLOCKS_N(block_q4_0, Q4_0_DECODE)
-#undef Q4_0_DECODE
+                                const float *a_d, int n, int n_act) {
+    Q32_DOT_N(Q32_Q4_0, block_q4_0, vec_dot_q4_0_avx2)
 }
 
-/* q - 16 as int8 directly: the low nibble, with 0xF0 (-16) on top where the 5th bit is
- * clear. */
 static void vec_dot_n_q5_0_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act) {
-    const __m256i kf0 = _mm256_set1_epi8((char)0xF0);
-#define Q5_0_DECODE(k) _mm256_or_si256(nibbles_32(x[k].qs), _mm256_andnot_si256(bits_to_mask(x[k].qh), kf0))
-    DOT_32_BLOCKS_N(block_q5_0, Q5_0_DECODE)
-#undef Q5_0_DECODE
+                                const float *a_d, int n, int n_act) {
+    Q32_DOT_N(Q32_Q5_0, block_q5_0, vec_dot_q5_0_avx2)
 }
-#undef DOT_32_BLOCKS_N
+#undef Q32_DOT_N
 
 /* 32 small signed integers (int8) times d -> 32 floats. d*q is exact, as in the scalar. */
 static inline void store_scaled_i8x32(float *dst, __m256i q, __m256 d) {
@@ -617,7 +714,6 @@ static void vec_dot_q6_K_avx2(float *s, const void *w, const void *a, int n) {
  * rows unroll.  Per row the operations and their order are those of the one-row kernel
  * above (the integer sums are exact in any order), so every s[j] is bit-identical to
  * vec_dot's. */
-#define SM_INLINE static inline __attribute__((always_inline))
 
 /* Dispatch n_act rows to FN(G) instances in passes of up to 8 rows. */
 #define VEC_DOT_N_PASSES(FN)                                                                     \
@@ -701,14 +797,16 @@ SM_INLINE void q45_K_rows(float *s, size_t s_stride, const void *w, size_t w_blo
 }
 
 static void vec_dot_n_q4_K_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act) {
+                                const float *a_d, int n, int n_act) {
+    (void)a_d; /* Q8_K scales are floats already */
 #define Q4_K_ROWS(G) q45_K_rows(s, s_stride, w, sizeof(block_q4_K), a, a_stride, n, G, 0)
     VEC_DOT_N_PASSES(Q4_K_ROWS)
 #undef Q4_K_ROWS
 }
 
 static void vec_dot_n_q5_K_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act) {
+                                const float *a_d, int n, int n_act) {
+    (void)a_d; /* Q8_K scales are floats already */
 #define Q5_K_ROWS(G) q45_K_rows(s, s_stride, w, sizeof(block_q5_K), a, a_stride, n, G, 1)
     VEC_DOT_N_PASSES(Q5_K_ROWS)
 #undef Q5_K_ROWS
@@ -769,7 +867,8 @@ SM_INLINE void q6_K_rows(float *s, size_t s_stride, const void *w, const void *a
 }
 
 static void vec_dot_n_q6_K_avx2(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act) {
+                                const float *a_d, int n, int n_act) {
+    (void)a_d; /* Q8_K scales are floats already */
 #define Q6_K_ROWS(G) q6_K_rows(s, s_stride, w, a, a_stride, n, G)
     VEC_DOT_N_PASSES(Q6_K_ROWS)
 #undef Q6_K_ROWS

@@ -34,10 +34,20 @@ typedef void (*sm_vec_dot_fn)(float *s, const void *w, const void *a, int n);
 /* Several activation rows against one weight row, decoding each weight block once:
  * s[j * s_stride] = dot(w[0:n], a + j * a_stride) for j < n_act, 1 <= n_act <=
  * SM_VEC_DOT_N_MAX (a_stride in bytes, s_stride in floats).  Same integer sums as vec_dot;
- * an ISA unit's vec_dot_n gives the same floats as its vec_dot. */
+ * an ISA unit's vec_dot_n gives the same floats as its vec_dot.
+ * a_d: for Q8_0 activations, the n_act rows' block scales as floats, block-major with
+ * sm_vec_dot_n_pad(n_act) entries per block: scale of block b of row j at
+ * a_d[b * pad + j], the pad - n_act unused entries 0; then, from a_d + nb * pad (nb = n /
+ * 32), the sums of the rows' 32 quants per block as int32 in the same layout (0 where
+ * unused).  The caller forms both once per matmul, so that the kernels neither convert
+ * fp16 scales for every weight row nor gather them one by one, and can take a weight
+ * zero point out of a block's total at once.  NULL for the other activation types (Q8_K
+ * has float scales and its own bsums). */
 #define SM_VEC_DOT_N_MAX 8
 typedef void (*sm_vec_dot_n_fn)(float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                                int n, int n_act);
+                                const float *a_d, int n, int n_act);
+/* Rows per block in a_d for n_act rows: 1, 2, 4 or 8, the kernels' row-group sizes. */
+static inline int sm_vec_dot_n_pad(int n_act) { return n_act <= 1 ? 1 : n_act <= 2 ? 2 : n_act <= 4 ? 4 : 8; }
 
 /* Attention scores: s[i * s_stride + j] = dot(q + i * q_stride, k + j * k_stride) over n
  * values, for i < n_q, j < n_k; q f32, k f16 (cache rows).  Each sum is formed in an order

@@ -5,7 +5,8 @@
  * token is dotted against the same few weight rows while they are still in L1, so a batch
  * of tokens streams the weights from memory once.  Where the kernel table has a multi-row
  * dot (vec_dot_n), each weight row is also decoded once per group of SM_VEC_DOT_N_MAX
- * tokens instead of once per token. */
+ * tokens instead of once per token, against Q8_0 activations with the groups' block scales
+ * (as floats) and quant sums laid out once per call in a panel (fill_scale_panel). */
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -69,9 +70,47 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
 
-/* Rows [r0, r1) of Y = X @ W^T (X already in W's vec_dot type). */
+/* Float copies of the Q8_0 activation block scales and the blocks' quant sums, one panel
+ * per group of SM_VEC_DOT_N_MAX tokens in the layout vec_dot_n reads (kernels.h): formed
+ * here once per matmul instead of once per weight row in the kernels. */
+static int needs_scale_panels(int act_type, int64_t n_tok) { return act_type == SM_TYPE_Q8_0 && n_tok > 1; }
+
+/* 4-byte entries per panel: a float scale and an int32 quant sum per block and token */
+static int64_t panel_entries(int64_t n_cols) { return 2 * (n_cols / QK8_0) * SM_VEC_DOT_N_MAX; }
+
+static int64_t panels_entries(int64_t n_cols, int64_t n_tok) {
+    return (n_tok + SM_VEC_DOT_N_MAX - 1) / SM_VEC_DOT_N_MAX * panel_entries(n_cols);
+}
+
+/* Panel of the tokens [t0, t0 + SM_VEC_DOT_N_MAX) of xq (rows of x_row bytes); the pad
+ * entries of a short group are zero. */
+static void fill_scale_panel(float *panels, const uint8_t *xq, int64_t x_row, int64_t n_cols, int64_t n_tok,
+                             int64_t t0) {
+    const int nt = (int)(n_tok - t0 < SM_VEC_DOT_N_MAX ? n_tok - t0 : SM_VEC_DOT_N_MAX);
+    const int pad = sm_vec_dot_n_pad(nt);
+    const int64_t nb = n_cols / QK8_0;
+    float *scales = panels + t0 / SM_VEC_DOT_N_MAX * panel_entries(n_cols);
+    int32_t *sums = (int32_t *)(scales + nb * pad);
+    for (int j = 0; j < pad; j++)
+        for (int64_t b = 0; b < nb; b++) {
+            scales[b * pad + j] = 0.0f;
+            sums[b * pad + j] = 0;
+        }
+    for (int j = 0; j < nt; j++) {
+        const block_q8_0 *y = (const block_q8_0 *)(xq + (t0 + j) * x_row);
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sum = 0;
+            for (int k = 0; k < QK8_0; k++) sum += y[b].qs[k];
+            scales[b * pad + j] = sm_half_to_float(y[b].d);
+            sums[b * pad + j] = sum;
+        }
+    }
+}
+
+/* Rows [r0, r1) of Y = X @ W^T (X already in W's vec_dot type; panels as above, or NULL
+ * when the activations are not Q8_0). */
 static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_t n_rows, const uint8_t *x,
-                               int64_t x_row, int n, int64_t n_tok, int64_t r0, int64_t r1,
+                               int64_t x_row, const float *panels, int n, int64_t n_tok, int64_t r0, int64_t r1,
                                sm_vec_dot_fn dot, sm_vec_dot_n_fn dot_n) {
     if (dot_n) {
         /* token groups outer, rows inner: the tile's weight rows and one group of
@@ -79,12 +118,13 @@ static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_
         for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) {
             const int64_t nt = n_tok - t0 < SM_VEC_DOT_N_MAX ? n_tok - t0 : SM_VEC_DOT_N_MAX;
             const uint8_t *xt = x + t0 * x_row;
+            const float *a_d = panels ? panels + t0 / SM_VEC_DOT_N_MAX * panel_entries(n) : NULL;
             float *yt = Y + t0 * n_rows;
             for (int64_t r = r0; r < r1; r++) {
                 if (nt == 1)
                     dot(&yt[r], w + r * w_row, xt, n);
                 else
-                    dot_n(&yt[r], (size_t)n_rows, w + r * w_row, xt, (size_t)x_row, n, (int)nt);
+                    dot_n(&yt[r], (size_t)n_rows, w + r * w_row, xt, (size_t)x_row, a_d, n, (int)nt);
             }
         }
     } else {
@@ -117,6 +157,12 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
 
     const uint8_t *w = (const uint8_t *)W;
     const uint8_t *x = (const uint8_t *)Xq;
+    float *panels = NULL;
+    if (dot_n && needs_scale_panels(sm_vec_dot_type(wtype), n_tok)) {
+        panels = malloc(sizeof(float) * (size_t)panels_entries(n_cols, n_tok));
+        if (!panels) return SM_E_NOMEM;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
+    }
     const int64_t n_tiles = (n_rows + ROW_TILE - 1) / ROW_TILE;
     const int n = (int)n_cols;
     const int use_threads = n_rows * w_row >= (1 << 16) && n_tiles > 1;
@@ -130,8 +176,9 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         const int64_t r0 = tile * ROW_TILE;
         const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
-        matmul_tile(Y, w, w_row, n_rows, x, x_row, n, n_tok, r0, r1, dot, dot_n);
+        matmul_tile(Y, w, w_row, n_rows, x, x_row, panels, n, n_tok, r0, r1, dot, dot_n);
     }
+    free(panels);
     return SM_OK;
 }
 
@@ -168,11 +215,19 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
         bytes += parts[p].n_rows * w_row[p];
     }
     const uint8_t *x = (const uint8_t *)X;
+    float *panels = NULL;
+    int any_dot_n = 0;
+    for (int p = 0; p < n_parts; p++) any_dot_n |= dot_n[p] != NULL;
     if (at != SM_TYPE_F32) {
-        uint8_t *xq = workspace_reserve(ws, (size_t)(x_row * (n_tok > 0 ? n_tok : 1)));
+        /* quantized rows, then (64-byte aligned) the scale panels */
+        const size_t xq_bytes = ((size_t)(x_row * (n_tok > 0 ? n_tok : 1)) + 63) & ~(size_t)63;
+        const int with_panels = any_dot_n && needs_scale_panels(at, n_tok);
+        const size_t panel_bytes = with_panels ? sizeof(float) * (size_t)panels_entries(n_cols, n_tok) : 0;
+        uint8_t *xq = workspace_reserve(ws, xq_bytes + panel_bytes);
         if (!xq) return SM_E_NOMEM;
         if (!k->quantize[at]) return SM_E_TYPE;
         x = xq;
+        if (with_panels) panels = (float *)(xq + xq_bytes);
     }
     const sm_quantize_fn quantize = k->quantize[at];
     const int64_t n_tiles = first_tile[n_parts];
@@ -192,6 +247,11 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
             for (int64_t t = 0; t < n_tok; t++)
                 quantize((uint8_t *)x + t * x_row, X + t * n_cols, n_cols);
         }
+        if (panels) {
+#pragma omp for schedule(static)
+            for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX)
+                fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
+        }
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t tile = 0; tile < n_tiles; tile++) {
             int p = 0;
@@ -199,8 +259,8 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
             const int64_t rows = parts[p].n_rows;
             const int64_t r0 = (tile - first_tile[p]) * ROW_TILE;
             const int64_t r1 = r0 + ROW_TILE < rows ? r0 + ROW_TILE : rows;
-            matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, w_row[p], rows, x, x_row, n, n_tok, r0,
-                        r1, dot[p], dot_n[p]);
+            matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, w_row[p], rows, x, x_row, panels, n, n_tok,
+                        r0, r1, dot[p], dot_n[p]);
         }
     }
     return SM_OK;
