@@ -1,0 +1,91 @@
+"""OpenAI ``response_format`` -> a compiled grammar (None for plain text).
+
+Compiled grammars are cached by the exact request text, so repeated requests with the
+same schema share their automaton and its cached allowed sets (the first request with a
+new schema pays for building them)."""
+
+import json
+import threading
+import weakref
+from collections import OrderedDict
+
+from .json_schema import ANY_VALUE_DEPTH, compile_schema, schema_error
+from .matcher import GrammarState, Matcher
+from .nodes import Node, Object, any_value
+from .token_index import TokenIndex
+
+GRAMMAR_CACHE_SIZE = 64
+MAX_STATES_PER_MATCHER = 200_000  # past this a fresh matcher starts (bounds memory)
+
+
+class Grammar:
+    """A compiled response format; immutable and shared by every sequence using it."""
+
+    def __init__(self, root: Node, kind: str):
+        self.root = root
+        self.kind = kind  # "json_object" or "json_schema"
+        self._matchers: "weakref.WeakKeyDictionary[TokenIndex, Matcher]" = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def start(self, index: TokenIndex) -> GrammarState:
+        """A new sequence's state, at the beginning of the value."""
+        with self._lock:
+            matcher = self._matchers.get(index)
+            if matcher is None or len(matcher.states) > MAX_STATES_PER_MATCHER:
+                matcher = self._matchers[index] = Matcher(self.root, index)
+        return GrammarState(matcher, matcher.start_id)
+
+    def __repr__(self) -> str:
+        return f"Grammar({self.kind})"
+
+
+_cache: "OrderedDict[str, Grammar | None]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def compile_response_format(response_format) -> Grammar | None:
+    """Validate an OpenAI ``response_format`` and compile it.  None for ``text``;
+    RequestValidationError (param "response_format") for anything we cannot honour."""
+    if response_format is None:
+        return None
+    try:
+        key = json.dumps(response_format, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raise schema_error("response_format must be a JSON object") from None
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    grammar = build_grammar(response_format)
+    with _cache_lock:
+        _cache[key] = grammar
+        while len(_cache) > GRAMMAR_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return grammar
+
+
+def build_grammar(response_format) -> Grammar | None:
+    """compile_response_format without the cache."""
+    if not isinstance(response_format, dict):
+        raise schema_error("response_format must be an object")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Grammar(Object([], extra=any_value(ANY_VALUE_DEPTH)), kind)
+    if kind != "json_schema":
+        raise schema_error(f"unsupported response_format type {kind!r} "
+                           "(expected text, json_object or json_schema)")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise schema_error("response_format.json_schema must be an object")
+    name = spec.get("name")
+    if name is not None and not isinstance(name, str):
+        raise schema_error("response_format.json_schema.name must be a string")
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise schema_error("response_format.json_schema.strict must be a boolean")
+    if "schema" not in spec:
+        raise schema_error("response_format.json_schema.schema is required")
+    return Grammar(compile_schema(spec["schema"]), kind)
