@@ -34,6 +34,7 @@ problem is a :class:`RequestValidationError` naming the offending index.
 from __future__ import annotations
 
 import json
+import re
 import operator
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -317,13 +318,21 @@ class ChatTemplate:
         builtin_source, default_bos = BUILTIN_TEMPLATES[name]
         return cls(builtin_source, bos_token or default_bos, eos_token, name=name)
 
-    def render(self, messages: list, add_generation_prompt: bool = True) -> str:
-        """The prompt text for ``messages`` (validated with :func:`normalize_messages`)."""
+    @property
+    def handles_tools(self) -> bool:
+        """Whether the template renders a ``tools`` list itself (HF convention)."""
+        return re.search(r"\btools\b", self.source) is not None
+
+    def render(self, messages: list, add_generation_prompt: bool = True,
+               tools: list | None = None) -> str:
+        """The prompt text for ``messages`` (validated with :func:`normalize_messages`);
+        ``tools`` (OpenAI tool objects) are given to templates that handle them."""
         normalized = normalize_messages(messages)
+        extra = {"tools": tools} if tools else {}
         try:
             return self._template.render(messages=normalized,
                                          add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
+                                         bos_token=self.bos_token, eos_token=self.eos_token, **extra)
         except RequestValidationError:
             raise  # raise_exception() from the template: its message says it all
         except Exception as error:

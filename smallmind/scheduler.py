@@ -59,6 +59,7 @@ class GenerationJob:
     updates: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
     index_base: int = 0                     # choice j reports index index_base + j
+    constraints: list | None = None         # per choice: a grammar state, or None
     cancelled: bool = False
     choices: list[_Choice] = field(default_factory=list)
 
@@ -186,7 +187,8 @@ class Scheduler:
                 choice = _Choice(job.index_base + index, params, StreamDecoder(self.tokenizer, skip_special=True),
                                  StopMatcher(job.stop))
                 job.choices.append(choice)
-                choice.seq = self.engine.submit(job.prompt_ids, params)
+                constraint = job.constraints[index] if job.constraints else None
+                choice.seq = self.engine.submit(job.prompt_ids, params, constraint)
                 self._owner[choice.seq.id] = (job, choice)
         except Exception as e:
             self._cancel(job)

@@ -112,11 +112,30 @@ def test_null_fields_mean_default():
 
 def test_unknown_fields_are_ignored():
     req = p.parse_chat(chat_body(
-        tools=[{"type": "function"}], tool_choice="auto",
-        response_format={"type": "json_object"}, parallel_tool_calls=False,
+        parallel_tool_calls=False, response_format={"type": "text"},
         metadata={"a": "b"}, store=False, service_tier="auto", something_new=[1, {}]),
         DEFAULTS)
     assert req == p.parse_chat(chat_body(), DEFAULTS)
+
+
+def test_response_format_and_tools_fields():
+    weather = {"type": "function", "function": {"name": "get_weather",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    req = p.parse_chat(chat_body(tools=[weather]), DEFAULTS)
+    assert req.tool_choice == "auto" and req.tools[0]["function"]["name"] == "get_weather"
+    assert p.parse_chat(chat_body(), DEFAULTS).tool_choice == "none"
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert p.parse_chat(chat_body(tools=[weather], tool_choice=named), DEFAULTS).tool_choice == named
+    rf = p.parse_chat(chat_body(response_format={"type": "json_object"}), DEFAULTS).response_format
+    assert rf == {"type": "json_object"}
+    for bad, param in (({"tools": [{"type": "nope"}]}, "tools"),
+                       ({"tools": [weather, weather]}, "tools"),
+                       ({"tool_choice": "required"}, "tool_choice"),
+                       ({"tools": [weather], "tool_choice": {"type": "function", "function": {"name": "x"}}}, "tool_choice"),
+                       ({"response_format": {"type": "xml"}}, "response_format"),
+                       ({"response_format": {"type": "json_schema"}}, "response_format"),
+                       ({"tools": [weather], "response_format": {"type": "json_object"}}, "response_format")):
+        assert chat_error(**bad).param == param, bad
 
 
 def test_logprobs_fields():

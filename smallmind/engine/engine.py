@@ -29,6 +29,7 @@ class Sequence:
     n_cached: int = 0               # positions of this sequence already in the KV cache
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    constraint: object = None         # grammar state: mask_logits(row) / advance(id) (engine.grammar)
 
     @property
     def finished(self) -> bool:
@@ -105,8 +106,9 @@ class Engine:
 
     # ---- admission ----
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-        """Queue a sequence; it starts at the next step that has a free slot."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, constraint=None) -> Sequence:
+        """Queue a sequence; it starts at the next step that has a free slot.  ``constraint``
+        (a grammar state) limits every token it samples to what the grammar allows."""
         if not prompt_ids:
             raise RequestValidationError("the prompt is empty")
         params.validate(self.model.vocab_size)
@@ -117,7 +119,7 @@ class Engine:
         if bad:
             raise RequestValidationError(f"token id {bad[0]} is outside the vocabulary (0..{self.model.vocab_size - 1})")
         sampler = Sampler(params, self.model.vocab_size, eog_token_ids=self.eog_ids)
-        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler, constraint=constraint)
         self.waiting.append(seq)
         return seq
 
@@ -186,14 +188,20 @@ class Engine:
         params = seq.params
         last_n = params.penalty_last_n
         window = seq.all_ids if last_n < 0 else seq.all_ids[-last_n:] if last_n > 0 else []
+        raw_logits = logits
+        if seq.constraint is not None:
+            logits = np.array(logits, np.float32)      # the raw row stays for logprobs
+            seq.constraint.mask_logits(logits)
         token = seq.sampler.sample(logits, window)
+        if seq.constraint is not None and token not in self.eog_ids:
+            seq.constraint.advance(token)
         stop_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eog_ids)
         if token in stop_ids:
             seq.finish_reason = "stop"
             self._release(seq)
             return StepEvent(seq, None, True)
         seq.output_ids.append(token)
-        logprob = None if params.logprobs is None else token_logprob(logits, token, params.logprobs)
+        logprob = None if params.logprobs is None else token_logprob(raw_logits, token, params.logprobs)
         if len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.model.n_ctx:
             seq.finish_reason = "length"
             self._release(seq)

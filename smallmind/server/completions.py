@@ -15,6 +15,7 @@ from typing import Callable
 import tornado.iostream
 import tornado.web
 
+from smallmind import tool_calls
 from smallmind.errors import RequestValidationError, SmallMindError
 from smallmind.scheduler import GenerationJob, Update
 from smallmind.server import protocol
@@ -145,8 +146,10 @@ class PostHandler(BaseHandler):
         for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
             params = [dataclasses.replace(protocol.choice_params(req, j), max_tokens=max_tokens)
                       for j in range(req.n)]
+            grammar = getattr(self, "grammar", None)
+            constraints = [grammar.start(self.token_index) for _ in params] if grammar else None
             self._jobs.append(GenerationJob(prompt_ids, params, stop=req.stop, updates=self._updates,
-                                            index_base=i * req.n))
+                                            index_base=i * req.n, constraints=constraints))
         for job in self._jobs:
             scheduler.submit(job)
 
@@ -259,29 +262,65 @@ class _Shape:
         return entries
 
 
+@dataclasses.dataclass
 class _ChatShape(_Shape):
+    """Chat answers, with function calling: in "forced" mode (tool_choice required or named)
+    the whole answer is a call; in "auto" mode text that may still become a call is held
+    back until it cannot, and a finished call goes out as tool_calls deltas."""
+
+    tools: list = dataclasses.field(default_factory=list)
+    tool_mode: str = "off"                                     # off | auto | forced
+    held: dict = dataclasses.field(default_factory=dict)       # choice -> text not yet sent
+    released: set = dataclasses.field(default_factory=set)     # auto choices known to be text
+
     def opening(self, n_choices: int):
         for j in range(n_choices):
             yield protocol.chat_chunk(self.rid, self.created, self.model, j, {"role": "assistant", "content": ""})
 
     def chunks(self, u: Update):
-        entries = self.take_logprobs(u, flush=bool(u.finish_reason))
+        text, calls = self._route(u)
+        entries = self.take_logprobs(Update(u.index, text, u.finish_reason, u.n_tokens, u.logprobs),
+                                     flush=bool(u.finish_reason))
         logprobs = None if entries is None else protocol.chat_logprobs(entries, self.piece)
-        if u.text:
-            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {"content": u.text},
-                                      logprobs=logprobs)
+        if text:
+            yield self._chunk(u.index, {"content": text}, None, logprobs)
             logprobs = None
+        for delta in protocol.tool_call_deltas(calls or []):
+            yield self._chunk(u.index, delta, None, None)
         if u.finish_reason:
-            yield protocol.chat_chunk(self.rid, self.created, self.model, u.index, {}, u.finish_reason,
-                                      logprobs=logprobs)
+            yield self._chunk(u.index, {}, "tool_calls" if calls else u.finish_reason, logprobs)
+
+    def _chunk(self, index, delta, finish_reason, logprobs):
+        return protocol.chat_chunk(self.rid, self.created, self.model, index, delta, finish_reason,
+                                   logprobs=logprobs)
+
+    def _route(self, u: Update) -> tuple[str, list | None]:
+        """(text to send now, calls found at the end) for this update."""
+        if self.tool_mode == "off" or u.index in self.released:
+            return u.text, None
+        held = self.held.get(u.index, "") + u.text
+        if self.tool_mode == "auto" and not tool_calls.could_become_call(held):
+            self.released.add(u.index)
+            self.held[u.index] = ""
+            return held, None
+        self.held[u.index] = held
+        if not u.finish_reason:
+            return "", None
+        calls = tool_calls.find_tool_calls(held, self.tools) if u.finish_reason == "stop" else None
+        return ("" if calls else held), calls
 
     def usage_chunk(self, usage: dict) -> dict:
         return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=True)
 
     def response(self, texts, reasons, usage, logprobs) -> dict:
         lps = [protocol.chat_logprobs(e, self.piece) for e in logprobs] if self.logprobs else None
+        calls = [None] * len(texts)
+        if self.tool_mode != "off":
+            calls = [tool_calls.find_tool_calls(t, self.tools) if r == "stop" else None
+                     for t, r in zip(texts, reasons)]
+            reasons = ["tool_calls" if c else r for c, r in zip(calls, reasons)]
         return protocol.chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)),
-                                        usage, lps)
+                                        usage, lps, calls)
 
 
 @dataclasses.dataclass
@@ -330,9 +369,15 @@ class ChatHandler(PostHandler):
         req = protocol.parse_chat(self.body, self.state.defaults())
         served = self.served()
         protocol.check_vocabulary(req, served.tokenizer.vocab_size)
-        prompt_ids = served.chat_prompt(req.messages)
+        tools = req.tools if req.tool_choice != "none" else []
+        prompt_ids = served.chat_prompt(req.messages, tools)
+        mode = "off" if not tools else "auto" if req.tool_choice == "auto" else "forced"
         shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id,
-                           served.tokenizer.token_bytes, req.logprobs is not None)
+                           served.tokenizer.token_bytes, req.logprobs is not None,
+                           tools=tools, tool_mode=mode)
+        self.grammar = served.grammar_for(req.response_format, tool_calls.call_schema(tools, req.tool_choice))
+        if self.grammar is not None:
+            self.token_index = await served.token_index()
         await self.generate([prompt_ids], req, shape)
 
 

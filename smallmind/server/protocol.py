@@ -28,7 +28,7 @@ import json
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -44,7 +44,8 @@ __all__ = [
     "choice_params", "choice_index", "fit_max_tokens", "check_vocabulary",
     "MAX_N", "MAX_STOP", "MAX_PROMPTS", "MAX_EMBEDDING_INPUTS",
     # responses
-    "new_id", "usage", "chat_completion", "chat_chunk", "chat_logprobs", "completion_logprobs", "usage_chunk", "completion",
+    "new_id", "usage", "chat_completion", "chat_chunk", "chat_logprobs", "completion_logprobs",
+    "tool_call_deltas", "usage_chunk", "completion",
     "completion_chunk", "embedding_list", "model_entry", "model_list",
     "CHAT_ID_PREFIX", "COMPLETION_ID_PREFIX",
     # errors
@@ -256,6 +257,9 @@ class GenerationRequest:
 @dataclass(kw_only=True)
 class ChatRequest(GenerationRequest):
     messages: list[dict]       # only checked to be objects; the chat template checks deeper
+    response_format: dict | None = None   # {"type": "json_object" | "json_schema", ...}; None: text
+    tools: list[dict] = field(default_factory=list)   # each {"type": "function", "function": {...}}
+    tool_choice: str | dict = "auto"      # "none" | "auto" | "required" | {"type": "function", ...}
 
 
 @dataclass(kw_only=True)
@@ -516,7 +520,81 @@ def parse_chat(body: bytes | str, defaults: Defaults = Defaults()) -> ChatReques
     messages = _read_messages(fields)
     req = ChatRequest(messages=messages, **_read_generation(fields, defaults))
     req.logprobs = _read_chat_logprobs(fields)
+    req.response_format = _read_response_format(fields)
+    req.tools = _read_tools(fields)
+    req.tool_choice = _read_tool_choice(fields, req.tools)
+    if req.tools and req.tool_choice != "none" and req.response_format is not None:
+        raise _invalid("response_format", "response_format cannot be combined with tools")
     return req
+
+
+def _read_response_format(fields: dict) -> dict | None:
+    """Only the shape is checked here; the engine's grammar compiler judges the schema."""
+    rf = fields.get("response_format")
+    if rf is None:
+        return None
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        raise _invalid("response_format", "response_format.type must be 'text', 'json_object' or "
+                                          f"'json_schema', got {_shown(kind)}")
+    spec = rf.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise _invalid("response_format", "response_format.json_schema must be an object with a 'name'")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise _invalid("response_format", "response_format.json_schema.schema must be an object")
+    return {"type": "json_schema", "json_schema": {"name": spec["name"], "schema": schema,
+                                                   "strict": bool(spec.get("strict"))}}
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _read_tools(fields: dict) -> list[dict]:
+    tools = fields.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise _invalid("tools", f"tools must be a list, got {_shown(tools)}")
+    seen = set()
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise _invalid("tools", f"{where} must be {{\"type\": \"function\", \"function\": {{...}}}}")
+        fn = tool["function"]
+        name = fn.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise _invalid("tools", f"{where}.function.name must be 1-64 letters, digits, _ or -, got {_shown(name)}")
+        if name in seen:
+            raise _invalid("tools", f"{where}.function.name {name!r} is used twice")
+        seen.add(name)
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict):
+            raise _invalid("tools", f"{where}.function.parameters must be a JSON schema object")
+    return [{"type": "function", "function": dict(t["function"], parameters=t["function"].get(
+        "parameters", {"type": "object", "properties": {}}))} for t in tools]
+
+
+def _read_tool_choice(fields: dict, tools: list[dict]) -> str | dict:
+    choice = fields.get("tool_choice")
+    if choice is None:
+        return "auto" if tools else "none"
+    if choice in ("none", "auto", "required"):
+        if choice == "required" and not tools:
+            raise _invalid("tool_choice", "tool_choice 'required' needs tools")
+        return choice
+    names = {t["function"]["name"] for t in tools}
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in names:
+            raise _invalid("tool_choice", f"tool_choice names function {_shown(name)}, which is not in tools")
+        return {"type": "function", "function": {"name": name}}
+    raise _invalid("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
+                                  f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {_shown(choice)}")
 
 
 def _read_chat_logprobs(fields: dict) -> int | None:
@@ -666,19 +744,39 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 def chat_completion(id: str, created: int, model: str,
                     choices: Iterable[tuple[str, str]], usage: dict,
-                    logprobs: Sequence[dict | None] | None = None) -> dict:
+                    logprobs: Sequence[dict | None] | None = None,
+                    tool_calls: Sequence[list | None] | None = None) -> dict:
     """A chat.completion; ``choices`` are (text, finish_reason) in index order; ``logprobs``
-    (from chat_logprobs) per choice when asked for."""
+    (from chat_logprobs) and ``tool_calls`` per choice when there are any."""
     choices = list(choices)
     logprobs = logprobs or [None] * len(choices)
+    tool_calls = tool_calls or [None] * len(choices)
     return {
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": i,
-                     "message": {"role": "assistant", "content": text, "refusal": None},
+        "choices": [{"index": i, "message": _assistant_message(text, calls),
                      "logprobs": lp, "finish_reason": finish_reason}
-                    for i, ((text, finish_reason), lp) in enumerate(zip(choices, logprobs))],
+                    for i, ((text, finish_reason), lp, calls)
+                    in enumerate(zip(choices, logprobs, tool_calls))],
         "usage": usage,
     }
+
+
+def _assistant_message(text: str, calls: list | None) -> dict:
+    if calls:
+        return {"role": "assistant", "content": None, "refusal": None, "tool_calls": calls}
+    return {"role": "assistant", "content": text, "refusal": None}
+
+
+def tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """The stream deltas of finished calls, as OpenAI sends them: id, type and name first,
+    then the arguments (clients concatenate argument pieces by index)."""
+    deltas = []
+    for i, call in enumerate(calls):
+        fn = call["function"]
+        deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                       "function": {"name": fn["name"], "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
+    return deltas
 
 
 def chat_logprobs(entries: Iterable, piece: Callable[[int], bytes]) -> dict:

@@ -2,15 +2,17 @@
 token ids that fit its context.  Holds no HTTP; the handlers call it."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallmind import kernels
+from smallmind import kernels, tool_calls
 from smallmind.chat_template import ChatTemplate
 from smallmind.engine.engine import Engine
+from smallmind.engine.grammar import TokenIndex, compile_response_format
 from smallmind.engine.model import Model
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
@@ -84,6 +86,29 @@ class ServedModel:
         self.n_ctx = self.model.n_ctx
         self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_active)
         self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_active)
+        self._token_index = None
+        self._index_lock = asyncio.Lock()
+
+    def grammar_for(self, response_format: dict | None, call_schema: dict | None):
+        """The grammar a chat answer must follow: a forced tool call's, else the requested
+        response format's, else None.  Unsupported schema keywords are a 400."""
+        if call_schema is not None:
+            try:
+                return compile_response_format({"type": "json_schema", "json_schema": {
+                    "name": "tool_call", "schema": call_schema, "strict": True}})
+            except RequestValidationError as e:
+                e.param = "tools"
+                raise
+        return compile_response_format(response_format) if response_format else None
+
+    async def token_index(self):
+        """The vocabulary index of constrained decoding, built once (a second or two) in a
+        worker thread on first use, so servers that never constrain never pay for it."""
+        async with self._index_lock:
+            if self._token_index is None:
+                loop = asyncio.get_running_loop()
+                self._token_index = await loop.run_in_executor(None, TokenIndex.for_tokenizer, self.tokenizer)
+        return self._token_index
 
     def warm_up(self) -> float:
         """One greedy token, before the engine thread starts: readiness means generation
@@ -101,8 +126,13 @@ class ServedModel:
 
     # ---- prompts ----
 
-    def chat_prompt(self, messages: list) -> list[int]:
-        text = self.chat_template.render(messages, add_generation_prompt=True)
+    def chat_prompt(self, messages: list, tools: list[dict] | None = None) -> list[int]:
+        """Prompt ids of a conversation; with tools, the functions are described either by
+        the model's own template or by a built-in system prompt."""
+        handles = self.chat_template.handles_tools
+        messages = tool_calls.prepare_messages(messages, tools or [], handles)
+        text = self.chat_template.render(messages, add_generation_prompt=True,
+                                         tools=tools if handles else None)
         bos = self.tokenizer.bos_id
         # A template that writes the BOS text itself must not get a second one.
         has_bos = bos is not None and text.startswith(self.tokenizer.token_text(bos))
