@@ -1,0 +1,90 @@
+"""Wheels: the cibuildwheel configuration and workflow are consistent with the repository,
+and (under CI, or with SMALLMIND_TEST_WHEEL=1) scripts/check_wheel.sh builds a wheel,
+repairs it with auditwheel and passes the ISA-sensitive tests from a fresh virtualenv."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "check_wheel.sh"
+WORKFLOW = REPO / ".github" / "workflows" / "wheels.yml"
+
+
+def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python >= 3.11")
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def test_cibuildwheel_config_matches_the_repository():
+    project = pyproject()
+    cibw = project["tool"]["cibuildwheel"]
+    # Tests run against the installed wheel, with the project's own test extra.
+    assert set(cibw["test-extras"]) <= set(project["project"]["optional-dependencies"])
+    for src in cibw["test-sources"]:
+        assert (REPO / src).exists(), src
+    tests = [a for a in shlex.split(cibw["test-command"]) if a.startswith("tests/")]
+    assert tests, cibw["test-command"]
+    for t in tests:
+        assert (REPO / t).is_file(), t
+    # Only CPython versions the package supports.
+    low = int(re.search(r">=\s*3\.(\d+)", project["project"]["requires-python"]).group(1))
+    versions = [int(v) for v in re.findall(r"cp3(\d+)-", cibw["build"])]
+    assert versions and min(versions) >= low
+    assert any("musllinux" in s for s in cibw["skip"])
+    # setup.py never uses -march=native; the per-platform settings must not add it either.
+    assert "march=native" not in str(cibw)
+
+
+def test_workflow_builds_linux_and_macos_wheels():
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    jobs = doc["jobs"]
+    oses = jobs["wheels"]["strategy"]["matrix"]["os"]
+    assert any(o.startswith("ubuntu") and not o.endswith("-arm") for o in oses)   # x86_64
+    assert any(o.startswith("ubuntu") and o.endswith("-arm") for o in oses)       # aarch64
+    assert any(o.startswith("macos") for o in oses)
+    runs = " ".join(step.get("run", "") for step in jobs["wheels"]["steps"])
+    assert "cibuildwheel" in runs
+    assert any("scripts/check_wheel.sh" in step.get("run", "") for step in jobs["check-wheel"]["steps"])
+
+
+def test_check_wheel_script_parses():
+    res = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def wheel_check_wanted() -> bool:
+    # Not yet part of CI: it takes ~20 minutes on the 2-core CI machine (see issue 7's note).
+    return os.environ.get("SMALLMIND_TEST_WHEEL") == "1"
+
+
+@pytest.mark.skipif(not wheel_check_wanted(),
+                    reason="builds, repairs and tests a wheel in a fresh venv (~20 minutes); "
+                           "runs with SMALLMIND_TEST_WHEEL=1")
+def test_repaired_wheel_passes_the_isa_tests(tmp_path):
+    log_path = tmp_path / "check_wheel.log"
+    env = dict(os.environ, CHECK_WHEEL_DIR=str(tmp_path / "work"), PYTHON=sys.executable)
+    with open(log_path, "w") as log:
+        res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, timeout=45 * 60)
+    out = log_path.read_text(errors="replace")
+    tail = out[-6000:]
+    assert res.returncode == 0, f"scripts/check_wheel.sh failed ({res.returncode}):\n{tail}"
+    assert "wheel check passed" in out, tail
+
+    [wheel] = (tmp_path / "work" / "wheelhouse").glob("smallmind-*.whl")
+    assert "manylinux" in wheel.name, wheel.name
+    # One pytest session per ISA setting, each on the venv's copy of smallmind.
+    sessions = re.findall(r"^smallmind under test: (\S+); isa (\w+)", out, re.M)
+    venv = str((tmp_path / "work" / "venv").resolve())
+    assert len(sessions) >= 2 and all(where.startswith(venv) for where, _ in sessions), sessions
+    assert "scalar" in [isa for _, isa in sessions]
+    assert not re.search(r"^\d+ failed", out, re.M), tail
