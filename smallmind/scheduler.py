@@ -128,14 +128,6 @@ class Scheduler:
         self._commands.put(("side", job))
         return await job.future
 
-    @property
-    def n_waiting(self) -> int:
-        return len(self.engine.waiting)
-
-    @property
-    def n_running(self) -> int:
-        return len(self.engine.running)
-
     # ---- engine thread ----
 
     def _run(self) -> None:

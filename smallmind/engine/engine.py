@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from smallmind.engine.sampling import Sampler, SamplingParams, top_logprobs, token_logprobs
+from smallmind.engine.sampling import Sampler, SamplingParams, token_and_top_logprobs
 from smallmind.errors import RequestValidationError
 
 
@@ -83,9 +83,8 @@ class _Batch:
 
 
 def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
-    top_ids, top_lps = top_logprobs(logits, k)
-    return TokenLogprob(int(token), float(token_logprobs(logits, int(token))),
-                        top_ids.tolist(), top_lps.tolist())
+    logprob, top_ids, top_lps = token_and_top_logprobs(logits, token, k)
+    return TokenLogprob(int(token), logprob, top_ids.tolist(), top_lps.tolist())
 
 
 class Engine:

@@ -6,8 +6,7 @@ only await and write.  Every failure becomes an OpenAI-style JSON error through
 `protocol.error_response`, the one place statuses are decided."""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import tornado.web
 
@@ -32,7 +31,6 @@ class ServerState:
     served: ServedModel | None = None
     status: str = "loading"             # loading | ready | failed | draining
     reason: str = "the model is loading"
-    started_at: float = field(default_factory=time.time)
     active_requests: int = 0            # POST requests being handled (drain waits for 0)
     admission: Admission = None
     metrics: ServerMetrics = None

@@ -34,14 +34,20 @@ class ClientGone(Exception):
 class PostHandler(BaseHandler):
     PROTECTED = True
 
-    def prepare(self) -> None:
-        self.state.active_requests += 1
-        self._counted = True
+    def initialize(self, state) -> None:
+        super().initialize(state)
+        self._counted = False               # in state.active_requests (the drain waits for 0)
         self._chunks: list[bytes] = []
         self._size = 0
         self._jobs: list[GenerationJob] = []
         self._ticket = None
         self._updates: asyncio.Queue | None = None
+        self.grammar = None                 # chat: the grammar every choice decodes under
+        self.token_index = None
+
+    def prepare(self) -> None:
+        self.state.active_requests += 1
+        self._counted = True
         super().prepare()
         limit = self.state.options.max_body_bytes
         length = self.request.headers.get("Content-Length", "")
@@ -81,21 +87,20 @@ class PostHandler(BaseHandler):
 
     def on_finish(self) -> None:
         self.end_generation(None)
-        if getattr(self, "_counted", False):
+        if self._counted:
             self._counted = False
             self.state.active_requests -= 1
         super().on_finish()
 
     def end_generation(self, reason: Exception | None) -> None:
         """Stops this request's sequences, gives back its room, and wakes its coroutine."""
-        served = self.state.served
-        for job in self._jobs if hasattr(self, "_jobs") else ():
+        for job in self._jobs:
             if not job.done():
-                served.scheduler.cancel(job)
-        if getattr(self, "_ticket", None) is not None:
+                self.state.served.scheduler.cancel(job)
+        if self._ticket is not None:
             self.state.admission.abandon(self._ticket)
             self._ticket = None
-        if reason is not None and getattr(self, "_updates", None) is not None:
+        if reason is not None and self._updates is not None:
             self._updates.put_nowait(reason)
 
     # ---- generation ----
@@ -146,10 +151,10 @@ class PostHandler(BaseHandler):
         for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
             params = [dataclasses.replace(protocol.choice_params(req, j), max_tokens=max_tokens)
                       for j in range(req.n)]
-            grammar = getattr(self, "grammar", None)
-            constraints = [grammar.start(self.token_index) for _ in params] if grammar else None
+            constraints = [self.grammar.start(self.token_index) for _ in params] if self.grammar else None
             self._jobs.append(GenerationJob(prompt_ids, params, stop=req.stop, updates=self._updates,
-                                            index_base=i * req.n, constraints=constraints))
+                                            index_base=protocol.choice_index(i, 0, req.n),
+                                            constraints=constraints))
         for job in self._jobs:
             scheduler.submit(job)
 

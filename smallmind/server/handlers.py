@@ -39,6 +39,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.started = time.perf_counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.client_gone = False
         state.metrics.request_started()
 
     def set_default_headers(self) -> None:
@@ -138,7 +139,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_finish(self) -> None:
         duration_ms = (time.perf_counter() - self.started) * 1000
         # 499 (nginx's "client closed request"): nobody received what the status says.
-        status = 499 if getattr(self, "client_gone", False) else self.get_status()
+        status = 499 if self.client_gone else self.get_status()
         self.state.metrics.request_finished(self.ROUTE, status, duration_ms)
         log_access(self.request_id, self.request.method, self.ROUTE, self.request.path, status,
                    duration_ms, self.prompt_tokens, self.completion_tokens, self.request.remote_ip)

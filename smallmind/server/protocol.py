@@ -552,6 +552,7 @@ def _read_response_format(fields: dict) -> dict | None:
 
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NO_PARAMETERS = {"type": "object", "properties": {}}   # a function declared without parameters
 
 
 def _read_tools(fields: dict) -> list[dict]:
@@ -572,11 +573,11 @@ def _read_tools(fields: dict) -> list[dict]:
         if name in seen:
             raise _invalid("tools", f"{where}.function.name {name!r} is used twice")
         seen.add(name)
-        params = fn.get("parameters", {"type": "object", "properties": {}})
+        params = fn.get("parameters", _NO_PARAMETERS)
         if not isinstance(params, dict):
             raise _invalid("tools", f"{where}.function.parameters must be a JSON schema object")
     return [{"type": "function", "function": dict(t["function"], parameters=t["function"].get(
-        "parameters", {"type": "object", "properties": {}}))} for t in tools]
+        "parameters", _NO_PARAMETERS))} for t in tools]
 
 
 def _read_tool_choice(fields: dict, tools: list[dict]) -> str | dict:
