@@ -11,6 +11,9 @@ Measured errors (AVX2 kernels, this repository's state when the test was written
   (max |err| 5.4e-5 over the top-20 logits); two positions (qwen2, qwen3) are off by 9.5e-3
   and 0.109: an activation whose 8-bit rounding lands on the other side of a boundary
   after a 1-ulp difference in float summation order.  Mean/std: max |err| 2.1e-4.
+  The scalar kernels flip a different rounding (qwen2, one position): top-20 |err| 0.053
+  and std |err| 2.3e-3 there; every other position as above.  So the moments, like the
+  top-20, get a tight bar where the top-20 is exact and a loose one at flip positions.
 - gemma3-270m: top-5 log-prob |err| mean 0.22-0.25 (depending on float summation order
   in the kernels), max ~1.0 nats.  This is the model's noise
   floor, not a bias: a float64 numpy implementation of the same graph over the
@@ -18,8 +21,12 @@ Measured errors (AVX2 kernels, this repository's state when the test was written
   llama.cpp (mean 0.22, max 1.40), and changing embed_scale by one float32 ulp moves *our*
   log-probs by the same amount (mean 0.23, max 1.14): Q8 activation rounding flips
   re-sample the quantization noise, which this model amplifies to ~0.2 nats.  Hence
-  top-1 agreement is asserted where llama.cpp's top-1/top-2 gap exceeds that noise
-  (every measured mismatch had gap <= 0.37 nats; 10 of the 279 steps with gap > 0.05).
+  top-1 agreement is asserted where llama.cpp's top-1/top-2 gap exceeds that noise.
+  Largest oracle gap at which an implementation's argmax left the oracle's (288 steps):
+  llama.cpp 0.3.36 itself, run here with 2 threads (default, n_batch 1, flash attention):
+  0.44 nats (16, 12, 13 mismatches); ours with the AVX2 kernels 0.37 (13), with the
+  scalar kernels 0.77 (12).  Hence a 1.0-nat bar (189 of the 288 steps are above it).
+  llama.cpp's own greedy run here matches 8 of the 12 continuations for 16 tokens.
 - batched vs unbatched, chunked vs one token at a time: bit-identical (measured 0.0).
 """
 import json
@@ -37,13 +44,14 @@ from tests.conftest import default_model_path, reference_path
 TINY_EXACT_TOL = 2e-4        # per-position top-20 |err| for the positions that are exact
 TINY_EXACT_FRACTION = 0.95   # of positions within TINY_EXACT_TOL (measured 0.98)
 TINY_MAX_TOL = 0.3           # any position (measured 0.109)
-TINY_MOMENT_TOL = 1e-3       # logit mean and std (measured 2.1e-4)
+TINY_MOMENT_TOL = 1e-3       # logit mean and std where the top-20 is exact (measured 2.1e-4)
+TINY_FLIP_MOMENT_TOL = 1e-2  # at rounding-flip positions (measured 2.3e-3, scalar kernels)
 # gemma3-270m: log-probabilities of llama.cpp's top-5 (measured mean 0.22, max ~1.0)
 GEMMA_LOGPROB_MEAN_TOL = 0.35
 GEMMA_LOGPROB_MAX_TOL = 2.0
-GEMMA_CLEAR_GAP = 0.5        # top-1 must agree where llama.cpp's top-1/top-2 gap > this
+GEMMA_CLEAR_GAP = 1.0        # top-1 must agree where llama.cpp's top-1/top-2 gap > this
 NEAR_TIE_GAP = 0.05
-GEMMA_MAX_NEAR_TIE_MISMATCHES = 20   # of 279 steps with gap > 0.05 (measured 10)
+GEMMA_MAX_NEAR_TIE_MISMATCHES = 20   # of 279 steps with gap > 0.05 (measured: ours 8 AVX2, 7 scalar; llama.cpp 10)
 GREEDY_TOKENS = 16
 GREEDY_MIN_EXACT = 5         # of 12 prompts (measured 6; llama.cpp itself is the only bit-exact oracle)
 
@@ -103,8 +111,9 @@ def test_tiny_models_match_llama_cpp(name):
             errors.append(np.abs(logits[top_ids] - top).max())
             if top[0] - top[1] > NEAR_TIE_GAP:
                 assert logits.argmax() == top_ids[0]
-            assert abs(logits.mean() - ref["logit_mean"]) < TINY_MOMENT_TOL
-            assert abs(logits.std() - ref["logit_std"]) < TINY_MOMENT_TOL
+            moment_tol = TINY_MOMENT_TOL if errors[-1] < TINY_EXACT_TOL else TINY_FLIP_MOMENT_TOL
+            assert abs(logits.mean() - ref["logit_mean"]) < moment_tol
+            assert abs(logits.std() - ref["logit_std"]) < moment_tol
     errors = np.array(errors)
     assert errors.max() < TINY_MAX_TOL, errors.max()
     assert (errors < TINY_EXACT_TOL).mean() >= TINY_EXACT_FRACTION, np.sort(errors)[-5:]
