@@ -132,28 +132,42 @@ static float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * (1.0f + 0.044715f * x * x)));
 }
 
-/* g (n) = act(g) * u (n); GELU through ggml's f16 table (exactly what llama.cpp computes).
+/* g[i0, i1) = act(g) * u; GELU through ggml's f16 table (exactly what llama.cpp computes).
  * The weights streaming through the caches evict the table between layers, so each run
  * of 256 lookups first computes its indices and prefetches them (~4x faster). */
-static void glu(float *g, const float *u, int64_t n, int act, const float *gelu_table) {
+static void glu_range(float *g, const float *u, int64_t i0, int64_t i1, int act, const float *gelu_table) {
     if (act == SM_ACT_SILU) {
-        for (int64_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+        for (int64_t i = i0; i < i1; i++) g[i] = silu(g[i]) * u[i];
         return;
     }
     sm_half idx[256];
-    for (int64_t i0 = 0; i0 < n; i0 += 256) {
-        const int len = n - i0 < 256 ? (int)(n - i0) : 256;
+    for (int64_t r0 = i0; r0 < i1; r0 += 256) {
+        const int len = i1 - r0 < 256 ? (int)(i1 - r0) : 256;
         for (int i = 0; i < len; i++) {
-            idx[i] = sm_float_to_half(g[i0 + i]);
+            idx[i] = sm_float_to_half(g[r0 + i]);
             __builtin_prefetch(&gelu_table[idx[i]]);
         }
         for (int i = 0; i < len; i++) {
-            const float x = g[i0 + i];
-            if (x <= -10.0f) g[i0 + i] = 0.0f;
-            else if (x >= 10.0f) g[i0 + i] = x * u[i0 + i];
-            else g[i0 + i] = gelu_table[idx[i]] * u[i0 + i];
+            const float x = g[r0 + i];
+            if (x <= -10.0f) g[r0 + i] = 0.0f;
+            else if (x >= 10.0f) g[r0 + i] = x * u[r0 + i];
+            else g[r0 + i] = gelu_table[idx[i]] * u[r0 + i];
         }
     }
+}
+
+/* Below this many values one thread is quicker than waking the others. */
+#define GLU_PARALLEL_MIN 4096
+
+/* g (n) = act(g) * u (n), split over the threads for batches (each value on its own, so
+ * the split changes no result). */
+static void glu(float *g, const float *u, int64_t n, int act, const float *gelu_table, int n_thr) {
+    const int64_t chunk = 1024;
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
+    (void)n_thr;
+#pragma omp parallel for schedule(static) num_threads(n_thr) if (n >= GLU_PARALLEL_MIN)
+    for (int64_t c = 0; c < n_chunks; c++)
+        glu_range(g, u, c * chunk, (c + 1) * chunk < n ? (c + 1) * chunk : n, act, gelu_table);
 }
 
 /* Attention of one work item: the query rows of nt consecutive tokens (positions p0..,
@@ -700,7 +714,7 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
                                              {m->hb2, lw->w_up.data, lw->w_up.type, lw->w_up.n_rows}};
             MATMUL_MULTI(parts, 2, xb);
         }
-        glu(m->hb, m->hb2, (int64_t)T * hidden_dim, c->act, m->gelu_table);
+        glu(m->hb, m->hb2, (int64_t)T * hidden_dim, c->act, m->gelu_table, sm_get_threads());
         MATMUL(xb2, lw->w_down, m->hb, T);
 
         /* gemma's post-ffn norm, residual */
