@@ -22,19 +22,34 @@ int sm_isa_best(void) {
     return SM_ISA_SCALAR;
 }
 
+/* Apply a unit's overrides on top of the table.  A tile kernel must give the floats of
+ * the vec_dot it sits next to (kernels.h), so where `fill` replaces vec_dot[t] but leaves
+ * an inherited vec_dot_tile[t] in place, that entry is dropped. */
+static inline void override_with(sm_kernels *k, void (*fill)(sm_kernels *)) {
+    const sm_kernels before = *k;
+    fill(k);
+    for (int t = 0; t < SM_TYPE_COUNT; t++)
+        if (k->vec_dot[t] != before.vec_dot[t] && k->vec_dot_tile[t] == before.vec_dot_tile[t])
+            k->vec_dot_tile[t] = NULL;
+}
+
 static void build_table(int isa) {
     sm_kernels *k = &tables[isa];
+    *k = (sm_kernels){0}; /* entries no unit fills stay NULL */
     sm_fill_kernels_scalar(k);
     switch (isa) {
 #if defined(SM_HAVE_AVX2_UNIT)
-    case SM_ISA_AVX2: sm_fill_kernels_avx2(k); break;
+    case SM_ISA_AVX2: override_with(k, sm_fill_kernels_avx2); break;
 #endif
 #if defined(SM_HAVE_AVX512_UNIT)
     /* AVX-512 CPUs have AVX2 too: the avx512 unit overrides what it does better. */
-    case SM_ISA_AVX512: sm_fill_kernels_avx2(k); sm_fill_kernels_avx512(k); break;
+    case SM_ISA_AVX512:
+        override_with(k, sm_fill_kernels_avx2);
+        override_with(k, sm_fill_kernels_avx512);
+        break;
 #endif
 #if defined(SM_HAVE_NEON_UNIT)
-    case SM_ISA_NEON: sm_fill_kernels_neon(k); break;
+    case SM_ISA_NEON: override_with(k, sm_fill_kernels_neon); break;
 #endif
     default: break;
     }

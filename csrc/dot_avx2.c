@@ -22,6 +22,7 @@
  * which the hardware quiets (sets the quiet bit). */
 #include <immintrin.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -273,8 +274,14 @@ static inline int32_t hsum_i32x8(__m256i v) {
     return _mm_cvtsi128_si32(x);
 }
 
+/* sum + (float)isum * d with one rounding: how every 32-block kernel of this unit adds a
+ * leftover block.  The compiler would contract the plain expression into this FMA (gnu11,
+ * -mfma) but need not; spelling it out keeps vec_dot and the multi-row kernels, which
+ * must agree bit for bit, from depending on that. */
+static inline float add_block_term(float sum, int32_t isum, float d) { return fmaf((float)isum, d, sum); }
+
 /* One loop for the three 32-block types; BLOCK_DOT(i) yields the 8 int32 partial sums of
- * block i.  The leftover (nb % 4) blocks go one by one, in the scalar's own form. */
+ * block i.  The leftover (nb % 4) blocks go one by one (add_block_term). */
 #define DOT_32_BLOCKS(WTYPE, BLOCK_DOT)                                                          \
     const WTYPE *x = (const WTYPE *)w;                                                           \
     const block_q8_0 *y = (const block_q8_0 *)a;                                                 \
@@ -292,7 +299,8 @@ static inline int32_t hsum_i32x8(__m256i v) {
     acc = _mm_add_ss(acc, _mm_movehdup_ps(acc));                                                 \
     float sumf = _mm_cvtss_f32(acc);                                                             \
     for (; i < nb; i++)                                                                          \
-        sumf += (float)hsum_i32x8(BLOCK_DOT(i)) * (fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));   \
+        sumf = add_block_term(sumf, hsum_i32x8(BLOCK_DOT(i)),                                    \
+                              fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));                        \
     *s = sumf;
 
 static void vec_dot_q8_0_avx2(float *s, const void *w, const void *a, int n) {
@@ -347,6 +355,10 @@ static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
 #undef DOT_32_BLOCKS
 
 /* ---- several activation rows at once (sm_kernels.vec_dot_n) ----
+ *
+ * The AVX2 table itself reaches the 32-block types through the tile kernels further down
+ * (matmul.c prefers them); these remain for tables that keep vec_dot_n but not the tile
+ * entry (dispatch.c: the AVX-512 table).
  *
  * The per-pair integer work (sign, maddubs, madd) cannot shrink, so what is cut is what
  * surrounds it: reducing each block's 8 partial sums to a total, and forming the scale
@@ -472,15 +484,15 @@ SM_INLINE void q32_rows(float *s, size_t s_stride, const void *w, size_t w_block
         const __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc[0]), _mm256_extractf128_ps(acc[0], 1));
         _mm_storeu_ps(total, _mm_add_ps(t, _mm_movehl_ps(t, t)));
     }
-    /* the leftover blocks one by one, in the scalar's own form */
+    /* the leftover blocks one by one, as DOT_32_BLOCKS */
     for (int j = 0; j < n_act; j++) {
         float sumf = total[j];
         for (int k = i; k < nb; k++) {
             const uint8_t *xb = x + (size_t)k * w_block;
             sm_half xd;
             memcpy(&xd, xb, sizeof xd);
-            sumf += (float)hsum_i32x8(dot_s8_s8(decode_q32(xb, kind), load_256(y[j][k].qs))) *
-                    (fp16_to_f32(xd) * fp16_to_f32(y[j][k].d));
+            sumf = add_block_term(sumf, hsum_i32x8(dot_s8_s8(decode_q32(xb, kind), load_256(y[j][k].qs))),
+                                  fp16_to_f32(xd) * fp16_to_f32(y[j][k].d));
         }
         s[j * s_stride] = sumf;
     }
@@ -510,6 +522,285 @@ static void vec_dot_n_q5_0_avx2(float *s, size_t s_stride, const void *w, const 
     Q32_DOT_N(Q32_Q5_0, block_q5_0, vec_dot_q5_0_avx2)
 }
 #undef Q32_DOT_N
+
+/* ---- 8 weight rows x several activation rows (sm_kernels.vec_dot_tile) ----
+ *
+ * vec_dot_n still reduces each (block, activation row) pair's 8 partial sums to a total,
+ * about as much work as the pair's dot itself.  Here the weights are transposed instead:
+ * the 32 quants of one block of 8 weight rows are decoded and rearranged so that vector k
+ * holds quants 4k..4k+3 of row r in dword r.  maddubs of vector k against the broadcast
+ * activation quants 4k..4k+3 then sums the pairs (4k, 4k+1), (4k+2, 4k+3) of each row in
+ * that row's dword, the very pairs vec_dot's maddubs forms, and adding over k leaves the
+ * block total of row r in lane r: no horizontal reduction at all.  The decode and the
+ * transpose are paid once per block and shared by all activation rows.
+ *
+ * The integer totals are those of vec_dot (Q8_0: the same int16 pairs, then exact int32
+ * sums; Q4_0/Q5_0: exact whatever the grouping, see tile_dot_unsigned).  Floats: for
+ * activation row j, lane r of accumulator acc[b % 4][j] takes, block after block,
+ * fma((float)total, d_w * d_a, acc) with the product of the two scales as floats: the
+ * step of lane (b % 4) of DOT_32_BLOCKS.  The fold (0 + 2) + (1 + 3) and the leftover
+ * blocks (add_block_term) are DOT_32_BLOCKS' too, so s for (r, j) is bit-identical to
+ * vec_dot(row r, activation j).  The 8 rows and up to 8 activation rows of a tile need
+ * 4 x 8 accumulators; the compiler keeps what does not fit in registers on the stack. */
+
+/* Bytes of one block of q32_kind. */
+SM_INLINE size_t q32_block_bytes(const int kind) {
+    return kind == Q32_Q4_0 ? sizeof(block_q4_0) : kind == Q32_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q8_0);
+}
+
+/* 16 bytes from `lo` in the low 128-bit lane, 16 bytes from `hi` in the high lane. */
+SM_INLINE __m256i load_2x128(const uint8_t *lo, const uint8_t *hi) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(load_128(lo)), load_128(hi), 1);
+}
+
+/* Transpose of the dwords within each 128-bit lane: dword i of out[k] = dword k of v[i]. */
+SM_INLINE void transpose_4x4_dwords(__m256i *out, const __m256i *v) {
+    const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]); /* v0.0 v1.0 v0.1 v1.1 */
+    const __m256i t1 = _mm256_unpackhi_epi32(v[0], v[1]); /* v0.2 v1.2 v0.3 v1.3 */
+    const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+    const __m256i t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* The 32-bit words at byte `at` of 8 blocks (row r's at row[r] + at) -> lane r. */
+SM_INLINE __m256i gather_tile_u32(const uint8_t *const *row, size_t at) {
+    __m128i v[8];
+    for (int r = 0; r < 8; r++) {
+        uint32_t u;
+        memcpy(&u, row[r] + at, sizeof u);
+        v[r] = _mm_cvtsi32_si128((int)u);
+    }
+    const __m128i lo = _mm_unpacklo_epi64(_mm_unpacklo_epi32(v[0], v[1]), _mm_unpacklo_epi32(v[2], v[3]));
+    const __m128i hi = _mm_unpacklo_epi64(_mm_unpacklo_epi32(v[4], v[5]), _mm_unpacklo_epi32(v[6], v[7]));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+}
+
+/* The fp16 scales `d` (first member) of 8 blocks -> lane r = row r's scale as a float. */
+SM_INLINE __m256 tile_scales(const uint8_t *const *row, size_t at) {
+    __m128i v[8]; /* word 0: the scale; word 1 (the block's next bytes) drops out below */
+    for (int r = 0; r < 8; r++) {
+        uint32_t h;
+        memcpy(&h, row[r] + at, sizeof h);
+        v[r] = _mm_cvtsi32_si128((int)h);
+    }
+    const __m128i h01 = _mm_unpacklo_epi16(v[0], v[1]), h23 = _mm_unpacklo_epi16(v[2], v[3]);
+    const __m128i h45 = _mm_unpacklo_epi16(v[4], v[5]), h67 = _mm_unpacklo_epi16(v[6], v[7]);
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm_unpacklo_epi32(h01, h23), _mm_unpacklo_epi32(h45, h67)));
+}
+
+/* Q5_0's 5th bits in the transposed layout: byte e of dword r of out[k] = 0x10 where bit
+ * 4k + e of row r's qh (dword r of qh8) is set, else 0. */
+SM_INLINE void q5_0_tile_bits(__m256i *out, __m256i qh8) {
+    const __m256i bit_e = _mm256_set1_epi32(0x08040201);             /* byte e: bit e */
+    const __m256i bit_4_plus_e = _mm256_set1_epi32((int)0x80402010); /* byte e: bit 4 + e */
+    /* 0x10 for a single set bit among bits 0..3 (index 1, 2, 4 or 8), else 0 */
+    const __m256i low_bit_to_0x10 = _mm256_setr_epi8(0, 0x10, 0x10, 0, 0x10, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0,
+                                                     0, 0x10, 0x10, 0, 0x10, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i k16 = _mm256_set1_epi8(0x10);
+    for (int m = 0; m < 4; m++) {
+        /* byte m of qh (bits 8m..8m+7: quants 8m..8m+7) into all 4 bytes of its dword */
+        const __m256i byte_m = _mm256_shuffle_epi8(
+            qh8, _mm256_setr_epi8(m, m, m, m, 4 + m, 4 + m, 4 + m, 4 + m, 8 + m, 8 + m, 8 + m, 8 + m, 12 + m, 12 + m,
+                                  12 + m, 12 + m, m, m, m, m, 4 + m, 4 + m, 4 + m, 4 + m, 8 + m, 8 + m, 8 + m,
+                                  8 + m, 12 + m, 12 + m, 12 + m, 12 + m));
+        /* quants 8m + e: bit e, tested in byte e and looked up; quants 8m + 4 + e: bit 4 + e,
+         * and min(bit, 0x10) is 0x10 or 0 */
+        out[2 * m] = _mm256_shuffle_epi8(low_bit_to_0x10, _mm256_and_si256(byte_m, bit_e));
+        out[2 * m + 1] = _mm256_min_epu8(_mm256_and_si256(byte_m, bit_4_plus_e), k16);
+    }
+}
+
+/* One block (at byte `at`) of 8 weight rows, transposed: p[k] holds quants 4k..4k+3 of
+ * row r in dword r; unsigned q for Q4_0/Q5_0 (as decode_q32_unsigned), signed for Q8_0.
+ * Rows r and r + 4 share a vector (low and high lane), so the transpose stays within
+ * 128-bit lanes. */
+SM_INLINE void decode_tile(__m256i *p, const uint8_t *const *row, size_t at, const int kind) {
+    if (kind == Q32_Q8_0) {
+        __m256i lo[4], hi[4]; /* quants 0..15 and 16..31 of rows (h, h + 4) */
+        for (int h = 0; h < 4; h++) {
+            lo[h] = load_2x128(row[h] + at + offsetof(block_q8_0, qs), row[h + 4] + at + offsetof(block_q8_0, qs));
+            hi[h] = load_2x128(row[h] + at + offsetof(block_q8_0, qs) + 16,
+                               row[h + 4] + at + offsetof(block_q8_0, qs) + 16);
+        }
+        transpose_4x4_dwords(p, lo);
+        transpose_4x4_dwords(p + 4, hi);
+        return;
+    }
+    /* Q4_0, Q5_0: packed byte m holds quant m (low nibble) and quant 16 + m (high nibble).
+     * The nibbles are split after the transpose (per-byte operations commute with it), so
+     * only 4 vectors are transposed instead of 8. */
+    const size_t qs = kind == Q32_Q4_0 ? offsetof(block_q4_0, qs) : offsetof(block_q5_0, qs);
+    __m256i packed[4], t[4];
+    for (int h = 0; h < 4; h++) packed[h] = load_2x128(row[h] + at + qs, row[h + 4] + at + qs);
+    transpose_4x4_dwords(t, packed);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int k = 0; k < 4; k++) {
+        p[k] = _mm256_and_si256(t[k], m4);
+        p[k + 4] = _mm256_and_si256(_mm256_srli_epi16(t[k], 4), m4);
+    }
+    if (kind == Q32_Q5_0) {
+        __m256i bits[8];
+        q5_0_tile_bits(bits, gather_tile_u32(row, at + offsetof(block_q5_0, qh)));
+        for (int k = 0; k < 8; k++) p[k] = _mm256_or_si256(p[k], bits[k]);
+    }
+}
+
+/* Activation quants 4k..4k+3 of a block in every dword. */
+SM_INLINE __m256i bcast_quad(const int8_t *y, int k) {
+    int32_t v;
+    memcpy(&v, y + 4 * k, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+/* Lane r: sum of q * y over the block, q unsigned as decode_tile gives it.  maddubs
+ * results add up exactly in int16 as long as |lane| <= 32767: all eight for Q4_0 (8 * 2 *
+ * 15 * 128), four at a time for Q5_0 (4 * 2 * 31 * 128). */
+SM_INLINE __m256i tile_dot_unsigned(const __m256i *p, const int8_t *y, const int kind) {
+    __m256i s16[4];
+    for (int g = 0; g < 4; g++) /* quants 4g.. and 16 + 4g.. */
+        s16[g] = _mm256_add_epi16(_mm256_maddubs_epi16(p[g], bcast_quad(y, g)),
+                                  _mm256_maddubs_epi16(p[g + 4], bcast_quad(y, g + 4)));
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (kind == Q32_Q4_0)
+        return _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(s16[0], s16[1]), _mm256_add_epi16(s16[2], s16[3])),
+                                 ones);
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(s16[0], s16[1]), ones),
+                            _mm256_madd_epi16(_mm256_add_epi16(s16[2], s16[3]), ones));
+}
+
+/* Lane r: sum of w * y over the block, w signed as decode_tile gives it and u = |w|, in
+ * vec_dot's form (dot_s8_s8): a pair can reach 2 * 128 * 127, so each maddubs goes to
+ * int32 on its own. */
+SM_INLINE __m256i tile_dot_signed(const __m256i *p, const __m256i *u, const int8_t *y) {
+    __m256i s[4];
+    for (int k = 0; k < 4; k++) {
+        const __m256i a = _mm256_maddubs_epi16(u[k], _mm256_sign_epi8(bcast_quad(y, k), p[k]));
+        const __m256i b = _mm256_maddubs_epi16(u[k + 4], _mm256_sign_epi8(bcast_quad(y, k + 4), p[k + 4]));
+        s[k] = _mm256_add_epi32(_mm256_madd_epi16(a, _mm256_set1_epi16(1)), _mm256_madd_epi16(b, _mm256_set1_epi16(1)));
+    }
+    return _mm256_add_epi32(_mm256_add_epi32(s[0], s[1]), _mm256_add_epi32(s[2], s[3]));
+}
+
+/* Touch the next 8-row tile (`next`, rows contiguous) at the pace this one is read: the
+ * span of block column `i` of 8 rows, `span` bytes; prefetches never fault. */
+SM_INLINE void prefetch_tile(const uint8_t *next, size_t span, int i) {
+    const uint8_t *p = next + (size_t)i * span;
+    for (size_t c = 0; c < span + 63; c += 64) _mm_prefetch((const char *)p + c, _MM_HINT_T0);
+}
+
+/* Block `blk` of the 8 rows against the G activation rows: acc[j] = fma((float)total,
+ * d_w * d_a, acc[j]) lane by lane, total = the block's integer dot of row r (lane r) and
+ * activation row j. */
+SM_INLINE void tile_block(__m256 *acc, const uint8_t *const *row, const void *a, size_t a_stride, const float *a_d,
+                          int nb, int blk, const int G, const int kind) {
+    const int pad = sm_vec_dot_n_pad(G);
+    const size_t at = (size_t)blk * q32_block_bytes(kind);
+    __m256i p[8], u[8];
+    decode_tile(p, row, at, kind);
+    if (kind == Q32_Q8_0)
+        for (int k = 0; k < 8; k++) u[k] = _mm256_sign_epi8(p[k], p[k]);
+    const __m256 dw = tile_scales(row, at);
+    const float *da = a_d + (size_t)blk * pad;
+    const int32_t *a_sum = (const int32_t *)(a_d + (size_t)nb * pad) + (size_t)blk * pad; /* see kernels.h */
+    for (int j = 0; j < G; j++) {
+        const int8_t *y = ((const block_q8_0 *)((const uint8_t *)a + j * a_stride) + blk)->qs;
+        __m256i isum;
+        if (kind == Q32_Q8_0) {
+            isum = tile_dot_signed(p, u, y);
+        } else {
+            /* sum((q - c) * y) = sum(q * y) - c * sum(y), c = 8 or 16 */
+            const __m256i offset = _mm256_slli_epi32(_mm256_set1_epi32(a_sum[j]), q32_offset_shift(kind));
+            isum = _mm256_sub_epi32(tile_dot_unsigned(p, y, kind), offset);
+        }
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(da[j])), acc[j]);
+    }
+}
+
+/* 8 weight rows (row[r]; repeat the last real row to pad) against G activation rows:
+ * lane r of total[j] = vec_dot(row r, activation row j). */
+SM_INLINE void q32_tile_8(__m256 *total, const uint8_t *const *row, const uint8_t *next, const void *a,
+                          size_t a_stride, const float *a_d, int n, const int G, const int kind) {
+    const int nb = n / 32;
+    const size_t span = 8 * q32_block_bytes(kind);
+    __m256 acc[4][SM_VEC_DOT_N_MAX]; /* [block % 4][activation row] */
+    for (int l = 0; l < 4; l++)
+        for (int j = 0; j < G; j++) acc[l][j] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 4 <= nb; i += 4)
+        for (int l = 0; l < 4; l++) {
+            prefetch_tile(next, span, i + l);
+            tile_block(acc[l], row, a, a_stride, a_d, nb, i + l, G, kind);
+        }
+    /* (lane 0 + lane 2) + (lane 1 + lane 3), then the leftover blocks, as DOT_32_BLOCKS */
+    for (int j = 0; j < G; j++)
+        total[j] = _mm256_add_ps(_mm256_add_ps(acc[0][j], acc[2][j]), _mm256_add_ps(acc[1][j], acc[3][j]));
+    for (; i < nb; i++) {
+        prefetch_tile(next, span, i);
+        tile_block(total, row, a, a_stride, a_d, nb, i, G, kind);
+    }
+}
+
+/* The tile in groups of 8 weight rows; a short last group repeats its last row and stores
+ * only the real ones. */
+SM_INLINE void q32_tile(float *s, size_t s_stride, const void *w, size_t w_stride, int n_rows, const void *a,
+                        size_t a_stride, const float *a_d, int n, const int G, const int kind) {
+    for (int r0 = 0; r0 < n_rows; r0 += 8) {
+        const uint8_t *row[8];
+        for (int r = 0; r < 8; r++)
+            row[r] = (const uint8_t *)w + (size_t)(r0 + r < n_rows ? r0 + r : n_rows - 1) * w_stride;
+        __m256 total[SM_VEC_DOT_N_MAX];
+        q32_tile_8(total, row, row[0] + 8 * w_stride, a, a_stride, a_d, n, G, kind);
+        if (r0 + 8 <= n_rows) {
+            for (int j = 0; j < G; j++) _mm256_storeu_ps(s + j * s_stride + r0, total[j]);
+        } else {
+            for (int j = 0; j < G; j++) {
+                float lanes[8];
+                _mm256_storeu_ps(lanes, total[j]);
+                memcpy(s + j * s_stride + r0, lanes, sizeof(float) * (size_t)(n_rows - r0));
+            }
+        }
+    }
+}
+
+/* n_act activation rows through the instance for exactly that many (the loops over them
+ * unroll). */
+#define Q32_TILE(KIND)                                                                           \
+    switch (n_act) {                                                                             \
+    case 1: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 1, KIND); break;     \
+    case 2: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 2, KIND); break;     \
+    case 3: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 3, KIND); break;     \
+    case 4: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 4, KIND); break;     \
+    case 5: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 5, KIND); break;     \
+    case 6: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 6, KIND); break;     \
+    case 7: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 7, KIND); break;     \
+    default: q32_tile(s, s_stride, w, w_stride, n_rows, a, a_stride, a_d, n, 8, KIND); break;    \
+    }
+
+static void vec_dot_tile_q4_0_avx2(float *s, size_t s_stride, const void *w, size_t w_stride, int n_rows,
+                                   const void *a, size_t a_stride, const float *a_d, int n, int n_act) {
+    Q32_TILE(Q32_Q4_0)
+}
+
+static void vec_dot_tile_q5_0_avx2(float *s, size_t s_stride, const void *w, size_t w_stride, int n_rows,
+                                   const void *a, size_t a_stride, const float *a_d, int n, int n_act) {
+    Q32_TILE(Q32_Q5_0)
+}
+
+/* Q8_0 against a single activation row is left to vec_dot, row by row: with nothing to
+ * share the decode with, the tile is no cheaper, and on a matrix streamed from DRAM (the
+ * LM head at batch 1) it measured ~10% slower. */
+static void vec_dot_tile_q8_0_avx2(float *s, size_t s_stride, const void *w, size_t w_stride, int n_rows,
+                                   const void *a, size_t a_stride, const float *a_d, int n, int n_act) {
+    if (n_act == 1) {
+        for (int r = 0; r < n_rows; r++) vec_dot_q8_0_avx2(s + r, (const uint8_t *)w + (size_t)r * w_stride, a, n);
+        return;
+    }
+    Q32_TILE(Q32_Q8_0)
+}
+#undef Q32_TILE
 
 /* 32 small signed integers (int8) times d -> 32 floats. d*q is exact, as in the scalar. */
 static inline void store_scaled_i8x32(float *dst, __m256i q, __m256 d) {
@@ -1109,6 +1400,10 @@ void sm_fill_kernels_avx2(sm_kernels *k) {
     k->vec_dot_n[SM_TYPE_Q4_K] = vec_dot_n_q4_K_avx2;
     k->vec_dot_n[SM_TYPE_Q5_K] = vec_dot_n_q5_K_avx2;
     k->vec_dot_n[SM_TYPE_Q6_K] = vec_dot_n_q6_K_avx2;
+
+    k->vec_dot_tile[SM_TYPE_Q4_0] = vec_dot_tile_q4_0_avx2;
+    k->vec_dot_tile[SM_TYPE_Q5_0] = vec_dot_tile_q5_0_avx2;
+    k->vec_dot_tile[SM_TYPE_Q8_0] = vec_dot_tile_q8_0_avx2;
     /* quantize[] stays scalar so every ISA dots against identical activations */
 
     k->attn_scores = attn_scores_avx2;

@@ -48,6 +48,16 @@ typedef void (*sm_vec_dot_n_fn)(float *s, size_t s_stride, const void *w, const 
                                 const float *a_d, int n, int n_act);
 /* Rows per block in a_d for n_act rows: 1, 2, 4 or 8, the kernels' row-group sizes. */
 static inline int sm_vec_dot_n_pad(int n_act) { return n_act <= 1 ? 1 : n_act <= 2 ? 2 : n_act <= 4 ? 4 : 8; }
+/* A tile of a matmul: n_rows weight rows (w_stride bytes apart) against n_act activation
+ * rows, 1 <= n_act <= SM_VEC_DOT_N_MAX: s[j * s_stride + r] = dot(w + r * w_stride, a + j *
+ * a_stride) over n values, for r < n_rows, j < n_act.  a_d: the activation panel of
+ * vec_dot_n (same layout, pad = sm_vec_dot_n_pad(n_act)), never NULL, also for n_act == 1.
+ * Each weight block is decoded once for all n_act rows, and the block sums of several
+ * weight rows come out side by side, so no per-row horizontal reduction is needed.  Every
+ * s is bit-identical to the same unit's vec_dot for that (weight row, activation row),
+ * whatever n_rows and n_act: results do not depend on tiling or batching. */
+typedef void (*sm_vec_dot_tile_fn)(float *s, size_t s_stride, const void *w, size_t w_stride, int n_rows,
+                                   const void *a, size_t a_stride, const float *a_d, int n, int n_act);
 
 /* Attention scores: s[i * s_stride + j] = dot(q + i * q_stride, k + j * k_stride) over n
  * values, for i < n_q, j < n_k; q f32, k f16 (cache rows).  Each sum is formed in an order
@@ -69,6 +79,10 @@ typedef struct {
      * table leaves them NULL so that a unit which overrides only vec_dot, e.g. NEON, keeps
      * using its own vec_dot for batches instead of inheriting scalar code) */
     sm_vec_dot_n_fn vec_dot_n[SM_TYPE_COUNT];
+    /* per weight type; NULL: none, callers use vec_dot_n / vec_dot.  Matched to the vec_dot
+     * of its own unit: a table that takes vec_dot[t] from another unit drops the inherited
+     * entry (dispatch.c). */
+    sm_vec_dot_tile_fn vec_dot_tile[SM_TYPE_COUNT];
     /* attention over the f16 KV cache (forward.c); never NULL */
     sm_attn_scores_fn attn_scores;
     sm_attn_pv_fn attn_pv;
@@ -125,6 +139,11 @@ int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols
 /* The same with X already quantized into the vec_dot type (Xq rows of sm_row_size). */
 int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                 const void *Xq, int64_t n_tok);
+/* As sm_matmul_q, every element from the table's vec_dot alone (one weight row against one
+ * activation row; no tile or multi-row kernels, no threads): the reference that the other
+ * paths must equal bit for bit (tests). */
+int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
+                        const void *Xq, int64_t n_tok);
 
 /* Several matmuls over the same X in one parallel region: Y_p (n_tok, n_rows_p) =
  * X @ W_p^T for every part, all W_p with n_cols columns and the same vec_dot type (else

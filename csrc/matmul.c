@@ -3,10 +3,13 @@
  * Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T.  Each row of X is quantized once into W's
  * vec_dot type; output rows are split over OpenMP threads in tiles, and inside a tile every
  * token is dotted against the same few weight rows while they are still in L1, so a batch
- * of tokens streams the weights from memory once.  Where the kernel table has a multi-row
- * dot (vec_dot_n), each weight row is also decoded once per group of SM_VEC_DOT_N_MAX
- * tokens instead of once per token, against Q8_0 activations with the groups' block scales
- * (as floats) and quant sums laid out once per call in a panel (fill_scale_panel). */
+ * of tokens streams the weights from memory once.  Where the kernel table has a tile
+ * kernel (vec_dot_tile), a row tile meets each group of up to SM_VEC_DOT_N_MAX tokens in
+ * one call, which decodes every weight block once per group and sums several weight rows
+ * side by side (also for a single token); else, where it has a multi-row dot (vec_dot_n),
+ * each weight row is decoded once per group of tokens instead of once per token.  Both
+ * read Q8_0 activations with the groups' block scales (as floats) and quant sums laid out
+ * once per call in a panel (fill_scale_panel).  Every path gives the floats of vec_dot. */
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -70,10 +73,27 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
 
+/* The kernels a matmul of n_tok tokens uses for one weight type: the tile kernel where
+ * the table has one, else the multi-row dot for several tokens, else vec_dot alone.
+ * Unused entries are NULL; dot is never NULL for a supported type. */
+typedef struct {
+    sm_vec_dot_fn dot;
+    sm_vec_dot_n_fn dot_n;
+    sm_vec_dot_tile_fn tile;
+} row_kernels;
+
+static row_kernels pick_kernels(const sm_kernels *k, int wtype, int64_t n_tok) {
+    row_kernels rk = {k->vec_dot[wtype], NULL, k->vec_dot_tile[wtype]};
+    if (!rk.tile && n_tok > 1) rk.dot_n = k->vec_dot_n[wtype];
+    return rk;
+}
+
 /* Float copies of the Q8_0 activation block scales and the blocks' quant sums, one panel
- * per group of SM_VEC_DOT_N_MAX tokens in the layout vec_dot_n reads (kernels.h): formed
- * here once per matmul instead of once per weight row in the kernels. */
-static int needs_scale_panels(int act_type, int64_t n_tok) { return act_type == SM_TYPE_Q8_0 && n_tok > 1; }
+ * per group of SM_VEC_DOT_N_MAX tokens in the layout vec_dot_n and vec_dot_tile read
+ * (kernels.h): formed here once per matmul instead of once per weight row in the kernels. */
+static int needs_scale_panels(const row_kernels *rk, int act_type) {
+    return act_type == SM_TYPE_Q8_0 && (rk->tile || rk->dot_n);
+}
 
 /* 4-byte entries per panel: a float scale and an int32 quant sum per block and token */
 static int64_t panel_entries(int64_t n_cols) { return 2 * (n_cols / QK8_0) * SM_VEC_DOT_N_MAX; }
@@ -108,11 +128,11 @@ static void fill_scale_panel(float *panels, const uint8_t *xq, int64_t x_row, in
 }
 
 /* Rows [r0, r1) of Y = X @ W^T (X already in W's vec_dot type; panels as above, or NULL
- * when the activations are not Q8_0). */
+ * when the kernels do not read them). */
 static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_t n_rows, const uint8_t *x,
                                int64_t x_row, const float *panels, int n, int64_t n_tok, int64_t r0, int64_t r1,
-                               sm_vec_dot_fn dot, sm_vec_dot_n_fn dot_n) {
-    if (dot_n) {
+                               const row_kernels *rk) {
+    if (rk->tile || rk->dot_n) {
         /* token groups outer, rows inner: the tile's weight rows and one group of
          * activation rows both stay in L1 */
         for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) {
@@ -120,18 +140,23 @@ static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_
             const uint8_t *xt = x + t0 * x_row;
             const float *a_d = panels ? panels + t0 / SM_VEC_DOT_N_MAX * panel_entries(n) : NULL;
             float *yt = Y + t0 * n_rows;
+            if (rk->tile) {
+                rk->tile(&yt[r0], (size_t)n_rows, w + r0 * w_row, (size_t)w_row, (int)(r1 - r0), xt, (size_t)x_row,
+                         a_d, n, (int)nt);
+                continue;
+            }
             for (int64_t r = r0; r < r1; r++) {
                 if (nt == 1)
-                    dot(&yt[r], w + r * w_row, xt, n);
+                    rk->dot(&yt[r], w + r * w_row, xt, n);
                 else
-                    dot_n(&yt[r], (size_t)n_rows, w + r * w_row, xt, (size_t)x_row, a_d, n, (int)nt);
+                    rk->dot_n(&yt[r], (size_t)n_rows, w + r * w_row, xt, (size_t)x_row, a_d, n, (int)nt);
             }
         }
     } else {
         for (int64_t t = 0; t < n_tok; t++) {
             const uint8_t *xt = x + t * x_row;
             float *yt = Y + t * n_rows;
-            for (int64_t r = r0; r < r1; r++) dot(&yt[r], w + r * w_row, xt, n);
+            for (int64_t r = r0; r < r1; r++) rk->dot(&yt[r], w + r * w_row, xt, n);
         }
     }
 }
@@ -149,16 +174,13 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     const int64_t w_row = sm_row_size(wtype, n_cols);
     const int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols);
     if (w_row < 0 || x_row < 0 || n_rows < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
-    const sm_kernels *k = sm_kernels_current();
-    const sm_vec_dot_fn dot = k->vec_dot[wtype];
-    if (!dot) return SM_E_TYPE;
-    /* several tokens: each weight block decoded once for up to SM_VEC_DOT_N_MAX of them */
-    const sm_vec_dot_n_fn dot_n = n_tok > 1 ? k->vec_dot_n[wtype] : NULL;
+    const row_kernels rk = pick_kernels(sm_kernels_current(), wtype, n_tok);
+    if (!rk.dot) return SM_E_TYPE;
 
     const uint8_t *w = (const uint8_t *)W;
     const uint8_t *x = (const uint8_t *)Xq;
     float *panels = NULL;
-    if (dot_n && needs_scale_panels(sm_vec_dot_type(wtype), n_tok)) {
+    if (needs_scale_panels(&rk, sm_vec_dot_type(wtype))) {
         panels = malloc(sizeof(float) * (size_t)panels_entries(n_cols, n_tok));
         if (!panels) return SM_E_NOMEM;
         for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
@@ -176,9 +198,23 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     for (int64_t tile = 0; tile < n_tiles; tile++) {
         const int64_t r0 = tile * ROW_TILE;
         const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
-        matmul_tile(Y, w, w_row, n_rows, x, x_row, panels, n, n_tok, r0, r1, dot, dot_n);
+        matmul_tile(Y, w, w_row, n_rows, x, x_row, panels, n, n_tok, r0, r1, &rk);
     }
     free(panels);
+    return SM_OK;
+}
+
+int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
+                        const void *Xq, int64_t n_tok) {
+    if (!sm_type_supported(wtype)) return SM_E_TYPE;
+    const int64_t w_row = sm_row_size(wtype, n_cols);
+    const int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols);
+    if (w_row < 0 || x_row < 0 || n_rows < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
+    const sm_vec_dot_fn dot = sm_kernels_current()->vec_dot[wtype];
+    if (!dot) return SM_E_TYPE;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < n_rows; r++)
+            dot(&Y[t * n_rows + r], (const uint8_t *)W + r * w_row, (const uint8_t *)Xq + t * x_row, (int)n_cols);
     return SM_OK;
 }
 
@@ -199,8 +235,7 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
     const int64_t x_row = sm_row_size(at, n_cols);
     if (x_row < 0) return SM_E_SHAPE;
     int64_t first_tile[SM_MATMUL_MAX_PARTS + 1], w_row[SM_MATMUL_MAX_PARTS];
-    sm_vec_dot_fn dot[SM_MATMUL_MAX_PARTS];
-    sm_vec_dot_n_fn dot_n[SM_MATMUL_MAX_PARTS];
+    row_kernels rk[SM_MATMUL_MAX_PARTS];
     int64_t bytes = 0;
     first_tile[0] = 0;
     for (int p = 0; p < n_parts; p++) {
@@ -208,20 +243,18 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
         if (!sm_type_supported(t) || sm_vec_dot_type(t) != at) return SM_E_TYPE;
         w_row[p] = sm_row_size(t, n_cols);
         if (w_row[p] < 0 || parts[p].n_rows < 0) return SM_E_SHAPE;
-        dot[p] = k->vec_dot[t];
-        if (!dot[p]) return SM_E_TYPE;
-        dot_n[p] = n_tok > 1 ? k->vec_dot_n[t] : NULL;
+        rk[p] = pick_kernels(k, t, n_tok);
+        if (!rk[p].dot) return SM_E_TYPE;
         first_tile[p + 1] = first_tile[p] + (parts[p].n_rows + ROW_TILE - 1) / ROW_TILE;
         bytes += parts[p].n_rows * w_row[p];
     }
     const uint8_t *x = (const uint8_t *)X;
     float *panels = NULL;
-    int any_dot_n = 0;
-    for (int p = 0; p < n_parts; p++) any_dot_n |= dot_n[p] != NULL;
+    int with_panels = 0;
+    for (int p = 0; p < n_parts; p++) with_panels |= needs_scale_panels(&rk[p], at);
     if (at != SM_TYPE_F32) {
         /* quantized rows, then (64-byte aligned) the scale panels */
         const size_t xq_bytes = ((size_t)(x_row * (n_tok > 0 ? n_tok : 1)) + 63) & ~(size_t)63;
-        const int with_panels = any_dot_n && needs_scale_panels(at, n_tok);
         const size_t panel_bytes = with_panels ? sizeof(float) * (size_t)panels_entries(n_cols, n_tok) : 0;
         uint8_t *xq = workspace_reserve(ws, xq_bytes + panel_bytes);
         if (!xq) return SM_E_NOMEM;
@@ -260,7 +293,7 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
             const int64_t r0 = (tile - first_tile[p]) * ROW_TILE;
             const int64_t r1 = r0 + ROW_TILE < rows ? r0 + ROW_TILE : rows;
             matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, w_row[p], rows, x, x_row, panels, n, n_tok,
-                        r0, r1, dot[p], dot_n[p]);
+                        r0, r1, &rk[p]);
         }
     }
     return SM_OK;

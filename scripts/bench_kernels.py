@@ -68,15 +68,19 @@ def memory_bandwidth(threads, repeat):
     return buf.nbytes / seconds / 1e9
 
 
-BATCH_SHAPES = [("Q5_0", 2048, 640), ("Q4_K", 640, 2048), ("Q6_K", 640, 2048), ("Q8_0", 262144, 640)]
+BATCH_SHAPES = [("Q4_0", 2048, 640), ("Q5_0", 2048, 640), ("Q4_K", 640, 2048), ("Q6_K", 640, 2048),
+                ("Q8_0", 262144, 640)]
 
 
-def batch_table(isas, threads, repeat, rng):
-    """Batched decode: one matmul of n_tok tokens vs n_tok single-token matvecs."""
+def batch_table(types, isas, threads, repeat, rng):
+    """Batched decode: one matmul of n_tok tokens vs n_tok single-token matvecs, for the
+    shapes of BATCH_SHAPES whose type is in `types`."""
     kernels.set_threads(threads)
     print(f"\nbatched decode, {threads} thread(s): time per matmul call; speedup = n_tok x t(1) / t(n_tok)")
     print(f"{'type':6} {'rows x cols':>12} {'isa':7} {'n_tok':>5} {'ms/call':>9} {'tok/s':>9} {'speedup':>8}")
     for wtype, rows, cols in BATCH_SHAPES:
+        if wtype not in types:
+            continue
         w = make_weights(wtype, rows, cols, rng)
         # small matrices: repeat inside one timing so each sample is well above timer noise
         inner = max(1, int(2e7 // w.nbytes))
@@ -109,7 +113,7 @@ def main():
     parser.add_argument("--batch-only", action="store_true", help="only the batched-decode table")
     args = parser.parse_args()
     if args.batch_only:
-        batch_table(args.isas.split(","), 1, args.repeat, np.random.default_rng(0))
+        batch_table(args.types.split(","), args.isas.split(","), 1, args.repeat, np.random.default_rng(0))
         return
 
     rng = np.random.default_rng(0)
@@ -137,7 +141,7 @@ def main():
                 print(f"{wtype:6} {shape_name:8} {f'{rows}x{cols}':>14} {w.nbytes / 2**20:7.1f} {isa:7} "
                       + " ".join(cells), flush=True)
     if args.batch:
-        batch_table(args.isas.split(","), 1, args.repeat, rng)
+        batch_table(args.types.split(","), args.isas.split(","), 1, args.repeat, rng)
     kernels.set_threads(all_threads)
 
 

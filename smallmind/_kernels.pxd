@@ -33,4 +33,6 @@ cdef extern from "kernels.h" nogil:
                   const float *X, int64_t n_tok, sm_workspace *ws)
     int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                     const void *Xq, int64_t n_tok)
+    int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
+                            const void *Xq, int64_t n_tok)
     uint64_t sm_read_memory(const void *buf, size_t n_bytes, int n_threads)

@@ -185,8 +185,9 @@ def matmul(cnp.ndarray w not None, int wtype, int64_t n_cols, cnp.ndarray x not 
 
 
 def matmul_q(cnp.ndarray w not None, int wtype, int64_t n_cols, cnp.ndarray xq not None,
-             cnp.ndarray out=None):
-    """As matmul, with activations already quantized by quantize_activation."""
+             cnp.ndarray out=None, bint vec_dot_only=False):
+    """As matmul, with activations already quantized by quantize_activation.  vec_dot_only:
+    every element from the kernel table's one-row vec_dot (the reference for tests)."""
     cdef int64_t n_rows = _weight_rows(w, wtype, n_cols)
     cdef int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols)
     if not xq.flags.c_contiguous or xq.nbytes % x_row != 0:
@@ -198,7 +199,10 @@ def matmul_q(cnp.ndarray w not None, int wtype, int64_t n_cols, cnp.ndarray xq n
     cdef const void *Xq = cnp.PyArray_DATA(xq)
     cdef int rc
     with nogil:
-        rc = sm_matmul_q(Y, W, wtype, n_rows, n_cols, Xq, n_tok)
+        if vec_dot_only:
+            rc = sm_matmul_q_vec_dot(Y, W, wtype, n_rows, n_cols, Xq, n_tok)
+        else:
+            rc = sm_matmul_q(Y, W, wtype, n_rows, n_cols, Xq, n_tok)
     check(rc, "matmul")
     return out
 

@@ -111,8 +111,11 @@ def matmul(raw_w: np.ndarray, wtype, n_cols: int, x: np.ndarray, out=None, works
                  np.asarray(x), out, workspace)
 
 
-def matmul_q(raw_w: np.ndarray, wtype, n_cols: int, xq: np.ndarray, out=None) -> np.ndarray:
-    return _call(_kernels.matmul_q, np.ascontiguousarray(raw_w), type_id(wtype), n_cols, xq, out)
+def matmul_q(raw_w: np.ndarray, wtype, n_cols: int, xq: np.ndarray, out=None,
+             vec_dot_only: bool = False) -> np.ndarray:
+    """As matmul with quantized activations.  vec_dot_only: each element from the current
+    table's one-row vec_dot, one by one (the reference the batched kernels must equal)."""
+    return _call(_kernels.matmul_q, np.ascontiguousarray(raw_w), type_id(wtype), n_cols, xq, out, vec_dot_only)
 
 
 configure_from_env()

@@ -73,6 +73,7 @@ class Kernels(ctypes.Structure):
         ("vec_dot", ctypes.c_void_p * N_SLOTS),
         ("quantize", ctypes.c_void_p * N_SLOTS),
         ("vec_dot_n", ctypes.c_void_p * N_SLOTS),
+        ("vec_dot_tile", ctypes.c_void_p * N_SLOTS),
         ("attn_scores", ctypes.c_void_p),
         ("attn_pv", ctypes.c_void_p),
     ]

@@ -287,6 +287,44 @@ def test_batched_matmul_real_default_model_rows(isa):
                                    err_msg=f"{name} ({isa})")
 
 
+# 32-block rows as the tile kernels (vec_dot_tile) see them: block counts with every
+# remainder mod 4 (the leftover blocks of vec_dot's 4-block groups), row counts around the
+# 8-row tiles, and 203 rows (several threads, a ragged last 16-row chunk).
+TILE_COLS = [32, 96, 160, 640, 1024]  # 1, 3, 5, 20, 32 blocks
+TILE_ROWS = [1, 7, 8, 9, 17]
+
+
+def random_raw_32_blocks(wtype: str, n_rows: int, n_cols: int, rng) -> np.ndarray:
+    """Random bytes with small fp16 scales: Q8_0 quants of -128, any Q5_0 high bits."""
+    nbytes = {"Q4_0": 18, "Q5_0": 22, "Q8_0": 34}[wtype]
+    n_blocks = n_rows * n_cols // 32
+    raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
+    raw[:, :2] = (rng.random(n_blocks) * 0.02).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(n_rows, -1)
+
+
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q5_0", "Q8_0"])
+@pytest.mark.parametrize("n_cols", TILE_COLS)
+def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
+    """Every path of matmul (tile kernel, multi-row dot, one token or up to 9, any row
+    count) gives, for each (weight row, token), exactly the float of the ISA's vec_dot for
+    that pair alone: batching and tiling never change a result."""
+    rng = np.random.default_rng(20 + n_cols)
+    x = rng.standard_normal((9, n_cols)).astype(np.float32)
+    x *= 1 + 20 * rng.random((9, n_cols // 32, 1)).astype(np.float32).repeat(32, axis=2).reshape(9, n_cols)
+    xq = kernels.quantize_activation(x, wtype)
+    for n_rows in TILE_ROWS + [203]:
+        for raw in (random_rows(wtype, n_rows, n_cols, rng), random_raw_32_blocks(wtype, n_rows, n_cols, rng)):
+            reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
+            for n_tok in range(1, 10):
+                got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
+                np.testing.assert_array_equal(got.view(np.uint32), reference[:n_tok].view(np.uint32),
+                                              err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})")
+            # the float entry point (quantizes, then sm_matmul_multi) agrees too
+            np.testing.assert_array_equal(kernels.matmul(raw, wtype, n_cols, x).view(np.uint32),
+                                          reference.view(np.uint32))
+
+
 # ---- attention kernels (sm_kernels.attn_scores / attn_pv), through a small ctypes build ----
 
 ATTN_SHIM = r"""
