@@ -168,12 +168,21 @@ static int64_t tile_chunk(int64_t n_tiles, int n_thr) {
     return chunk < 1 ? 1 : chunk;
 }
 
+/* Row sizes of W and of its quantized activations for sm_matmul_q and its reference;
+ * SM_OK, or the error for an unsupported type or a bad shape. */
+static int q_row_sizes(int wtype, int64_t n_rows, int64_t n_cols, int64_t n_tok, int64_t *w_row, int64_t *x_row) {
+    if (!sm_type_supported(wtype)) return SM_E_TYPE;
+    *w_row = sm_row_size(wtype, n_cols);
+    *x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols);
+    if (*w_row < 0 || *x_row < 0 || n_rows < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
+    return SM_OK;
+}
+
 int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                 const void *Xq, int64_t n_tok) {
-    if (!sm_type_supported(wtype)) return SM_E_TYPE;
-    const int64_t w_row = sm_row_size(wtype, n_cols);
-    const int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols);
-    if (w_row < 0 || x_row < 0 || n_rows < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
+    int64_t w_row, x_row;
+    const int rc = q_row_sizes(wtype, n_rows, n_cols, n_tok, &w_row, &x_row);
+    if (rc != SM_OK) return rc;
     const row_kernels rk = pick_kernels(sm_kernels_current(), wtype, n_tok);
     if (!rk.dot) return SM_E_TYPE;
 
@@ -206,10 +215,9 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
 
 int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                         const void *Xq, int64_t n_tok) {
-    if (!sm_type_supported(wtype)) return SM_E_TYPE;
-    const int64_t w_row = sm_row_size(wtype, n_cols);
-    const int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols);
-    if (w_row < 0 || x_row < 0 || n_rows < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
+    int64_t w_row, x_row;
+    const int rc = q_row_sizes(wtype, n_rows, n_cols, n_tok, &w_row, &x_row);
+    if (rc != SM_OK) return rc;
     const sm_vec_dot_fn dot = sm_kernels_current()->vec_dot[wtype];
     if (!dot) return SM_E_TYPE;
     for (int64_t t = 0; t < n_tok; t++)
