@@ -35,6 +35,7 @@ class Update:
     finish_reason: str | None = None
     n_tokens: int = 0          # completion tokens so far
     logprobs: list = field(default_factory=list)   # TokenLogprob of the tokens of this step
+    n_cached_prompt: int = 0   # prompt tokens its sequence took from the prefix cache
 
 
 @dataclass
@@ -221,7 +222,7 @@ class Scheduler:
                 text += tail if stopped else tail + choice.stops.flush()
             choice.finish_reason = "stop" if stopped else seq.finish_reason
         logprobs = [event.logprob] if event.logprob is not None else []
-        return Update(choice.index, text, choice.finish_reason, len(seq.output_ids), logprobs)
+        return Update(choice.index, text, choice.finish_reason, len(seq.output_ids), logprobs, seq.n_reused)
 
     def _side(self, job: SideJob) -> None:
         if job.kind == "embed":

@@ -42,7 +42,7 @@ def test_exposed_names_match_the_specification():
     assert set(EXPOSED_NAMES) == {
         "smallmind_requests_total", "smallmind_requests_inflight", "smallmind_request_duration_ms",
         "smallmind_tokens_generated_total", "smallmind_prompt_tokens_total",
-        "smallmind_queue_depth",
+        "smallmind_prompt_tokens_cached_total", "smallmind_queue_depth",
         "smallmind_time_to_first_token_ms", "smallmind_active_batch_size",
         "smallmind_active_sequences", "smallmind_rejected_requests_total",
         "smallmind_timed_out_requests_total", "smallmind_model_ready",
@@ -97,9 +97,10 @@ def test_histogram_buckets_span_one_millisecond_to_five_minutes():
 def test_token_counters_accumulate():
     metrics = ServerMetrics()
     metrics.tokens(prompt=12, completion=30)
-    metrics.tokens(prompt=3, completion=0)
+    metrics.tokens(prompt=3, completion=0, cached=2)
     assert value(metrics, "smallmind_prompt_tokens_total") == 15
     assert value(metrics, "smallmind_tokens_generated_total") == 30
+    assert value(metrics, "smallmind_prompt_tokens_cached_total") == 2
 
 
 def test_negative_inputs_are_clamped_rather_than_raising():

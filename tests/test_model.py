@@ -35,7 +35,7 @@ import math
 import numpy as np
 import pytest
 
-from smallmind.engine.model import Model
+from smallmind.engine.model import Model, read_model_config
 from smallmind.errors import ModelFormatError
 from smallmind.gguf import GGMLType, write_gguf
 from tests.conftest import default_model_path, reference_path
@@ -272,7 +272,9 @@ def test_default_model_config(gemma):
     assert c.sliding_window == 512 and c.layer_swa == tuple(int(i % 6 < 5) for i in range(18))
     assert c.attn_scale == 1 / 16 and c.embed_scale == pytest.approx(math.sqrt(640))
     assert gemma.gguf.metadata["general.architecture"] == "gemma3"
-    assert gemma.kv_bytes() > 0
+    # what the server sizes its prefix cache by is what the native model allocates
+    assert c.kv_bytes_per_slot(1024, 128) * gemma.n_slots == gemma.kv_bytes()
+    assert read_model_config(default_model_path()) == c
 
 
 # ---------------------------------------------------------------------------------------

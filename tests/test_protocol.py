@@ -410,7 +410,9 @@ def test_new_id():
 
 
 def test_usage():
-    assert p.usage(3, 4) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert p.usage(3, 4) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
+    assert p.usage(30, 4, 16)["prompt_tokens_details"] == {"cached_tokens": 16}
 
 
 def test_chat_completion_shape():

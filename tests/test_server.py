@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from conftest import REPO, default_model_path
-from server_process import ServerProcess, http
+from server_process import ServerProcess, http, metric
 
 N_CTX = 1024
 GEMMA_TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
@@ -379,3 +379,41 @@ def test_unloadable_model_keeps_probes_answering(tmp_path):
         assert status == 503 and json.loads(body)["error"]["type"] == "service_unavailable"
     finally:
         proc.stop()
+
+
+SYSTEM_PROMPT = ("You answer questions about the sea. " * 30).strip()
+
+
+def ask_with_system(client, question: str, **kw):
+    return client.chat.completions.create(
+        model="default", max_tokens=4, temperature=0,
+        messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}], **kw)
+
+
+def test_prefix_cache_reuses_a_shared_system_prompt(server, client):
+    """The second request with the same long system prompt finds it cached (usage says how
+    many prompt tokens came from the cache, as OpenAI's API does), and answers exactly as a
+    server without the cache does."""
+    first = ask_with_system(client, "Why is it salty?")
+    second = ask_with_system(client, "Why is it blue?")
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens > 200
+    assert 200 < cached < second.usage.prompt_tokens
+    no_cache = ServerProcess(f"--ServerOptions:MaxContextTokens={N_CTX}", "--prefix-cache-mib", "0").wait_ready()
+    try:
+        cold = openai.OpenAI(base_url=no_cache.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        ask_with_system(cold, "Why is it salty?")
+        again = ask_with_system(cold, "Why is it blue?")
+    finally:
+        no_cache.stop()
+    assert again.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.choices[0].message.content == second.choices[0].message.content
+
+
+def test_prefix_cache_usage_in_streams_and_metrics(server, client):
+    ask_with_system(client, "What lives there?")
+    before = metric(server.url, "smallmind_prompt_tokens_cached_total")
+    chunks = list(ask_with_system(client, "What lives there?", stream=True, stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1   # all but the last
+    assert metric(server.url, "smallmind_prompt_tokens_cached_total") == before + usage.prompt_tokens - 1

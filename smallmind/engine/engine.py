@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
 from smallmind.engine.sampling import Sampler, SamplingParams, token_and_top_logprobs
 from smallmind.errors import RequestValidationError
 
@@ -27,6 +28,7 @@ class Sequence:
     sampler: Sampler
     slot: int = -1
     n_cached: int = 0               # positions of this sequence already in the KV cache
+    n_reused: int = 0               # prompt positions it found cached (prefix cache) when it started
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     constraint: object = None         # grammar state: mask_logits(row) / advance(id) (engine.grammar)
@@ -89,19 +91,35 @@ def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
 
 class Engine:
     def __init__(self, model, eog_ids: frozenset[int] | set[int] = frozenset(), max_batch_tokens: int | None = None,
-                 n_slots: int | None = None):
+                 n_slots: int | None = None, max_running: int | None = None, prefix_cache: bool = True,
+                 prefill_chunk: int = 128):
         """n_slots: how many of the model's KV slots (the first ones) this engine may use; the
-        rest stay free for other work of the same thread (the server embeds in the last one)."""
+        rest stay free for other work of the same thread (the server embeds in the last one).
+        max_running: sequences that generate at once (default n_slots); slots beyond it only
+        keep finished sequences' caches for prompts that start the same way (prefix_cache).
+        prefill_chunk: prompt tokens per step while other sequences decode, so a long prompt
+        delays their next token by one short step rather than one long one."""
         self.model = model
         self.eog_ids = frozenset(eog_ids)
         self.max_batch_tokens = max_batch_tokens or model.max_batch_tokens
         n_slots = model.n_slots if n_slots is None else n_slots
         if not 1 <= n_slots <= model.n_slots:
             raise ValueError(f"n_slots must be between 1 and the model's {model.n_slots}")
-        self.free_slots = list(range(n_slots))[::-1]
+        self.max_running = n_slots if max_running is None else max_running
+        if not 1 <= self.max_running <= n_slots:
+            raise ValueError(f"max_running must be between 1 and n_slots ({n_slots})")
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be positive")
+        self.prefill_chunk = prefill_chunk
+        self.pool = SlotPool(list(range(n_slots)), reuse=prefix_cache)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.reused_tokens = 0          # prompt positions taken from the prefix cache, in total
         self._ids = itertools.count(1)
+
+    @property
+    def free_slots(self) -> list[int]:
+        return self.pool.slots()
 
     # ---- admission ----
 
@@ -135,24 +153,55 @@ class Engine:
         return bool(self.waiting or self.running)
 
     def _admit(self) -> None:
-        while self.waiting and self.free_slots:
+        while self.waiting and len(self.pool) and len(self.running) < self.max_running:
             seq = self.waiting.popleft()
-            seq.slot = self.free_slots.pop()
-            seq.n_cached = 0
+            seq.slot, seq.n_cached = self._place(seq.prompt_ids)
+            seq.n_reused = seq.n_cached
+            self.reused_tokens += seq.n_reused
             self.running.append(seq)
+
+    def _place(self, prompt_ids: list[int]) -> tuple[int, int]:
+        """The slot a new sequence runs in, and how many of its prompt positions that slot
+        holds: those an idle slot kept from its last sequence, or those copied from a running
+        sequence that shares more of the prompt."""
+        slot, n_held = self.pool.take(prompt_ids)
+        donor, n_shared = self._running_prefix(prompt_ids)
+        if n_shared > n_held:
+            try:
+                self.model.copy_slot(donor.slot, slot, n_shared)
+                return slot, n_shared
+            except ValueError:   # the donor's sliding-window ring has moved past the prefix
+                pass
+        try:   # drop what the slot holds beyond the shared part (refused like the copy above)
+            self.model.copy_slot(slot, slot, n_held)
+        except ValueError:
+            n_held = 0
+        return slot, n_held
+
+    def _running_prefix(self, prompt_ids: list[int]) -> tuple[Sequence | None, int]:
+        """The running sequence whose cached positions share the longest prefix with
+        prompt_ids, and that length (leaving the last prompt token to run)."""
+        best, best_n = None, 0
+        if self.pool.reuse:
+            for seq in self.running:
+                n = common_prefix_len(seq.all_ids[:seq.n_cached], prompt_ids)
+                if n > best_n and n >= MIN_REUSE:
+                    best, best_n = seq, n
+        return best, min(best_n, len(prompt_ids) - 1)
 
     def _release(self, seq: Sequence) -> None:
         if seq in self.running:
             self.running.remove(seq)
         if seq.slot >= 0:
-            self.free_slots.append(seq.slot)
+            self.pool.release(seq.slot, seq.all_ids[:seq.n_cached])
             seq.slot = -1
 
     # ---- one step ----
 
     def _plan(self) -> "_Batch":
         """Tokens for this step: decode tokens first (they keep streams flowing), then prompt
-        chunks in arrival order within what is left of the token budget."""
+        chunks in arrival order within what is left of the token budget, which is at most
+        prefill_chunk prompt tokens while anything decodes."""
         batch = _Batch()
         budget = self.max_batch_tokens
         decoding = [s for s in self.running if s.n_cached >= len(s.prompt_ids)]
@@ -162,6 +211,8 @@ class Engine:
                 break
             batch.add(seq, [seq.all_ids[seq.n_cached]], sample=True)
             budget -= 1
+        if decoding:
+            budget = min(budget, self.prefill_chunk)
         for seq in prefilling:
             if budget == 0:
                 break

@@ -65,6 +65,16 @@ class ModelConfig:
         del d["context_length"]
         return d
 
+    def kv_bytes_per_slot(self, n_ctx: int, max_batch_tokens: int) -> int:
+        """KV-cache bytes of one slot as the native model allocates them: f16 keys and values,
+        n_ctx positions on global layers, a ring of sliding_window + max_batch_tokens on
+        sliding-window layers (n_ctx capped at the trained context, as Model.load does)."""
+        if self.context_length:
+            n_ctx = min(n_ctx, self.context_length)
+        ring = min(self.sliding_window + max_batch_tokens, n_ctx) if self.sliding_window > 0 else n_ctx
+        kv_dim = self.n_kv_heads * self.head_dim
+        return sum(2 * (ring if swa else n_ctx) * kv_dim * 2 for swa in self.layer_swa)
+
 
 def _fail(path, msg: str) -> ModelFormatError:
     return ModelFormatError(f"{path}: {msg}")
@@ -133,6 +143,15 @@ def read_config(gguf: GGUFFile) -> ModelConfig:
         embed_scale=math.sqrt(dim) if gemma else 1.0,
         act=ACT_GELU_TANH if gemma else ACT_SILU, sliding_window=window, layer_swa=layer_swa,
         context_length=int(key("context_length", 0) or 0))
+
+
+def read_model_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """The ModelConfig of a GGUF file, without loading the model (to size it first)."""
+    gguf = GGUFFile(path)
+    try:
+        return read_config(gguf)
+    finally:
+        gguf.close()
 
 
 def _expected_shapes(cfg: ModelConfig) -> tuple[dict, dict]:

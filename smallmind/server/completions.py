@@ -44,6 +44,7 @@ class PostHandler(BaseHandler):
         self._updates: asyncio.Queue | None = None
         self.grammar = None                 # chat: the grammar every choice decodes under
         self.token_index = None
+        self.cached_tokens = 0              # prompt tokens the prefix cache supplied
 
     def prepare(self) -> None:
         self.state.active_requests += 1
@@ -129,7 +130,7 @@ class PostHandler(BaseHandler):
                     await self.stream(shape, req.include_usage)
                 else:
                     texts, reasons, logprobs = await self.collect(len(prompts) * req.n)
-                    usage = protocol.usage(self.prompt_tokens, self.completion_tokens)
+                    usage = protocol.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
                     self.send_json(shape.response(texts, reasons, usage, logprobs))
         except (ClientGone, tornado.iostream.StreamClosedError):
             self.end_generation(None)
@@ -142,7 +143,7 @@ class PostHandler(BaseHandler):
                 self.log_exception(type(e), e, e.__traceback__)
             await self.stream_error(e)
         finally:
-            self.state.metrics.tokens(self.prompt_tokens, self.completion_tokens)
+            self.state.metrics.tokens(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
 
     def submit(self, prompts: list[list[int]], budgets: list[int], req) -> None:
         """One job per prompt, n choices each, all feeding one queue of updates."""
@@ -161,7 +162,8 @@ class PostHandler(BaseHandler):
     async def updates(self, n_choices: int):
         """Yields lists of Update until every choice has finished."""
         open_choices, first = n_choices, True
-        n_tokens = [0] * n_choices
+        n_tokens, n_cached = [0] * n_choices, [0] * n_choices
+        n_per_prompt = len(self._jobs[0].params)
         while open_choices:
             remaining = self.remaining_s()
             try:
@@ -176,9 +178,11 @@ class PostHandler(BaseHandler):
                 first = False
                 self.state.metrics.first_token((time.perf_counter() - self.started) * 1000)
             for u in item:
-                n_tokens[u.index] = u.n_tokens
+                n_tokens[u.index], n_cached[u.index] = u.n_tokens, u.n_cached_prompt
                 open_choices -= u.finish_reason is not None
             self.completion_tokens = sum(n_tokens)
+            # a prompt's tokens count once in usage, so do its cached ones (its first choice's)
+            self.cached_tokens = sum(n_cached[::n_per_prompt])
             yield item
 
     async def collect(self, n_choices: int) -> tuple[list[str], list[str], list[list]]:
@@ -217,7 +221,8 @@ class PostHandler(BaseHandler):
                     self.write_event(event)
             await self.flush_in_time()
         if include_usage:
-            self.write_event(shape.usage_chunk(protocol.usage(self.prompt_tokens, self.completion_tokens)))
+            usage = protocol.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+            self.write_event(shape.usage_chunk(usage))
         self.write_event("[DONE]")
         self.finish()
 

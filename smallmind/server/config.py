@@ -57,6 +57,7 @@ class ServerOptions:
     api_key: str | None = None
     cors_origins: str | None = None
     drain_timeout_ms: int = 30_000
+    prefix_cache_mib: int = 256
 
     @property
     def api_keys(self) -> list[str]:
@@ -142,6 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
             "origins allowed by CORS, comma-separated, or * (unset: CORS off)", flag=True),
     Setting("DrainTimeoutMs", "drain_timeout_ms", int,
             "on SIGTERM, how long in-flight requests may finish before exit", low=0, flag=True),
+    Setting("PrefixCacheMiB", "prefix_cache_mib", int,
+            "memory (MiB) for the KV caches of finished requests, reused by new prompts that "
+            "start the same way (0: no reuse)", low=0, flag=True),
 )
 
 _BY_KEY = {s.key.lower(): s for s in SETTINGS}

