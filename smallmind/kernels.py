@@ -2,7 +2,8 @@
 
 The instruction set is chosen once, at import: SMALLMIND_ISA (scalar|avx2|avx512|neon)
 forces one and is an error if this CPU lacks it; otherwise the best available is used.
-SMALLMIND_THREADS sets the OpenMP thread count (default: all usable cores)."""
+SMALLMIND_THREADS sets the OpenMP thread count (default: the physical cores this process may
+use, within its cgroup CPU quota)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import os
 import numpy as np
 
 from smallmind import _kernels
+from smallmind.cpu_budget import default_threads
 from smallmind.errors import ConfigError, IsaError, KernelError
 
 # ggml type ids of the weight types the kernels read.
@@ -50,9 +52,10 @@ def select_isa(name: str) -> None:
 
 
 def set_threads(n: int) -> None:
+    """n OpenMP threads for the kernels; 0: the default (usable_cores)."""
     if n < 0:
-        raise ConfigError(f"thread count must be >= 0 (0 = all cores), got {n}")
-    _kernels.set_threads(n)
+        raise ConfigError(f"thread count must be >= 0 (0 = the default), got {n}")
+    _kernels.set_threads(n or usable_cores())
 
 
 def get_threads() -> int:
@@ -60,10 +63,9 @@ def get_threads() -> int:
 
 
 def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The default thread count: physical cores this process may use, within its cgroup CPU
+    quota (see cpu_budget)."""
+    return default_threads()
 
 
 def configure_from_env(environ=os.environ) -> None:

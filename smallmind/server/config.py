@@ -132,7 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
             low=0, high=1, low_exclusive=True),
     Setting("DefaultTopK", "default_top_k", int, "top_k when a request gives none (0: off)",
             low=0),
-    Setting("Threads", "threads", int, "compute threads (0: all usable cores)", low=0,
+    Setting("Threads", "threads", int, "compute threads (0: one per physical core, within the CPU quota)", low=0,
             flag=True),
     Setting("MaxBodyBytes", "max_body_bytes", int,
             "largest request body accepted; larger ones get 413", low=1024),
