@@ -417,3 +417,19 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
         lib.pv(isa, f(o2.ctypes.data), ctypes.c_size_t(n), f(pb.ctypes.data), ctypes.c_size_t(n_k - h), n_q,
                f(v[h:].ctypes.data), ctypes.c_size_t(n), n_k - h, n)
         np.testing.assert_array_equal(o2, o)
+
+
+def test_openmp_threads_sleep_while_waiting_unless_told_otherwise():
+    """libgomp reads OMP_WAIT_POLICY when it loads: importing smallmind sets it first, and a
+    user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, smallmind._kernels; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="active"),
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "active"
