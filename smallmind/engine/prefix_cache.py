@@ -55,8 +55,3 @@ class SlotPool:
                     best_slot, best_n = slot, n
         del self._held[best_slot]
         return best_slot, min(best_n, len(prompt_ids) - 1)
-
-    def forget(self) -> None:
-        """Drop every cached prefix (the cache's contents are no longer known to be good)."""
-        for slot in self._held:
-            self._held[slot] = []
