@@ -70,6 +70,10 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
     return p;
 }
 
+/* Activations of at most this many values (n_tok x n_cols) are quantized by the calling
+ * thread before the parallel region (sm_matmul_multi). */
+#define PREP_SERIAL_MAX 16384
+
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
 
@@ -279,16 +283,28 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
     (void)chunk;
     (void)use_threads;
 
-    /* one parallel region: quantize the activations (rows split over threads), then all
-     * parts' row tiles as one list */
+    /* Small batches (decode) quantize and fill panels here: a few microseconds of work,
+     * where splitting it over threads would cost two more barriers per matmul, and a
+     * decode step runs ~100 matmuls.  Larger ones split it inside the region. */
+    const int prep_in_region = use_threads && n_tok * n_cols > PREP_SERIAL_MAX;
+    if (!prep_in_region) {
+        if (at != SM_TYPE_F32)
+            for (int64_t t = 0; t < n_tok; t++) quantize((uint8_t *)x + t * x_row, X + t * n_cols, n_cols);
+        if (panels)
+            for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX)
+                fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
+    }
+
+    /* one parallel region: (large batches) quantize the activations, rows split over
+     * threads, then all parts' row tiles as one list */
 #pragma omp parallel num_threads(n_thr) if (use_threads)
     {
-        if (at != SM_TYPE_F32) {
+        if (prep_in_region && at != SM_TYPE_F32) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < n_tok; t++)
                 quantize((uint8_t *)x + t * x_row, X + t * n_cols, n_cols);
         }
-        if (panels) {
+        if (prep_in_region && panels) {
 #pragma omp for schedule(static)
             for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX)
                 fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
