@@ -72,9 +72,10 @@ def fresh_logits(model, prompt):
     model.copy_slot(slot, slot, 0)
     for start in range(0, len(prompt), step):
         chunk = np.asarray(prompt[start:start + step], np.int32)
+        last = start + step >= len(prompt)
         logits = model.forward(chunk, np.full(len(chunk), slot, np.int32),
                                np.arange(start, start + len(chunk), dtype=np.int32),
-                               np.asarray([len(chunk) - 1], np.int32))
+                               np.asarray([len(chunk) - 1] if last else [], np.int32))
     return logits[0]
 
 
@@ -208,14 +209,15 @@ def gemma(default_model):
 
 def test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it(gemma):
     """Sliding-window layers keep sliding_window + max_batch_tokens positions per slot: after a
-    700-token prompt, a 100-token prefix is gone from the ring (no reuse), a 690-token one
-    is not (reuse); both give exactly the logits of a fresh run."""
-    assert gemma.config.sliding_window == 512
+    700-token prompt, a 690-token prefix is still in the ring (reuse); after the 692 tokens
+    that reuse leaves in the slot, a 100-token prefix is gone from it (no reuse).  Both give
+    exactly the logits of a fresh run."""
+    assert gemma.config.sliding_window == 512 and gemma.max_batch_tokens == 64
     rng = np.random.default_rng(5)
     long_prompt = [2] + rng.integers(1000, 200000, 699).tolist()
     engine = Engine(gemma, n_slots=1)
     run(engine, long_prompt, 1)
-    for n_shared, reused in ((100, 0), (690, 690)):
+    for n_shared, reused in ((690, 690), (100, 0)):
         prompt = long_prompt[:n_shared] + [3000, 3001]
         seq = engine.submit(prompt, SamplingParams(**GREEDY, max_tokens=1))
         seen = capture_logits(seq)
@@ -224,4 +226,3 @@ def test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it(gemma):
             engine.step()
         assert engine.reused_tokens - before == reused
         np.testing.assert_array_equal(seen[0], fresh_logits(gemma, prompt))
-        run(engine, long_prompt, 1)     # the slot holds the long prompt again
