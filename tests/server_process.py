@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,3 +121,56 @@ def metric(base_url: str, name: str, labels: dict | None = None, headers: dict |
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 return sample.value
     return 0.0
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a server generates, measured on it.  End-to-end time budgets follow this
+    rather than assume native kernels: forced scalar ones are ~5x slower per token and ~30x
+    slower in prefill, and a loaded machine slows either down several times more."""
+    first_token_s: float   # request sent -> first token on an idle slot: prefill and one step
+    per_token_s: float     # each further token of a running stream
+
+    def request_s(self, n_tokens: int) -> float:
+        """A whole request of n_tokens at this pace."""
+        return self.first_token_s + (n_tokens - 1) * self.per_token_s
+
+
+def timed_stream(base_url: str, body: dict) -> tuple[float, list[float]]:
+    """(seconds to the first token, arrival times of the token events) of one streamed
+    completion; every event of a completion stream carries one step's token."""
+    sent = time.perf_counter()
+    stream = RawStream(base_url, "/v1/completions", dict(body, stream=True))
+    arrivals = []
+    while (event := stream.event()) not in (None, "[DONE]"):
+        assert "error" not in json.loads(event), event
+        arrivals.append(time.perf_counter())
+    stream.close()
+    return arrivals[0] - sent, arrivals
+
+
+def measure_pace(base_url: str, body: dict, n_tokens: int = 16, streams: int = 1) -> Pace:
+    """Pace of `streams` concurrent greedy streams of body's prompt (the slowest of them):
+    a sequence's time per token grows with the batch it shares the CPU with."""
+    results: list = []
+    request = dict(body, max_tokens=n_tokens, temperature=0)
+    workers = [threading.Thread(target=lambda: results.append(timed_stream(base_url, request)))
+               for _ in range(streams)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(results) == streams, "a pace measurement stream failed (see above)"
+    assert all(len(arrivals) > 1 for _, arrivals in results), f"{body} ended at once"
+    per_token = [(arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) for _, arrivals in results]
+    return Pace(first_token_s=max(first for first, _ in results), per_token_s=max(per_token))
+
+
+DEFAULT_DRAIN_S = 30.0   # DrainTimeoutMs when not set
+
+
+def drain_fitting_tokens(per_token_s: float, native_tokens: int = 48) -> int:
+    """max_tokens for streams a SIGTERM drain must let finish: native_tokens on native kernels,
+    fewer on a slower server, so that they take at most a third of the default drain timeout
+    (yet still run several steps past the signal)."""
+    return max(8, min(native_tokens, int(DEFAULT_DRAIN_S / 3 / per_token_s)))

@@ -1,6 +1,7 @@
 """Scale-out behind a real load balancer: nginx (docker/nginx-smallmind.conf) in front of two
 server processes.  Streams spread over both; SIGTERM to one makes it drain while nginx keeps
-serving through the other; no request is lost."""
+serving through the other; no request is lost.  The in-flight streams' length follows the
+pace measured on the first streams, so that the drain can finish them at any kernel speed."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from conftest import REPO, default_model_path
-from server_process import RawStream, ServerProcess, free_port, http, metric
+from server_process import RawStream, ServerProcess, drain_fitting_tokens, free_port, http, metric
 
 SNIPPET = REPO / "docker" / "nginx-smallmind.conf"
 SERVED = {"endpoint": "/v1/completions", "status": "200"}
@@ -43,16 +44,20 @@ def nginx_binary():
 
 
 def stream_through(url: str, max_tokens: int, results: list, started: threading.Event | None = None):
+    """Appends (status, events, seconds per token after the first) of one stream."""
     body = {"prompt": "1, 2, 3, 4, 5,", "max_tokens": max_tokens, "temperature": 0, "stream": True}
     try:
         s = RawStream(url, "/v1/completions", body)
         first = s.event()
+        first_at = time.perf_counter()
         if started is not None:
             started.set()
         events = [first] + s.events() if first is not None else []
-        results.append((s.status, events))
+        # events: one per token, then [DONE]
+        per_token_s = (time.perf_counter() - first_at) / max(len(events) - 2, 1)
+        results.append((s.status, events, per_token_s))
     except Exception as e:  # recorded, asserted below: a lost request
-        results.append((None, [repr(e)]))
+        results.append((None, [repr(e)], None))
 
 
 def run_streams(url: str, n: int, max_tokens: int) -> list:
@@ -66,7 +71,7 @@ def run_streams(url: str, n: int, max_tokens: int) -> list:
 
 
 def complete(result) -> bool:
-    status, events = result
+    status, events, _ = result
     if status != 200 or not events or events[-1] != "[DONE]":
         return False
     last = json.loads(events[-2])["choices"][0]
@@ -99,12 +104,15 @@ def test_replicas_behind_nginx_drain_without_losing_requests(tmp_path, nginx_bin
         assert all(complete(r) for r in results), results
         served = [metric(r.url, "smallmind_requests_total", SERVED) for r in replicas]
         assert sum(served) == 6 and min(served) >= 1, served
+        # those ran as the in-flight ones below will: two per replica, both replicas busy
+        in_flight_tokens = drain_fitting_tokens(max(per_token_s for _, _, per_token_s in results))
 
         # 2. SIGTERM one replica while streams run; keep sending through nginx
         draining, survivor = replicas
         in_flight: list = []
         started = [threading.Event() for _ in range(4)]
-        threads = [threading.Thread(target=stream_through, args=(url, 48, in_flight, ev)) for ev in started]
+        threads = [threading.Thread(target=stream_through, args=(url, in_flight_tokens, in_flight, ev))
+                   for ev in started]
         for t in threads:
             t.start()
         for ev in started:
