@@ -6,8 +6,15 @@ Figures (medians of --repeat runs):
   decode tok/s    greedy decode through Engine.step (sampling included) at batch 1, 4, 8:
                   aggregate tokens per second over all sequences
 for 1 and 2 threads.  llama.cpp (llama-cpp-python, if installed): llama_eval of the same
-512 tokens, and one-token decode steps at batch 1; the ratios are ours / llama.cpp."""
+512 tokens, and one-token decode steps at batch 1; with --llama-bench PATH also llama.cpp's
+own llama-bench (pp<prompt>, tg<new>, same threads).  The ratios are ours / theirs.
+
+On a shared, noisy machine a comparison is only fair within one time window, so --rounds
+alternates the engines (ours, llama-cpp-python, llama-bench) that many times and every
+figure printed is the median over the rounds."""
 import argparse
+import json
+import subprocess
 import sys
 import statistics
 import time
@@ -105,6 +112,42 @@ def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: 
     return pp, tg
 
 
+def bench_llama_bench(binary: str, path: str, threads: int, n_prompt: int, n_new: int, repeat: int):
+    """llama-bench's pp<n_prompt> and tg<n_new> medians (tok/s) over its -r repetitions."""
+    cmd = [binary, "-m", path, "-t", str(threads), "-p", str(n_prompt), "-n", str(n_new), "-r", str(repeat),
+           "-o", "json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        sys.exit(f"bench_engine.py: {' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+    tests = json.loads(res.stdout)
+    pp = next(statistics.median(t["samples_ts"]) for t in tests if t["n_prompt"] and not t["n_gen"])
+    tg = next(statistics.median(t["samples_ts"]) for t in tests if t["n_gen"] and not t["n_prompt"])
+    return pp, tg
+
+
+def one_round(model, path, threads, batches, args):
+    """One measurement of every engine: {engine: (prefill tok/s, [decode tok/s per batch])}."""
+    kernels.set_threads(threads)
+    out = {"smallmind": (bench_prefill(model, args.prompt, args.repeat),
+                         [bench_decode(model, b, args.new, args.repeat) for b in batches])}
+    ref = None if args.no_llama_cpp else bench_llama_cpp(path, threads, args.prompt, args.new, args.repeat)
+    if ref:
+        out["llama-cpp-py"] = (ref[0], [ref[1]])
+    if args.llama_bench:
+        pp, tg = bench_llama_bench(args.llama_bench, path, threads, args.prompt, args.new, args.repeat)
+        out["llama-bench"] = (pp, [tg])
+    return out
+
+
+def medians(rounds: list[dict]) -> dict:
+    result = {}
+    for name in rounds[0]:
+        pps = [r[name][0] for r in rounds]
+        tgs = list(zip(*(r[name][1] for r in rounds)))
+        result[name] = (statistics.median(pps), [statistics.median(t) for t in tgs])
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", default=None, help="GGUF file (default: Gemma 3 270M package)")
@@ -114,25 +157,27 @@ def main():
     parser.add_argument("--new", type=int, default=32, help="decode steps per measurement")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-llama-cpp", action="store_true")
+    parser.add_argument("--llama-bench", metavar="PATH", help="also run this llama-bench binary")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the engines this many times")
     args = parser.parse_args()
 
     path = args.model or default_model_path()
     batches = [int(b) for b in args.batches.split(",")]
     model = Model.load(path, n_ctx=2048, n_slots=max(batches), max_batch_tokens=max(512, args.prompt))
     print(f"model: {path}\nisa: {kernels.current_isa()}")
-    header = f"{'threads':>7} {'engine':10} {'prefill tok/s':>14} " + " ".join(f"{f'decode b={b}':>12}" for b in batches)
+    header = f"{'threads':>7} {'engine':12} {'prefill tok/s':>14} " + " ".join(f"{f'decode b={b}':>12}" for b in batches)
     print(header)
     for threads in [int(t) for t in args.threads.split(",")]:
-        kernels.set_threads(threads)
-        pp = bench_prefill(model, args.prompt, args.repeat)
-        tg = [bench_decode(model, b, args.new, args.repeat) for b in batches]
-        print(f"{threads:>7} {'smallmind':10} {pp:14.1f} " + " ".join(f"{v:12.1f}" for v in tg), flush=True)
-        ref = None if args.no_llama_cpp else bench_llama_cpp(path, threads, args.prompt, args.new, args.repeat)
-        if ref:
-            print(f"{threads:>7} {'llama.cpp':10} {ref[0]:14.1f} {ref[1]:12.1f}")
-            print(f"{threads:>7} {'ratio':10} {pp / ref[0]:14.2f} {tg[0] / ref[1]:12.2f}", flush=True)
+        fig = medians([one_round(model, path, threads, batches, args) for _ in range(args.rounds)])
+        pp, tg = fig["smallmind"]
+        print(f"{threads:>7} {'smallmind':12} {pp:14.1f} " + " ".join(f"{v:12.1f}" for v in tg), flush=True)
+        for name in ("llama-cpp-py", "llama-bench"):
+            if name in fig:
+                ref_pp, ref_tg = fig[name]
+                print(f"{threads:>7} {name:12} {ref_pp:14.1f} {ref_tg[0]:12.1f}")
+                print(f"{threads:>7} {'  ratio':12} {pp / ref_pp:14.2f} {tg[0] / ref_tg[0]:12.2f}", flush=True)
         if 1 in batches:
-            print(f"{threads:>7} {'batch gain':10} {'':14} " + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg))
+            print(f"{threads:>7} {'batch gain':12} {'':14} " + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg))
 
 
 if __name__ == "__main__":
