@@ -131,6 +131,22 @@ static void fill_scale_panel(float *panels, const uint8_t *xq, int64_t x_row, in
     }
 }
 
+/* The n_tok rows of X in the vec_dot type (xq; quantize is NULL for F32 weights, whose
+ * activations are X itself) and their scale panels (when panels is not NULL).  The loops
+ * are orphaned worksharing: split over the team when called inside a parallel region,
+ * run by the caller alone outside one. */
+static void prepare_activations(sm_quantize_fn quantize, const float *X, int64_t n_cols, int64_t n_tok,
+                                uint8_t *xq, int64_t x_row, float *panels) {
+    if (quantize) {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tok; t++) quantize(xq + t * x_row, X + t * n_cols, n_cols);
+    }
+    if (panels) {
+#pragma omp for schedule(static)
+        for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) fill_scale_panel(panels, xq, x_row, n_cols, n_tok, t0);
+    }
+}
+
 /* Rows [r0, r1) of Y = X @ W^T (X already in W's vec_dot type; panels as above, or NULL
  * when the kernels do not read them). */
 static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_t n_rows, const uint8_t *x,
@@ -274,41 +290,25 @@ int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, co
         x = xq;
         if (with_panels) panels = (float *)(xq + xq_bytes);
     }
-    const sm_quantize_fn quantize = k->quantize[at];
+    const sm_quantize_fn quantize = at != SM_TYPE_F32 ? k->quantize[at] : NULL;
     const int64_t n_tiles = first_tile[n_parts];
     const int n = (int)n_cols;
     const int n_thr = sm_get_threads();
     const int64_t chunk = tile_chunk(n_tiles, n_thr);
     const int use_threads = bytes >= (1 << 16) && n_tiles > 1;
     (void)chunk;
-    (void)use_threads;
 
-    /* Small batches (decode) quantize and fill panels here: a few microseconds of work,
-     * where splitting it over threads would cost two more barriers per matmul, and a
-     * decode step runs ~100 matmuls.  Larger ones split it inside the region. */
+    /* Small batches (decode) are prepared by this thread before the region: a few
+     * microseconds of work, where splitting it over threads costs two more barriers per
+     * matmul, and a decode step runs ~75 matmuls.  Larger ones split it in the region. */
     const int prep_in_region = use_threads && n_tok * n_cols > PREP_SERIAL_MAX;
-    if (!prep_in_region) {
-        if (at != SM_TYPE_F32)
-            for (int64_t t = 0; t < n_tok; t++) quantize((uint8_t *)x + t * x_row, X + t * n_cols, n_cols);
-        if (panels)
-            for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX)
-                fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
-    }
+    if (!prep_in_region) prepare_activations(quantize, X, n_cols, n_tok, (uint8_t *)x, x_row, panels);
 
-    /* one parallel region: (large batches) quantize the activations, rows split over
-     * threads, then all parts' row tiles as one list */
+    /* one parallel region: (large batches) the activations, then all parts' row tiles as
+     * one list */
 #pragma omp parallel num_threads(n_thr) if (use_threads)
     {
-        if (prep_in_region && at != SM_TYPE_F32) {
-#pragma omp for schedule(static)
-            for (int64_t t = 0; t < n_tok; t++)
-                quantize((uint8_t *)x + t * x_row, X + t * n_cols, n_cols);
-        }
-        if (prep_in_region && panels) {
-#pragma omp for schedule(static)
-            for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX)
-                fill_scale_panel(panels, x, x_row, n_cols, n_tok, t0);
-        }
+        if (prep_in_region) prepare_activations(quantize, X, n_cols, n_tok, (uint8_t *)x, x_row, panels);
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t tile = 0; tile < n_tiles; tile++) {
             int p = 0;
