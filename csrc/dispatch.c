@@ -18,19 +18,37 @@ const char *sm_isa_name(int isa) {
 int sm_isa_best(void) {
     const int order[] = {SM_ISA_AVX512, SM_ISA_AVX2, SM_ISA_NEON};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
-        if (sm_isa_available(order[i])) return order[i];
+        if (sm_isa_available(order[i]) && !sm_isa_emulated(order[i])) return order[i];
     return SM_ISA_SCALAR;
 }
 
-/* Apply a unit's overrides on top of the table.  A tile kernel must give the floats of
- * the vec_dot it sits next to (kernels.h), so where `fill` replaces vec_dot[t] but leaves
- * an inherited vec_dot_tile[t] in place, that entry is dropped. */
+/* Apply a unit's overrides on top of the table, keeping each type's dot kernels (vec_dot,
+ * vec_dot_n, vec_dot_tile) from one unit.  kernels.h promises that a (weight row, token)
+ * gives the same floats whatever the batch, and each unit adds its float terms in its own
+ * order, so a table that mixed one unit's vec_dot with another's batched kernels would make
+ * a token's logits depend on what it was batched with.  Per type:
+ * - the unit brings batched kernels of its own: its set replaces the table's, and inherited
+ *   batched entries it did not replace are dropped;
+ * - the unit brings only a vec_dot while the table already has batched kernels: the table's
+ *   set stays whole and the unit's vec_dot is not taken.  One-token-at-a-time dots would
+ *   cost batches and prefill far more than a faster vec_dot gains at batch 1 (on a Zen 4,
+ *   avx2's set beats avx512's lone vec_dot for every batched shape: shared/measurements);
+ * - otherwise the unit's vec_dot replaces the table's. */
 static inline void override_with(sm_kernels *k, void (*fill)(sm_kernels *)) {
-    const sm_kernels before = *k;
-    fill(k);
-    for (int t = 0; t < SM_TYPE_COUNT; t++)
-        if (k->vec_dot[t] != before.vec_dot[t] && k->vec_dot_tile[t] == before.vec_dot_tile[t])
-            k->vec_dot_tile[t] = NULL;
+    sm_kernels unit = *k;
+    fill(&unit);
+    for (int t = 0; t < SM_TYPE_COUNT; t++) {
+        if (unit.vec_dot[t] == k->vec_dot[t]) continue;
+        const int brings_batched = unit.vec_dot_n[t] != k->vec_dot_n[t] || unit.vec_dot_tile[t] != k->vec_dot_tile[t];
+        const int had_batched = k->vec_dot_n[t] || k->vec_dot_tile[t];
+        if (had_batched && !brings_batched) {
+            unit.vec_dot[t] = k->vec_dot[t];
+            continue;
+        }
+        if (unit.vec_dot_n[t] == k->vec_dot_n[t]) unit.vec_dot_n[t] = NULL;
+        if (unit.vec_dot_tile[t] == k->vec_dot_tile[t]) unit.vec_dot_tile[t] = NULL;
+    }
+    *k = unit;
 }
 
 static void build_table(int isa) {
