@@ -32,6 +32,25 @@ elif IS_ARM64:
 else:
     ISA_UNITS = []
 
+# A test build (tests/test_isa_emulated_suite.py): SMALLMIND_EMULATE=avx512,neon compiles
+# those units through SIMDe's portable intrinsics (-DSM_SIMDE, libsimde-dev) on an x86-64
+# host with AVX2, and announces them as emulated, so that the whole extension, not only the
+# dot products, runs their tables on a CPU that lacks them.  Never for what we ship.
+EMULATED_UNITS = {
+    "avx512": ("csrc/dot_avx512.c", "SM_HAVE_AVX512_UNIT", "SM_EMULATED_AVX512"),
+    "neon": ("csrc/dot_neon.c", "SM_HAVE_NEON_UNIT", "SM_EMULATED_NEON"),
+}
+EMULATE = [name.strip() for name in os.environ.get("SMALLMIND_EMULATE", "").split(",") if name.strip()]
+if EMULATE:
+    unknown = sorted(set(EMULATE) - set(EMULATED_UNITS))
+    if unknown or not IS_X86:
+        sys.exit(f"SMALLMIND_EMULATE: emulates {', '.join(EMULATED_UNITS)} on x86-64 only, got {EMULATE}")
+    emulated_sources = {EMULATED_UNITS[name][0] for name in EMULATE}
+    ISA_UNITS = [u for u in ISA_UNITS if u[0] not in emulated_sources]
+    for name in EMULATE:
+        source, have, emulated = EMULATED_UNITS[name]
+        ISA_UNITS.append((source, ["-DSM_SIMDE", f"-D{emulated}=1", "-mavx2", "-mfma", "-mf16c"], have))
+
 BASE_SOURCES = ["csrc/dispatch.c", "csrc/cpu_features.c", "csrc/matmul.c", "csrc/membench.c",
                 "csrc/dot_scalar.c", "csrc/forward.c"]
 
@@ -76,6 +95,7 @@ extension = Extension(
     sources=["smallmind/_kernels.pyx"] + BASE_SOURCES,
     include_dirs=["csrc", numpy.get_include()],
     define_macros=[(macro, "1") for _, _, macro in ISA_UNITS]
+    + [(EMULATED_UNITS[name][2], "1") for name in EMULATE]
     + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     depends=["csrc/quants.h", "csrc/kernels.h", "csrc/forward.h", "smallmind/_engine.pxi"]
     + [u[0] for u in ISA_UNITS],

@@ -53,16 +53,34 @@ static int arm_has_dotprod(void) { return 0; }
 #endif
 #endif
 
+/* SM_EMULATED_<ISA> (test builds only, setup.py's SMALLMIND_EMULATE): the unit was compiled
+ * through SIMDe on top of AVX2, so it runs wherever AVX2 does. */
+int sm_isa_emulated(int isa) {
+    switch (isa) {
+#if defined(SM_EMULATED_AVX512)
+    case SM_ISA_AVX512: return 1;
+#endif
+#if defined(SM_EMULATED_NEON)
+    case SM_ISA_NEON: return 1;
+#endif
+    default: return 0;
+    }
+}
+
 int sm_isa_available(int isa) {
     switch (isa) {
     case SM_ISA_SCALAR: return 1;
 #if defined(SM_HAVE_AVX2_UNIT)
     case SM_ISA_AVX2: return x86_has_avx2();
 #endif
-#if defined(SM_HAVE_AVX512_UNIT)
+#if defined(SM_EMULATED_AVX512)
+    case SM_ISA_AVX512: return x86_has_avx2();
+#elif defined(SM_HAVE_AVX512_UNIT)
     case SM_ISA_AVX512: return x86_has_avx512();
 #endif
-#if defined(SM_HAVE_NEON_UNIT)
+#if defined(SM_EMULATED_NEON)
+    case SM_ISA_NEON: return x86_has_avx2();
+#elif defined(SM_HAVE_NEON_UNIT)
     case SM_ISA_NEON: return arm_has_dotprod();
 #endif
     default: return 0;

@@ -17,6 +17,7 @@ cdef extern from "kernels.h" nogil:
     int sm_vec_dot_type(int type)
 
     int sm_isa_available(int isa)
+    int sm_isa_emulated(int isa)
     const char *sm_isa_name(int isa)
     int sm_isa_best()
     int sm_isa_select(int isa)

@@ -44,6 +44,10 @@ def isa_available(int isa):
     return bool(sm_isa_available(isa))
 
 
+def isa_emulated(int isa):
+    return bool(sm_isa_emulated(isa))
+
+
 def isa_best():
     return sm_isa_best()
 

@@ -16,7 +16,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     print(f"smallmind {__version__}")
     print(f"isa: {kernels.current_isa()}")
-    print(f"available isas: {', '.join(kernels.available_isas())}")
+    emulated = set(kernels.emulated_isas())
+    shown = [f"{name} (emulated)" if name in emulated else name for name in kernels.available_isas()]
+    print(f"available isas: {', '.join(shown)}")
     print(f"threads: {kernels.get_threads()} (usable cores: {kernels.usable_cores()})")
     return 0
 

@@ -38,6 +38,12 @@ def available_isas() -> list[str]:
     return [name for name, i in ISA_IDS.items() if _kernels.isa_available(i)]
 
 
+def emulated_isas() -> list[str]:
+    """ISAs compiled through SIMDe (a test build, setup.py's SMALLMIND_EMULATE); never
+    chosen unless SMALLMIND_ISA names them."""
+    return [name for name, i in ISA_IDS.items() if _kernels.isa_emulated(i)]
+
+
 def current_isa() -> str:
     return _kernels.isa_name(_kernels.isa_current())
 

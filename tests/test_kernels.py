@@ -325,6 +325,23 @@ def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
                                           reference.view(np.uint32))
 
 
+@pytest.mark.parametrize("wtype,n_cols", [("Q4_K", 256), ("Q5_K", 768), ("Q6_K", 1280),
+                                          ("F32", 100), ("F16", 640), ("BF16", 64)])
+def test_matmul_equals_vec_dot_bit_for_bit_other_types(isa, wtype, n_cols):
+    """The same contract for the K-quants (multi-row dots) and the float types: a table
+    whose multi-row kernel came from another unit than its vec_dot broke it on AVX-512."""
+    rng = np.random.default_rng(40 + n_cols)
+    x = rng.standard_normal((9, n_cols)).astype(np.float32)
+    xq = kernels.quantize_activation(x, wtype)
+    for n_rows in (1, 9, 40):
+        raw = random_rows(wtype, n_rows, n_cols, rng)
+        reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
+        for n_tok in range(1, 10):
+            got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
+            np.testing.assert_array_equal(got.view(np.uint32), reference[:n_tok].view(np.uint32),
+                                          err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})")
+
+
 # ---- attention kernels (sm_kernels.attn_scores / attn_pv), through a small ctypes build ----
 
 ATTN_SHIM = r"""
