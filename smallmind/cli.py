@@ -18,14 +18,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"isa: {kernels.current_isa()}")
     print(f"available isas: {', '.join(kernels.available_isas())}")
     print(f"threads: {kernels.get_threads()} (usable cores: {kernels.usable_cores()})")
+    if args.model:
+        with _open_gguf(args.model) as f:
+            print(describe_model_file(f))
     return 0
 
 
+def describe_model_file(f) -> str:
+    """Format, architecture and one line per tensor: as stored and as the kernels get it."""
+    lines = [f"model: {f.path}", f"format: {f.format}",
+             f"architecture: {f.metadata.get('general.architecture')}",
+             f"metadata keys: {len(f.metadata)}", f"tensors: {len(f.tensors)}"]
+    entries = getattr(f, "entries", {})
+    for name, info in f.tensors.items():
+        e = entries.get(name)
+        stored = f"{e.scheme_name} dims {list(e.dims)} block {e.block_size} -> " if e else ""
+        lines.append(f"  {name}: {stored}{info.type_name} {list(info.ne)}")
+    return "\n".join(lines)
+
+
 def _open_gguf(path: str):
-    from smallmind.gguf import GGUFFile
+    from smallmind.modelfile import open_model_file
 
     try:
-        return GGUFFile(path)
+        return open_model_file(path)
     except FileNotFoundError:
         raise ConfigError(f"model file not found: {path}") from None
     except IsADirectoryError:
@@ -144,18 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smallmind", description="Small quantized LLMs on the CPU.")
     parser.add_argument("--version", action="version", version=f"smallmind {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="print version, instruction sets and threads")
+    info = sub.add_parser("info", help="print version, instruction sets and threads "
+                                       "(and, with -m, a model file's format and tensors)")
+    info.add_argument("-m", "--model", help="GGUF or .smq file to describe")
     info.set_defaults(func=cmd_info)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text as a JSON list")
-    tok.add_argument("-m", "--model", required=True, help="GGUF file")
+    tok.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
     tok.add_argument("--no-bos", action="store_true", help="do not add BOS/EOS")
     tok.add_argument("--special", action="store_true", help="parse special tokens in the text")
     tok.add_argument("text")
     tok.set_defaults(func=cmd_tokenize)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt to stdout")
-    gen.add_argument("-m", "--model", required=True, help="GGUF file")
+    gen.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
     gen.add_argument("--max-tokens", type=int, default=100)
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=40)

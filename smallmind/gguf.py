@@ -211,6 +211,8 @@ class GGUFFile:
     ``file_size``.
     """
 
+    format = "gguf"
+
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         self._mm: mmap.mmap | None = None
