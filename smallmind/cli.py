@@ -85,6 +85,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from smallmind.convert import convert, describe_types
+
+    try:
+        changed = convert(args.input, args.output, compatible=args.smallmind_compatible, progress=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model file not found: {args.input}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"not a file: {args.input} or {args.output}") from None
+    if changed:
+        print("not carried over bit for bit:")
+    for line in changed:
+        print(f"  {line}")
+    if args.output.lower().endswith(".smq"):
+        print(f"wrote {args.output}: {describe_types(args.output)}")
+    else:
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _registry(args: argparse.Namespace):
     from smallmind.registry import Registry, resolve_cache_dir
 
@@ -182,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ctx-size", type=int, default=4096, help="context length (tokens)")
     gen.add_argument("prompt")
     gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="convert a GGUF to .smq or an .smq to GGUF")
+    conv.add_argument("input", help="GGUF or .smq file")
+    conv.add_argument("output", help="output path ending in .smq or .gguf (the other format)")
+    conv.add_argument("--smallmind-compatible", action="store_true",
+                      help="write only what SmallMind's own reader accepts (F32, Q8_0, Q4_0 with "
+                           "64-element blocks), re-quantizing as its importer does")
+    conv.set_defaults(func=cmd_convert)
     _add_model_parser(sub)
     return parser
 
