@@ -105,6 +105,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from smallmind.perplexity import run
+
+    run(args.model, args.file, ctx=args.ctx, n_chunks=args.chunks, save_logits=args.save_logits,
+        kl_file=args.kl_divergence)
+    return 0
+
+
 def _registry(args: argparse.Namespace):
     from smallmind.registry import Registry, resolve_cache_dir
 
@@ -210,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write only what SmallMind's own reader accepts (F32, Q8_0, Q4_0 with "
                            "64-element blocks), re-quantizing as its importer does")
     conv.set_defaults(func=cmd_convert)
+
+    ppl = sub.add_parser("perplexity", help="perplexity of a model on a text (as llama-perplexity), "
+                                            "or its KL divergence from saved log-probabilities")
+    ppl.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
+    ppl.add_argument("-f", "--file", required=True, help="UTF-8 text file")
+    ppl.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    ppl.add_argument("--chunks", type=int, default=None, help="score at most N chunks (default: all)")
+    ppl.add_argument("--save-logits", metavar="FILE", help="save this model's log-probabilities")
+    ppl.add_argument("--kl-divergence", metavar="FILE",
+                     help="compare with log-probabilities saved by --save-logits")
+    ppl.set_defaults(func=cmd_perplexity)
     _add_model_parser(sub)
     return parser
 

@@ -183,7 +183,7 @@ def write_smq(path: str | os.PathLike[str], metadata: dict[str, Any] | None,
                                     t.data_length, aux_off, t.aux_length, b""))
     head = HEADER.pack(SMQ_MAGIC, SMQ_VERSION, HEADER.size, len(tensors), len(js), 0)
     bar = Progress(f"write {os.path.basename(path)}", total=offset, enabled=None if progress else False)
-    with _atomic_output(path) as tmp, open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         f.write(head + js + b"".join(directory))
         for t in tensors:
             f.write(b"\0" * (-f.tell() % align))
@@ -198,7 +198,7 @@ def write_smq(path: str | os.PathLike[str], metadata: dict[str, Any] | None,
 
 
 @contextmanager
-def _atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
     """A temporary path beside ``path``, renamed over it only if the block succeeds."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -317,7 +317,7 @@ def smq_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], progre
             tensors[name] = (info.type, info.ne, smq.tensor(name))
             bar.update(info.n_bytes)
         bar.close()
-        with _atomic_output(dst) as tmp:
+        with atomic_output(dst) as tmp:
             write_gguf(tmp, _gguf_metadata(smq), tensors)
 
 
