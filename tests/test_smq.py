@@ -309,3 +309,33 @@ def test_unaligned_f32_blob_is_copied_aligned_blob_is_a_view(tmp_path):
             t = f.tensor("w")
             assert t.tolist() == values.tolist()
             assert np.shares_memory(t, np.frombuffer(f._mapping(), np.uint8)) == is_view
+
+
+# ---------------------------------------------------------------------------------------
+# serving
+# ---------------------------------------------------------------------------------------
+
+def test_server_serves_smallmind_smq_and_a_converted_default_model(tmp_path):
+    """ModelPath=x.smq: SmallMind's tiny import, and the default model converted to .smq
+    (whose greedy completion is the GGUF's, token for token, as its logits are identical)."""
+    from openai import OpenAI
+
+    from smallmind.convert import convert
+    from tests.conftest import default_model_path
+    from tests.server_process import ServerProcess
+
+    converted = tmp_path / "gemma.smq"
+    convert(default_model_path(), converted)
+    texts = {}
+    for path in (smq_ref("tiny-llama-q8_0.smq"), converted, default_model_path()):
+        proc = ServerProcess(f"--ServerOptions:ModelPath={path}", "--ServerOptions:MaxContextTokens=256")
+        try:
+            proc.wait_ready()
+            client = OpenAI(base_url=proc.url + "/v1", api_key="x")
+            reply = client.completions.create(model="m", prompt="The capital of France is", max_tokens=12,
+                                              temperature=0)
+            assert reply.choices[0].text and reply.usage.completion_tokens > 0
+            texts[path] = reply.choices[0].text
+        finally:
+            proc.stop()
+    assert texts[converted] == texts[default_model_path()]
