@@ -42,7 +42,6 @@ raises ``FileNotFoundError``."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFormatError
-from .gguf import GGML_BLOCK_SIZES, GGML_TYPE_NAMES, GGMLType, GGUFValueType, TensorInfo
+from .gguf import GGML_BLOCK_SIZES, GGML_TYPE_NAMES, GGMLType, GGUFValueType, MappedModelFile, TensorInfo
 
 __all__ = ["SMQFile", "SMQEntry", "Scheme", "SMQ_MAGIC", "HEADER", "ENTRY", "GGUF_SCHEME_BASE",
            "TYPES_KEY", "scheme_name"]
@@ -246,7 +245,7 @@ def signed_nibbles(packed: np.ndarray, n: int) -> np.ndarray:
     return (unpack_nibbles(packed, n) ^ 8).astype(np.int8) - np.int8(8)
 
 
-class SMQFile:
+class SMQFile(MappedModelFile):
     """An .smq file opened read-only via mmap, with GGUFFile's interface: ``path``,
     ``metadata``, ``metadata_types``, ``tensors`` (name -> TensorInfo in the ggml type the
     kernels get, see the module docstring), ``tensor()``, ``tensor_bytes()``, ``close()``.
@@ -255,27 +254,8 @@ class SMQFile:
     format = "smq"
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = os.fspath(path)
-        self._mm: mmap.mmap | None = None
-        self.metadata: dict[str, Any] = {}
-        self.metadata_types: dict[str, Any] = {}
-        self.tensors: dict[str, TensorInfo] = {}
         self.entries: dict[str, SMQEntry] = {}
-        with open(self.path, "rb") as f:
-            self.file_size = os.fstat(f.fileno()).st_size
-            if self.file_size < HEADER.size:
-                raise ModelFormatError(f"{self.path}: file too short for an SMQ header "
-                                       f"({self.file_size} bytes, need {HEADER.size})")
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            self._parse()
-        except ModelFormatError:
-            self.close()
-            raise
-        except (struct.error, ValueError, UnicodeError, OverflowError, IndexError, TypeError,
-                RecursionError, MemoryError) as e:
-            self.close()
-            raise ModelFormatError(f"{self.path}: malformed SMQ file: {e}") from e
+        super().__init__(path, HEADER.size, "SMQ")
 
     def _fail(self, msg: str) -> ModelFormatError:
         return ModelFormatError(f"{self.path}: {msg}")
@@ -380,11 +360,6 @@ class SMQFile:
         return GGMLType.Q8_0 if e.scheme == Scheme.Q8_0 else GGMLType.Q4_0
 
     # ------------------------------------------------------------------ access
-    def _mapping(self) -> mmap.mmap:
-        if self._mm is None:
-            raise ValueError(f"SMQFile {self.path} is closed")
-        return self._mm
-
     def _blob(self, offset: int, length: int, dtype: Any = np.uint8) -> np.ndarray:
         dtype = np.dtype(dtype)
         return np.frombuffer(self._mapping(), dtype=dtype, count=length // dtype.itemsize,
@@ -436,31 +411,6 @@ class SMQFile:
         if info.type in (GGMLType.F16, GGMLType.BF16):
             return view.view("<f2" if info.type == GGMLType.F16 else "<u2").reshape(info.shape)
         return view.reshape(info.n_rows, info.row_bytes)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(key, default)
-
-    @property
-    def architecture(self) -> str | None:
-        return self.metadata.get("general.architecture")
-
-    def close(self) -> None:
-        mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # views still export the buffer; unmapped when the last one goes
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
-
-    def __enter__(self) -> SMQFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SMQFile({self.path!r}, tensors={len(self.tensors)}, kv={len(self.metadata)})"

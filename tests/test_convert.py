@@ -128,12 +128,17 @@ def test_quantizers_match_smallmind():
         assert scales.view(np.uint32).tolist() == t["scales_bits"], t["name"]
 
 
-def test_compatible_output_equals_smallminds_own_import(tmp_path):
+def convert_compatible(tmp_path, tiny_name):
+    """(output path, CLI stdout) of `convert --smallmind-compatible` on a tiny model."""
     out = tmp_path / "c.smq"
-    result = run_cli("convert", str(reference_path("tiny", "tiny-llama-q8_0.gguf")), str(out),
-                     "--smallmind-compatible")
+    result = run_cli("convert", str(reference_path("tiny", tiny_name)), str(out), "--smallmind-compatible")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("Q8_0 -> SMQ Q8_0/64") == 16
+    return out, result.stdout
+
+
+def test_compatible_output_equals_smallminds_own_import(tmp_path):
+    out, stdout = convert_compatible(tmp_path, "tiny-llama-q8_0.gguf")
+    assert stdout.count("Q8_0 -> SMQ Q8_0/64") == 16
     with SMQFile(out) as ours, SMQFile(reference_path("smq", "tiny-llama-q8_0.smq")) as theirs:
         assert list(ours.entries) == list(theirs.entries)
         for name, a in ours.entries.items():
@@ -156,12 +161,9 @@ def test_compatible_output_equals_smallminds_own_import(tmp_path):
 
 
 def test_compatible_requantizes_k_quants_and_serves(tmp_path):
-    out = tmp_path / "c.smq"
-    result = run_cli("convert", str(reference_path("tiny", "tiny-qwen2-q4_k_m.gguf")), str(out),
-                     "--smallmind-compatible")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("Q4_K -> SMQ Q8_0/64") == 13
-    assert result.stdout.count("Q6_K -> SMQ Q8_0/64") == 3
+    out, stdout = convert_compatible(tmp_path, "tiny-qwen2-q4_k_m.gguf")
+    assert stdout.count("Q4_K -> SMQ Q8_0/64") == 13
+    assert stdout.count("Q6_K -> SMQ Q8_0/64") == 3
     with SMQFile(out) as f:
         assert {e.scheme for e in f.entries.values()} == {Scheme.F32, Scheme.Q8_0}
     # re-quantized 8-bit weights of a 4-bit model: the same greedy choice almost everywhere
