@@ -199,6 +199,11 @@ def test_smq_without_tokenizer_is_one_line_error():
     assert "tokenizer" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_smq_without_gguf_metadata_is_explained():
+    with pytest.raises(ModelFormatError, match="carries no GGUF metadata"):
+        Model.load(smq_ref("synthetic_all_schemes.smq"))
+
+
 def test_dropped_architecture_keys_are_explained(tmp_path):
     meta = {"general.architecture": "qwen2", "converted_from": "GGUF"}
     path = tmp_path / "qwen.smq"

@@ -94,7 +94,10 @@ def read_config(gguf: ModelFile) -> ModelConfig:
     meta, path = gguf.metadata, gguf.path
     arch = meta.get("general.architecture")
     if arch not in ARCHS:
-        raise _fail(path, f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        hint = (" (this .smq carries no GGUF metadata; only .smq files made from GGUF models, by "
+                "SmallMind's importer or `python -m smallmind convert`, can be served)"
+                if arch is None and getattr(gguf, "format", "") == "smq" else "")
+        raise _fail(path, f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)}){hint}")
 
     def key(name, default=None, required=False):
         value = meta.get(f"{arch}.{name}", default)
