@@ -20,14 +20,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     shown = [f"{name} (emulated)" if name in emulated else name for name in kernels.available_isas()]
     print(f"available isas: {', '.join(shown)}")
     print(f"threads: {kernels.get_threads()} (usable cores: {kernels.usable_cores()})")
+    if args.model:
+        with _open_gguf(args.model) as f:
+            print(describe_model_file(f))
     return 0
 
 
+def describe_model_file(f) -> str:
+    """Format, architecture and one line per tensor: as stored and as the kernels get it."""
+    lines = [f"model: {f.path}", f"format: {f.format}",
+             f"architecture: {f.metadata.get('general.architecture')}",
+             f"metadata keys: {len(f.metadata)}", f"tensors: {len(f.tensors)}"]
+    entries = getattr(f, "entries", {})
+    for name, info in f.tensors.items():
+        e = entries.get(name)
+        stored = f"{e.scheme_name} dims {list(e.dims)} block {e.block_size} -> " if e else ""
+        lines.append(f"  {name}: {stored}{info.type_name} {list(info.ne)}")
+    return "\n".join(lines)
+
+
 def _open_gguf(path: str):
-    from smallmind.gguf import GGUFFile
+    from smallmind.modelfile import open_model_file
 
     try:
-        return GGUFFile(path)
+        return open_model_file(path)
     except FileNotFoundError:
         raise ConfigError(f"model file not found: {path}") from None
     except IsADirectoryError:
@@ -68,6 +84,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
             out.flush()
     out.write(stream.flush() + "\n")
     out.flush()
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from smallmind.convert import convert, describe_types
+
+    try:
+        changed = convert(args.input, args.output, compatible=args.smallmind_compatible, progress=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model file not found: {args.input}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"not a file: {args.input} or {args.output}") from None
+    if changed:
+        print("not carried over bit for bit:")
+    for line in changed:
+        print(f"  {line}")
+    if args.output.lower().endswith(".smq"):
+        print(f"wrote {args.output}: {describe_types(args.output)}")
+    else:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from smallmind.perplexity import run
+
+    run(args.model, args.file, ctx=args.ctx, n_chunks=args.chunks, save_logits=args.save_logits,
+        kl_file=args.kl_divergence)
     return 0
 
 
@@ -146,18 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smallmind", description="Small quantized LLMs on the CPU.")
     parser.add_argument("--version", action="version", version=f"smallmind {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="print version, instruction sets and threads")
+    info = sub.add_parser("info", help="print version, instruction sets and threads "
+                                       "(and, with -m, a model file's format and tensors)")
+    info.add_argument("-m", "--model", help="GGUF or .smq file to describe")
     info.set_defaults(func=cmd_info)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text as a JSON list")
-    tok.add_argument("-m", "--model", required=True, help="GGUF file")
+    tok.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
     tok.add_argument("--no-bos", action="store_true", help="do not add BOS/EOS")
     tok.add_argument("--special", action="store_true", help="parse special tokens in the text")
     tok.add_argument("text")
     tok.set_defaults(func=cmd_tokenize)
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt to stdout")
-    gen.add_argument("-m", "--model", required=True, help="GGUF file")
+    gen.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
     gen.add_argument("--max-tokens", type=int, default=100)
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=40)
@@ -166,6 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ctx-size", type=int, default=4096, help="context length (tokens)")
     gen.add_argument("prompt")
     gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="convert a GGUF to .smq or an .smq to GGUF")
+    conv.add_argument("input", help="GGUF or .smq file")
+    conv.add_argument("output", help="output path ending in .smq or .gguf (the other format)")
+    conv.add_argument("--smallmind-compatible", action="store_true",
+                      help="write only what SmallMind's own reader accepts (F32, Q8_0, Q4_0 with "
+                           "64-element blocks), re-quantizing as its importer does")
+    conv.set_defaults(func=cmd_convert)
+
+    ppl = sub.add_parser("perplexity", help="perplexity of a model on a text (as llama-perplexity), "
+                                            "or its KL divergence from saved log-probabilities")
+    ppl.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
+    ppl.add_argument("-f", "--file", required=True, help="UTF-8 text file")
+    ppl.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    ppl.add_argument("--chunks", type=int, default=None, help="score at most N chunks (default: all)")
+    ppl.add_argument("--save-logits", metavar="FILE", help="save this model's log-probabilities")
+    ppl.add_argument("--kl-divergence", metavar="FILE",
+                     help="compare with log-probabilities saved by --save-logits")
+    ppl.set_defaults(func=cmd_perplexity)
     _add_model_parser(sub)
     return parser
 

@@ -202,7 +202,71 @@ class TensorInfo:
         return self.ne[0] // block * size
 
 
-class GGUFFile:
+class MappedModelFile:
+    """What GGUFFile and smq.SMQFile share: a read-only mapping (``_mm``), ``metadata``, and
+    the mapping's life cycle."""
+
+    def __init__(self, path: str | os.PathLike[str], header_size: int, kind: str):
+        """Maps the file and calls ``self._parse()``; any decoding error becomes a one-line
+        ModelFormatError naming the file (FileNotFoundError propagates as-is)."""
+        self.path = os.fspath(path)
+        self._mm: mmap.mmap | None = None
+        self.metadata: dict[str, Any] = {}
+        self.metadata_types: dict[str, Any] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        with open(self.path, "rb") as f:
+            self.file_size = os.fstat(f.fileno()).st_size
+            if self.file_size < header_size:
+                raise ModelFormatError(f"{self.path}: file too short for the {kind} header "
+                                       f"({self.file_size} bytes, need at least {header_size})")
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._parse()
+        except ModelFormatError:
+            self.close()
+            raise
+        except (struct.error, ValueError, UnicodeError, OverflowError, IndexError, TypeError,
+                RecursionError, MemoryError) as e:
+            self.close()
+            raise ModelFormatError(f"{self.path}: malformed {kind} file: {e}") from e
+
+    def _parse(self) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    @property
+    def architecture(self) -> str | None:
+        return self.metadata.get("general.architecture")
+
+    def _mapping(self) -> mmap.mmap:
+        if self._mm is None:
+            raise ValueError(f"{type(self).__name__} {self.path} is closed")
+        return self._mm
+
+    def close(self) -> None:
+        """Release the mapping.  If views are alive, unmapping is deferred until the last
+        view is garbage-collected; the views remain valid."""
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # views still export the buffer; dropped ref -> unmapped on their GC
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GGUFFile(MappedModelFile):
     """A GGUF file opened read-only via mmap.  Use as a context manager or call close().
 
     Attributes: ``path``, ``version``, ``metadata`` (key -> decoded value, file order),
@@ -211,29 +275,10 @@ class GGUFFile:
     ``file_size``.
     """
 
+    format = "gguf"
+
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = os.fspath(path)
-        self._mm: mmap.mmap | None = None
-        self.metadata: dict[str, Any] = {}
-        self.metadata_types: dict[str, Any] = {}
-        self.tensors: dict[str, TensorInfo] = {}
-        with open(self.path, "rb") as f:  # FileNotFoundError propagates as-is
-            self.file_size = os.fstat(f.fileno()).st_size
-            if self.file_size < _HEADER_SIZE:
-                raise ModelFormatError(
-                    f"{self.path}: file too short for a GGUF header "
-                    f"({self.file_size} bytes, need at least {_HEADER_SIZE})"
-                )
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            self._parse()
-        except ModelFormatError:
-            self.close()
-            raise
-        except (struct.error, ValueError, UnicodeError, OverflowError, IndexError,
-                TypeError, MemoryError) as e:
-            self.close()
-            raise ModelFormatError(f"{self.path}: malformed GGUF file: {e}") from e
+        super().__init__(path, _HEADER_SIZE, "GGUF")  # FileNotFoundError propagates as-is
 
     # ------------------------------------------------------------------ parsing
     def _fail(self, msg: str) -> ModelFormatError:
@@ -402,18 +447,6 @@ class GGUFFile:
                           shape=tuple(reversed(ne)), n_elements=n, n_bytes=n_bytes, offset=off)
 
     # ------------------------------------------------------------------ access
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(key, default)
-
-    @property
-    def architecture(self) -> str | None:
-        return self.metadata.get("general.architecture")
-
-    def _mapping(self) -> mmap.mmap:
-        if self._mm is None:
-            raise ValueError(f"GGUFFile {self.path} is closed")
-        return self._mm
-
     def tensor_bytes(self, name: str) -> np.ndarray:
         """Flat read-only uint8 view (zero-copy) of the tensor's raw data."""
         info = self.tensors[name]
@@ -432,26 +465,6 @@ class GGUFFile:
                                  offset=info.offset).reshape(info.shape)
         return np.frombuffer(mm, dtype=np.uint8, count=info.n_bytes,
                              offset=info.offset).reshape(info.n_rows, info.row_bytes)
-
-    def close(self) -> None:
-        """Release the mapping.  If views are alive, unmapping is deferred until the last
-        view is garbage-collected; the views remain valid."""
-        mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # views still export the buffer; dropped ref -> unmapped on their GC
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
-
-    def __enter__(self) -> GGUFFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}, version={getattr(self, 'version', None)}, "

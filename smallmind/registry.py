@@ -1,12 +1,13 @@
-"""The model registry: GGUF files in a cache directory, described by ``manifest.json``.
+"""The model registry: GGUF and .smq files in a cache directory, described by ``manifest.json``.
 
 Layout of the cache directory (see :func:`resolve_cache_dir` for where it is)::
 
     manifest.json        {"version": 1, "models": {id: entry, ...}}
     manifest.lock        flock()ed for every read-modify-write of the manifest
-    <id>.gguf            a model we own (copied, downloaded or assembled), or a symlink to
+    <id>.gguf, <id>.smq  a model we own (copied, downloaded or assembled), or a symlink to
                          the user's file for ``--link`` (the entry then records the absolute
-                         path of that file, and we never delete it)
+                         path of that file, and we never delete it); the suffix and the
+                         entry's ``format`` follow the file's magic, not the source's name
     <id>.gguf.part       a download / copy in progress (flock()ed while in use).  An
                          interrupted download leaves it (with ``<id>.gguf.part.json``, the
                          URL and validators) so the next ``model add`` of the same id and URL
@@ -14,8 +15,8 @@ Layout of the cache directory (see :func:`resolve_cache_dir` for where it is)::
                          download whose content turns out wrong (hash, not GGUF), removes it.
 
 An add never registers a file before it is complete, sha256-hashed (and checked against the
-expected hash when one is given) and opened successfully as GGUF; only then is it renamed
-to ``<id>.gguf`` and the manifest rewritten (temp file + ``os.replace``, under the lock), so
+expected hash when one is given) and opened successfully as GGUF or .smq; only then is it
+renamed to ``<id>.gguf`` / ``<id>.smq`` and the manifest rewritten (temp file + ``os.replace``, under the lock), so
 an interrupted or failed add leaves neither an entry nor a half file under the final name.
 A manifest that is not valid JSON of the expected shape is reported, never replaced.
 
@@ -132,15 +133,16 @@ class _Summary:
     architecture: str | None
     quant_type: str | None
     n_params: int
+    format: str
 
 
 def _inspect(path: str | os.PathLike[str], source: str | None = None) -> _Summary:
-    """Opens the file as GGUF (header, metadata, tensor table, tensor data within the file)
-    and returns what the manifest records.  RegistryError if it is not a readable GGUF."""
-    from smallmind.gguf import GGUFFile
+    """Opens the file as GGUF or .smq (header, metadata, tensor table, tensor data within the
+    file) and returns what the manifest records.  RegistryError if it is not readable."""
+    from smallmind.modelfile import open_model_file
 
     try:
-        with GGUFFile(path) as g:
+        with open_model_file(path) as g:
             by_elems: collections.Counter[str] = collections.Counter()
             for t in g.tensors.values():
                 by_elems[t.type_name] += t.n_elements
@@ -152,12 +154,12 @@ def _inspect(path: str | os.PathLike[str], source: str | None = None) -> _Summar
                 quant = by_elems.most_common(1)[0][0]
             arch = g.architecture
             return _Summary(arch if isinstance(arch, str) else None, quant,
-                            sum(by_elems.values()))
+                            sum(by_elems.values()), g.format)
     except ModelFormatError as e:
         msg = str(e)
         if source is not None:
             msg = msg.replace(os.fspath(path), source)
-        raise RegistryError(f"not a valid GGUF model: {msg}") from None
+        raise RegistryError(f"not a valid GGUF or .smq model: {msg}") from None
 
 
 # ====================================================================== entries
@@ -223,8 +225,10 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({str(self.cache_dir)!r})"
 
-    def final_path(self, model_id: str) -> Path:
-        return self.cache_dir / f"{validate_id(model_id)}.gguf"
+    def final_path(self, model_id: str, fmt: str = "gguf") -> Path:
+        """Where a model we own lives: ``<id>.gguf`` or ``<id>.smq`` by its format.  (An
+        add in progress is ``final_path(id) + ".part"`` whatever the format.)"""
+        return self.cache_dir / f"{validate_id(model_id)}.{fmt}"
 
     # ------------------------------------------------------------------ manifest
     def _load(self) -> dict[str, ModelEntry]:
@@ -355,13 +359,13 @@ class Registry:
         return e
 
     def describe(self, model_id: str) -> dict[str, Any]:
-        """The entry plus what the GGUF says: context length, vocabulary size, chat
-        template presence, tensor counts per type."""
-        from smallmind.gguf import GGUFFile
+        """The entry plus what the model file says: context length, vocabulary size, chat
+        template presence, tensor counts per type (as served)."""
+        from smallmind.modelfile import open_model_file
 
         e = self.get(model_id)
         try:
-            with GGUFFile(e.path) as g:
+            with open_model_file(e.path) as g:
                 md = g.metadata
                 arch = g.architecture
                 tokens = md.get("tokenizer.ggml.tokens")
@@ -392,7 +396,7 @@ class Registry:
             if e is None:
                 raise ModelNotFoundError(f"no model {model_id!r} in {self.cache_dir}")
             self._save(entries)
-        victim = self.final_path(model_id) if e.linked else e.path
+        victim = self.final_path(model_id, e.format) if e.linked else e.path
         if not e.linked or victim.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 victim.unlink()
@@ -406,7 +410,7 @@ class Registry:
     def _register(self, tmp: str, entry: ModelEntry, force: bool) -> ModelEntry:
         """Under the manifest lock: refuse a duplicate, rename ``tmp`` to the final name,
         record the entry.  On failure the final name is not left behind."""
-        final = self.final_path(entry.id)
+        final = self.final_path(entry.id, entry.format)
         with self._locked():
             entries = self._load()
             old = entries.get(entry.id)
@@ -432,9 +436,9 @@ class Registry:
             raise RegistryError(f"sha256 mismatch for {source}: got {digest}, expected "
                                 f"{expected}; nothing was registered")
         summary = _inspect(part, source)
-        final = self.final_path(model_id)
+        final = self.final_path(model_id, summary.format)
         entry = ModelEntry(id=model_id, file=final.name, source=source, size=size,
-                           sha256=digest, format="gguf", architecture=summary.architecture,
+                           sha256=digest, format=summary.format, architecture=summary.architecture,
                            quant_type=summary.quant_type, n_params=summary.n_params,
                            added=_now(), linked=False, path=final)
         return self._register(part, entry, force)
@@ -460,7 +464,7 @@ class Registry:
     def add_path(self, path: str | os.PathLike[str], model_id: str, *,
                  sha256: str | None = None, link: bool = False, force: bool = False,
                  progress: bool = False) -> ModelEntry:
-        """Copies (or, with ``link``, symlinks) a local GGUF file into the registry."""
+        """Copies (or, with ``link``, symlinks) a local GGUF or .smq file into the registry."""
         validate_id(model_id)
         expected = _check_sha(sha256)
         src = os.path.abspath(os.path.expanduser(os.fspath(path)))
@@ -512,13 +516,13 @@ class Registry:
                                 f"{expected}; nothing was registered")
         summary = _inspect(src)
         self._mkdir()
-        final = self.final_path(model_id)
+        final = self.final_path(model_id, summary.format)
         tmp = f"{final}.link.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         os.symlink(src, tmp)
         entry = ModelEntry(id=model_id, file=src, source=src, size=size, sha256=digest,
-                           format="gguf", architecture=summary.architecture,
+                           format=summary.format, architecture=summary.architecture,
                            quant_type=summary.quant_type, n_params=summary.n_params,
                            added=_now(), linked=True, path=Path(src))
         try:
@@ -615,10 +619,10 @@ def _human_size(n: int) -> str:
 
 
 def format_table(entries: list[ModelEntry]) -> str:
-    rows = [("ID", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED")]
+    rows = [("ID", "FORMAT", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED")]
     for e in entries:
         added = e.added.replace("T", " ")[:16]
-        rows.append((e.id + (" (link)" if e.linked else ""), e.architecture or "?",
+        rows.append((e.id + (" (link)" if e.linked else ""), e.format, e.architecture or "?",
                      _human_count(e.n_params), e.quant_type or "?", _human_size(e.size), added))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -632,6 +636,7 @@ def format_info(d: dict[str, Any]) -> str:
         ("name", d["name"]),
         ("file", str(e.path) + (" (linked, not owned)" if e.linked else "")),
         ("source", e.source),
+        ("format", e.format),
         ("architecture", d["architecture"]),
         ("context length", d["context_length"]),
         ("vocabulary size", d["vocab_size"]),

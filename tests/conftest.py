@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = REPO.parent / "shared" / "reference"
+# SMALLMIND_REFERENCE_DIR: the folder when the checkout is not beside shared/ (a git worktree)
+REFERENCE = Path(os.environ.get("SMALLMIND_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 
 
 def reference_path(*parts: str) -> Path:

@@ -166,9 +166,9 @@ def test_add_local_copy_list_info(cache, small):
     assert not list(cache.glob("*.part*"))
 
     table = ok(run("list", cache=cache)).splitlines()
-    assert table[0].split() == ["ID", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED"]
+    assert table[0].split() == ["ID", "FORMAT", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED"]
     row = table[1].split()
-    assert row[:4] == ["tiny", "llama", "1.1K", "F32"] and e["added"][:10] in table[1]
+    assert row[:5] == ["tiny", "gguf", "llama", "1.1K", "F32"] and e["added"][:10] in table[1]
 
     info = ok(run("info", "tiny", cache=cache))
     fields = dict(line.split(": ", 1) for line in info.splitlines())
@@ -196,6 +196,35 @@ def test_add_link_and_remove_leaves_user_file(cache, tmp_path):
     ok(run("remove", "mine", cache=cache))
     assert src.is_file() and not (cache / "mine.gguf").exists()
     assert manifest(cache) == {}
+
+
+def test_smq_entries_are_first_class(cache, tmp_path, small):
+    """SmallMind's own .smq: stored as <id>.smq, hashed, verified, listed with its format;
+    replacing a GGUF entry by it removes the old file."""
+    from tests.conftest import reference_path
+
+    src = reference_path("smq", "tiny-llama-q8_0.smq")
+    ok(run("add", small, "--id", "sm", cache=cache))
+    ok(run("add", src, "--id", "sm", "--force", cache=cache))
+    e = manifest(cache)["sm"]
+    assert (e["file"], e["format"], e["architecture"]) == ("sm.smq", "smq", "llama")
+    assert e["sha256"] == sha(src) and e["quant_type"] == "Q8_0"
+    assert not (cache / "sm.gguf").exists() and (cache / "sm.smq").is_file()
+    assert ok(run("list", cache=cache)).splitlines()[1].split()[:3] == ["sm", "smq", "llama"]
+    fields = dict(line.split(": ", 1) for line in ok(run("info", "sm", cache=cache)).splitlines())
+    assert fields["format"] == "smq" and fields["vocabulary size"] == "32000"
+    ok(run("verify", "sm", cache=cache))
+    data = bytearray((cache / "sm.smq").read_bytes())
+    data[-1] ^= 1
+    (cache / "sm.smq").write_bytes(bytes(data))
+    one_line_error(run("verify", "sm", cache=cache), "sha256")
+    ok(run("add", src, "--id", "linked", "--link", cache=cache))
+    assert os.readlink(cache / "linked.smq") == str(src)
+    ok(run("remove", "linked", cache=cache))
+    assert not (cache / "linked.smq").exists() and src.is_file()
+    bad = tmp_path / "bad.smq"
+    bad.write_bytes(src.read_bytes()[:5000])
+    one_line_error(run("add", bad, "--id", "bad", cache=cache), "not a valid GGUF or .smq model")
 
 
 def test_remove_deletes_owned_file(cache, small):

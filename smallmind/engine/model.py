@@ -1,4 +1,4 @@
-"""A GGUF model ready to run: configuration from the metadata, weights as zero-copy views
+"""A GGUF (or .smq) model ready to run: configuration from the metadata, weights as zero-copy views
 into the mmapped file, and the transformer step in C (csrc/forward.c).
 
     model = Model.load(path, n_ctx=4096, n_slots=4, max_batch_tokens=512)
@@ -16,7 +16,8 @@ import numpy as np
 
 from smallmind import _kernels
 from smallmind.errors import KernelError, ModelFormatError
-from smallmind.gguf import GGML_TYPE_NAMES, GGUFFile
+from smallmind.gguf import GGML_TYPE_NAMES
+from smallmind.modelfile import ModelFile, open_model_file
 
 # enum sm_arch / sm_act of csrc/forward.h
 ARCHS = {"llama": 0, "qwen2": 1, "qwen3": 2, "gemma3": 3}
@@ -80,17 +81,29 @@ def _fail(path, msg: str) -> ModelFormatError:
     return ModelFormatError(f"{path}: {msg}")
 
 
-def read_config(gguf: GGUFFile) -> ModelConfig:
+def _dropped_by_smallmind(meta: dict, key: str) -> str:
+    """Why a key may be missing: SmallMind's own GGUF importer keeps only llama.* keys."""
+    if meta.get("converted_from") == "GGUF" and not key.startswith("llama."):
+        return (" (an .smq written by SmallMind's GGUF importer keeps only llama.* keys; "
+                "convert the GGUF with `python -m smallmind convert` instead)")
+    return ""
+
+
+def read_config(gguf: ModelFile) -> ModelConfig:
     """ModelConfig from the GGUF metadata (and token_embd's shape for the vocabulary)."""
     meta, path = gguf.metadata, gguf.path
     arch = meta.get("general.architecture")
     if arch not in ARCHS:
-        raise _fail(path, f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)})")
+        hint = (" (this .smq carries no GGUF metadata; only .smq files made from GGUF models, by "
+                "SmallMind's importer or `python -m smallmind convert`, can be served)"
+                if arch is None and getattr(gguf, "format", "") == "smq" else "")
+        raise _fail(path, f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)}){hint}")
 
     def key(name, default=None, required=False):
         value = meta.get(f"{arch}.{name}", default)
         if required and value is None:
-            raise _fail(path, f"metadata key {arch}.{name} is missing")
+            raise _fail(path, f"metadata key {arch}.{name} is missing"
+                        + _dropped_by_smallmind(meta, f"{arch}.{name}"))
         return value
 
     if "token_embd.weight" not in gguf.tensors:
@@ -146,8 +159,8 @@ def read_config(gguf: GGUFFile) -> ModelConfig:
 
 
 def read_model_config(path: str | os.PathLike[str]) -> ModelConfig:
-    """The ModelConfig of a GGUF file, without loading the model (to size it first)."""
-    gguf = GGUFFile(path)
+    """The ModelConfig of a model file, without loading the model (to size it first)."""
+    gguf = open_model_file(path)
     try:
         return read_config(gguf)
     finally:
@@ -177,7 +190,7 @@ def _expected_shapes(cfg: ModelConfig) -> tuple[dict, dict]:
     return top, layer
 
 
-def _weight(gguf: GGUFFile, name: str, n_rows: int, n_cols: int, required: bool, matrix: bool):
+def _weight(gguf: ModelFile, name: str, n_rows: int, n_cols: int, required: bool, matrix: bool):
     """(view, type, n_rows, n_cols) of one tensor after checking it, or None if absent."""
     info = gguf.tensors.get(name)
     if info is None:
@@ -197,7 +210,7 @@ class Model:
     """A loaded model: `config`, `gguf` (metadata for the tokenizer), `vocab_size`, `n_ctx`,
     `n_slots`, `max_batch_tokens`.  Not thread-safe: one thread calls forward at a time."""
 
-    def __init__(self, gguf: GGUFFile, config: ModelConfig, native, n_ctx: int, n_slots: int,
+    def __init__(self, gguf: ModelFile, config: ModelConfig, native, n_ctx: int, n_slots: int,
                  max_batch_tokens: int):
         self.gguf = gguf
         self.config = config
@@ -210,11 +223,11 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike[str], n_ctx: int = 4096, n_slots: int = 4,
              max_batch_tokens: int = 512) -> "Model":
-        """Opens the GGUF and builds the native model.  n_ctx is capped at the model's
-        trained context length."""
+        """Opens the GGUF or .smq file and builds the native model.  n_ctx is capped at the
+        model's trained context length."""
         if n_ctx <= 0 or n_slots <= 0 or max_batch_tokens <= 0:
             raise ValueError("n_ctx, n_slots and max_batch_tokens must be positive")
-        gguf = GGUFFile(path)
+        gguf = open_model_file(path)
         try:
             config = read_config(gguf)
             if config.context_length:

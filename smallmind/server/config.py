@@ -110,7 +110,7 @@ class Setting:
 # The one table of seed keys; the dataclass above holds the defaults.
 SETTINGS: tuple[Setting, ...] = (
     Setting("ModelId", "model_id", str, "model id in the registry", flag=True),
-    Setting("ModelPath", "model_path", str, "path to a .gguf file", flag=True),
+    Setting("ModelPath", "model_path", str, "path to a .gguf or .smq file", flag=True),
     Setting("CacheDir", "cache_dir", str,
             "registry cache directory (unset: the registry's platform default)", flag=True),
     Setting("Host", "host", str, "interface to listen on", flag=True, nonempty=True),
