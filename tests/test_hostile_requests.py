@@ -149,6 +149,17 @@ def test_fifty_distinct_oversized_schemas_are_refused_and_cost_no_memory(server)
     assert rss_bytes(server.proc.pid) - before < 300 * 2**20
 
 
+def test_fifty_distinct_schemas_within_the_limit_stay_within_300_mb(server):
+    """50 distinct schemas of 500 optional properties (15 KB each, just under MaxSchemaBytes):
+    each compiles to tens of megabytes, which the byte-bounded cache lets go."""
+    before = rss_bytes(server.proc.pid)
+    for k in range(50):
+        schema = probe_latency._int_properties(500, prefix=f"m{k}_")
+        status, body = post(server, "/v1/chat/completions", chat(response_format=schema_format(schema)))
+        assert status == 200, body
+    assert rss_bytes(server.proc.pid) - before < 300 * 2**20
+
+
 # ---------------------------------------------------------------- item 3: 400, not 500
 
 @pytest.mark.parametrize("path, raw, param", [

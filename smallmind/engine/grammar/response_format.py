@@ -17,7 +17,7 @@ from .nodes import ByteTrie, Node, Object, any_value
 from .token_index import TokenIndex
 
 GRAMMAR_CACHE_SIZE = 64
-GRAMMAR_CACHE_BYTES = 256 << 20
+GRAMMAR_CACHE_BYTES = 128 << 20
 MAX_STATES_PER_MATCHER = 200_000  # past this a fresh matcher starts (bounds memory)
 # Approximate memory per automaton part, measured as RSS growth while compiling schemas of
 # 300-1,500 optional properties (130-200 bytes per trie node): rounded up.
