@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,30 @@ def test_prompt_bound_counts_max_tokens_given(server):
     # max_tokens 4,000 that cannot fit 4,096.
     status, body = post(server, "/v1/completions", {"prompt": "x" * 100_000, "max_tokens": 4000})
     assert_error(status, body, "prompt", code="context_length_exceeded", mentions="at least")
+
+
+def test_a_client_gone_during_preparation_starts_no_generation(server):
+    """A schema that takes a second or so to compile, whose client leaves meanwhile:
+    nothing is generated for nobody."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from server_process import metric
+
+    gone = {"endpoint": "/v1/chat/completions", "status": "499"}
+    before, gone_before = metric(server.url, "smallmind_prompt_tokens_total"), metric(server.url, "smallmind_requests_total", gone)
+    schema = probe_latency._int_properties(480, prefix="gone_")
+    body = json.dumps(chat(response_format=schema_format(schema), max_tokens=200)).encode()
+    u = urlsplit(server.url)
+    with socket.create_connection((u.hostname, u.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while metric(server.url, "smallmind_requests_total", gone) == gone_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server.url, "smallmind_requests_total", gone) == gone_before + 1
+    assert metric(server.url, "smallmind_prompt_tokens_total") == before
 
 
 def test_fifty_distinct_oversized_schemas_are_refused_and_cost_no_memory(server):
@@ -303,12 +328,10 @@ def test_min_prompt_tokens_is_a_lower_bound():
 
 
 def test_tokenizer_max_token_bytes_bounds_every_token():
-    from smallmind.engine.model import Model
-
-    model = Model.load(default_model_path(), n_ctx=64, n_slots=1, max_batch_tokens=16)
     from smallmind.engine.tokenizer import Tokenizer
+    from smallmind.gguf import GGUFFile
 
-    tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
+    tokenizer = Tokenizer.from_gguf(GGUFFile(default_model_path()).metadata)
     bound = tokenizer.max_token_bytes
     for text in ["hello world", " " * 200, "=" * 300, "<start_of_turn>user\nhi<end_of_turn>", "日本語" * 30]:
         ids = tokenizer.encode(text, add_special=False, parse_special=True)

@@ -122,6 +122,8 @@ class PostHandler(BaseHandler):
         return self.timeout_s - (time.perf_counter() - self.started)
 
     async def generate(self, prompts: list[list[int]], req, shape: "_Shape") -> None:
+        if self.client_gone:
+            return      # it left while its request was being prepared: nothing to start
         served = self.served()
         limit_ms = self.state.options.request_timeout_ms
         self.timeout_s = min(req.timeout_ms or limit_ms, limit_ms) / 1000
