@@ -142,7 +142,8 @@ def test_prompt_bound_counts_max_tokens_given(server):
 
 
 def test_a_client_gone_during_preparation_starts_no_generation(server):
-    """A schema that takes a second or so to compile, whose client leaves meanwhile:
+    """A request that takes a while to prepare (a 28 KB word to tokenize, then a schema of
+    480 optional properties to compile: at least 0.3 s), whose client leaves meanwhile:
     nothing is generated for nobody."""
     import socket
     from urllib.parse import urlsplit
@@ -152,12 +153,13 @@ def test_a_client_gone_during_preparation_starts_no_generation(server):
     gone = {"endpoint": "/v1/chat/completions", "status": "499"}
     before, gone_before = metric(server.url, "smallmind_prompt_tokens_total"), metric(server.url, "smallmind_requests_total", gone)
     schema = probe_latency._int_properties(480, prefix="gone_")
-    body = json.dumps(chat(response_format=schema_format(schema), max_tokens=200)).encode()
+    body = json.dumps(chat(response_format=schema_format(schema), max_tokens=100,
+                           messages=[{"role": "user", "content": "x" * 28_000}])).encode()
     u = urlsplit(server.url)
     with socket.create_connection((u.hostname, u.port)) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        time.sleep(0.3)
+        time.sleep(0.05)
     deadline = time.monotonic() + 60
     while metric(server.url, "smallmind_requests_total", gone) == gone_before and time.monotonic() < deadline:
         time.sleep(0.1)
