@@ -100,12 +100,34 @@ def _check_optional_fields(message: Mapping, where: str) -> None:
     for key in ("name", "tool_call_id"):
         if key in message and not isinstance(message[key], str):
             raise _invalid(f"{where}.{key} must be a string")
+    # A tool result answers one call: OpenAI refuses it without the call's id.
+    if message.get("role") == "tool" and "tool_call_id" not in message:
+        raise _invalid(f"{where}.tool_call_id is required for role 'tool'")
     tool_calls = message.get("tool_calls")
     if tool_calls is not None:
         if message.get("role") != "assistant":
             raise _invalid(f"{where}.tool_calls is only allowed on assistant messages")
         if not isinstance(tool_calls, list):
             raise _invalid(f"{where}.tool_calls must be a list")
+        for i, call in enumerate(tool_calls):
+            _check_tool_call(call, f"{where}.tool_calls[{i}]")
+
+
+def _check_tool_call(call: Any, where: str) -> None:
+    """An earlier call as OpenAI requires it: {"id", "type": "function", "function":
+    {"name", "arguments"}}, all strings."""
+    if not isinstance(call, Mapping):
+        raise _invalid(f"{where} must be an object")
+    if not isinstance(call.get("id"), str):
+        raise _invalid(f"{where}.id must be a string")
+    if call.get("type") != "function":
+        raise _invalid(f"{where}.type must be 'function'")
+    function = call.get("function")
+    if not isinstance(function, Mapping):
+        raise _invalid(f"{where}.function must be an object with 'name' and 'arguments'")
+    for key in ("name", "arguments"):
+        if not isinstance(function.get(key), str):
+            raise _invalid(f"{where}.function.{key} must be a string")
 
 
 def _content_text(message: Mapping, role: str, where: str) -> str:

@@ -420,6 +420,15 @@ class Tokenizer:
         """The bytes a token stands for (special tokens as their text)."""
         return self._pieces[token_id]
 
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most bytes of input text one token can stand for, so that a text of B UTF-8
+        bytes needs at least ceil(B / max_token_bytes) tokens.  A token covers its piece
+        (a special token: its text); a character no token covers becomes byte tokens or
+        the unknown token, so at most 4 bytes (one character, or U+FFFD for a lone
+        surrogate) ride on an unknown one."""
+        return max(4, max(map(len, self._pieces), default=0))
+
     # ------------------------------------------------------------------ encode
     def encode(self, text: str, add_special: bool = True,
                parse_special: bool = False) -> list[int]:

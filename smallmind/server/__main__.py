@@ -17,6 +17,8 @@ from smallmind.server.runtime import ServedModel, resolve_model
 
 log = logging.getLogger("smallmind.server")
 
+SWITCH_INTERVAL_S = 0.001
+
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:   # --help
         return int(e.code or 0)
     log.info("settings: %s", describe(options))
+    # Request preparation (templates, tokenizing, schema compiling) runs in worker threads;
+    # a shorter GIL switch interval than Python's 5 ms lets the event loop in sooner while
+    # one of them computes, so probes and streams stay prompt.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         asyncio.run(serve(options, source))
     except KeyboardInterrupt:

@@ -80,6 +80,18 @@ class PostHandler(BaseHandler):
     async def handle(self) -> None:
         raise NotImplementedError
 
+    async def off_loop(self, fn: Callable, *args):
+        """fn(*args) in a worker thread.  Parsing, chat templates, tokenizing, schema
+        compiling and building large answers take time that grows with the request; the
+        IOLoop meanwhile keeps answering everyone else (probes included)."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def send_built(self, build: Callable[[], dict]) -> None:
+        """A 200 whose body build() makes and which is encoded off the loop."""
+        body = await self.off_loop(lambda: json.dumps(build(), ensure_ascii=False))
+        self.set_status(200)
+        self.finish(body)
+
     # ---- endings ----
 
     def on_connection_close(self) -> None:
@@ -110,6 +122,8 @@ class PostHandler(BaseHandler):
         return self.timeout_s - (time.perf_counter() - self.started)
 
     async def generate(self, prompts: list[list[int]], req, shape: "_Shape") -> None:
+        if self.client_gone:
+            return      # it left while its request was being prepared: nothing to start
         served = self.served()
         limit_ms = self.state.options.request_timeout_ms
         self.timeout_s = min(req.timeout_ms or limit_ms, limit_ms) / 1000
@@ -131,7 +145,7 @@ class PostHandler(BaseHandler):
                 else:
                     texts, reasons, logprobs = await self.collect(len(prompts) * req.n)
                     usage = protocol.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
-                    self.send_json(shape.response(texts, reasons, usage, logprobs))
+                    await self.send_built(lambda: shape.response(texts, reasons, usage, logprobs))
         except (ClientGone, tornado.iostream.StreamClosedError):
             self.end_generation(None)
         except Exception as e:
@@ -376,36 +390,57 @@ class ChatHandler(PostHandler):
     ROUTE = "/v1/chat/completions"
 
     async def handle(self) -> None:
-        req = protocol.parse_chat(self.body, self.state.defaults())
+        req, prompt_ids, self.grammar = await self.off_loop(self.prepare_request, self.body)
         served = self.served()
-        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
         tools = req.tools if req.tool_choice != "none" else []
-        prompt_ids = served.chat_prompt(req.messages, tools)
         mode = "off" if not tools else "auto" if req.tool_choice == "auto" else "forced"
         shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id,
                            served.tokenizer.token_bytes, req.logprobs is not None,
                            tools=tools, tool_mode=mode)
-        self.grammar = served.grammar_for(req.response_format, tool_calls.call_schema(tools, req.tool_choice))
         if self.grammar is not None:
             self.token_index = await served.token_index()
         await self.generate([prompt_ids], req, shape)
+
+    def prepare_request(self, body: bytes):
+        """(request, prompt ids, grammar or None), in a worker thread.  Cheap bounds come
+        first: schema sizes before compiling, the rendered prompt's bytes before tokenizing."""
+        req = protocol.parse_chat(body, self.state.defaults())
+        served = self.served()
+        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        served.check_schemas(req.response_format, req.tools)
+        tools = req.tools if req.tool_choice != "none" else []
+        text = served.chat_text(req.messages, tools)
+        protocol.fit_max_tokens(req, served.min_tokens(text), served.n_ctx, at_least=True)
+        prompt_ids = served.encode_chat(text)
+        grammar = served.grammar_for(req.response_format, tool_calls.call_schema(tools, req.tool_choice))
+        return req, prompt_ids, grammar
 
 
 class CompletionHandler(PostHandler):
     ROUTE = "/v1/completions"
 
     async def handle(self) -> None:
-        req = protocol.parse_completion(self.body, self.state.defaults())
+        req, prompts, echoes = await self.off_loop(self.prepare_request, self.body)
         served = self.served()
-        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
-        prompts = [served.text_prompt(p) for p in req.prompts]
-        echoes = [self.echo_text(p, ids) if req.echo else "" for p, ids in zip(req.prompts, prompts)]
         echo_logprobs = [await self.echo_logprobs(ids, req) for ids in prompts]
         shape = _CompletionShape(protocol.new_id(protocol.COMPLETION_ID_PREFIX), int(time.time()),
                                  served.model_id, served.tokenizer.token_bytes, req.logprobs is not None,
                                  echoes=[e for e in echoes for _ in range(req.n)],
                                  echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)])
         await self.generate(prompts, req, shape)
+
+    def prepare_request(self, body: bytes):
+        """(request, prompts' ids, echoed texts), in a worker thread; a text prompt that
+        cannot fit is refused from its bytes before it is tokenized."""
+        req = protocol.parse_completion(body, self.state.defaults())
+        served = self.served()
+        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        for p in req.prompts:
+            if isinstance(p, str):
+                protocol.fit_max_tokens(req, served.min_tokens(p), served.n_ctx, at_least=True)
+        prompts = [served.text_prompt(p) for p in req.prompts]
+        echoes = [self.echo_text(p, ids) if req.echo else "" for p, ids in zip(req.prompts, prompts)]
+        return req, prompts, echoes
 
     async def echo_logprobs(self, ids: list[int], req) -> list:
         """(token, TokenLogprob or None) of each prompt token when echo and logprobs are both
@@ -425,17 +460,26 @@ class EmbeddingHandler(PostHandler):
     ROUTE = "/v1/embeddings"
 
     async def handle(self) -> None:
-        req = protocol.parse_embedding(self.body)
+        req, inputs = await self.off_loop(self.prepare_request, self.body)
         served = self.served()
-        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
-        inputs = [served.text_prompt(item, param="input") for item in req.inputs]
-        for ids in inputs:
-            served.check_embedding_input(ids)
         self.prompt_tokens = sum(len(ids) for ids in inputs)
         vectors = await served.scheduler.embed(inputs)
         self.state.metrics.tokens(self.prompt_tokens, 0)
-        self.send_json(protocol.embedding_list(served.model_id, vectors, req.encoding_format,
-                                               self.prompt_tokens))
+        await self.send_built(lambda: protocol.embedding_list(served.model_id, vectors, req.encoding_format,
+                                                              self.prompt_tokens))
+
+    def prepare_request(self, body: bytes):
+        """(request, inputs' ids), in a worker thread; inputs too long are refused before
+        they are tokenized where their bytes already tell."""
+        req = protocol.parse_embedding(body)
+        served = self.served()
+        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        for item in req.inputs:
+            served.check_embedding_input(item)
+        inputs = [served.text_prompt(item, param="input") for item in req.inputs]
+        for ids in inputs:
+            served.check_embedding_input(ids)
+        return req, inputs
 
 
 class TokenizeHandler(PostHandler):
@@ -444,14 +488,18 @@ class TokenizeHandler(PostHandler):
     ROUTE = "/tokenize"
 
     async def handle(self) -> None:
-        req = protocol.parse_tokenize(self.body)
+        body = self.body
+        await self.send_built(lambda: self.tokenize(body))
+
+    def tokenize(self, body: bytes) -> dict:
+        req = protocol.parse_tokenize(body, self.state.options.max_tokenize_bytes)
         tokenizer = self.served().tokenizer
         ids = tokenizer.encode(req.content, add_special=req.add_special, parse_special=req.parse_special)
         if req.with_pieces:
             tokens = [{"id": i, "piece": protocol.token_piece(tokenizer.token_bytes(i))} for i in ids]
         else:
             tokens = ids
-        self.send_json({"tokens": tokens})
+        return {"tokens": tokens}
 
 
 class DetokenizeHandler(PostHandler):
@@ -460,7 +508,11 @@ class DetokenizeHandler(PostHandler):
     ROUTE = "/detokenize"
 
     async def handle(self) -> None:
-        ids = protocol.parse_detokenize(self.body)
+        body = self.body
+        await self.send_built(lambda: self.detokenize(body))
+
+    def detokenize(self, body: bytes) -> dict:
+        ids = protocol.parse_detokenize(body)
         tokenizer = self.served().tokenizer
         bad = next((t for t in ids if t >= tokenizer.vocab_size), None)
         if bad is not None:
@@ -468,4 +520,4 @@ class DetokenizeHandler(PostHandler):
                                          f"(0..{tokenizer.vocab_size - 1})")
             err.param = "tokens"
             raise err
-        self.send_json({"content": tokenizer.decode(ids, skip_special=False)})
+        return {"content": tokenizer.decode(ids, skip_special=False)}

@@ -58,6 +58,9 @@ class ServerOptions:
     cors_origins: str | None = None
     drain_timeout_ms: int = 30_000
     prefix_cache_mib: int = 256
+    max_schema_bytes: int = 16 * 1024
+    max_schema_depth: int = 64
+    max_tokenize_bytes: int = 256 * 1024
 
     @property
     def api_keys(self) -> list[str]:
@@ -146,6 +149,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PrefixCacheMiB", "prefix_cache_mib", int,
             "memory (MiB) for the KV caches of finished requests, reused by new prompts that "
             "start the same way (0: no reuse)", low=0, flag=True),
+    # Compiling a schema costs time and memory that grow faster than its size, and on deep
+    # nesting, stack: each schema (response_format, a tool's parameters) is measured first.
+    Setting("MaxSchemaBytes", "max_schema_bytes", int,
+            "largest JSON schema (response_format or a tool's parameters, as compact JSON) "
+            "accepted; larger ones get 400", low=64),
+    Setting("MaxSchemaDepth", "max_schema_depth", int,
+            "deepest nesting of objects and arrays in a JSON schema accepted; deeper ones "
+            "get 400", low=4, high=200),
+    Setting("MaxTokenizeBytes", "max_tokenize_bytes", int,
+            "longest /tokenize content (UTF-8 bytes) accepted; longer ones get 400", low=1),
 )
 
 _BY_KEY = {s.key.lower(): s for s in SETTINGS}

@@ -51,8 +51,10 @@ __all__ = [
     # errors
     "ContextLengthError", "EmbeddingsNotSupportedError", "RouteNotFoundError",
     "MethodNotAllowedError", "BodyTooLargeError", "QueueFullError", "RequestTimeoutError",
-    "AuthenticationError",
+    "AuthenticationError", "LimitExceededError",
     "NotReadyError", "error_response",
+    # limits
+    "check_schema_limits", "min_prompt_tokens",
 ]
 
 MAX_N = 8                      # choices per prompt
@@ -74,12 +76,16 @@ class ContextLengthError(RequestValidationError):
     code = "context_length_exceeded"
 
     def __init__(self, context_length: int, prompt_tokens: int,
-                 max_tokens: int | None = None, param: str | None = "messages") -> None:
+                 max_tokens: int | None = None, param: str | None = "messages",
+                 at_least: bool = False) -> None:
+        # at_least: prompt_tokens is a lower bound from the prompt's length in bytes (the
+        # prompt was refused before it was tokenized)
+        some = "at least " if at_least else ""
         if max_tokens is None:
-            asked = f"{prompt_tokens} tokens in the prompt, leaving no room for a completion"
+            asked = f"{some}{prompt_tokens} tokens in the prompt, leaving no room for a completion"
         else:
-            asked = (f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
-                     f"{max_tokens} in the completion)")
+            asked = (f"{some}{prompt_tokens + max_tokens} tokens ({some}{prompt_tokens} in the "
+                     f"prompt, {max_tokens} in the completion)")
         super().__init__(f"This model's maximum context length is {context_length} tokens, "
                          f"however you requested {asked}. Please reduce the length of the "
                          f"prompt or of max_tokens.")
@@ -87,6 +93,17 @@ class ContextLengthError(RequestValidationError):
         self.context_length = context_length
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
+
+
+class LimitExceededError(RequestValidationError):
+    """A request part is larger than a configured limit of this server (the message names
+    the setting)."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class EmbeddingsNotSupportedError(RequestValidationError):
@@ -279,14 +296,19 @@ class EmbeddingRequest:
 # Field readers
 # ============================================================================================
 
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # JSON has no bool/number confusion, Python does: True is an int.  JSON has no size
+    # limit, Python's int neither: 1 followed by 400 zeros would overflow float() and the
+    # native code behind every field; no field's valid value lies outside int64 (seed is
+    # OpenAI's int64 too), so the type check refuses those outright.
+    return isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX
 
 
 def _is_number(value: Any) -> bool:
-    # JSON has no bool/number confusion, Python does: True is an int.  Infinite floats come
-    # from literals such as 1e999.  Huge ints are fine: they are only compared, never floated
-    # before their range check.
+    # Infinite floats come from literals such as 1e999.
     if isinstance(value, float):
         return math.isfinite(value)
     return _is_int(value)
@@ -338,7 +360,13 @@ _COMPLETION_LOGPROBS = _NumberField("logprobs", True, lambda v: 0 <= v <= 5,
                                     "an integer between 0 and 5 or null")
 _TIMEOUT_MS = _NumberField("timeout_ms", True, lambda v: v >= 1, "an integer >= 1 or null")
 
-_TOKEN_ID_KEY = re.compile(r"[0-9]+", re.ASCII)
+_BEST_OF = _NumberField("best_of", True, lambda v: 1 <= v <= 20, "an integer between 1 and 20 or null")
+
+# At most 18 digits: every token id fits, and int() never meets Python's 4,300-digit limit.
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,18}", re.ASCII)
+# A JSON escape of a UTF-16 surrogate: \ud800-\udfff.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _load_object(body: bytes | str) -> dict:
@@ -353,7 +381,44 @@ def _load_object(body: bytes | str) -> dict:
     if not isinstance(parsed, dict):
         raise _invalid(None, f"invalid JSON body: expected an object, "
                              f"got {_json_type(parsed)}")
+    _refuse_lone_surrogates(parsed, body)
     return parsed
+
+
+def _refuse_lone_surrogates(fields: dict, body: bytes | str) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800") and Python's json then yields a
+    str that no UTF-8 can hold: it would fail wherever it is encoded (tokenizer, echo,
+    stream, schema literal).  Refused here, as raw invalid UTF-8 already is.  Only bodies
+    holding such an escape at all are searched."""
+    escapes = _SURROGATE_ESCAPE_BYTES if isinstance(body, bytes) else _SURROGATE_ESCAPE
+    if not escapes.search(body):
+        return
+    for name, value in fields.items():
+        if not all(_encodable(text) for text in _strings_in(name, value)):
+            raise _invalid(name, f"{name} holds a lone UTF-16 surrogate (an unpaired escape "
+                                 f"such as \\ud800), which is not valid Unicode text")
+
+
+def _strings_in(*values: Any) -> Iterable[str]:
+    """Every string in JSON values, object keys included (iteratively: no depth limit)."""
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _json_type(value: Any) -> str:
@@ -371,11 +436,16 @@ def _read_bool(body: dict, name: str) -> bool:
     return value
 
 
+def _read_string(body: dict, name: str) -> str | None:
+    """An optional string field (null: not given)."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _invalid(name, f"{name} must be a string, got {_shown(value)}")
+    return value
+
+
 def _read_model(body: dict) -> str | None:
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _invalid("model", f"model must be a string, got {_shown(model)}")
-    return model
+    return _read_string(body, "model")
 
 
 def _read_stop(body: dict) -> list[str]:
@@ -446,6 +516,7 @@ def _read_generation(body: dict, defaults: Defaults) -> dict[str, Any]:
     """The GenerationRequest fields, as keyword arguments."""
     sampling, max_tokens_given = _read_sampling(body, defaults)
     stream = _read_bool(body, "stream")
+    _read_string(body, "user")     # accepted and ignored, but only as OpenAI accepts it
     return dict(sampling=sampling, max_tokens_given=max_tokens_given, stop=_read_stop(body),
                 n=_N.read(body) or 1, stream=stream,
                 include_usage=_read_include_usage(body, stream), model=_read_model(body),
@@ -523,6 +594,7 @@ def parse_chat(body: bytes | str, defaults: Defaults = Defaults()) -> ChatReques
     req.response_format = _read_response_format(fields)
     req.tools = _read_tools(fields)
     req.tool_choice = _read_tool_choice(fields, req.tools)
+    _read_bool(fields, "parallel_tool_calls")   # at most one call per answer is found anyway
     if req.tools and req.tool_choice != "none" and req.response_format is not None:
         raise _invalid("response_format", "response_format cannot be combined with tools")
     return req
@@ -615,6 +687,9 @@ def parse_completion(body: bytes | str, defaults: Defaults = Defaults()) -> Comp
                                     allow_empty_text=True)
     req = CompletionRequest(prompts=prompts, echo=_read_bool(fields, "echo"),
                             **_read_generation(fields, defaults))
+    # Accepted and ignored as before, but only with the types OpenAI accepts.
+    _read_string(fields, "suffix")
+    _BEST_OF.read(fields)
     req.logprobs = _COMPLETION_LOGPROBS.read(fields)
     return req
 
@@ -624,13 +699,16 @@ def parse_embedding(body: bytes | str) -> EmbeddingRequest:
     fields = _load_object(body)
     inputs = _read_texts_or_tokens(fields, "input", max_items=MAX_EMBEDDING_INPUTS,
                                    allow_empty_text=False)
-    encoding_format = fields.get("encoding_format") or "float"
-    if encoding_format not in ("float", "base64"):
+    encoding_format = fields.get("encoding_format")
+    if encoding_format is None:
+        encoding_format = "float"
+    elif encoding_format not in ("float", "base64"):
         raise _invalid("encoding_format", f"encoding_format must be 'float' or 'base64', "
                                           f"got {_shown(encoding_format)}")
     if fields.get("dimensions") is not None:
         raise _invalid("dimensions", "dimensions is not supported: embeddings always have "
                                      "the model's own size")
+    _read_string(fields, "user")
     return EmbeddingRequest(inputs=inputs, encoding_format=encoding_format,
                             model=_read_model(fields))
 
@@ -645,11 +723,15 @@ class TokenizeRequest:
     with_pieces: bool
 
 
-def parse_tokenize(body: bytes | str) -> TokenizeRequest:
+def parse_tokenize(body: bytes | str, max_bytes: int) -> TokenizeRequest:
+    """A /tokenize body; content longer than ``max_bytes`` (UTF-8) is a LimitExceededError."""
     fields = _load_object(body)
     content = fields.get("content")
     if not isinstance(content, str):
         raise _invalid("content", f"content must be a string, got {_shown(content)}")
+    if len(content) > max_bytes or len(content.encode("utf-8")) > max_bytes:
+        raise LimitExceededError(f"content is longer than this server's limit of {max_bytes} "
+                                 f"bytes (MaxTokenizeBytes)", "content")
     parse_special = fields.get("parse_special", True)
     if not isinstance(parse_special, bool):
         raise _invalid("parse_special", f"parse_special must be a boolean, got {_shown(parse_special)}")
@@ -693,20 +775,60 @@ def choice_index(prompt: int, choice: int, n: int) -> int:
     return prompt * n + choice
 
 
-def fit_max_tokens(req: GenerationRequest, prompt_tokens: int, context_length: int) -> int:
+def fit_max_tokens(req: GenerationRequest, prompt_tokens: int, context_length: int,
+                   at_least: bool = False) -> int:
     """The max_tokens to generate with: a default is clipped to the room the prompt leaves,
     a user-given one that does not fit is a ContextLengthError, as is a prompt that leaves
-    no room at all."""
+    no room at all.  With ``at_least``, prompt_tokens is only a lower bound (from
+    min_prompt_tokens): the refusals are as certain, the returned number is not final."""
     param = "messages" if isinstance(req, ChatRequest) else "prompt"
     room = context_length - prompt_tokens
     if room < 1:
-        raise ContextLengthError(context_length, prompt_tokens, None, param=param)
+        raise ContextLengthError(context_length, prompt_tokens, None, param=param, at_least=at_least)
     wanted = req.sampling.max_tokens
     if wanted <= room:
         return wanted
     if req.max_tokens_given:
-        raise ContextLengthError(context_length, prompt_tokens, wanted, param=param)
+        raise ContextLengthError(context_length, prompt_tokens, wanted, param=param, at_least=at_least)
     return room
+
+
+def min_prompt_tokens(text: str, max_token_bytes: int) -> int:
+    """A lower bound on the tokens of ``text`` that needs no tokenizing: no token stands for
+    more than ``max_token_bytes`` bytes of text, so B bytes take at least ceil(B / max)."""
+    return -(-len(text.encode("utf-8")) // max_token_bytes)
+
+
+def check_schema_limits(schema: Any, param: str, where: str, max_bytes: int, max_depth: int) -> None:
+    """A LimitExceededError (naming ``param``) for a JSON schema nested deeper than
+    ``max_depth`` objects/arrays or longer than ``max_bytes`` as compact JSON: measured before
+    anything compiles it, since compiling costs more than linear time and memory and
+    recurses once per level."""
+    if _nesting_depth(schema, max_depth) > max_depth:
+        raise LimitExceededError(f"{where} is nested more than {max_depth} levels deep (objects "
+                                 f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
+                                 param)
+    size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > max_bytes:
+        raise LimitExceededError(f"{where} is {size} bytes as compact JSON; this server's limit "
+                                 f"is {max_bytes} bytes (MaxSchemaBytes)", param)
+
+
+def _nesting_depth(value: Any, stop_after: int) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar: 0), counted no further than
+    one past ``stop_after``; iterative, so any depth is measured safely."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def check_vocabulary(req: GenerationRequest | EmbeddingRequest, vocab_size: int) -> None:

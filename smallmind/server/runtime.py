@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smallmind import kernels, tool_calls
-from smallmind.chat_template import ChatTemplate
+from smallmind.chat_template import ChatTemplate, normalize_messages
 from smallmind.engine.engine import Engine
 from smallmind.engine.grammar import TokenIndex, compile_response_format
 from smallmind.engine.model import Model, read_model_config
@@ -19,7 +19,7 @@ from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
 from smallmind.scheduler import Scheduler
 from smallmind.server.config import ServerOptions
-from smallmind.server.protocol import ContextLengthError
+from smallmind.server.protocol import ContextLengthError, check_schema_limits, min_prompt_tokens
 
 log = logging.getLogger("smallmind.server")
 
@@ -87,6 +87,9 @@ class ServedModel:
         self.tokenizer = Tokenizer.from_gguf(metadata)
         self.chat_template = ChatTemplate.for_model(metadata, self.tokenizer.tokens)
         self.n_ctx = self.model.n_ctx
+        # Longest text one token stands for: prompts are measured against the context by
+        # their bytes before anyone tokenizes them.  Computed here, at load, not per request.
+        self.max_token_bytes = self.tokenizer.max_token_bytes
         self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_engine, max_running=n_active,
                              prefix_cache=options.prefix_cache_mib > 0, prefill_chunk=PREFILL_CHUNK)
         self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_engine)
@@ -103,9 +106,21 @@ class ServedModel:
                  n_slots, options.max_concurrent_requests, slot_bytes / 2**20)
         return n_slots
 
+    def check_schemas(self, response_format: dict | None, tools: list[dict]) -> None:
+        """MaxSchemaBytes and MaxSchemaDepth for the response format's schema and each tool's
+        parameters, before anything compiles or walks them."""
+        o = self.options
+        if response_format and response_format.get("type") == "json_schema":
+            check_schema_limits(response_format["json_schema"]["schema"], "response_format",
+                                "response_format.json_schema.schema", o.max_schema_bytes, o.max_schema_depth)
+        for i, tool in enumerate(tools):
+            check_schema_limits(tool["function"]["parameters"], "tools", f"tools[{i}].function.parameters",
+                                o.max_schema_bytes, o.max_schema_depth)
+
     def grammar_for(self, response_format: dict | None, call_schema: dict | None):
         """The grammar a chat answer must follow: a forced tool call's, else the requested
-        response format's, else None.  Unsupported schema keywords are a 400."""
+        response format's, else None.  Unsupported schema keywords are a 400.  Call
+        check_schemas first; this may take a while (run it off the event loop)."""
         if call_schema is not None:
             try:
                 return compile_response_format({"type": "json_schema", "json_schema": {
@@ -141,16 +156,29 @@ class ServedModel:
     # ---- prompts ----
 
     def chat_prompt(self, messages: list, tools: list[dict] | None = None) -> list[int]:
-        """Prompt ids of a conversation; with tools, the functions are described either by
-        the model's own template or by a built-in system prompt."""
+        """Prompt ids of a conversation (chat_text, then encode_chat)."""
+        return self.encode_chat(self.chat_text(messages, tools))
+
+    def chat_text(self, messages: list, tools: list[dict] | None = None) -> str:
+        """A conversation rendered by the chat template; with tools, the functions are
+        described either by the model's own template or by a built-in system prompt."""
+        # Judged as the client sent them: preparing for a template without tool support
+        # turns tool turns into plain text, which would hide a malformed one.
+        normalize_messages(messages)
         handles = self.chat_template.handles_tools
         messages = tool_calls.prepare_messages(messages, tools or [], handles)
-        text = self.chat_template.render(messages, add_generation_prompt=True,
+        return self.chat_template.render(messages, add_generation_prompt=True,
                                          tools=tools if handles else None)
+
+    def encode_chat(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_id
         # A template that writes the BOS text itself must not get a second one.
         has_bos = bos is not None and text.startswith(self.tokenizer.token_text(bos))
         return self.tokenizer.encode(text, add_special=not has_bos, parse_special=True)
+
+    def min_tokens(self, text: str) -> int:
+        """At least this many tokens encode ``text`` (from its length, without tokenizing)."""
+        return min_prompt_tokens(text, self.max_token_bytes)
 
     def text_prompt(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Token ids of a completion prompt or embedding input (ids pass through; the
@@ -165,6 +193,11 @@ class ServedModel:
             raise err
         return ids
 
-    def check_embedding_input(self, ids: list[int]) -> None:
-        if len(ids) > self.n_ctx:
-            raise ContextLengthError(self.n_ctx, len(ids), None, param="input")
+    def check_embedding_input(self, item: str | list[int]) -> None:
+        """An input longer than the context: ids by their count, text before tokenizing by
+        the least number of tokens its bytes need."""
+        if isinstance(item, str):
+            if (least := self.min_tokens(item)) > self.n_ctx:
+                raise ContextLengthError(self.n_ctx, least, None, param="input", at_least=True)
+        elif len(item) > self.n_ctx:
+            raise ContextLengthError(self.n_ctx, len(item), None, param="input")

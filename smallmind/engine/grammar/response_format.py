@@ -2,7 +2,9 @@
 
 Compiled grammars are cached by the exact request text, so repeated requests with the
 same schema share their automaton and its cached allowed sets (the first request with a
-new schema pays for building them)."""
+new schema pays for building them).  The cache is bounded by the bytes its grammars hold
+(GRAMMAR_CACHE_BYTES), since one schema's automaton can take from kilobytes to hundreds
+of megabytes, and by entries."""
 
 import json
 import threading
@@ -11,11 +13,16 @@ from collections import OrderedDict
 
 from .json_schema import ANY_VALUE_DEPTH, compile_schema, schema_error
 from .matcher import GrammarState, Matcher
-from .nodes import Node, Object, any_value
+from .nodes import ByteTrie, Node, Object, any_value
 from .token_index import TokenIndex
 
 GRAMMAR_CACHE_SIZE = 64
+GRAMMAR_CACHE_BYTES = 128 << 20
 MAX_STATES_PER_MATCHER = 200_000  # past this a fresh matcher starts (bounds memory)
+# Approximate memory per automaton part, measured as RSS growth while compiling schemas of
+# 300-1,500 optional properties (130-200 bytes per trie node): rounded up.
+_TRIE_NODE_BYTES = 250
+_NODE_BYTES = 200
 
 
 class Grammar:
@@ -27,6 +34,15 @@ class Grammar:
         self._matchers: "weakref.WeakKeyDictionary[TokenIndex, Matcher]" = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self.compiled_bytes = _automaton_bytes(root)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate memory held: the automaton, plus the allowed sets its matchers have
+        cached so far (they grow with use, up to MASK_CACHE_BYTES each)."""
+        with self._lock:
+            matchers = list(self._matchers.values())
+        return self.compiled_bytes + sum(m.cached_bytes for m in matchers)
 
     def start(self, index: TokenIndex) -> GrammarState:
         """A new sequence's state, at the beginning of the value."""
@@ -38,6 +54,31 @@ class Grammar:
 
     def __repr__(self) -> str:
         return f"Grammar({self.kind})"
+
+
+def _automaton_bytes(root: Node) -> int:
+    """Approximate memory of the automaton under ``root`` (shared parts counted once)."""
+    seen: set[int] = set()
+    stack: list = [root]
+    total = 0
+    while stack:
+        part = stack.pop()
+        if id(part) in seen:
+            continue
+        seen.add(id(part))
+        if isinstance(part, ByteTrie):
+            total += len(part.children) * _TRIE_NODE_BYTES
+        elif isinstance(part, (list, tuple)):
+            stack.extend(part)
+        elif isinstance(part, Node):
+            total += _NODE_BYTES
+            stack.extend(getattr(part, name, None) for cls in type(part).__mro__
+                         for name in getattr(cls, "__slots__", ()))
+    return total
+
+
+def _entry_bytes(key: str, grammar: "Grammar | None") -> int:
+    return len(key) + (grammar.nbytes if grammar is not None else 0)
 
 
 _cache: "OrderedDict[str, Grammar | None]" = OrderedDict()
@@ -60,9 +101,17 @@ def compile_response_format(response_format) -> Grammar | None:
     grammar = build_grammar(response_format)
     with _cache_lock:
         _cache[key] = grammar
-        while len(_cache) > GRAMMAR_CACHE_SIZE:
-            _cache.popitem(last=False)
+        total = sum(_entry_bytes(k, g) for k, g in _cache.items())
+        while len(_cache) > GRAMMAR_CACHE_SIZE or (total > GRAMMAR_CACHE_BYTES and _cache):
+            evicted = _cache.popitem(last=False)
+            total -= _entry_bytes(*evicted)
     return grammar
+
+
+def cached_bytes() -> int:
+    """Approximate memory the grammar cache holds."""
+    with _cache_lock:
+        return sum(_entry_bytes(k, g) for k, g in _cache.items())
 
 
 def build_grammar(response_format) -> Grammar | None:
