@@ -13,6 +13,7 @@ would refuse to send what an attacker sends.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -269,3 +270,57 @@ def test_expected_outcomes_are_logged_without_traceback(server):
     log = server.output()
     assert "Traceback" not in log
     assert any("WARNING" in line and " 504 " in line for line in log.splitlines()), log[-2000:]
+
+
+# ----------------------------------------------------------------------------- first run
+
+def readme_first_command() -> str:
+    """Set-up command 1 of the README, without its comment."""
+    text = (REPO / "README.md").read_text()
+    setup = text.split("## Set-up on a fresh machine", 1)[1]
+    first_line = setup.split("```bash\n", 1)[1].splitlines()[0]
+    return first_line.split("#", 1)[0].strip()
+
+
+@pytest.mark.slow
+def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
+    """`git clone ... && cd ... && <README command 1>` serves the default model.
+
+    It runs in a virtualenv that sees the installed dependencies (so nothing is downloaded
+    and the editable install the suite runs from stays as it is); pip is told through its
+    environment to stay offline and build with the tools already installed."""
+    command = readme_first_command()
+    assert command.endswith("python -m smallmind.server"), command
+    default_model_path()
+    clone, venv = tmp_path / "smallmind", tmp_path / "venv"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    port = free_port()
+    env = dict(os.environ, PATH=f"{venv / 'bin'}:{os.environ['PATH']}", PIP_NO_INDEX="1",
+               PIP_NO_BUILD_ISOLATION="0",       # pip's spelling of --no-build-isolation
+               ServerOptions__Port=str(port), ServerOptions__Host="127.0.0.1")
+    env.pop("PYTHONPATH", None)
+    log = open(tmp_path / "run.log", "w+b")
+    run = subprocess.Popen(["bash", "-c", command], cwd=clone, env=env, stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 1200          # the build compiles every kernel unit
+        status = None
+        while time.monotonic() < deadline and run.poll() is None and status != 200:
+            try:
+                status = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=5)[0]
+            except OSError:
+                time.sleep(1)
+        log.seek(0)
+        assert status == 200, log.read().decode(errors="replace")[-4000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGTERM)
+            try:
+                run.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+        log.close()
+    assert run.returncode == 0
