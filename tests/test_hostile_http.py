@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -324,3 +325,51 @@ def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
                 run.wait()
         log.close()
     assert run.returncode == 0
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+FUZZ_EXAMPLES = 25      # per operation and phase
+FUZZ_SEED = 16
+
+
+def test_openapi_document_describes_every_route(server):
+    status, headers, body = http("GET", server.url + "/openapi.json")
+    document = json.loads(body)
+    assert status == 200 and document["openapi"] == "3.1.0"
+    from smallmind.server.app import ServerState, make_app
+    from smallmind.server.config import ServerOptions
+
+    routes = {rule.matcher.regex.pattern.rstrip("$").replace("(.+)", "{model}")
+              for rule in make_app(ServerState(ServerOptions())).default_router.rules[0].target.rules}
+    assert routes == set(document["paths"])
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_fault_and_no_schema_violation(tmp_path):
+    """schemathesis against the live server, from its own /openapi.json: every response
+    conforms to the documented status codes, content types, headers and schemas, and none
+    is a fault (tests/schemathesis_checks.py); the server is alive after."""
+    default_model_path()
+    proc = ServerProcess("--ServerOptions:MaxContextTokens=128", "--ServerOptions:DefaultMaxTokens=8",
+                         "--ServerOptions:RequestTimeoutMs=60000").wait_ready()
+    timeouts = tmp_path / "timeouts.jsonl"
+    timeouts.touch()
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="schemathesis_checks", SMALLMIND_FUZZ_TIMEOUTS=str(timeouts),
+               PYTHONPATH=f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}", NO_COLOR="1")
+    command = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
+               "run", proc.url + "/openapi.json", "--max-examples", str(FUZZ_EXAMPLES),
+               "--seed", str(FUZZ_SEED), "--generation-database", "none", "--request-timeout", "120",
+               "--checks", "not_a_server_fault,status_code_conformance,content_type_conformance,"
+                           "response_schema_conformance,response_headers_conformance"]
+    try:
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        summary = run.stdout[run.stdout.rfind("SUMMARY"):]
+        print(summary, f"\n504 timeout_error answers (a request's own deadline): "
+                       f"{len(set(timeouts.read_text().splitlines()))}")
+        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
+        assert re.search(r"Tested: 1[0-9]", summary), summary
+        assert http("GET", proc.url + "/healthz")[0] == 200
+        assert proc.proc.poll() is None
+    finally:
+        proc.stop()

@@ -13,6 +13,7 @@ import tornado.web
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
 from smallmind.server import protocol
 from smallmind.server.access_log import log_access
+from smallmind.server.openapi import openapi_document
 
 log = logging.getLogger("smallmind.server")
 
@@ -217,3 +218,12 @@ class MetricsHandler(BaseHandler):
         body, content_type = self.state.metrics.render()
         self.set_header("Content-Type", content_type)
         self.finish(body)
+
+
+class OpenApiHandler(BaseHandler):
+    ROUTE = "/openapi.json"
+
+    def get(self) -> None:
+        self.send_json(openapi_document())
+
+    head = get
