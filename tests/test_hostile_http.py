@@ -197,7 +197,7 @@ def test_chunked_body_over_the_limit_is_json_413(server):
     b"X-Big: " + b"a" * 70_000 + b"\r\n",                            # > 64 KiB of headers
     b"".join(b"X-%d: y\r\n" % i for i in range(20_000)),             # 20k headers
     b"".join(b"X-%d: y\r\n" % i for i in range(150)),                # few bytes, many lines
-])
+], ids=["70 KB header", "20k headers", "150 headers"])
 def test_oversized_headers_are_json_431(server, headers):
     raw = exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
     openai_error(raw, 431, "headers_too_large")
@@ -223,6 +223,13 @@ def test_slow_headers_get_408_and_are_closed(server):
             sock.sendall(b"X-Slow: 1\r\n")
         raw = read_until_closed(sock)
     openai_error(raw, 408, "request_timeout")
+    assert time.monotonic() - started < HEADER_TIMEOUT_MS / 1000 + 5
+
+
+def test_idle_connection_is_closed_without_an_answer(server):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        assert read_until_closed(sock) == b""
     assert time.monotonic() - started < HEADER_TIMEOUT_MS / 1000 + 5
 
 

@@ -149,8 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
             "memory (MiB) for the KV caches of finished requests, reused by new prompts that "
             "start the same way (0: no reuse)", low=0, flag=True),
     Setting("HeaderTimeoutMs", "header_timeout_ms", int,
-            "time a connection has to send a request's headers (also the idle keep-alive "
-            "limit); then 408 and the connection is closed", low=100),
+            "time a connection has to send a request's headers, then 408 and it is closed "
+            "(one that sent nothing, e.g. idle keep-alive, is closed without an answer)",
+            low=100),
     Setting("BodyTimeoutMs", "body_timeout_ms", int,
             "time a client has to send a request's whole body; then 408 and the connection "
             "is closed", low=100),

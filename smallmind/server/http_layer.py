@@ -146,6 +146,11 @@ class GuardedConnection(HTTP1Connection):
         return protocol.MalformedRequestError(f"malformed request: {error}")
 
     def _headers_too_slow(self) -> None:
+        if not getattr(self.stream, "_read_buffer_size", 1):
+            # Nothing of a request has arrived (an idle keep-alive connection): close it
+            # quietly, since a 408 could cross a request the client is sending right now.
+            self.stream.close()
+            return
         # Tornado's header read is still pending: no lingering read beside it.
         self.refuse(protocol.ClientTooSlowError(
             f"the request headers did not arrive within {self.limits.header_timeout_s:g} s"),
