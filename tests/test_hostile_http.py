@@ -21,7 +21,9 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 
@@ -292,18 +294,26 @@ def readme_first_command() -> str:
 
 @pytest.mark.slow
 def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
-    """`git clone ... && cd ... && <README command 1>` serves the default model.
+    """`git clone ... && cd ... && <README command 1>` serves the default model: /readyz and
+    /healthz answer 200.
 
-    It runs in a virtualenv that sees the installed dependencies (so nothing is downloaded
-    and the editable install the suite runs from stays as it is); pip is told through its
-    environment to stay offline and build with the tools already installed."""
+    It runs in a fresh virtualenv (so the editable install the suite runs from stays as it
+    is) that sees the installed dependencies through a path file, so nothing is downloaded.
+    Not --system-site-packages: that would also run the suite's editable-install hook, which
+    finds the compiled modules of the suite's checkout for any tree, hiding the very failure
+    a new user meets.  pip is told through its environment to stay offline and build with
+    the tools already installed."""
     command = readme_first_command()
     assert command.endswith("python -m smallmind.server"), command
     default_model_path()
     clone, venv = tmp_path / "smallmind", tmp_path / "venv"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    venv_site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    # Plain directories in a .pth file go on sys.path; the .pth files inside them do not run.
+    installed = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(venv_site) / "installed_dependencies.pth").write_text("\n".join(sorted(installed)) + "\n")
     port = free_port()
     env = dict(os.environ, PATH=f"{venv / 'bin'}:{os.environ['PATH']}", PIP_NO_INDEX="1",
                PIP_NO_BUILD_ISOLATION="0",       # pip's spelling of --no-build-isolation
@@ -312,16 +322,24 @@ def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
     log = open(tmp_path / "run.log", "w+b")
     run = subprocess.Popen(["bash", "-c", command], cwd=clone, env=env, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
     try:
+        # /healthz answers while the model still loads: only /readyz says it serves.
         deadline = time.monotonic() + 1200          # the build compiles every kernel unit
-        status = None
-        while time.monotonic() < deadline and run.poll() is None and status != 200:
+        ready = None
+        while time.monotonic() < deadline and run.poll() is None and ready is None:
             try:
-                status = http("GET", f"http://127.0.0.1:{port}/healthz", timeout=5)[0]
+                status, _, body = http("GET", url + "/readyz", timeout=5)
             except OSError:
                 time.sleep(1)
+                continue
+            if status == 200 or "failed" in json.loads(body).get("reason", ""):
+                ready = status
+            time.sleep(0.5)
         log.seek(0)
-        assert status == 200, log.read().decode(errors="replace")[-4000:]
+        output = log.read().decode(errors="replace")[-4000:]
+        assert ready == 200, output
+        assert http("GET", url + "/healthz")[0] == 200
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGTERM)

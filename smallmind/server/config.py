@@ -151,10 +151,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HeaderTimeoutMs", "header_timeout_ms", int,
             "time a connection has to send a request's headers, then 408 and it is closed "
             "(one that sent nothing, e.g. idle keep-alive, is closed without an answer)",
-            low=100),
+            low=100, flag=True),
     Setting("BodyTimeoutMs", "body_timeout_ms", int,
             "time a client has to send a request's whole body; then 408 and the connection "
-            "is closed", low=100),
+            "is closed", low=100, flag=True),
 )
 
 _BY_KEY = {s.key.lower(): s for s in SETTINGS}
