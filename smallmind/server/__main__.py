@@ -63,8 +63,8 @@ async def serve(options: ServerOptions, source) -> int:
     if failure is not None:
         # A process that cannot serve must end, so an orchestrator sees it and restarts or
         # reports it, exactly as when the file is missing.
-        print(f"smallmind.server: error: cannot load the model {source.path}: {failure}",
-              file=sys.stderr)
+        named = failure if str(source.path) in failure else f"{source.path}: {failure}"
+        print(f"smallmind.server: error: cannot load the model {named}", file=sys.stderr)
         stop.cancel()
         server.stop()
         return 2
