@@ -164,7 +164,8 @@ class GuardedConnection(HTTP1Connection):
         self.refused = True
         log.info("refused a request from %s: %s", getattr(self.context, "remote_ip", "?"), refusal)
         stream.write(_error_message(refusal))
-        asyncio.ensure_future(_close_after_answer(stream, linger))
+        # Held: the event loop keeps only weak references to tasks.
+        self._closing = asyncio.ensure_future(_close_after_answer(stream, linger))
 
 
 def _done() -> asyncio.Future:
