@@ -388,7 +388,8 @@ def test_schemathesis_finds_no_server_fault_and_no_schema_violation(tmp_path):
                "--checks", "not_a_server_fault,status_code_conformance,content_type_conformance,"
                            "response_schema_conformance,response_headers_conformance"]
     try:
-        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        # In tmp_path: schemathesis keeps a crash cache in its working directory.
+        run = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
         summary = run.stdout[run.stdout.rfind("SUMMARY"):]
         print(summary, f"\n504 timeout_error answers (a request's own deadline): "
                        f"{len(set(timeouts.read_text().splitlines()))}")
