@@ -85,7 +85,7 @@ def test_environment(tmp_path):
 
 
 def test_environment_empty_string_unsets_an_optional_string(tmp_path):
-    assert load(tmp_path, environ={"ServerOptions__ApiKey": ""}).api_key is None
+    assert load(tmp_path, environ={"ServerOptions__ModelPath": ""}).model_path is None
 
 
 def test_command_line_serveroptions_both_forms(tmp_path):
@@ -240,6 +240,24 @@ def test_api_key_is_never_echoed(tmp_path):
     write_settings(tmp_path, {"ApiKey": 12345})
     message = config_error(tmp_path)
     assert "ServerOptions:ApiKey" in message and "12345" not in message
+
+
+@pytest.mark.parametrize("value", ["", " ", ",", " , ,"])
+def test_api_key_without_a_usable_key_fails_closed(tmp_path, value):
+    message = config_error(tmp_path, environ={"ServerOptions__ApiKey": value})
+    assert "ServerOptions:ApiKey" in message and "no usable key" in message
+
+
+@pytest.mark.parametrize("value", [",", "example.com", "https://app.example/path",
+                                   "https://*.example", "*, ftp://x"])
+def test_cors_origins_that_cannot_be_parsed_fail_closed(tmp_path, value):
+    message = config_error(tmp_path, [f"--ServerOptions:CorsOrigins={value}"])
+    assert "ServerOptions:CorsOrigins" in message
+
+
+def test_cors_origins_that_parse(tmp_path):
+    options = load(tmp_path, ["--ServerOptions:CorsOrigins=https://a.example, http://b.example:8080,*"])
+    assert options.cors_origin_list == ["https://a.example", "http://b.example:8080", "*"]
 
 
 # ----------------------------------------------------------------------------- unknowns

@@ -36,20 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     # one of them computes, so probes and streams stay prompt.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        asyncio.run(serve(options, source))
+        return asyncio.run(serve(options, source))
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0
 
 
-async def serve(options: ServerOptions, source) -> None:
-    import tornado.httpserver
+async def serve(options: ServerOptions, source) -> int:
+    """Serves until a signal (exit status 0) or until the model fails to load (2)."""
     import tornado.netutil
 
     from smallmind.server.app import ServerState, make_app
+    from smallmind.server.http_layer import GuardedHTTPServer, Limits
 
     state = ServerState(options)
-    server = tornado.httpserver.HTTPServer(make_app(state), max_body_size=options.max_body_bytes + 1)
+    server = GuardedHTTPServer(make_app(state), Limits(
+        max_body_bytes=options.max_body_bytes, header_timeout_s=options.header_timeout_ms / 1000,
+        body_timeout_s=options.body_timeout_ms / 1000))
     try:
         sockets = tornado.netutil.bind_sockets(options.port, options.host)
     except OSError as e:
@@ -61,7 +63,18 @@ async def serve(options: ServerOptions, source) -> None:
     log.info("listening on http://%s:%d (model %s)", options.host, port, source.path)
     signals = _Signals(asyncio.get_running_loop())
     loader = asyncio.get_running_loop().run_in_executor(None, _load, state, source, options)
-    await signals.first.wait()
+    stop = asyncio.ensure_future(signals.first.wait())
+    await asyncio.wait([loader, stop], return_when=asyncio.FIRST_COMPLETED)
+    failure = loader.result() if loader.done() else None
+    if failure is not None:
+        # A process that cannot serve must end, so an orchestrator sees it and restarts or
+        # reports it, exactly as when the file is missing.
+        named = failure if str(source.path) in failure else f"{source.path}: {failure}"
+        print(f"smallmind.server: error: cannot load the model {named}", file=sys.stderr)
+        stop.cancel()
+        server.stop()
+        return 2
+    await stop
     await drain(state, options.drain_timeout_ms / 1000)
     server.stop()
     await server.close_all_connections()
@@ -69,6 +82,7 @@ async def serve(options: ServerOptions, source) -> None:
         state.served.close()
     loader.cancel()
     log.info("stopped")
+    return 0
 
 
 class _Signals:
@@ -97,20 +111,29 @@ async def drain(state, timeout_s: float) -> None:
         log.warning("drain timeout: %d requests still running are cut off", state.active_requests)
 
 
-def _load(state, source, options) -> None:
+def _load(state, source, options) -> str | None:
+    """Loads the model in a worker thread; None, or what went wrong in one line."""
     try:
         served = ServedModel(source, options)
         seconds = served.warm_up()
         served.scheduler.on_step = state.metrics.set_batch_size
         served.start()
-    except Exception as e:   # readiness reports it; the process stays up for the probes
-        log.exception("loading %s failed", source.path)
+    except Exception as e:
+        log.debug("loading %s failed", source.path, exc_info=True)
         state.set_status("failed", f"loading the model failed: {e}")
-        return
+        return _one_line(e)
     state.served = served
     if state.status == "loading":
         state.set_status("ready")
     log.info("model %s ready (n_ctx %d, warm-up %.2f s)", served.model_id, served.n_ctx, seconds)
+    return None
+
+
+def _one_line(error: Exception) -> str:
+    """A load error as one line: our typed errors say what is wrong; for others (numpy,
+    mmap, struct) the type names the kind of failure."""
+    text = " ".join(str(error).split()) or "no details"
+    return text if isinstance(error, SmallMindError) else f"{type(error).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from smallmind.server.completions import (ChatHandler, CompletionHandler, Detoke
                                           TokenizeHandler)
 from smallmind.server.config import ServerOptions
 from smallmind.server.handlers import (HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler,
-                                       ReadyHandler)
+                                       OpenApiHandler, ReadyHandler)
 from smallmind.server.metrics import ServerMetrics
 from smallmind.server.runtime import ServedModel
 from smallmind.server.tracing import Tracer
@@ -75,6 +75,7 @@ def make_app(state: ServerState) -> tornado.web.Application:
         (r"/v1/embeddings", EmbeddingHandler, kw),
         (r"/tokenize", TokenizeHandler, kw),
         (r"/detokenize", DetokenizeHandler, kw),
+        (r"/openapi.json", OpenApiHandler, kw),
     ]
     # The access log is ours (one structured line per request, written in on_finish).
     return tornado.web.Application(routes, default_handler_class=NotFoundHandler,

@@ -39,6 +39,7 @@ class PostHandler(BaseHandler):
         self._counted = False               # in state.active_requests (the drain waits for 0)
         self._chunks: list[bytes] = []
         self._size = 0
+        self._body_received = False         # post() began: Tornado will finish this request
         self._jobs: list[GenerationJob] = []
         self._ticket = None
         self._updates: asyncio.Queue | None = None
@@ -74,6 +75,7 @@ class PostHandler(BaseHandler):
         return b"".join(self._chunks)
 
     async def post(self) -> None:
+        self._body_received = True
         with self.state.tracer.request_span(self.request.headers, self.ROUTE, "POST"):
             await self.handle()
 
@@ -96,7 +98,12 @@ class PostHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         self.client_gone = True
+        super().on_connection_close()
         self.end_generation(ClientGone("the client disconnected"))
+        if not self._body_received:
+            # The body never completed (client gone, broken framing, too slow): Tornado drops
+            # the request without finishing it, so nothing else would release its counts.
+            self.on_finish()
 
     def on_finish(self) -> None:
         self.end_generation(None)

@@ -61,6 +61,8 @@ class ServerOptions:
     max_schema_bytes: int = 16 * 1024
     max_schema_depth: int = 64
     max_tokenize_bytes: int = 256 * 1024
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
 
     @property
     def api_keys(self) -> list[str]:
@@ -159,6 +161,13 @@ SETTINGS: tuple[Setting, ...] = (
             "get 400", low=4, high=200),
     Setting("MaxTokenizeBytes", "max_tokenize_bytes", int,
             "longest /tokenize content (UTF-8 bytes) accepted; longer ones get 400", low=1),
+    Setting("HeaderTimeoutMs", "header_timeout_ms", int,
+            "time a connection has to send a request's headers, then 408 and it is closed "
+            "(one that sent nothing, e.g. idle keep-alive, is closed without an answer)",
+            low=100, flag=True),
+    Setting("BodyTimeoutMs", "body_timeout_ms", int,
+            "time a client has to send a request's whole body; then 408 and the connection "
+            "is closed", low=100, flag=True),
 )
 
 _BY_KEY = {s.key.lower(): s for s in SETTINGS}
@@ -441,11 +450,36 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+# An origin as browsers send it: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"https?://[^\s/?#*,]+")
+
+
 def check_consistency(options: ServerOptions, merged: Mapping[str, RawValue]) -> None:
-    """Rules about several settings at once."""
+    """Rules about several settings at once, and the security settings, which fail closed:
+    a value that would quietly turn a protection off stops start-up instead."""
+    # An empty or blank key ("ApiKey=", "ServerOptions__ApiKey=$UNSET_VAR", ",") is most
+    # likely a secret that failed to arrive, not a wish to open the server.
+    if "ApiKey" in merged and not options.api_keys:
+        raise ConfigError(f"{SECTION}:ApiKey holds no usable key (empty, or only commas and "
+                          f"blanks; from {merged['ApiKey'].origin}); give at least one key or "
+                          f"leave it unset")
+    if options.cors_origins is not None:
+        _check_cors_origins(options, merged["CorsOrigins"].origin)
     if options.model_id is not None and options.model_path is not None:
         raise ConfigError(
             f"{SECTION}:ModelId and {SECTION}:ModelPath are both set "
             f"(ModelId from {merged['ModelId'].origin}, ModelPath from "
             f"{merged['ModelPath'].origin}); set only one")
+
+
+def _check_cors_origins(options: ServerOptions, origin: str) -> None:
+    entries = options.cors_origin_list
+    if not entries:
+        raise ConfigError(f"{SECTION}:CorsOrigins lists no origin, only commas or blanks "
+                          f"(from {origin})")
+    for entry in entries:
+        if entry != "*" and not _ORIGIN.fullmatch(entry):
+            raise ConfigError(f"{SECTION}:CorsOrigins entry {entry[:60]!r} is not an origin "
+                              f"(scheme://host[:port], e.g. https://app.example) or * "
+                              f"(from {origin})")
 

@@ -13,6 +13,7 @@ import tornado.web
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
 from smallmind.server import protocol
 from smallmind.server.access_log import log_access
+from smallmind.server.openapi import openapi_document
 
 log = logging.getLogger("smallmind.server")
 
@@ -40,6 +41,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.client_gone = False
+        self._accounted = False             # on_finish ran (it may be reached twice)
         state.metrics.request_started()
 
     def set_default_headers(self) -> None:
@@ -48,6 +50,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.request_id = _request_id(self.request.headers.get("X-Request-Id"))
         self.set_header("X-Request-Id", self.request_id)
         self.set_header("Content-Type", "application/json")
+        self.clear_header("Server")     # Tornado's names its version: no use to clients
 
     def prepare(self) -> None:
         self.allow_cors()
@@ -116,7 +119,7 @@ class BaseHandler(tornado.web.RequestHandler):
         method, path = self.request.method, self.request.path
         if status == 405:
             base = tornado.web.RequestHandler
-            allowed = [m for m in ("GET", "POST")
+            allowed = [m for m in ("GET", "HEAD", "POST")
                        if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
             return protocol.MethodNotAllowedError(method, path, allowed)
         if status == 404:
@@ -128,15 +131,22 @@ class BaseHandler(tornado.web.RequestHandler):
         return RuntimeError(message or f"HTTP {status}")
 
     def log_exception(self, typ, value, tb) -> None:
-        # Client errors are answers, not faults: no traceback in the log for them.
+        # Expected outcomes are answers, not faults: no traceback for client errors (4xx),
+        # not-ready (503) or timeouts (504); only a 500 is a fault worth one.
         if isinstance(value, (SmallMindError, tornado.web.HTTPError)):
             status = getattr(value, "status_code", None) or protocol.error_response(value)[0]
             if status < 500:
-                log.debug("request %s: %s", self.request_id, value)
+                log.info("request %s: %d %s", self.request_id, status, value)
+                return
+            if status != 500:
+                log.warning("request %s: %d %s", self.request_id, status, value)
                 return
         log.error("request %s failed", self.request_id, exc_info=(typ, value, tb))
 
     def on_finish(self) -> None:
+        if self._accounted:
+            return
+        self._accounted = True
         duration_ms = (time.perf_counter() - self.started) * 1000
         # 499 (nginx's "client closed request"): nobody received what the status says.
         status = 499 if self.client_gone else self.get_status()
@@ -162,6 +172,8 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.send_json({"status": "healthy"})
 
+    head = get      # Tornado sends the headers of the GET answer without its body
+
 
 class ReadyHandler(BaseHandler):
     ROUTE = "/readyz"
@@ -176,6 +188,8 @@ class ReadyHandler(BaseHandler):
             "model": served.model_id, "chat_completions": True, "completions": True,
             "embeddings": True, "streaming": True, "context_length": served.n_ctx,
             "max_concurrent_requests": st.options.max_concurrent_requests}})
+
+    head = get
 
 
 class ModelsHandler(BaseHandler):
@@ -192,6 +206,8 @@ class ModelsHandler(BaseHandler):
             raise ModelNotFoundError(f"the model {model_id!r} does not exist; this server "
                                      f"serves {served.model_id!r}")
 
+    head = get
+
 
 class MetricsHandler(BaseHandler):
     ROUTE = "/metrics"
@@ -202,3 +218,12 @@ class MetricsHandler(BaseHandler):
         body, content_type = self.state.metrics.render()
         self.set_header("Content-Type", content_type)
         self.finish(body)
+
+
+class OpenApiHandler(BaseHandler):
+    ROUTE = "/openapi.json"
+
+    def get(self) -> None:
+        self.send_json(openapi_document())
+
+    head = get

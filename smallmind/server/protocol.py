@@ -51,7 +51,8 @@ __all__ = [
     # errors
     "ContextLengthError", "EmbeddingsNotSupportedError", "RouteNotFoundError",
     "MethodNotAllowedError", "BodyTooLargeError", "QueueFullError", "RequestTimeoutError",
-    "AuthenticationError", "LimitExceededError",
+    "AuthenticationError", "LimitExceededError", "MalformedRequestError", "HeadersTooLargeError",
+    "UrlTooLongError", "ClientTooSlowError",
     "NotReadyError", "error_response",
     # limits
     "check_schema_limits", "min_prompt_tokens",
@@ -143,6 +144,22 @@ class BodyTooLargeError(SmallMindError):
         self.limit_bytes = limit_bytes
 
 
+class MalformedRequestError(SmallMindError):
+    """The request is not valid HTTP/1.1 framing (bad Content-Length, chunk size, ...)."""
+
+
+class HeadersTooLargeError(SmallMindError):
+    """Too many header lines, or too many header bytes."""
+
+
+class UrlTooLongError(SmallMindError):
+    """The request line (method, URL, version) is longer than the server reads."""
+
+
+class ClientTooSlowError(SmallMindError):
+    """The client did not send its headers or its body within the configured time."""
+
+
 class QueueFullError(SmallMindError):
     """Every worker is busy and the wait queue is full; ``retry_after`` is in seconds."""
 
@@ -192,6 +209,10 @@ _HTTP_ERRORS: dict[type, _HttpMapping] = {
     RouteNotFoundError: _HttpMapping(404, "invalid_request_error", "not_found"),
     MethodNotAllowedError: _HttpMapping(405, "invalid_request_error", "method_not_allowed"),
     BodyTooLargeError: _HttpMapping(413, "invalid_request_error", "request_too_large"),
+    MalformedRequestError: _HttpMapping(400, "invalid_request_error", "malformed_request"),
+    ClientTooSlowError: _HttpMapping(408, "invalid_request_error", "request_timeout"),
+    UrlTooLongError: _HttpMapping(414, "invalid_request_error", "url_too_long"),
+    HeadersTooLargeError: _HttpMapping(431, "invalid_request_error", "headers_too_large"),
     QueueFullError: _HttpMapping(429, "rate_limit_exceeded", "rate_limit_exceeded"),
     NotReadyError: _HttpMapping(503, "service_unavailable", None),
     RequestTimeoutError: _HttpMapping(504, "timeout_error", None),
