@@ -26,6 +26,10 @@
 #   CHECK_WHEEL_REF    build and test this commit (git archive) instead of the work tree as
 #                      it is, e.g. HEAD when others are editing the tree
 #   CHECK_WHEEL_SCALAR_DESELECT  node ids not run under scalar (default: none)
+#   CHECK_WHEEL_MARKERS  pytest -m expression of every nested run (default: "not slow": the
+#                      tests marked slow build from a fresh clone or the sources, or fuzz the
+#                      HTTP protocol for minutes, none of which depends on how the package
+#                      was installed or on the kernels; they run in the main suite)
 #   PYTHON             the interpreter the venvs are made from (default: python3)
 #
 # Why this exists: the editable install the other tests use compiles on this machine with
@@ -210,7 +214,7 @@ run_tests() {   # $1: label, $2: SMALLMIND_ISA value ("" = native), $3: test pat
     # PYTHONPATH is replaced, not extended: an outer one could name the source tree.
     env "${isa_env[@]}" PYTHONPATH="$RUN:$PLUGINS" SMALLMIND_TEST_WHEEL=0 \
         "$VPY" -m pytest -q -rs -p no:cacheprovider -p installed_smallmind_guard --durations=5 \
-        --rootdir "$RUN" "${paths[@]}" "$@"
+        -m "${CHECK_WHEEL_MARKERS-not slow}" --rootdir "$RUN" "${paths[@]}" "$@"
     TIMES+=("$label $((SECONDS - started)) s")
 }
 

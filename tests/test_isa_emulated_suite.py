@@ -58,6 +58,9 @@ def copy_sources(dst: Path) -> None:
             shutil.copy2(src, dst / src.relative_to(REPO))
 
 
+pytestmark = pytest.mark.slow   # builds the extension once more and runs ~800 tests nested
+
+
 @pytest.fixture(scope="module")
 def emulated_tree(tmp_path_factory) -> Path:
     if os.environ.get("SMALLMIND_TEST_WHEEL") == "0":
