@@ -22,6 +22,12 @@ static int x86_has_avx2(void) {
     return (b >> 5) & 1;
 }
 
+static int x86_is_amd(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* "Auth" "enti" "cAMD" */
+}
+
 static int x86_has_avx512(void) {
     unsigned a, b, c, d;
     if (!x86_has_avx2()) return 0;
@@ -52,6 +58,14 @@ static int arm_has_dotprod(void) {
 static int arm_has_dotprod(void) { return 0; }
 #endif
 #endif
+
+int sm_cpu_is_amd(void) {
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+    return x86_is_amd();
+#else
+    return 0;
+#endif
+}
 
 /* SM_EMULATED_<ISA> (test builds only, setup.py's SMALLMIND_EMULATE): the unit was compiled
  * through SIMDe on top of AVX2, so it runs wherever AVX2 does. */

@@ -51,6 +51,19 @@ static inline void override_with(sm_kernels *k, void (*fill)(sm_kernels *)) {
     *k = unit;
 }
 
+/* Whether the AVX-512 table takes the avx512 unit's dot kernels for `type` rather than
+ * AVX2's: only where they were measured faster on this CPU family
+ * (scripts/bench_kernels.py --isas avx2,avx512), so that the table chosen by default is
+ * never slower than forcing avx2.  Zen 4 (shared/measurements): F32 and F16 as fast or
+ * faster, BF16 slower on the LM head.  An Intel Xeon with AVX-512 (Sapphire Rapids class,
+ * 2026-12-07): F32, F16 and BF16 10-25% slower.  Unmeasured families keep AVX2's.  For the
+ * quantized types the avx512 unit has only a vec_dot, which override_with leaves out anyway.
+ * An emulated build (tests) takes every entry, so that the whole extension runs them. */
+static int avx512_dot_preferred(int type) {
+    if (sm_isa_emulated(SM_ISA_AVX512)) return 1;
+    return sm_cpu_is_amd() && (type == SM_TYPE_F32 || type == SM_TYPE_F16);
+}
+
 static void build_table(int isa) {
     sm_kernels *k = &tables[isa];
     *k = (sm_kernels){0}; /* entries no unit fills stay NULL */
@@ -61,10 +74,18 @@ static void build_table(int isa) {
 #endif
 #if defined(SM_HAVE_AVX512_UNIT)
     /* AVX-512 CPUs have AVX2 too: the avx512 unit overrides what it does better. */
-    case SM_ISA_AVX512:
+    case SM_ISA_AVX512: {
         override_with(k, sm_fill_kernels_avx2);
+        const sm_kernels avx2 = *k;
         override_with(k, sm_fill_kernels_avx512);
+        for (int t = 0; t < SM_TYPE_COUNT; t++) {
+            if (avx512_dot_preferred(t)) continue;
+            k->vec_dot[t] = avx2.vec_dot[t];
+            k->vec_dot_n[t] = avx2.vec_dot_n[t];
+            k->vec_dot_tile[t] = avx2.vec_dot_tile[t];
+        }
         break;
+    }
 #endif
 #if defined(SM_HAVE_NEON_UNIT)
     case SM_ISA_NEON: override_with(k, sm_fill_kernels_neon); break;

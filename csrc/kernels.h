@@ -98,6 +98,7 @@ int sm_vec_dot_type(int type);         /* activation type the weight type dots a
 /* ---- instruction sets (cpu_features.c, dispatch.c) ---- */
 int sm_isa_available(int isa);         /* 1 if this CPU (and OS) can run it and it was compiled in */
 int sm_isa_emulated(int isa);          /* 1 if compiled through SIMDe (test builds); never chosen as best */
+int sm_cpu_is_amd(void);               /* x86 vendor AMD (dispatch.c's measured per-family choices) */
 const char *sm_isa_name(int isa);
 int sm_isa_best(void);
 /* Select the table used by everything below. SM_E_ISA if unavailable. */
