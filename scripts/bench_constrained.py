@@ -25,8 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from smallmind import kernels
-from smallmind.engine.grammar import TokenIndex
-from smallmind.engine.grammar.response_format import build_grammar
+from smallmind.engine.grammar import Vocabulary, compile
 from smallmind.engine.model import Model
 from smallmind.engine.tokenizer import Tokenizer
 
@@ -128,9 +127,8 @@ def main():
     tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
     tokenizer.token_bytes(0)  # build the tokenizer's own piece table outside the timing
     t0 = time.perf_counter()
-    index = TokenIndex.for_tokenizer(tokenizer)
-    print(f"token index: {time.perf_counter() - t0:.2f} s for {index.vocab_size} tokens "
-          f"({len(index.trie)} trie nodes)")
+    index = Vocabulary.for_tokenizer(tokenizer)
+    print(f"vocabulary for llguidance: {time.perf_counter() - t0:.2f} s for {index.vocab_size} tokens")
     prompt = tokenizer.encode(PROMPT, add_special=True, parse_special=True)
     response_format = {"type": "json_schema",
                        "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
@@ -143,7 +141,8 @@ def main():
         decoder.run(8)  # warm-up: pages in the weights
         runs = {"cold": [], "warm": []}
         for r in range(args.repeat):
-            grammar = build_grammar(response_format)  # a schema seen for the first time...
+            compile._cache.clear()                     # a schema seen for the first time...
+            grammar = compile.compile_response_format(response_format)
             steps_free, _, _ = decoder.run(args.steps)
             steps_cold, gram_cold, texts = decoder.run(args.steps, grammar, index)
             steps_warm, gram_warm, _ = decoder.run(args.steps, grammar, index)  # ...again

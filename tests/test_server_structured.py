@@ -111,10 +111,20 @@ def test_json_object_mode(client):
 
 def test_unsupported_keyword_is_400(client):
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}}}}}
+        "type": "object", "properties": {"codes": {"type": "array", "uniqueItems": True}}}}}
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="x", messages=messages("hi"), response_format=rf)
-    assert "pattern" in e.value.body["message"] and e.value.body["param"] == "response_format"
+    assert "uniqueItems" in e.value.body["message"] and e.value.body["param"] == "response_format"
+
+
+def test_unsupported_keyword_in_tool_names_the_tool(client):
+    bad = {"type": "function", "function": {"name": "tag", "parameters": {
+        "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=messages("hi"), tools=[WEATHER, bad],
+                                       tool_choice="required")
+    assert "uniqueItems" in e.value.body["message"]
+    assert e.value.body["param"] == "tools[1].function.parameters"
 
 
 WEATHER = {"type": "function", "function": {
