@@ -260,3 +260,5 @@ def test_generation_is_narrowed_but_stays_valid(accepts):
     assert accepts(both, '{"a": 1, "b": 2}')
     number = compile_json_schema({"type": "integer"})
     assert accepts(number, str(compile.NUMBER_LIMIT)) and not accepts(number, str(10 * compile.NUMBER_LIMIT))
+    fraction = compile_json_schema({"type": ["number", "null"]})
+    assert accepts(fraction, "0.125") and accepts(fraction, "null") and not accepts(fraction, "0.0000001")

@@ -253,6 +253,7 @@ class GenerationRequest:
     model: str | None          # accepted and ignored: one model is served
     timeout_ms: int | None = None   # extension: at most the server's RequestTimeoutMs
     logprobs: int | None = None     # None: off; k: the chosen token's and the k most likely
+    response_format: dict | None = None   # {"type": "json_object" | "json_schema", ...}; None: text
     grammar: str | None = None      # extension (llama.cpp's): a GBNF or Lark grammar the output follows
     regex: str | None = None        # extension (vLLM's guided_regex): a regex the whole output matches
 
@@ -260,7 +261,6 @@ class GenerationRequest:
 @dataclass(kw_only=True)
 class ChatRequest(GenerationRequest):
     messages: list[dict]       # only checked to be objects; the chat template checks deeper
-    response_format: dict | None = None   # {"type": "json_object" | "json_schema", ...}; None: text
     tools: list[dict] = field(default_factory=list)   # each {"type": "function", "function": {...}}
     tool_choice: str | dict = "auto"      # "none" | "auto" | "required" | {"type": "function", ...}
     legacy_functions: bool = False        # asked with functions/function_call: answer with function_call
@@ -469,7 +469,7 @@ def _read_text_field(body: dict, name: str) -> str | None:
 
 def _check_one_constraint(req: "GenerationRequest", forced_call: bool = False) -> None:
     """At most one of response_format, grammar, regex and a forced tool call shapes the output."""
-    given = [name for name, present in (("response_format", getattr(req, "response_format", None) is not None),
+    given = [name for name, present in (("response_format", req.response_format is not None),
                                         ("grammar", req.grammar is not None), ("regex", req.regex is not None),
                                         ("tool_choice", forced_call)) if present]
     if len(given) > 1:
@@ -663,6 +663,7 @@ def parse_completion(body: bytes | str, defaults: Defaults = Defaults()) -> Comp
     req = CompletionRequest(prompts=prompts, echo=_read_bool(fields, "echo"),
                             **_read_generation(fields, defaults))
     req.logprobs = _COMPLETION_LOGPROBS.read(fields)
+    req.response_format = _read_response_format(fields)   # as vLLM takes it on completions
     _check_one_constraint(req)
     return req
 

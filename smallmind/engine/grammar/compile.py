@@ -97,6 +97,7 @@ def compile_json_schema(schema, kind: str = "json_schema") -> Grammar:
 # Unbounded numbers are where a small model loops ("population": 1000000...): numbers without
 # bounds get these, which no real answer comes near.
 NUMBER_LIMIT = 10**15
+NUMBER_STEP = 1e-6
 
 
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
@@ -111,7 +112,7 @@ def tightened(schema, close: bool = True):
     """What the model generates under: ``schema`` narrowed where JSON Schema leaves it open but
     no answer needs it, so every output still validates against ``schema`` as given.  Objects
     that declare properties get no others (as OpenAI's strict mode requires of schemas), and
-    numbers without bounds stay within +-NUMBER_LIMIT.  allOf members (and objects with an
+    numbers without bounds stay within +-NUMBER_LIMIT, with at most 6 decimals.  allOf members (and objects with an
     allOf or $ref) are not closed: that would refuse the properties declared elsewhere."""
     if not isinstance(schema, dict):
         return schema
@@ -127,11 +128,14 @@ def tightened(schema, close: bool = True):
             out[key] = [tightened(s) for s in out[key]] if isinstance(out[key], list) else tightened(out[key])
     if close and isinstance(out.get("properties"), dict) and out["properties"] and not _OPEN_KEYWORDS & out.keys():
         out["additionalProperties"] = False
-    if out.get("type") in ("integer", "number"):
+    types = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    if "integer" in types or "number" in types:
         if not {"minimum", "exclusiveMinimum"} & out.keys():
             out["minimum"] = -NUMBER_LIMIT
         if not {"maximum", "exclusiveMaximum"} & out.keys():
             out["maximum"] = NUMBER_LIMIT
+    if "number" in types and "multipleOf" not in out:
+        out["multipleOf"] = NUMBER_STEP      # at most 6 decimals: no endless "0.0000..."
     return out
 
 
