@@ -14,7 +14,7 @@ from smallmind.engine.grammar import (GrammarError, Vocabulary, compile, compile
                                       compile_lark, compile_regex, compile_response_format)
 from smallmind.errors import RequestValidationError
 
-FORMATS = jsonschema.FormatChecker()
+FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +257,11 @@ def test_generation_is_narrowed_but_stays_valid(accepts):
                    '{"a": 1, "b": 2}')
     both = compile_json_schema({"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}},
                                           {"type": "object", "properties": {"b": {"type": "integer"}}}]})
-    assert accepts(both, '{"a": 1, "b": 2}')
+    assert accepts(both, '{"a": 1, "b": 2}') and not accepts(both, '{"a": 1, "b": 2, "c": 3}')
+    assert not accepts(compile_json_schema({"type": "string", "format": "date"}), '"0000-01-01"')
     number = compile_json_schema({"type": "integer"})
     assert accepts(number, str(compile.NUMBER_LIMIT)) and not accepts(number, str(10 * compile.NUMBER_LIMIT))
     fraction = compile_json_schema({"type": ["number", "null"]})
     assert accepts(fraction, "0.125") and accepts(fraction, "null") and not accepts(fraction, "0.0000001")
+    time = compile_json_schema({"type": "string", "format": "time"})
+    assert accepts(time, '"20:00:00.123456+01:00"') and not accepts(time, '"20:00:00.1234567890123+01:00"')

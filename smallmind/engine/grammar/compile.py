@@ -98,6 +98,11 @@ def compile_json_schema(schema, kind: str = "json_schema") -> Grammar:
 # bounds get these, which no real answer comes near.
 NUMBER_LIMIT = 10**15
 NUMBER_STEP = 1e-6
+# Formatted strings get a length: HH:MM:SS.ffffff+hh:mm, the date-time around it, else an
+# e-mail address's longest.
+FORMAT_MAX_LENGTH = {"time": 21, "date-time": 32, None: 254}
+# RFC 3339 admits year 0000, which no date library represents (nor any answer needs)
+YEAR_NOT_ZERO = "^([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-"
 
 
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
@@ -112,7 +117,8 @@ def tightened(schema, close: bool = True):
     """What the model generates under: ``schema`` narrowed where JSON Schema leaves it open but
     no answer needs it, so every output still validates against ``schema`` as given.  Objects
     that declare properties get no others (as OpenAI's strict mode requires of schemas), and
-    numbers without bounds stay within +-NUMBER_LIMIT, with at most 6 decimals.  allOf members (and objects with an
+    numbers without bounds stay within +-NUMBER_LIMIT, with at most 6 decimals; formatted
+    strings without maxLength get FORMAT_MAX_LENGTH.  allOf members (and objects with an
     allOf or $ref) are not closed: that would refuse the properties declared elsewhere."""
     if not isinstance(schema, dict):
         return schema
@@ -126,6 +132,8 @@ def tightened(schema, close: bool = True):
     for key in _SCHEMA_VALUES:
         if isinstance(out.get(key), (dict, list)):
             out[key] = [tightened(s) for s in out[key]] if isinstance(out[key], list) else tightened(out[key])
+    if close and isinstance(out.get("allOf"), list):
+        _declare_parts(out)
     if close and isinstance(out.get("properties"), dict) and out["properties"] and not _OPEN_KEYWORDS & out.keys():
         out["additionalProperties"] = False
     types = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
@@ -134,9 +142,31 @@ def tightened(schema, close: bool = True):
             out["minimum"] = -NUMBER_LIMIT
         if not {"maximum", "exclusiveMaximum"} & out.keys():
             out["maximum"] = NUMBER_LIMIT
+    if "string" in types and "format" in out and "maxLength" not in out:
+        # "20:00:00.000000..." is RFC 3339; microseconds are enough for any answer
+        out["maxLength"] = FORMAT_MAX_LENGTH.get(out["format"], FORMAT_MAX_LENGTH[None])
+    if out.get("format") in ("date", "date-time") and "pattern" not in out:
+        out["pattern"] = YEAR_NOT_ZERO
     if "number" in types and "multipleOf" not in out:
         out["multipleOf"] = NUMBER_STEP      # at most 6 decimals: no endless "0.0000..."
     return out
+
+
+def _declare_parts(schema: dict) -> None:
+    """An object built from allOf parts declares their properties itself, so it can be closed
+    like any other (the parts still apply).  Parts that are open, referenced or nested allOf
+    leave it as it is."""
+    parts = schema["allOf"]
+    if not all(isinstance(p, dict) and not _OPEN_KEYWORDS & p.keys() for p in parts) \
+            or (_OPEN_KEYWORDS - {"allOf"}) & schema.keys():
+        return
+    declared = {}
+    for part in parts:
+        for name, sub in (part.get("properties") or {}).items():
+            declared.setdefault(name, sub)
+    if declared:
+        schema["properties"] = {**declared, **(schema.get("properties") or {})}
+        schema["additionalProperties"] = False
 
 
 def compile_lark(text: str) -> Grammar:
