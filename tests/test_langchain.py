@@ -26,19 +26,25 @@ def server():
         proc.stop()
 
 
-# The model's weaknesses, one line each: what a 270M base-size model does wrong on its own.
-WEAK_AUTO_TOOLS = "the 270M model seldom chooses to call a tool under tool_choice auto"
-WEAK_TOOL_ARGS = "the 270M model does not pick the argument values the test expects"
-WEAK_FOLLOW_UP = "the 270M model does not use tool results or few-shot examples as the test expects"
-XFAIL = {
-    "test_tool_calling": WEAK_TOOL_ARGS,
-    "test_tool_calling_async": WEAK_TOOL_ARGS,
-    "test_bind_runnables_as_tools": WEAK_AUTO_TOOLS,
-    "test_tool_calling_with_no_arguments": WEAK_AUTO_TOOLS,
-    "test_tool_message_histories_string_content": WEAK_AUTO_TOOLS,
-    "test_tool_message_histories_list_content": WEAK_AUTO_TOOLS,
-    "test_structured_few_shot_examples": WEAK_FOLLOW_UP,
-    "test_agent_loop": WEAK_AUTO_TOOLS,
+# The model's weaknesses, one line each: what the 270M model gets wrong on its own.  Each was
+# seen with the server answering correctly (200, well-formed, constrained where asked).  Not
+# strict: greedy answers vary with batching and the prefix cache, so some of these pass at times.
+WRONG_ARGUMENTS = "the 270M model writes wrong argument values (magic_function input 300 for '3')"
+REPEATS = "the 270M model repeats a phrase inside a JSON string until max_tokens (100) cuts it"
+NO_AUTO_CALL = "the 270M model answers in prose instead of calling the tool under tool_choice auto"
+LOOPS_IN_ARGUMENT = "the 270M model sometimes repeats itself inside an argument until max_tokens (100) cuts it"
+COPIES_DOCSTRING = "the 270M model copies the tool's docstring into an argument until max_tokens (100)"
+XFAIL = {} if __import__("os").environ.get("LC_DISCOVER") else {
+    "test_tool_calling": WRONG_ARGUMENTS,
+    "test_tool_calling_async": WRONG_ARGUMENTS,
+    "test_structured_output": REPEATS,
+    "test_structured_output_async": REPEATS,
+    "test_structured_output_pydantic_2_v1": REPEATS,
+    "test_structured_output_optional_param": REPEATS,
+    "test_json_mode": REPEATS,
+    "test_agent_loop": NO_AUTO_CALL,
+    "test_tool_choice": LOOPS_IN_ARGUMENT,
+    "test_unicode_tool_call_integration": COPIES_DOCSTRING,
 }
 
 
@@ -79,5 +85,7 @@ def test_no_request_failed_with_an_http_error(server):
     counts = {m.group(1): float(m.group(2)) for m in
               re.finditer(r'^smallmind_requests_total\{([^}]*)\} ([0-9.e+]+)$', text, re.M)}
     assert counts, "no request was counted"
-    errors = {labels: n for labels, n in counts.items() if re.search(r'status="[45]\d\d"', labels) and n > 0}
+    # the API's routes only: the probes answer 503 while the server starts
+    errors = {labels: n for labels, n in counts.items()
+              if 'endpoint="/v1/' in labels and re.search(r'status="[45]\d\d"', labels) and n > 0}
     assert not errors, errors

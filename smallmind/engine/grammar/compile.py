@@ -116,7 +116,7 @@ _OPEN_KEYWORDS = {"additionalProperties", "patternProperties", "unevaluatedPrope
 def tightened(schema, close: bool = True):
     """What the model generates under: ``schema`` narrowed where JSON Schema leaves it open but
     no answer needs it, so every output still validates against ``schema`` as given.  Objects
-    that declare properties get no others (as OpenAI's strict mode requires of schemas), and
+    that declare properties (even none: a function without arguments) get no others (as OpenAI's strict mode requires of schemas), and
     numbers without bounds stay within +-NUMBER_LIMIT, with at most 6 decimals; formatted
     strings without maxLength get FORMAT_MAX_LENGTH.  allOf members (and objects with an
     allOf or $ref) are not closed: that would refuse the properties declared elsewhere."""
@@ -134,7 +134,7 @@ def tightened(schema, close: bool = True):
             out[key] = [tightened(s) for s in out[key]] if isinstance(out[key], list) else tightened(out[key])
     if close and isinstance(out.get("allOf"), list):
         _declare_parts(out)
-    if close and isinstance(out.get("properties"), dict) and out["properties"] and not _OPEN_KEYWORDS & out.keys():
+    if close and isinstance(out.get("properties"), dict) and not _OPEN_KEYWORDS & out.keys():
         out["additionalProperties"] = False
     types = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
     if "integer" in types or "number" in types:
