@@ -265,3 +265,32 @@ def test_generation_is_narrowed_but_stays_valid(accepts):
     assert accepts(fraction, "0.125") and accepts(fraction, "null") and not accepts(fraction, "0.0000001")
     time = compile_json_schema({"type": "string", "format": "time"})
     assert accepts(time, '"20:00:00.123456+01:00"') and not accepts(time, '"20:00:00.1234567890123+01:00"')
+
+
+def test_constrained_and_free_sequences_share_a_batch(tokenizer, vocab):
+    """Each sequence masks its own row with its own matcher: two schemas and free text step
+    together, and each constrained answer is complete and valid."""
+    from smallmind.engine.engine import Engine
+    from smallmind.engine.model import Model
+    from smallmind.engine.sampling import SamplingParams
+
+    model = Model.load(default_model_path(), n_ctx=256, n_slots=3)
+    engine = Engine(model, eog_ids=tokenizer.eog_ids)
+    prompt = tokenizer.encode("<start_of_turn>user\nDescribe a dog.<end_of_turn>\n<start_of_turn>model\n",
+                              add_special=True, parse_special=True)
+    schemas = [{"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                                 "age": {"type": "integer", "minimum": 0, "maximum": 20}},
+                "required": ["name", "age"]},
+               {"type": "array", "items": {"enum": ["bark", "sit", "run"]}, "minItems": 1, "maxItems": 3}]
+    sequences = [engine.submit(prompt, SamplingParams(temperature=0, max_tokens=60),
+                               compile_json_schema(s).start(vocab)) for s in schemas]
+    free = engine.submit(prompt, SamplingParams(temperature=0, max_tokens=8))
+    shared_steps = 0
+    while engine.has_work():
+        events = engine.step()
+        shared_steps += len({e.sequence.id for e in events}) == 3
+    assert shared_steps >= 3
+    for seq, schema in zip(sequences, schemas):
+        assert seq.finish_reason == "stop"
+        jsonschema.validate(json.loads(tokenizer.decode(seq.output_ids)), schema)
+    assert free.finish_reason == "length" and len(free.output_ids) == 8

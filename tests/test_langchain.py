@@ -12,18 +12,15 @@ from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from conftest import default_model_path
-from server_process import ServerProcess
+from server_process import running_server
 
 
 @pytest.fixture(scope="module", autouse=True)
 def server():
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=2048").wait_ready()
-    TestSmallMindChat.base_url = proc.url + "/v1"
-    try:
+    with running_server("--ServerOptions:MaxContextTokens=2048") as proc:
+        TestSmallMindChat.base_url = proc.url + "/v1"
         yield proc
-    finally:
-        proc.stop()
 
 
 # The model's weaknesses, one line each: what the 270M model gets wrong on its own.  Each was

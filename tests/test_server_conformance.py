@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from conftest import default_model_path
-from server_process import ServerProcess, http
+from server_process import http, running_server
 
 FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER   # the draft's own meaning of each format
 
@@ -19,11 +19,8 @@ FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER   # the draft's own mea
 @pytest.fixture(scope="module")
 def server():
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=1024").wait_ready()
-    try:
+    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def chat(server, body: dict) -> tuple[int, dict]:

@@ -12,17 +12,14 @@ import pytest
 from pydantic import BaseModel, Field
 
 from conftest import default_model_path
-from server_process import ServerProcess
+from server_process import running_server
 
 
 @pytest.fixture(scope="module")
 def client():
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=1024").wait_ready()
-    try:
+    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
         yield openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=300)
-    finally:
-        proc.stop()
 
 
 class City(BaseModel):

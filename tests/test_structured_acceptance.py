@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import default_model_path
-from server_process import ServerProcess
+from server_process import running_server
 
 FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER   # the draft's own meaning of each format
 
@@ -19,11 +19,8 @@ FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER   # the draft's own mea
 @pytest.fixture(scope="module")
 def client():
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=1024").wait_ready()
-    try:
+    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
         yield openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=300)
-    finally:
-        proc.stop()
 
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 30}
