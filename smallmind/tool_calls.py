@@ -79,20 +79,40 @@ def _loads_or_text(value):
     return value
 
 
-def call_schema(tools: list[dict], tool_choice) -> dict | None:
-    """The JSON schema a forced call follows: one function (named), any of them (required),
-    or None (no constraint: auto / none)."""
+def forced_tools(tools: list[dict], tool_choice) -> list[int]:
+    """Indexes in ``tools`` of the functions a forced call may name: one (named choice), all
+    (required), or none (auto / none: no constraint)."""
     if isinstance(tool_choice, dict):
         wanted = tool_choice["function"]["name"]
-        chosen = [t for t in tools if t["function"]["name"] == wanted]
-    elif tool_choice == "required":
-        chosen = tools
-    else:
+        return [i for i, t in enumerate(tools) if t["function"]["name"] == wanted]
+    return list(range(len(tools))) if tool_choice == "required" else []
+
+
+def call_schema(tools: list[dict], tool_choice) -> dict | None:
+    """The JSON schema a forced call follows (None when calls are not forced).  Each chosen
+    function's parameters go under ``$defs`` with their own references rebased, so a
+    Pydantic schema's ``#/$defs/...`` still points where it did."""
+    chosen = forced_tools(tools, tool_choice)
+    if not chosen:
         return None
-    options = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                "properties": {"name": {"const": t["function"]["name"]},
-                               "arguments": t["function"]["parameters"]}} for t in chosen]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    defs, options = {}, []
+    for i in chosen:
+        fn = tools[i]["function"]
+        defs[f"tool{i}"] = _rebased(fn["parameters"], f"#/$defs/tool{i}")
+        options.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                        "properties": {"name": {"const": fn["name"]}, "arguments": {"$ref": f"#/$defs/tool{i}"}}})
+    root = options[0] if len(options) == 1 else {"anyOf": options}
+    return dict(root, **{"$defs": defs})
+
+
+def _rebased(schema, base: str):
+    """``schema`` with every local reference (``#...``) made relative to ``base``."""
+    if isinstance(schema, dict):
+        return {k: (base + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#") else _rebased(v, base))
+                for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_rebased(v, base) for v in schema]
+    return schema
 
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
@@ -128,6 +148,25 @@ def _as_call(item, names: set[str]) -> dict | None:
         return None
     return {"id": "call_" + secrets.token_hex(12), "type": "function",
             "function": {"name": item["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+_NAME_SO_FAR = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
+_ARGUMENTS_START = re.compile(r'"arguments"\s*:\s*')
+
+
+def truncated_call(text: str, tools: list[dict]) -> list[dict] | None:
+    """A forced call that ``max_tokens`` cut short, as OpenAI returns one: the function (the
+    first whose name fits what was written of it) and the arguments as far as they got."""
+    found = _NAME_SO_FAR.search(text)
+    written, closed = (found.group(1), bool(found.group(2))) if found else ("", False)
+    names = [t["function"]["name"] for t in tools]
+    fitting = [n for n in names if (n == written if closed else n.startswith(written))]
+    if not fitting:
+        return None
+    start = _ARGUMENTS_START.search(text)
+    arguments = text[start.end():] if start else ""
+    return [{"id": "call_" + secrets.token_hex(12), "type": "function",
+             "function": {"name": fitting[0], "arguments": arguments}}]
 
 
 def could_become_call(text: str) -> bool:

@@ -1,6 +1,7 @@
 """Starting the real server (`python -m smallmind.server`) on a free port for end-to-end tests."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -75,6 +76,16 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+@contextlib.contextmanager
+def running_server(*args: str):
+    """A ServerProcess started with ``args``, ready; stopped when the block ends."""
+    proc = ServerProcess(*args).wait_ready()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 class RawStream:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import default_model_path
 from server_process import ServerProcess, http
-from smallmind.engine.grammar import response_format as grammar_cache
+from smallmind.engine.grammar import compile as grammar_cache
 from smallmind.server import protocol
 
 _PATH = Path(__file__).resolve().parent.parent / "scripts" / "probe_latency.py"
@@ -346,13 +346,15 @@ def test_grammar_cache_is_bounded_by_bytes(monkeypatch):
         return grammar_cache.compile_response_format(schema_format(schema))
 
     monkeypatch.setattr(grammar_cache, "_cache", type(grammar_cache._cache)())
-    one = grammar(0).nbytes
-    assert one > 1 << 20                    # megabytes each: entries are no measure
+    monkeypatch.setattr(grammar_cache, "_cache_bytes", 0)
+    grammar(0)
+    one = grammar_cache._cache_bytes              # what an entry of this size is charged
+    assert one > 0
     budget = int(2.5 * one)
-    monkeypatch.setattr(grammar_cache, "GRAMMAR_CACHE_BYTES", budget)
+    monkeypatch.setattr(grammar_cache, "CACHE_BYTES", budget)
     for k in range(1, 6):
         grammar(k)
-    assert grammar_cache.cached_bytes() <= budget
+    assert grammar_cache._cache_bytes <= budget
     assert len(grammar_cache._cache) == 2   # the two most recent
     assert grammar(5) is grammar(5)
 

@@ -12,17 +12,14 @@ import pytest
 from pydantic import BaseModel, Field
 
 from conftest import default_model_path
-from server_process import ServerProcess
+from server_process import running_server
 
 
 @pytest.fixture(scope="module")
 def client():
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=1024").wait_ready()
-    try:
+    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
         yield openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=300)
-    finally:
-        proc.stop()
 
 
 class City(BaseModel):
@@ -85,6 +82,51 @@ def test_parse_streamed(client, model, prompt):
     assert isinstance(final.choices[0].message.parsed, model)
 
 
+# Pydantic models with constrained fields: bounds (conint), patterns (constr), a format,
+# nested models (Pydantic writes them as $defs + $ref), Literal and optional fields.
+class Address(BaseModel):
+    city: str = Field(max_length=24)
+    postcode: str = Field(pattern=r"^[0-9]{5}$")
+
+
+class Customer(BaseModel):
+    name: str = Field(max_length=24)
+    age: int = Field(ge=18, le=99)
+    email: str = Field(json_schema_extra={"format": "email"})
+    tier: Literal["free", "pro", "team"]
+    address: Address
+    referrer: Optional[str] = Field(default=None, max_length=12)
+
+
+class Measurement(BaseModel):
+    sensor: str = Field(pattern=r"^[A-Z]{2}[0-9]{2}$")
+    celsius: float = Field(gt=-50, lt=60)
+    taken: str = Field(json_schema_extra={"format": "date"})
+    readings: list[int] = Field(min_length=1, max_length=3)
+
+
+CONSTRAINED = [(Customer, "Register a customer from Berlin."), (Customer, "A new pro user, please."),
+               (Measurement, "Log a temperature reading."), (Measurement, "A sensor reading from today.")]
+
+
+@pytest.mark.parametrize("model, prompt", CONSTRAINED)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_parse_constrained_fields(client, model, prompt, streamed):
+    request = dict(model="x", messages=messages(prompt), response_format=model, max_tokens=200, temperature=0)
+    if streamed:
+        with client.beta.chat.completions.stream(**request) as stream:
+            for _ in stream:
+                pass
+            reply = stream.get_final_completion()
+    else:
+        reply = client.beta.chat.completions.parse(**request)
+    message = reply.choices[0].message
+    assert isinstance(message.parsed, model)
+    schema = model.model_json_schema()
+    jsonschema.validate(json.loads(message.content), schema,
+                        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
 def test_json_schema_validates(client):
     schema = {"type": "object", "additionalProperties": False, "required": ["title", "tags", "rating"],
               "properties": {"title": {"type": "string", "maxLength": 30},
@@ -111,10 +153,20 @@ def test_json_object_mode(client):
 
 def test_unsupported_keyword_is_400(client):
     rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}}}}}
+        "type": "object", "properties": {"codes": {"type": "array", "uniqueItems": True}}}}}
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="x", messages=messages("hi"), response_format=rf)
-    assert "pattern" in e.value.body["message"] and e.value.body["param"] == "response_format"
+    assert "uniqueItems" in e.value.body["message"] and e.value.body["param"] == "response_format"
+
+
+def test_unsupported_keyword_in_tool_names_the_tool(client):
+    bad = {"type": "function", "function": {"name": "tag", "parameters": {
+        "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=messages("hi"), tools=[WEATHER, bad],
+                                       tool_choice="required")
+    assert "uniqueItems" in e.value.body["message"]
+    assert e.value.body["param"] == "tools[1].function.parameters"
 
 
 WEATHER = {"type": "function", "function": {

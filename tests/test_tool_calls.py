@@ -34,8 +34,33 @@ def test_call_schema():
     assert tc.call_schema([WEATHER, CLOCK], "auto") is None and tc.call_schema([WEATHER], "none") is None
     named = tc.call_schema([WEATHER, CLOCK], {"type": "function", "function": {"name": "get_time"}})
     assert named["properties"]["name"] == {"const": "get_time"}
+    assert named["properties"]["arguments"] == {"$ref": "#/$defs/tool1"}
+    assert named["$defs"]["tool1"] == CLOCK["function"]["parameters"]
     assert [o["properties"]["name"]["const"] for o in tc.call_schema([WEATHER, CLOCK], "required")["anyOf"]] == \
         ["get_weather", "get_time"]
+
+
+def test_call_schema_keeps_references_working():
+    # Pydantic's nested models: "#/$defs/..." relative to the parameters, which now sit deeper
+    nested = {"type": "function", "function": {"name": "plan", "parameters": {
+        "$defs": {"Stop": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+        "type": "object", "properties": {"stops": {"type": "array", "items": {"$ref": "#/$defs/Stop"}},
+                                         "again": {"$ref": "#"}}}}}
+    schema = tc.call_schema([WEATHER, nested], "required")
+    plan = schema["$defs"]["tool1"]
+    assert plan["properties"]["stops"]["items"] == {"$ref": "#/$defs/tool1/$defs/Stop"}
+    assert plan["properties"]["again"] == {"$ref": "#/$defs/tool1"}
+    from smallmind.engine.grammar import compile_json_schema
+    compile_json_schema(schema)   # every reference resolves
+
+
+def test_truncated_call():
+    tools = [WEATHER, CLOCK]
+    cut = tc.truncated_call('{"name": "get_time", "arguments": {"zone": "Eu', tools)
+    assert cut[0]["function"] == {"name": "get_time", "arguments": '{"zone": "Eu'}
+    assert cut[0]["id"].startswith("call_") and cut[0]["type"] == "function"
+    assert tc.truncated_call('{"name": "get_w', tools)[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert tc.truncated_call('{"name": "nothing"', tools) is None
 
 
 def test_find_tool_calls():

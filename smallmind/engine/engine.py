@@ -31,7 +31,7 @@ class Sequence:
     n_reused: int = 0               # prompt positions it found cached (prefix cache) when it started
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
-    constraint: object = None         # grammar state: mask_logits(row) / advance(id) (engine.grammar)
+    constraint: object = None         # grammar state: mask_logits(row) / advance(id) / complete (engine.grammar)
 
     @property
     def finished(self) -> bool:
@@ -252,6 +252,11 @@ class Engine:
             return StepEvent(seq, None, True)
         seq.output_ids.append(token)
         logprob = None if params.logprobs is None else token_logprob(raw_logits, token, params.logprobs)
+        if seq.constraint is not None and seq.constraint.complete:
+            # the grammar allows nothing but end of generation: end now, saving a step
+            seq.finish_reason = "stop"
+            self._release(seq)
+            return StepEvent(seq, token, True, logprob)
         if len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.model.n_ctx:
             seq.finish_reason = "length"
             self._release(seq)

@@ -20,6 +20,7 @@ from smallmind.errors import RequestValidationError, SmallMindError
 from smallmind.scheduler import GenerationJob, Update
 from smallmind.server import protocol
 from smallmind.server.handlers import BaseHandler
+from smallmind.server.runtime import grammar_of_request
 
 # Bodies up to this many times the limit are read and dropped so the client, still sending,
 # gets its 413; larger ones are cut off at once.
@@ -43,8 +44,8 @@ class PostHandler(BaseHandler):
         self._jobs: list[GenerationJob] = []
         self._ticket = None
         self._updates: asyncio.Queue | None = None
-        self.grammar = None                 # chat: the grammar every choice decodes under
-        self.token_index = None
+        self.grammar = None                 # the grammar every choice decodes under, if any
+        self.vocabulary = None
         self.cached_tokens = 0              # prompt tokens the prefix cache supplied
 
     def prepare(self) -> None:
@@ -125,6 +126,14 @@ class PostHandler(BaseHandler):
 
     # ---- generation ----
 
+    async def constrain(self, grammar) -> None:
+        """Decode every choice under ``grammar`` (None: free); its matcher is built here, so a
+        grammar the vocabulary's lexer refuses is a 400 before any response goes out."""
+        self.grammar = grammar
+        if grammar is not None:
+            self.vocabulary = await self.served().vocabulary()
+            await self.off_loop(grammar.prepare, self.vocabulary)   # grows with the grammar
+
     def remaining_s(self) -> float:
         return self.timeout_s - (time.perf_counter() - self.started)
 
@@ -173,8 +182,10 @@ class PostHandler(BaseHandler):
         for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
             params = [dataclasses.replace(protocol.choice_params(req, j), max_tokens=max_tokens)
                       for j in range(req.n)]
-            constraints = [self.grammar.start(self.token_index) for _ in params] if self.grammar else None
-            self._jobs.append(GenerationJob(prompt_ids, params, stop=req.stop, updates=self._updates,
+            constraints = [self.grammar.start(self.vocabulary) for _ in params] if self.grammar else None
+            # Stop strings never cut constrained output: only max_tokens may end it unfinished.
+            stop = [] if self.grammar else req.stop
+            self._jobs.append(GenerationJob(prompt_ids, params, stop=stop, updates=self._updates,
                                             index_base=protocol.choice_index(i, 0, req.n),
                                             constraints=constraints))
         for job in self._jobs:
@@ -273,13 +284,14 @@ class _Shape:
     """How one endpoint's answers look: ids, builders, and log-probabilities when asked for
     (``piece(id)`` gives a token's bytes).  In a stream, log-probabilities of tokens whose
     text is still held back (half a character, a possible stop string) ride with the next
-    piece of text."""
+    piece of text.  ``include_usage``: every chunk carries ``"usage": null`` before the last."""
 
     rid: str
     created: int
     model: str
     piece: Callable[[int], bytes]
     logprobs: bool = False
+    include_usage: bool = False
     pending: dict = dataclasses.field(default_factory=dict)   # choice -> entries not sent yet
 
     def take_logprobs(self, u: Update, flush: bool) -> list | None:
@@ -296,17 +308,22 @@ class _Shape:
 @dataclasses.dataclass
 class _ChatShape(_Shape):
     """Chat answers, with function calling: in "forced" mode (tool_choice required or named)
-    the whole answer is a call; in "auto" mode text that may still become a call is held
-    back until it cannot, and a finished call goes out as tool_calls deltas."""
+    the whole answer is a call (one cut short by max_tokens still comes back as a call, with
+    the arguments so far); in "auto" mode text that may still become a call is held back
+    until it cannot, and a finished call goes out as tool_calls deltas.  ``legacy``: the
+    request used ``functions``, so calls come back as ``function_call``."""
 
     tools: list = dataclasses.field(default_factory=list)
     tool_mode: str = "off"                                     # off | auto | forced
+    legacy: bool = False
     held: dict = dataclasses.field(default_factory=dict)       # choice -> text not yet sent
     released: set = dataclasses.field(default_factory=set)     # auto choices known to be text
 
     def opening(self, n_choices: int):
+        # a forced call has no text: content is null from the start, as OpenAI sends it
+        content = None if self.tool_mode == "forced" else ""
         for j in range(n_choices):
-            yield protocol.chat_chunk(self.rid, self.created, self.model, j, {"role": "assistant", "content": ""})
+            yield self._chunk(j, {"role": "assistant", "content": content}, None, None)
 
     def chunks(self, u: Update):
         text, calls = self._route(u)
@@ -316,14 +333,27 @@ class _ChatShape(_Shape):
         if text:
             yield self._chunk(u.index, {"content": text}, None, logprobs)
             logprobs = None
-        for delta in protocol.tool_call_deltas(calls or []):
+        for delta in protocol.tool_call_deltas(calls or [], self.legacy):
             yield self._chunk(u.index, delta, None, None)
         if u.finish_reason:
-            yield self._chunk(u.index, {}, "tool_calls" if calls else u.finish_reason, logprobs)
+            yield self._chunk(u.index, {}, self._finish_reason(u.finish_reason, calls), logprobs)
 
     def _chunk(self, index, delta, finish_reason, logprobs):
         return protocol.chat_chunk(self.rid, self.created, self.model, index, delta, finish_reason,
-                                   logprobs=logprobs)
+                                   include_usage=self.include_usage, logprobs=logprobs)
+
+    def _finish_reason(self, reason: str, calls: list | None) -> str:
+        if not calls or reason == "length":
+            return reason
+        return "function_call" if self.legacy else "tool_calls"
+
+    def _calls(self, text: str, reason: str) -> list | None:
+        """The calls in a finished choice's text: complete ones, or in forced mode one that
+        max_tokens cut short."""
+        calls = tool_calls.find_tool_calls(text, self.tools) if reason in ("stop", "length") else None
+        if calls is None and self.tool_mode == "forced" and reason == "length":
+            calls = tool_calls.truncated_call(text, self.tools)
+        return calls
 
     def _route(self, u: Update) -> tuple[str, list | None]:
         """(text to send now, calls found at the end) for this update."""
@@ -337,7 +367,7 @@ class _ChatShape(_Shape):
         self.held[u.index] = held
         if not u.finish_reason:
             return "", None
-        calls = tool_calls.find_tool_calls(held, self.tools) if u.finish_reason == "stop" else None
+        calls = self._calls(held, u.finish_reason)
         return ("" if calls else held), calls
 
     def usage_chunk(self, usage: dict) -> dict:
@@ -347,11 +377,10 @@ class _ChatShape(_Shape):
         lps = [protocol.chat_logprobs(e, self.piece) for e in logprobs] if self.logprobs else None
         calls = [None] * len(texts)
         if self.tool_mode != "off":
-            calls = [tool_calls.find_tool_calls(t, self.tools) if r == "stop" else None
-                     for t, r in zip(texts, reasons)]
-            reasons = ["tool_calls" if c else r for c, r in zip(calls, reasons)]
+            calls = [self._calls(t, r) for t, r in zip(texts, reasons)]
+            reasons = [self._finish_reason(r, c) for c, r in zip(calls, reasons)]
         return protocol.chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)),
-                                        usage, lps, calls)
+                                        usage, lps, calls, legacy=self.legacy)
 
 
 @dataclasses.dataclass
@@ -364,6 +393,7 @@ class _CompletionShape(_Shape):
         for i, echo in enumerate(self.echoes):
             if echo:
                 yield protocol.completion_chunk(self.rid, self.created, self.model, i, echo,
+                                                include_usage=self.include_usage,
                                                 logprobs=self._legacy(i, self.echo_logprobs[i]))
 
     def chunks(self, u: Update):
@@ -371,7 +401,8 @@ class _CompletionShape(_Shape):
             entries = self.take_logprobs(u, flush=bool(u.finish_reason))
             logprobs = None if entries is None else self._legacy(u.index, [(e.token, e) for e in entries])
             yield protocol.completion_chunk(self.rid, self.created, self.model, u.index, u.text,
-                                            u.finish_reason, logprobs=logprobs)
+                                            u.finish_reason, include_usage=self.include_usage,
+                                            logprobs=logprobs)
 
     def _legacy(self, index: int, pairs: list) -> dict | None:
         if not self.logprobs:
@@ -397,15 +428,14 @@ class ChatHandler(PostHandler):
     ROUTE = "/v1/chat/completions"
 
     async def handle(self) -> None:
-        req, prompt_ids, self.grammar = await self.off_loop(self.prepare_request, self.body)
+        req, prompt_ids, grammar = await self.off_loop(self.prepare_request, self.body)
         served = self.served()
         tools = req.tools if req.tool_choice != "none" else []
         mode = "off" if not tools else "auto" if req.tool_choice == "auto" else "forced"
         shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id,
-                           served.tokenizer.token_bytes, req.logprobs is not None,
-                           tools=tools, tool_mode=mode)
-        if self.grammar is not None:
-            self.token_index = await served.token_index()
+                           served.tokenizer.token_bytes, req.logprobs is not None, req.include_usage,
+                           tools=tools, tool_mode=mode, legacy=req.legacy_functions)
+        await self.constrain(grammar)
         await self.generate([prompt_ids], req, shape)
 
     def prepare_request(self, body: bytes):
@@ -419,35 +449,37 @@ class ChatHandler(PostHandler):
         text = served.chat_text(req.messages, tools)
         protocol.fit_max_tokens(req, served.min_tokens(text), served.n_ctx, at_least=True)
         prompt_ids = served.encode_chat(text)
-        grammar = served.grammar_for(req.response_format, tool_calls.call_schema(tools, req.tool_choice))
-        return req, prompt_ids, grammar
+        return req, prompt_ids, served.grammar_for(req, tools)
 
 
 class CompletionHandler(PostHandler):
     ROUTE = "/v1/completions"
 
     async def handle(self) -> None:
-        req, prompts, echoes = await self.off_loop(self.prepare_request, self.body)
+        req, prompts, echoes, grammar = await self.off_loop(self.prepare_request, self.body)
         served = self.served()
         echo_logprobs = [await self.echo_logprobs(ids, req) for ids in prompts]
         shape = _CompletionShape(protocol.new_id(protocol.COMPLETION_ID_PREFIX), int(time.time()),
                                  served.model_id, served.tokenizer.token_bytes, req.logprobs is not None,
-                                 echoes=[e for e in echoes for _ in range(req.n)],
+                                 req.include_usage, echoes=[e for e in echoes for _ in range(req.n)],
                                  echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)])
+        await self.constrain(grammar)
         await self.generate(prompts, req, shape)
 
     def prepare_request(self, body: bytes):
-        """(request, prompts' ids, echoed texts), in a worker thread; a text prompt that
-        cannot fit is refused from its bytes before it is tokenized."""
+        """(request, prompts' ids, echoed texts, grammar or None), in a worker thread; a text
+        prompt that cannot fit is refused from its bytes before it is tokenized, a schema
+        over the limits before it is compiled."""
         req = protocol.parse_completion(body, self.state.defaults())
         served = self.served()
         protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        served.check_schemas(req.response_format, [])
         for p in req.prompts:
             if isinstance(p, str):
                 protocol.fit_max_tokens(req, served.min_tokens(p), served.n_ctx, at_least=True)
         prompts = [served.text_prompt(p) for p in req.prompts]
         echoes = [self.echo_text(p, ids) if req.echo else "" for p, ids in zip(req.prompts, prompts)]
-        return req, prompts, echoes
+        return req, prompts, echoes, grammar_of_request(req)
 
     async def echo_logprobs(self, ids: list[int], req) -> list:
         """(token, TokenLogprob or None) of each prompt token when echo and logprobs are both

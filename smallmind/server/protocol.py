@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from smallmind import __version__ as SMALLMIND_VERSION
 from smallmind.engine.sampling import SamplingParams
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
 
@@ -290,14 +291,17 @@ class GenerationRequest:
     model: str | None          # accepted and ignored: one model is served
     timeout_ms: int | None = None   # extension: at most the server's RequestTimeoutMs
     logprobs: int | None = None     # None: off; k: the chosen token's and the k most likely
+    response_format: dict | None = None   # {"type": "json_object" | "json_schema", ...}; None: text
+    grammar: str | None = None      # extension (llama.cpp's): a GBNF or Lark grammar the output follows
+    regex: str | None = None        # extension (vLLM's guided_regex): a regex the whole output matches
 
 
 @dataclass(kw_only=True)
 class ChatRequest(GenerationRequest):
     messages: list[dict]       # only checked to be objects; the chat template checks deeper
-    response_format: dict | None = None   # {"type": "json_object" | "json_schema", ...}; None: text
     tools: list[dict] = field(default_factory=list)   # each {"type": "function", "function": {...}}
     tool_choice: str | dict = "auto"      # "none" | "auto" | "required" | {"type": "function", ...}
+    legacy_functions: bool = False        # asked with functions/function_call: answer with function_call
 
 
 @dataclass(kw_only=True)
@@ -541,7 +545,27 @@ def _read_generation(body: dict, defaults: Defaults) -> dict[str, Any]:
     return dict(sampling=sampling, max_tokens_given=max_tokens_given, stop=_read_stop(body),
                 n=_N.read(body) or 1, stream=stream,
                 include_usage=_read_include_usage(body, stream), model=_read_model(body),
-                timeout_ms=_TIMEOUT_MS.read(body))
+                timeout_ms=_TIMEOUT_MS.read(body), grammar=_read_text_field(body, "grammar"),
+                regex=_read_text_field(body, "regex"))
+
+
+def _read_text_field(body: dict, name: str) -> str | None:
+    """An optional non-empty string field (the ``grammar`` and ``regex`` extensions)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(name, f"{name} must be a non-empty string, got {_shown(value)}")
+    return value
+
+
+def _check_one_constraint(req: "GenerationRequest", forced_call: bool = False) -> None:
+    """At most one of response_format, grammar, regex and a forced tool call shapes the output."""
+    given = [name for name, present in (("response_format", req.response_format is not None),
+                                        ("grammar", req.grammar is not None), ("regex", req.regex is not None),
+                                        ("tool_choice", forced_call)) if present]
+    if len(given) > 1:
+        raise _invalid(given[1], f"{given[1]} cannot be combined with {given[0]}: each fixes the output's shape")
 
 
 def _read_messages(body: dict) -> list[dict]:
@@ -613,12 +637,35 @@ def parse_chat(body: bytes | str, defaults: Defaults = Defaults()) -> ChatReques
     req = ChatRequest(messages=messages, **_read_generation(fields, defaults))
     req.logprobs = _read_chat_logprobs(fields)
     req.response_format = _read_response_format(fields)
+    req.legacy_functions = _map_legacy_functions(fields)
     req.tools = _read_tools(fields)
     req.tool_choice = _read_tool_choice(fields, req.tools)
     _read_bool(fields, "parallel_tool_calls")   # at most one call per answer is found anyway
     if req.tools and req.tool_choice != "none" and req.response_format is not None:
         raise _invalid("response_format", "response_format cannot be combined with tools")
+    _check_one_constraint(req, forced_call=req.tool_choice not in ("none", "auto"))
     return req
+
+
+def _map_legacy_functions(fields: dict) -> bool:
+    """The deprecated ``functions`` / ``function_call`` become ``tools`` / ``tool_choice``
+    (answers then use the legacy ``function_call`` shape)."""
+    if "functions" not in fields and "function_call" not in fields:
+        return False
+    if "tools" in fields or "tool_choice" in fields:
+        raise _invalid("functions", "functions/function_call cannot be combined with tools/tool_choice")
+    functions = fields.pop("functions", None)
+    if functions is None:
+        raise _invalid("function_call", "function_call needs functions")
+    if not isinstance(functions, list):
+        raise _invalid("functions", f"functions must be a list, got {_shown(functions)}")
+    fields["tools"] = [{"type": "function", "function": f} for f in functions]
+    call = fields.pop("function_call", None)
+    if isinstance(call, dict):
+        fields["tool_choice"] = {"type": "function", "function": call}
+    elif call is not None:
+        fields["tool_choice"] = call
+    return True
 
 
 def _read_response_format(fields: dict) -> dict | None:
@@ -712,6 +759,8 @@ def parse_completion(body: bytes | str, defaults: Defaults = Defaults()) -> Comp
     _read_string(fields, "suffix")
     _BEST_OF.read(fields)
     req.logprobs = _COMPLETION_LOGPROBS.read(fields)
+    req.response_format = _read_response_format(fields)   # as vLLM takes it on completions
+    _check_one_constraint(req)
     return req
 
 
@@ -876,6 +925,10 @@ def _check_token_ids(items: list[str | list[int]], vocab_size: int, param: str) 
 # Responses
 # ============================================================================================
 
+# OpenAI's system_fingerprint names the backend configuration; ours is the server's version.
+SYSTEM_FINGERPRINT = f"fp_smallmind_{SMALLMIND_VERSION}"
+
+
 def new_id(prefix: str) -> str:
     """A fresh response id such as ``chatcmpl-`` + 24 hex digits."""
     return f"{prefix.rstrip('-')}-{secrets.token_hex(12)}"
@@ -891,15 +944,17 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
 def chat_completion(id: str, created: int, model: str,
                     choices: Iterable[tuple[str, str]], usage: dict,
                     logprobs: Sequence[dict | None] | None = None,
-                    tool_calls: Sequence[list | None] | None = None) -> dict:
+                    tool_calls: Sequence[list | None] | None = None, legacy: bool = False) -> dict:
     """A chat.completion; ``choices`` are (text, finish_reason) in index order; ``logprobs``
-    (from chat_logprobs) and ``tool_calls`` per choice when there are any."""
+    (from chat_logprobs) and ``tool_calls`` per choice when there are any (``legacy``: as
+    the deprecated ``function_call``)."""
     choices = list(choices)
     logprobs = logprobs or [None] * len(choices)
     tool_calls = tool_calls or [None] * len(choices)
     return {
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": i, "message": _assistant_message(text, calls),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [{"index": i, "message": _assistant_message(text, calls, legacy),
                      "logprobs": lp, "finish_reason": finish_reason}
                     for i, ((text, finish_reason), lp, calls)
                     in enumerate(zip(choices, logprobs, tool_calls))],
@@ -907,15 +962,22 @@ def chat_completion(id: str, created: int, model: str,
     }
 
 
-def _assistant_message(text: str, calls: list | None) -> dict:
+def _assistant_message(text: str, calls: list | None, legacy: bool = False) -> dict:
+    if calls and legacy:
+        return {"role": "assistant", "content": None, "refusal": None, "function_call": calls[0]["function"]}
     if calls:
         return {"role": "assistant", "content": None, "refusal": None, "tool_calls": calls}
     return {"role": "assistant", "content": text, "refusal": None}
 
 
-def tool_call_deltas(calls: list[dict]) -> list[dict]:
+def tool_call_deltas(calls: list[dict], legacy: bool = False) -> list[dict]:
     """The stream deltas of finished calls, as OpenAI sends them: id, type and name first,
-    then the arguments (clients concatenate argument pieces by index)."""
+    then the arguments (clients concatenate argument pieces by index).  ``legacy``: the
+    deprecated ``function_call`` deltas of the first call."""
+    if legacy and calls:
+        fn = calls[0]["function"]
+        return [{"function_call": {"name": fn["name"], "arguments": ""}},
+                {"function_call": {"arguments": fn["arguments"]}}]
     deltas = []
     for i, call in enumerate(calls):
         fn = call["function"]
@@ -964,6 +1026,7 @@ def chat_chunk(id: str, created: int, model: str, index: int, delta: dict,
     {"content": "..."} or {} with the finish_reason.  With include_usage every chunk carries
     "usage": null, as OpenAI does, before the final usage_chunk."""
     chunk = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+             "system_fingerprint": SYSTEM_FINGERPRINT,
              "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                           "finish_reason": finish_reason}]}
     if include_usage:
@@ -974,7 +1037,8 @@ def chat_chunk(id: str, created: int, model: str, index: int, delta: dict,
 def usage_chunk(id: str, created: int, model: str, usage: dict, *, chat: bool = True) -> dict:
     """The last chunk of a stream with include_usage: no choices, only usage."""
     return {"id": id, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": model, "choices": [], "usage": usage}
+            "created": created, "model": model, "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [], "usage": usage}
 
 
 def completion(id: str, created: int, model: str,
@@ -985,6 +1049,7 @@ def completion(id: str, created: int, model: str,
     logprobs = logprobs or [None] * len(choices)
     return {
         "id": id, "object": "text_completion", "created": created, "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": [{"index": i, "text": text, "logprobs": lp,
                      "finish_reason": finish_reason}
                     for i, ((text, finish_reason), lp) in enumerate(zip(choices, logprobs))],
@@ -997,6 +1062,7 @@ def completion_chunk(id: str, created: int, model: str, index: int, text: str,
                      logprobs: dict | None = None) -> dict:
     """One streamed text_completion piece for choice ``index``."""
     chunk = {"id": id, "object": "text_completion", "created": created, "model": model,
+             "system_fingerprint": SYSTEM_FINGERPRINT,
              "choices": [{"index": index, "text": text, "logprobs": logprobs,
                           "finish_reason": finish_reason}]}
     if include_usage:

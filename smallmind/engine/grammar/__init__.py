@@ -1,18 +1,20 @@
-"""Grammar-constrained decoding for OpenAI structured output (``response_format``).
+"""Grammar-constrained decoding on llguidance: structured output, forced tool calls, and the
+``grammar`` / ``regex`` request extensions.
 
-    grammar = compile_response_format(response_format)   # None for {"type": "text"}
-    index = TokenIndex.for_tokenizer(tokenizer)          # once per tokenizer (~1-2 s)
-    state = grammar.start(index)                         # per sequence
-    state.mask_logits(logits)  # or: mask = state.allowed()
-    state.advance(token_id)    # ValueError if the token was not allowed
-    state.complete             # finished: only end of generation may follow
+    grammar = compile_json_schema(schema)          # or compile_response_format / _lark / _gbnf / _regex
+    vocab = Vocabulary.for_tokenizer(tokenizer)    # once per tokenizer (~1.5 s)
+    state = grammar.start(vocab)                   # per sequence: its own matcher
+    state.mask_logits(logits)                      # or: mask = state.allowed()
+    state.advance(token_id)                        # ValueError if the token was not allowed
+    state.complete                                 # only end of generation may follow
 
-Modules: ``nodes`` / ``automaton`` (byte-level JSON pushdown automaton), ``json_schema``
-(schema -> automaton), ``token_index`` (vocabulary tries and masks), ``matcher``
-(allowed sets per automaton state), ``response_format`` (entry point and cache)."""
+Modules: ``compile`` (sources -> grammars, errors, the cache), ``vocabulary`` (the tokenizer
+as llguidance sees it), ``state`` (one sequence's matcher)."""
 
-from .matcher import GrammarState
-from .response_format import Grammar, compile_response_format
-from .token_index import TokenIndex
+from .compile import (Grammar, GrammarError, compile_gbnf, compile_json_schema, compile_lark, compile_regex,
+                      compile_response_format)
+from .state import ConstraintState
+from .vocabulary import Vocabulary
 
-__all__ = ["Grammar", "GrammarState", "TokenIndex", "compile_response_format"]
+__all__ = ["ConstraintState", "Grammar", "GrammarError", "Vocabulary", "compile_gbnf", "compile_json_schema",
+           "compile_lark", "compile_regex", "compile_response_format"]
