@@ -142,17 +142,32 @@ def _request(url: str, method: str, path: str, body: bytes | None, timeout: floa
 
 def run_case(url: str, case: Case, timeout: float = 300) -> Result:
     """Sends the case's request while probing /healthz every 50 ms (at least MIN_PROBES)."""
+    def send() -> int:
+        try:
+            return _request(url, "POST", case.path, case.body, timeout)
+        except (OSError, http.client.HTTPException):
+            return 0
+    return _while_probing(url, case, send, timeout)
+
+
+def run_command(url: str, command: str, timeout: float = 1800) -> Result:
+    """Runs a shell command against the server ({url} replaced by its address; e.g. a
+    schemathesis run) while probing /healthz; the row's status is the command's exit code."""
+    def send() -> int:
+        return subprocess.run(command.replace("{url}", url), shell=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=timeout).returncode
+    return _while_probing(url, Case(f"command: {command}", "", b"", 0), send, timeout)
+
+
+def _while_probing(url: str, case: Case, send, timeout: float) -> Result:
     outcome: dict = {}
 
-    def send() -> None:
+    def timed_send() -> None:
         start = time.perf_counter()
-        try:
-            outcome["status"] = _request(url, "POST", case.path, case.body, timeout)
-        except (OSError, http.client.HTTPException):
-            outcome["status"] = 0
+        outcome["status"] = send()
         outcome["seconds"] = time.perf_counter() - start
 
-    sender = threading.Thread(target=send)
+    sender = threading.Thread(target=timed_send)
     sender.start()
     probes: list[float] = []
     while sender.is_alive() or len(probes) < MIN_PROBES:
@@ -205,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-arg", action="append", default=[], help="an argument for the started server")
     parser.add_argument("--bound-ms", type=float, default=100.0, help="the slowest probe allowed")
     parser.add_argument("--only", help="run only the cases whose name contains this text")
+    parser.add_argument("--during", metavar="COMMAND",
+                        help="instead of the cases, probe while this shell command runs ({url}: the "
+                             "server's address), e.g. a schemathesis run")
     args = parser.parse_args(argv)
     if bool(args.url) == args.start_server:
         parser.error("give exactly one of --url and --start-server")
@@ -213,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.start_server:
         proc, url = _start_server(args.server_arg)
     try:
-        results = [run_case(url, case) for case in cases() if not args.only or args.only in case.name]
+        if args.during:
+            results = [run_command(url, args.during)]
+        else:
+            results = [run_case(url, case) for case in cases() if not args.only or args.only in case.name]
     finally:
         if proc is not None:
             proc.terminate()
