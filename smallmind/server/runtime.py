@@ -150,8 +150,8 @@ class ServedModel:
         return _compile(compile_json_schema, call, "tools")
 
     async def vocabulary(self) -> Vocabulary:
-        """The vocabulary constrained decoding masks over, built once (a second or two) in a
-        worker thread on first use, so servers that never constrain never pay for it."""
+        """The vocabulary constrained decoding masks over: warm_up builds it before the server
+        is ready; else it is built once, in a worker thread, on first use."""
         async with self._vocabulary_lock:
             if self._vocabulary is None:
                 loop = asyncio.get_running_loop()
@@ -164,6 +164,10 @@ class ServedModel:
         start = time.perf_counter()
         prompt = self.tokenizer.encode("Hello", add_special=True)
         list(self.engine.generate(prompt, SamplingParams(temperature=0, max_tokens=1)))
+        # Also the vocabulary of constrained decoding: built on the first constrained request
+        # instead, llguidance's ~1 s of native work on Gemma's 262k tokens holds the GIL and
+        # stalled the event loop for as long (a /healthz probe waited 950 ms).
+        self._vocabulary = Vocabulary.for_tokenizer(self.tokenizer)
         return time.perf_counter() - start
 
     def start(self) -> None:
