@@ -366,3 +366,32 @@ def test_check_schema_limits_measures_without_recursion():
     with pytest.raises(protocol.LimitExceededError, match="MaxSchemaDepth"):
         protocol.check_schema_limits({"items": deep}, "response_format", "schema", 10_000, 64)
     protocol.check_schema_limits(probe_latency._nested(10), "response_format", "schema", 10_000, 64)
+
+
+def test_large_answers_are_encoded_without_holding_the_gil_throughout():
+    """A 4,000-embedding answer: the same text as json.dumps, but encoded in pieces, so the
+    event loop's thread runs between them (one json.dumps call held the GIL for 0.65-1.2 s
+    and stalled every probe that long)."""
+    import random
+    import threading
+
+    from smallmind.server.completions import dumps_in_pieces
+
+    rng = random.Random(1)
+    answer = {"object": "list", "model": "m", "usage": {"prompt_tokens": 4000, "total_tokens": 4000},
+              "data": [{"object": "embedding", "index": i, "embedding": [rng.random() for _ in range(640)]}
+                       for i in range(4000)]}
+    assert dumps_in_pieces({"a": [[1, 2], [], {"k": "é\u2028"}], "b": (1, None)}) == \
+        json.dumps({"a": [[1, 2], [], {"k": "é\u2028"}], "b": (1, None)}, ensure_ascii=False)
+    out, done, gaps = {}, threading.Event(), []
+    worker = threading.Thread(target=lambda: (out.setdefault("text", dumps_in_pieces(answer)), done.set()))
+    worker.start()
+    last = time.perf_counter()
+    while not done.is_set():
+        time.sleep(0.005)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    worker.join()
+    assert out["text"] == json.dumps(answer, ensure_ascii=False)
+    assert max(gaps) < 0.3, f"the encoding held the GIL for {max(gaps) * 1000:.0f} ms at a stretch"
