@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallmind import kernels, tool_calls
-from smallmind.chat_template import ChatTemplate, normalize_messages
+from smallmind import kernels
+from smallmind.server.chat import tool_calls
+from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.engine.engine import Engine
 from smallmind.engine.grammar import (Grammar, GrammarError, Vocabulary, compile_gbnf, compile_json_schema,
                                       compile_regex, compile_response_format)
@@ -18,7 +19,7 @@ from smallmind.engine.model import Model, read_model_config
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
-from smallmind.scheduler import Scheduler
+from smallmind.server.scheduler import Scheduler
 from smallmind.server.config import ServerOptions
 from smallmind.server.protocol import ContextLengthError, check_schema_limits, min_prompt_tokens
 
