@@ -503,11 +503,18 @@ class Tokenizer:
             self._c.encode_words(words, cache, out, _CACHE_WORD_MAX)
             if len(cache) > _CACHE_MAX_ENTRIES:
                 cache.clear()
-            return
+        else:
+            self._encode_words(words, out, self._spm_word)
+
+    def _encode_words(self, words: list[str], out: list[int],
+                      word_ids: Callable[[str], tuple[int, ...]]) -> None:
+        """out += each word's ids, through the word cache, one word at a time (a text with
+        a word too long for the compiled loop)."""
+        cache = self._cache
         for w in words:
             ids = cache.get(w)
             if ids is None:
-                ids = self._spm_word(w)
+                ids = word_ids(w)
                 if len(w) <= _CACHE_WORD_MAX:
                     if len(cache) >= _CACHE_MAX_ENTRIES:
                         cache.clear()
@@ -550,23 +557,13 @@ class Tokenizer:
     # ---- BPE
     def _bpe_encode(self, text: str, out: list[int]) -> None:
         cache = self._cache
-        table = BYTE_ENCODE_TABLE
         words = self.pretokenizer.split(text)
         if words and max(map(len, words)) <= _LONG_WORD_C:
             self._c.encode_words(words, cache, out, _CACHE_WORD_MAX, _to_byte_alphabet)
             if len(cache) > _CACHE_MAX_ENTRIES:
                 cache.clear()
-            return
-        for w in words:
-            ids = cache.get(w)
-            if ids is None:
-                mapped = _encode_text(w).decode("latin-1").translate(table)
-                ids = self._bpe_word(mapped)
-                if len(w) <= _CACHE_WORD_MAX:
-                    if len(cache) >= _CACHE_MAX_ENTRIES:
-                        cache.clear()
-                    cache[w] = ids
-            out.extend(ids)
+        else:
+            self._encode_words(words, out, lambda w: self._bpe_word(_to_byte_alphabet(w)))
 
     def _bpe_word(self, word: str) -> tuple[int, ...]:
         t2i = self._tok2id
