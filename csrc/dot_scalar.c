@@ -485,17 +485,3 @@ void sm_fill_kernels_scalar(sm_kernels *k) {
      * dot rather than inherited scalar code. */
     for (int t = 0; t < SM_TYPE_COUNT; t++) k->vec_dot_n[t] = NULL;
 }
-
-/* The reference for vec_dot_n: s[j * s_stride] = vec_dot(w, a + j * a_stride) for the
- * scalar vec_dot of `type` (what sm_matmul_q does for a NULL entry, with the table's
- * vec_dot).  SM_E_TYPE if the type has no scalar vec_dot. */
-int sm_vec_dot_n_scalar(int type, float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                        int n, int n_act) {
-    sm_kernels k;
-    memset(&k, 0, sizeof k);
-    sm_fill_kernels_scalar(&k);
-    if (type < 0 || type >= SM_TYPE_COUNT || !k.vec_dot[type]) return SM_E_TYPE;
-    for (int j = 0; j < n_act; j++)
-        k.vec_dot[type](&s[j * s_stride], w, (const uint8_t *)a + (size_t)j * a_stride, n);
-    return SM_OK;
-}

@@ -38,6 +38,10 @@ typedef struct {
     sm_tensor w_down;          /* (dim, hidden_dim)         */
     sm_tensor post_ffn_norm;   /* gemma3, or absent         */
 } sm_layer_weights;
+/* The extension fills a layer as an array of sm_tensor in field order (the order
+ * smallmind.engine.model.LAYER_TENSORS gives), so the struct holds nothing else. */
+_Static_assert(sizeof(sm_layer_weights) % sizeof(sm_tensor) == 0,
+               "sm_layer_weights holds sm_tensor fields only");
 
 typedef struct {
     sm_tensor token_embd;      /* (vocab_size, dim)         */

@@ -111,9 +111,6 @@ void sm_fill_kernels_scalar(sm_kernels *k);
 void sm_fill_kernels_avx2(sm_kernels *k);
 void sm_fill_kernels_avx512(sm_kernels *k);
 void sm_fill_kernels_neon(sm_kernels *k);
-/* Scalar reference of vec_dot_n (dot_scalar.c): a loop over the scalar vec_dot of `type`. */
-int sm_vec_dot_n_scalar(int type, float *s, size_t s_stride, const void *w, const void *a, size_t a_stride,
-                        int n, int n_act);
 
 /* ---- threads ---- */
 void sm_set_threads(int n);

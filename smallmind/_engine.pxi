@@ -1,48 +1,7 @@
 # The transformer step of csrc/forward.h, included into _kernels.pyx (one extension, so
 # the forward pass runs on the very kernel table and thread setting smallmind.kernels
 # chose).  Use smallmind.engine.model, not this class.
-from libc.stdint cimport int32_t
 from libc.stdlib cimport calloc, free
-
-cdef extern from "forward.h" nogil:
-    ctypedef struct sm_tensor:
-        const void *data
-        int type
-        int64_t n_rows
-        int64_t n_cols
-
-    ctypedef struct sm_layer_weights:
-        sm_tensor attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm
-        sm_tensor ffn_norm, w_gate, w_up, w_down, post_ffn_norm
-
-    ctypedef struct sm_weights:
-        sm_tensor token_embd, output_norm, output, rope_freqs
-        sm_layer_weights *layers
-
-    ctypedef struct sm_config:
-        int arch, act
-        int dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size
-        float norm_eps, rope_base, rope_base_swa, rope_freq_scale
-        int rope_neox
-        float attn_scale, embed_scale
-        int sliding_window
-        const uint8_t *layer_swa
-        int n_ctx, n_slots, max_batch_tokens
-
-    ctypedef struct sm_model:
-        pass
-
-    sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err)
-    void sm_model_free(sm_model *m)
-    int64_t sm_model_kv_bytes(const sm_model *m)
-    int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
-                   const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
-                   float *hidden)
-    int sm_model_copy_slot(sm_model *m, int src, int dst, int n_positions)
-
-
-LAYER_TENSORS = ("attn_norm", "wq", "wk", "wv", "bq", "bk", "bv", "q_norm", "k_norm", "wo",
-                 "post_attn_norm", "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm")
 
 
 cdef sm_tensor _tensor(object spec, list keep) except *:
@@ -68,8 +27,9 @@ cdef sm_tensor _tensor(object spec, list keep) except *:
 
 cdef class NativeModel:
     """A model in C: config dict + weights {name: (array, type, n_rows, n_cols) or None,
-    "layers": [{name: ...}, ...]}.  Holds references to the weight arrays (views into the
-    mmapped file) for as long as it lives."""
+    "layers": [per layer, one such spec per sm_layer_weights field in forward.h's order]}.
+    Holds references to the weight arrays (views into the mmapped file) for as long as it
+    lives."""
     cdef sm_model *m
     cdef bint busy  # sm_forward is not re-entrant: refuse a second caller instead of racing
     cdef list _keep
@@ -83,7 +43,10 @@ cdef class NativeModel:
         cdef sm_config c
         cdef sm_weights w
         cdef int err = 0
-        cdef int l
+        cdef int l, i
+        cdef sm_tensor *fields
+        # sm_layer_weights is sm_tensor fields only, so it is filled as an array of them
+        cdef int n_fields = sizeof(sm_layer_weights) // sizeof(sm_tensor)
         self._keep = []
         layers = weights["layers"]
         c.arch = config["arch"]
@@ -122,23 +85,12 @@ cdef class NativeModel:
             raise MemoryError()
         try:
             for l in range(c.n_layers):
-                lw = layers[l]
-                w.layers[l].attn_norm = _tensor(lw.get("attn_norm"), self._keep)
-                w.layers[l].wq = _tensor(lw.get("wq"), self._keep)
-                w.layers[l].wk = _tensor(lw.get("wk"), self._keep)
-                w.layers[l].wv = _tensor(lw.get("wv"), self._keep)
-                w.layers[l].bq = _tensor(lw.get("bq"), self._keep)
-                w.layers[l].bk = _tensor(lw.get("bk"), self._keep)
-                w.layers[l].bv = _tensor(lw.get("bv"), self._keep)
-                w.layers[l].q_norm = _tensor(lw.get("q_norm"), self._keep)
-                w.layers[l].k_norm = _tensor(lw.get("k_norm"), self._keep)
-                w.layers[l].wo = _tensor(lw.get("wo"), self._keep)
-                w.layers[l].post_attn_norm = _tensor(lw.get("post_attn_norm"), self._keep)
-                w.layers[l].ffn_norm = _tensor(lw.get("ffn_norm"), self._keep)
-                w.layers[l].w_gate = _tensor(lw.get("w_gate"), self._keep)
-                w.layers[l].w_up = _tensor(lw.get("w_up"), self._keep)
-                w.layers[l].w_down = _tensor(lw.get("w_down"), self._keep)
-                w.layers[l].post_ffn_norm = _tensor(lw.get("post_ffn_norm"), self._keep)
+                specs = layers[l]
+                if len(specs) != n_fields:
+                    raise ValueError(f"layer {l} has {len(specs)} weights, sm_layer_weights holds {n_fields}")
+                fields = <sm_tensor *>&w.layers[l]
+                for i in range(n_fields):
+                    fields[i] = _tensor(specs[i], self._keep)
             with nogil:
                 self.m = sm_model_create(&c, &w, &err)
         finally:

@@ -1,5 +1,6 @@
-# C API of csrc/kernels.h, declared nogil so every heavy call can drop the GIL.
-from libc.stdint cimport int64_t, uint64_t
+# The C API of csrc/ (kernels.h, forward.h): the one place the extension declares it, nogil so
+# every heavy call can drop the GIL.  _kernels.pyx and the _engine.pxi it includes use these.
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 
 cdef extern from "kernels.h" nogil:
     ctypedef struct sm_workspace:
@@ -37,3 +38,42 @@ cdef extern from "kernels.h" nogil:
     int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
                             const void *Xq, int64_t n_tok)
     uint64_t sm_read_memory(const void *buf, size_t n_bytes, int n_threads)
+
+
+cdef extern from "forward.h" nogil:
+    ctypedef struct sm_tensor:
+        const void *data
+        int type
+        int64_t n_rows
+        int64_t n_cols
+
+    # One sm_tensor per layer weight, in the order smallmind.engine.model.LAYER_TENSORS gives
+    # (tests/test_model.py checks that order against forward.h); filled as an array of
+    # sm_tensor, so its fields are not repeated here.
+    ctypedef struct sm_layer_weights:
+        pass
+
+    ctypedef struct sm_weights:
+        sm_tensor token_embd, output_norm, output, rope_freqs
+        sm_layer_weights *layers
+
+    ctypedef struct sm_config:
+        int arch, act
+        int dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size
+        float norm_eps, rope_base, rope_base_swa, rope_freq_scale
+        int rope_neox
+        float attn_scale, embed_scale
+        int sliding_window
+        const uint8_t *layer_swa
+        int n_ctx, n_slots, max_batch_tokens
+
+    ctypedef struct sm_model:
+        pass
+
+    sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err)
+    void sm_model_free(sm_model *m)
+    int64_t sm_model_kv_bytes(const sm_model *m)
+    int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
+                   const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
+                   float *hidden)
+    int sm_model_copy_slot(sm_model *m, int src, int dst, int n_positions)

@@ -101,20 +101,33 @@ cdef int64_t _weight_rows(cnp.ndarray w, int wtype, int64_t n_cols) except -1:
     return w.nbytes // row_bytes
 
 
+cdef int _convert_rows(bint to_f32, int wtype, const uint8_t *src, int64_t src_row_bytes,
+                       uint8_t *dst, int64_t dst_row_bytes, int64_t n, int64_t n_rows) noexcept nogil:
+    """Row by row, `wtype` rows of n values -> f32 (to_f32), or f32 -> the activation type
+    `wtype` dots against; 0, or the first error code."""
+    cdef int64_t r
+    cdef int rc
+    for r in range(n_rows):
+        if to_f32:
+            rc = sm_dequantize_row(wtype, src + r * src_row_bytes, <float *>(dst + r * dst_row_bytes), n)
+        else:
+            rc = sm_quantize_activation(wtype, <const float *>(src + r * src_row_bytes),
+                                        dst + r * dst_row_bytes, n)
+        if rc != 0:
+            return rc
+    return 0
+
+
 def dequantize(cnp.ndarray w not None, int wtype, int64_t n_cols):
     """Raw rows (any shape, C-contiguous) of `wtype` with `n_cols` values each -> f32 (rows, n_cols)."""
     cdef int64_t n_rows = _weight_rows(w, wtype, n_cols)
     cdef int64_t row_bytes = sm_row_size(wtype, n_cols)
     cdef cnp.ndarray[cnp.float32_t, ndim=2] out = np.empty((n_rows, n_cols), dtype=np.float32)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(w)
-    cdef float *dst = <float *>cnp.PyArray_DATA(out)
-    cdef int64_t r
-    cdef int rc = 0
+    cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(out)
+    cdef int rc
     with nogil:
-        for r in range(n_rows):
-            rc = sm_dequantize_row(wtype, src + r * row_bytes, dst + r * n_cols, n_cols)
-            if rc != 0:
-                break
+        rc = _convert_rows(True, wtype, src, row_bytes, dst, n_cols * sizeof(float), n_cols, n_rows)
     check(rc, "dequantize")
     return out
 
@@ -130,15 +143,11 @@ def quantize_activation(cnp.ndarray x not None, int wtype):
     if row_bytes < 0:
         raise NativeError(SM_E_SHAPE, f"{n} values for type {wtype}")
     cdef cnp.ndarray out = np.empty((n_tok, row_bytes), dtype=np.uint8)
-    cdef const float *src = <const float *>cnp.PyArray_DATA(x)
+    cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(x)
     cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(out)
-    cdef int64_t t
-    cdef int rc = 0
+    cdef int rc
     with nogil:
-        for t in range(n_tok):
-            rc = sm_quantize_activation(wtype, src + t * n, dst + t * row_bytes, n)
-            if rc != 0:
-                break
+        rc = _convert_rows(False, wtype, src, n * sizeof(float), dst, row_bytes, n, n_tok)
     check(rc, "quantize activation")
     return out
 

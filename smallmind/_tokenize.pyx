@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled hot loops of smallmind.engine.tokenizer (optional: the pure-Python code there
-gives identical results, only slower).
+"""Compiled merge loops of smallmind.engine.tokenizer (always built; the tokenizer keeps
+only an O(n log n) heap loop of its own, for very long words).
 
 Both classes work on a word's UTF-8 bytes with symbols as (offset, length) ranges, and look
 strings up in an open-addressing hash table over the vocabulary's UTF-8 bytes (FNV-1a 64,
@@ -44,6 +44,21 @@ cdef inline Py_ssize_t utf8_len(uint8_t c) nogil:
     if hi < 15:
         return 3
     return 4
+
+
+cdef Py_ssize_t _split_utf8(const uint8_t *p, Py_ssize_t nb, Py_ssize_t *start,
+                            Py_ssize_t *slen) nogil:
+    """A word's bytes -> one symbol per UTF-8 character (start, length); returns the count."""
+    cdef Py_ssize_t m = 0, pos = 0, k
+    while pos < nb:
+        k = utf8_len(p[pos])
+        if k > nb - pos:
+            k = nb - pos
+        start[m] = pos
+        slen[m] = k
+        m += 1
+        pos += k
+    return m
 
 
 cdef list _utf8_all(list strings):
@@ -165,22 +180,16 @@ cdef class SpmVocab:
         cdef float *ps = <float *>malloc(nb * sizeof(float))
         cdef int32_t *pid = <int32_t *>malloc(nb * sizeof(int32_t))
         cdef list out = []
-        cdef Py_ssize_t m = 0, pos = 0, k, i, bi, j
+        cdef Py_ssize_t m, k, i, bi, j
         cdef Slot *s
         cdef float best
         cdef int32_t bid
         try:
             if start == NULL or slen == NULL or sid == NULL or ps == NULL or pid == NULL:
                 raise MemoryError()
-            while pos < nb:
-                k = utf8_len(p[pos])
-                if k > nb - pos:
-                    k = nb - pos
-                start[m] = pos
-                slen[m] = k
-                sid[m] = -2      # not looked up yet
-                m += 1
-                pos += k
+            m = _split_utf8(p, nb, start, slen)
+            for i in range(m):
+                sid[i] = -2      # not looked up yet
             for i in range(m - 1):
                 self._pair(p, start, slen, ps, pid, i)
             while m > 1:
@@ -309,20 +318,13 @@ cdef class BpeVocab:
         cdef Py_ssize_t *slen = <Py_ssize_t *>malloc(nb * sizeof(Py_ssize_t))
         cdef int32_t *pr = <int32_t *>malloc(nb * sizeof(int32_t))
         cdef list out = []
-        cdef Py_ssize_t m = 0, pos = 0, k, i, bi, j
+        cdef Py_ssize_t m, k, i, bi, j
         cdef int32_t best
         cdef bytes one
         try:
             if start == NULL or slen == NULL or pr == NULL:
                 raise MemoryError()
-            while pos < nb:
-                k = utf8_len(p[pos])
-                if k > nb - pos:
-                    k = nb - pos
-                start[m] = pos
-                slen[m] = k
-                m += 1
-                pos += k
+            m = _split_utf8(p, nb, start, slen)
             for i in range(m - 1):
                 pr[i] = self._rank(p, start[i], slen[i], slen[i + 1])
             while m > 1:

@@ -189,10 +189,6 @@ class TensorInfo:
     offset: int
 
     @property
-    def is_quantized(self) -> bool:
-        return self.type not in _TENSOR_DTYPES
-
-    @property
     def n_rows(self) -> int:
         return self.n_elements // self.ne[0] if self.ne[0] else 0
 

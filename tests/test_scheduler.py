@@ -10,7 +10,7 @@ from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
-from smallmind.scheduler import GenerationJob, Scheduler
+from smallmind.server.scheduler import GenerationJob, Scheduler
 
 
 @pytest.fixture()

@@ -1,6 +1,5 @@
 """Tokenizer tests: llama.cpp's own tokenizer vectors, the Gemma 3 reference prompts, round
 trips, streaming decode, special tokens and broken metadata."""
-import copy
 import functools
 import json
 
@@ -300,46 +299,24 @@ def test_spm_word_cuts_are_exact(name):
     assert not bad, bad[:5]
 
 
-def _pure_python(t: Tokenizer) -> Tokenizer:
-    """A copy of ``t`` that does not use the compiled loops."""
-    p = copy.copy(t)
-    p._c = None
-    p._cache = {}
-    return p
-
-
-@pytest.mark.parametrize("name", VOCABS)
-def test_pure_python_path_matches_vectors(name):
-    if tok(name)._c is None:
-        pytest.skip("smallmind._tokenize is not built: the main test already ran pure Python")
-    t = _pure_python(tok(name))
-    texts, expected = _read_vectors(name)
-    bad = [text for text, exp in zip(texts, expected) if t.encode(text, add_special=False) != exp]
-    assert not bad
-
-
 @pytest.mark.parametrize("name", ["llama-spm", "gemma3", "qwen2", "llama-bpe"])
-def test_python_heap_and_compiled_merges_agree(name):
+def test_heap_and_compiled_merges_agree(name):
+    """Long words take the heap loop, short ones the compiled loop: both give one answer."""
     t = tok(name)
-    py = _pure_python(t)
     words = ["▁tokenization", "▁" * 7 + "x", "abcabcabc", "▁日本語", "ĠHello", "ĠĠĠĠ",
              "12345", "ĠtokenizationĠisĠfun", "a" * 20, "▁a>▁</b>▁", "ĊĊĠĠĠ"]
     rng = np.random.default_rng(1)
     letters = list("abcdeĠ▁>.日é")
     words += ["".join(rng.choice(letters, size=rng.integers(2, 40))) for _ in range(300)]
+    compared = 0
     for w in words:
-        if t.model == "llama":
-            ids_py = py._spm_word(w)
-            syms = t._spm_merge_long(w)
-        else:
-            ids_py = py._bpe_word(w)
-            syms = t._bpe_merge_long(w)
+        syms = t._spm_merge_long(w) if t.model == "llama" else t._bpe_merge_long(w)
         ids_heap = [t.token_to_id(s) for s in syms]
         whole = t.model == "gpt2" and t._ignore_merges and t.token_to_id(w) is not None
         if None not in ids_heap and not whole:
-            assert list(ids_py) == ids_heap, w
-        if t._c is not None:
-            assert list(ids_py) == t._c.encode_word(w), w
+            assert t._c.encode_word(w) == ids_heap, w
+            compared += 1
+    assert compared >= 20  # words whose every symbol is a token (so ids compare directly)
 
 
 def test_long_words_use_heap_path():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from smallmind import _kernels
+from smallmind import kernels
 from smallmind.errors import KernelError, ModelFormatError
 from smallmind.gguf import GGML_TYPE_NAMES
 from smallmind.modelfile import ModelFile, open_model_file
@@ -24,14 +24,20 @@ ARCHS = {"llama": 0, "qwen2": 1, "qwen3": 2, "gemma3": 3}
 ACT_SILU, ACT_GELU_TANH = 0, 1
 FLOAT_TYPES = (0, 1, 30)  # F32, F16, BF16: what 1-D weights (norms, biases) may be
 
-# forward.h's layer field -> GGUF tensor name (blk.N.<name>.weight|bias)
+# The one list of a layer's weights: csrc/forward.h's sm_layer_weights fields, in their order
+# (the native model is filled field by field in this order; tests/test_model.py checks it
+# against forward.h), each with its GGUF tensor name (blk.N.<name>.weight|bias).
 LAYER_TENSORS = {
-    "attn_norm": "attn_norm.weight", "wq": "attn_q.weight", "wk": "attn_k.weight",
-    "wv": "attn_v.weight", "wo": "attn_output.weight", "bq": "attn_q.bias",
-    "bk": "attn_k.bias", "bv": "attn_v.bias", "q_norm": "attn_q_norm.weight",
-    "k_norm": "attn_k_norm.weight", "post_attn_norm": "post_attention_norm.weight",
-    "ffn_norm": "ffn_norm.weight", "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight",
-    "w_down": "ffn_down.weight", "post_ffn_norm": "post_ffw_norm.weight",
+    "attn_norm": "attn_norm.weight",
+    "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight",
+    "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias",
+    "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight",
+    "wo": "attn_output.weight",
+    "post_attn_norm": "post_attention_norm.weight",
+    "ffn_norm": "ffn_norm.weight",
+    "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight",
+    "w_down": "ffn_down.weight",
+    "post_ffn_norm": "post_ffw_norm.weight",
 }
 
 
@@ -198,7 +204,7 @@ def _weight(gguf: ModelFile, name: str, n_rows: int, n_cols: int, required: bool
             raise _fail(gguf.path, f"tensor {name} is missing")
         return None
     type_name = GGML_TYPE_NAMES.get(info.type, str(info.type))
-    if matrix and not _kernels.type_supported(info.type) or not matrix and info.type not in FLOAT_TYPES:
+    if matrix and not kernels.type_supported(info.type) or not matrix and info.type not in FLOAT_TYPES:
         raise _fail(gguf.path, f"tensor {name} has unsupported type {type_name}")
     if info.n_elements != n_rows * n_cols or info.ne[0] != n_cols:
         want = (n_cols,) if n_rows == 1 else (n_cols, n_rows)
@@ -235,11 +241,11 @@ class Model:
             top, layer = _expected_shapes(config)
             weights = {key: _weight(gguf, *spec) for key, spec in top.items()}
             weights["layers"] = [
-                {key: _weight(gguf, f"blk.{il}.{LAYER_TENSORS[key]}", *spec) for key, spec in layer.items()}
+                [_weight(gguf, f"blk.{il}.{name}", *layer[field]) for field, name in LAYER_TENSORS.items()]
                 for il in range(config.n_layers)]
             try:
-                native = _kernels.NativeModel(config.native(n_ctx, n_slots, max_batch_tokens), weights)
-            except _kernels.NativeError as e:
+                native = kernels.NativeModel(config.native(n_ctx, n_slots, max_batch_tokens), weights)
+            except kernels.NativeError as e:
                 raise _fail(gguf.path, f"the native model refused the weights: {e}") from None
         except BaseException:
             gguf.close()
@@ -253,14 +259,14 @@ class Model:
         and returns float32 logits (len(out_rows), vocab_size) of the rows listed."""
         try:
             return self._native.forward(tokens, slots, positions, out_rows, False, out)
-        except _kernels.NativeError as e:
+        except kernels.NativeError as e:
             raise self._explain(e, tokens, slots, positions, out_rows) from None
 
     def forward_hidden(self, tokens, slots, positions, out_rows=()) -> tuple[np.ndarray, np.ndarray]:
         """As forward, also returning the final normalized hidden states (n_tokens, dim)."""
         try:
             return self._native.forward(tokens, slots, positions, out_rows, True, None)
-        except _kernels.NativeError as e:
+        except kernels.NativeError as e:
             raise self._explain(e, tokens, slots, positions, out_rows) from None
 
     def embed(self, tokens, slot: int = 0, start: int = 0) -> np.ndarray:
@@ -278,7 +284,7 @@ class Model:
         """Copies the first n_positions cached positions of slot src into slot dst."""
         try:
             self._native.copy_slot(src, dst, n_positions)
-        except _kernels.NativeError as e:
+        except kernels.NativeError as e:
             raise ValueError(f"cannot copy {n_positions} positions of slot {src} to slot {dst}: "
                              "slot out of range, or positions not (or no longer) cached") from e
 

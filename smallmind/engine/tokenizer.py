@@ -36,17 +36,14 @@ import functools
 import heapq
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import regex
 
 from ..errors import ModelFormatError
 
-try:  # optional compiled hot loops (smallmind/_tokenize.pyx); same results, faster
-    from .._tokenize import BpeVocab as _CBpeVocab, SpmVocab as _CSpmVocab
-except ImportError:  # pragma: no cover - depends on the build
-    _CBpeVocab = _CSpmVocab = None
+from .._tokenize import BpeVocab as _CBpeVocab, SpmVocab as _CSpmVocab
 from .bpe_pretokenize import (BYTE_DECODE_TABLE, BYTE_ENCODE_TABLE, PreTokenizer,
                               get_pretokenizer)
 from .detokenize import StreamDecoder, clean_spaces as _clean_spaces
@@ -56,10 +53,9 @@ __all__ = ["Tokenizer", "StreamDecoder", "TokenType"]
 
 
 SPACE = "\u2581"
-_NEG_INF = float("-inf")
-_INF = float("inf")
-# words longer than this use the heap-based merge loop (O(n log n) instead of O(n^2));
-# the compiled loop is O(n^2) too, but in C
+# The compiled merge loop (smallmind/_tokenize.pyx) is O(n^2) in a word's length: a text
+# whose words are all at most _LONG_WORD_C long goes through it whole; otherwise each word
+# longer than _LONG_WORD takes the O(n log n) heap loop (_heap_merge) instead.
 _LONG_WORD = 48
 _LONG_WORD_C = 512
 # words longer than this are not cached
@@ -93,6 +89,46 @@ def _sanitize(text: str) -> str:
     except UnicodeEncodeError:
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff"
                        else c for c in text)
+
+
+def _heap_merge(word: str, priority: Callable[[str, str], float | None]) -> list[str]:
+    """The symbols of ``word`` after llama.cpp's merge loop with its priority queue: merge
+    the adjacent pair with the lowest priority (leftmost on ties) while any pair has one
+    (``priority`` is None for a pair that does not merge).  The same result as the compiled
+    loop, in O(n log n) for long words."""
+    text = list(word)
+    n = len(text)
+    nxt = list(range(1, n)) + [-1]
+    prv = list(range(-1, n - 1))
+    heap: list[tuple[float, int, int, str]] = []
+
+    def push(left, right):
+        if left < 0 or right < 0:
+            return
+        p = priority(text[left], text[right])
+        if p is not None:
+            heapq.heappush(heap, (p, left, right, text[left] + text[right]))
+
+    for i in range(1, n):
+        push(i - 1, i)
+    while heap:
+        _, left, right, merged = heapq.heappop(heap)
+        lt, rt = text[left], text[right]
+        if not lt or not rt or lt + rt != merged:  # a stale pair: one side merged since
+            continue
+        text[left] = merged
+        text[right] = ""
+        nxt[left] = nxt[right]
+        if nxt[right] >= 0:
+            prv[nxt[right]] = left
+        push(prv[left], left)
+        push(left, nxt[left])
+    out = []
+    i = 0
+    while i != -1:
+        out.append(text[i])
+        i = nxt[i]
+    return out
 
 
 def _to_byte_alphabet(word: str) -> str:
@@ -294,10 +330,7 @@ class Tokenizer:
         if joined.count("\x00") != len(tokens) - 1:
             bad.add("\x00")  # a token holds a NUL itself: be conservative
         self._spm_nosplit = frozenset(bad)
-        self._c = (_CSpmVocab(tokens, scores, byte_ids, self.unk_id)
-                   if _CSpmVocab is not None else None)
-        if self._c is None:
-            self._score  # noqa: B018 - the pure-Python loop needs it: build it now
+        self._c = _CSpmVocab(tokens, scores, byte_ids, self.unk_id)
         cls = "".join(re.escape(c) for c in sorted(bad | {SPACE}))
         self._spm_split_rx = re.compile(f"(?<=[^{cls}])(?={SPACE})")
 
@@ -310,15 +343,12 @@ class Tokenizer:
             raise ModelFormatError("tokenizer.ggml.merges must be an array of strings")
         self._merges = merges
         self._ignore_merges = self.pretokenizer.ignore_merges
-        self._c = (_CBpeVocab(self.tokens, merges, self._ignore_merges)
-                   if _CBpeVocab is not None else None)
-        if self._c is None:
-            self._ranks  # noqa: B018 - the pure-Python loop needs it: build it now
+        self._c = _CBpeVocab(self.tokens, merges, self._ignore_merges)
 
     @functools.cached_property
     def _score(self) -> dict[str, float]:
-        """SPM: text -> score of the token (last duplicate wins, like _tok2id); built on
-        first use (the compiled loop has its own table)."""
+        """SPM: text -> score of the token (last duplicate wins, like _tok2id), for the heap
+        loop; built on first long word (the compiled loop has its own table)."""
         return dict(zip(self.tokens, self.scores))
 
     @functools.cached_property
@@ -327,7 +357,7 @@ class Tokenizer:
         splits a line at its first space after position 0, and looking up left + " " +
         right is the same because byte-level symbols never contain a space ("Ġ").  Built
         in reverse so that, as with llama.cpp's map.emplace, a repeated line keeps its
-        first (lowest) rank.  Built on first use."""
+        first (lowest) rank.  For the heap loop; built on first long word."""
         m = self._merges
         return dict(zip(reversed(m), range(len(m) - 1, -1, -1)))
 
@@ -403,9 +433,6 @@ class Tokenizer:
         <|eot_id|>, <|im_end|>, <end_of_turn>, <|endoftext|>, ... (as llama.cpp)."""
         return self._eog_ids
 
-    def is_eog(self, token_id: int) -> bool:
-        return token_id in self._eog_ids
-
     def is_special(self, token_id: int) -> bool:
         """True for control and unknown tokens (those ``skip_special`` hides)."""
         return token_id in self._special_ids
@@ -472,15 +499,22 @@ class Tokenizer:
     def _spm_encode(self, text: str, out: list[int]) -> None:
         cache = self._cache
         words = self._spm_split_rx.split(text)
-        if self._c is not None and max(map(len, words)) <= _LONG_WORD_C:
+        if max(map(len, words)) <= _LONG_WORD_C:
             self._c.encode_words(words, cache, out, _CACHE_WORD_MAX)
             if len(cache) > _CACHE_MAX_ENTRIES:
                 cache.clear()
-            return
+        else:
+            self._encode_words(words, out, self._spm_word)
+
+    def _encode_words(self, words: list[str], out: list[int],
+                      word_ids: Callable[[str], tuple[int, ...]]) -> None:
+        """out += each word's ids, through the word cache, one word at a time (a text with
+        a word too long for the compiled loop)."""
+        cache = self._cache
         for w in words:
             ids = cache.get(w)
             if ids is None:
-                ids = self._spm_word(w)
+                ids = word_ids(w)
                 if len(w) <= _CACHE_WORD_MAX:
                     if len(cache) >= _CACHE_MAX_ENTRIES:
                         cache.clear()
@@ -488,12 +522,9 @@ class Tokenizer:
             out.extend(ids)
 
     def _spm_word(self, word: str) -> tuple[int, ...]:
-        if len(word) > _LONG_WORD:
-            syms = self._spm_merge_long(word)
-        elif self._c is not None:
+        if len(word) <= _LONG_WORD:
             return tuple(self._c.encode_word(word))
-        else:
-            syms = self._spm_merge(word)
+        syms = self._spm_merge_long(word)
         t2i = self._tok2id
         ids: list[int] = []
         for s in syms:
@@ -514,86 +545,25 @@ class Tokenizer:
                     f"vocabulary has no byte token for 0x{b:02X} and no unknown token")
         return i
 
-    def _spm_merge(self, word: str) -> list[str]:
-        """Highest-score adjacent pair first, leftmost on ties (short words)."""
-        syms = list(word)
-        if len(syms) < 2:
-            return syms
-        get = self._score.get
-        ps = [get(a + b, _NEG_INF) for a, b in zip(syms, syms[1:])]
-        while ps:
-            best = max(ps)
-            if best == _NEG_INF:
-                break
-            i = ps.index(best)
-            m = syms[i] + syms[i + 1]
-            syms[i] = m
-            del syms[i + 1]
-            del ps[i]
-            if i:
-                ps[i - 1] = get(syms[i - 1] + m, _NEG_INF)
-            if i < len(ps):
-                ps[i] = get(m + syms[i + 1], _NEG_INF)
-        return syms
-
     def _spm_merge_long(self, word: str) -> list[str]:
-        """Same result as :meth:`_spm_merge` with llama.cpp's priority queue."""
-        text = list(word)
-        n = len(text)
-        nxt = list(range(1, n)) + [-1]
-        prv = list(range(-1, n - 1))
-        get = self._score.get
-        heap: list[tuple[float, int, int, int]] = []
+        """SPM's merges of a long word: the highest score first."""
+        score = self._score.get
 
-        def push(left, right):
-            if left < 0 or right < 0:
-                return
-            merged = text[left] + text[right]
-            s = get(merged)
-            if s is not None:
-                heapq.heappush(heap, (-s, left, right, len(merged)))
-
-        for i in range(1, n):
-            push(i - 1, i)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            lt, rt = text[left], text[right]
-            if not lt or not rt or len(lt) + len(rt) != size:
-                continue
-            text[left] = lt + rt
-            text[right] = ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prv[nxt[right]] = left
-            push(prv[left], left)
-            push(left, nxt[left])
-        out = []
-        i = 0
-        while i != -1:
-            out.append(text[i])
-            i = nxt[i]
-        return out
+        def priority(left: str, right: str) -> float | None:
+            s = score(left + right)
+            return None if s is None else -s
+        return _heap_merge(word, priority)
 
     # ---- BPE
     def _bpe_encode(self, text: str, out: list[int]) -> None:
         cache = self._cache
-        table = BYTE_ENCODE_TABLE
         words = self.pretokenizer.split(text)
-        if self._c is not None and words and max(map(len, words)) <= _LONG_WORD_C:
+        if words and max(map(len, words)) <= _LONG_WORD_C:
             self._c.encode_words(words, cache, out, _CACHE_WORD_MAX, _to_byte_alphabet)
             if len(cache) > _CACHE_MAX_ENTRIES:
                 cache.clear()
-            return
-        for w in words:
-            ids = cache.get(w)
-            if ids is None:
-                mapped = _encode_text(w).decode("latin-1").translate(table)
-                ids = self._bpe_word(mapped)
-                if len(w) <= _CACHE_WORD_MAX:
-                    if len(cache) >= _CACHE_MAX_ENTRIES:
-                        cache.clear()
-                    cache[w] = ids
-            out.extend(ids)
+        else:
+            self._encode_words(words, out, lambda w: self._bpe_word(_to_byte_alphabet(w)))
 
     def _bpe_word(self, word: str) -> tuple[int, ...]:
         t2i = self._tok2id
@@ -601,12 +571,9 @@ class Tokenizer:
             i = t2i.get(word)
             if i is not None:
                 return (i,)
-        if len(word) > _LONG_WORD:
-            syms = self._bpe_merge_long(word)
-        elif self._c is not None:
+        if len(word) <= _LONG_WORD:
             return tuple(self._c.encode_word(word))
-        else:
-            syms = self._bpe_merge(word)
+        syms = self._bpe_merge_long(word)
         ids: list[int] = []
         for s in syms:
             i = t2i.get(s)
@@ -619,63 +586,10 @@ class Tokenizer:
                         ids.append(j)
         return tuple(ids)
 
-    def _bpe_merge(self, word: str) -> list[str]:
-        """Lowest-rank adjacent pair first, leftmost on ties (short words)."""
-        syms = list(word)
-        if len(syms) < 2:
-            return syms
-        get = self._ranks.get
-        ps = [get(f"{a} {b}", _INF) for a, b in zip(syms, syms[1:])]
-        while ps:
-            best = min(ps)
-            if best == _INF:
-                break
-            i = ps.index(best)
-            m = syms[i] + syms[i + 1]
-            syms[i] = m
-            del syms[i + 1]
-            del ps[i]
-            if i:
-                ps[i - 1] = get(f"{syms[i - 1]} {m}", _INF)
-            if i < len(ps):
-                ps[i] = get(f"{m} {syms[i + 1]}", _INF)
-        return syms
-
     def _bpe_merge_long(self, word: str) -> list[str]:
-        text = list(word)
-        n = len(text)
-        nxt = list(range(1, n)) + [-1]
-        prv = list(range(-1, n - 1))
-        get = self._ranks.get
-        heap: list[tuple[int, int, int, str]] = []
-
-        def push(left, right):
-            if left < 0 or right < 0:
-                return
-            r = get(f"{text[left]} {text[right]}")
-            if r is not None:
-                heapq.heappush(heap, (r, left, right, text[left] + text[right]))
-
-        for i in range(1, n):
-            push(i - 1, i)
-        while heap:
-            _, left, right, merged = heapq.heappop(heap)
-            lt, rt = text[left], text[right]
-            if not lt or not rt or lt + rt != merged:
-                continue
-            text[left] = merged
-            text[right] = ""
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prv[nxt[right]] = left
-            push(prv[left], left)
-            push(left, nxt[left])
-        out = []
-        i = 0
-        while i != -1:
-            out.append(text[i])
-            i = nxt[i]
-        return out
+        """BPE's merges of a long word: the lowest rank first."""
+        rank = self._ranks.get
+        return _heap_merge(word, lambda left, right: rank(f"{left} {right}"))
 
     def clear_cache(self) -> None:
         """Forget cached word tokenizations (for benchmarks)."""

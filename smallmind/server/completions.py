@@ -15,9 +15,9 @@ from typing import Callable
 import tornado.iostream
 import tornado.web
 
-from smallmind import tool_calls
+from smallmind.server.chat import tool_calls
 from smallmind.errors import RequestValidationError, SmallMindError
-from smallmind.scheduler import GenerationJob, Update
+from smallmind.server.scheduler import GenerationJob, Update
 from smallmind.server import protocol
 from smallmind.server.handlers import BaseHandler
 from smallmind.server.runtime import grammar_of_request

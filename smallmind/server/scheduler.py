@@ -23,7 +23,7 @@ from smallmind.engine.engine import Engine, Sequence
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.stop_strings import StopMatcher
 
-log = logging.getLogger("smallmind.scheduler")
+log = logging.getLogger("smallmind.server.scheduler")
 
 
 @dataclass

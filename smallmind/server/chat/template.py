@@ -44,7 +44,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from .errors import ModelFormatError, RequestValidationError
+from smallmind.errors import ModelFormatError, RequestValidationError
 
 __all__ = ["ChatTemplate", "normalize_messages", "BUILTIN_TEMPLATES"]
 
