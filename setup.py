@@ -3,6 +3,7 @@
 One translation unit per instruction set, each compiled with only its own flags, so a
 wheel built anywhere runs on any CPU of its architecture: dispatch.c picks the best unit
 at run time.  Never -march=native.  Needs Cython >= 3 and numpy (see pyproject.toml)."""
+
 import os
 import platform
 import subprocess
@@ -24,8 +25,20 @@ COMMON_FLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing"]
 if IS_X86:
     ISA_UNITS = [
         ("csrc/dot_avx2.c", ["-mavx2", "-mfma", "-mf16c"], "SM_HAVE_AVX2_UNIT"),
-        ("csrc/dot_avx512.c", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
-                               "-mavx512vl", "-mavx512dq", "-mavx512vnni"], "SM_HAVE_AVX512_UNIT"),
+        (
+            "csrc/dot_avx512.c",
+            [
+                "-mavx2",
+                "-mfma",
+                "-mf16c",
+                "-mavx512f",
+                "-mavx512bw",
+                "-mavx512vl",
+                "-mavx512dq",
+                "-mavx512vnni",
+            ],
+            "SM_HAVE_AVX512_UNIT",
+        ),
     ]
 elif IS_ARM64:
     ISA_UNITS = [("csrc/dot_neon.c", ["-march=armv8.2-a+dotprod+fp16"], "SM_HAVE_NEON_UNIT")]
@@ -51,8 +64,14 @@ if EMULATE:
         source, have, emulated = EMULATED_UNITS[name]
         ISA_UNITS.append((source, ["-DSM_SIMDE", f"-D{emulated}=1", "-mavx2", "-mfma", "-mf16c"], have))
 
-BASE_SOURCES = ["csrc/dispatch.c", "csrc/cpu_features.c", "csrc/matmul.c", "csrc/membench.c",
-                "csrc/dot_scalar.c", "csrc/forward.c"]
+BASE_SOURCES = [
+    "csrc/dispatch.c",
+    "csrc/cpu_features.c",
+    "csrc/matmul.c",
+    "csrc/membench.c",
+    "csrc/dot_scalar.c",
+    "csrc/forward.c",
+]
 
 
 def openmp_flags(compiler_cmd):
@@ -63,8 +82,9 @@ def openmp_flags(compiler_cmd):
         with open(path, "w") as f:
             f.write(src)
         try:
-            r = subprocess.run([compiler_cmd, "-fopenmp", path, "-o", os.path.join(tmp, "t")],
-                               capture_output=True)
+            r = subprocess.run(
+                [compiler_cmd, "-fopenmp", path, "-o", os.path.join(tmp, "t")], capture_output=True
+            )
         except OSError:
             return []
         return ["-fopenmp"] if r.returncode == 0 else []
@@ -84,8 +104,11 @@ class BuildWithIsaUnits(build_ext):
         objects = []
         for src, flags, _ in ISA_UNITS:
             objects += self.compiler.compile(
-                [src], output_dir=self.build_temp, include_dirs=["csrc"],
-                extra_postargs=COMMON_FLAGS + flags + omp)
+                [src],
+                output_dir=self.build_temp,
+                include_dirs=["csrc"],
+                extra_postargs=COMMON_FLAGS + flags + omp,
+            )
         ext.extra_objects = objects
         super().build_extension(ext)
 
@@ -102,11 +125,15 @@ extension = Extension(
 )
 
 # The tokenizer's merge loops (pure Python fallback in smallmind/engine/tokenizer.py).
-tokenize_extension = Extension("smallmind._tokenize", sources=["smallmind/_tokenize.pyx"],
-                               extra_compile_args=["-O3"])
+tokenize_extension = Extension(
+    "smallmind._tokenize", sources=["smallmind/_tokenize.pyx"], extra_compile_args=["-O3"]
+)
 
 setup(
-    ext_modules=cythonize([extension, tokenize_extension], language_level=3,
-                          compiler_directives={"boundscheck": False, "wraparound": False}),
+    ext_modules=cythonize(
+        [extension, tokenize_extension],
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False},
+    ),
     cmdclass={"build_ext": BuildWithIsaUnits},
 )

@@ -9,6 +9,7 @@ Three limits, the smallest wins:
   on a 64-core host that ran 64 threads would be throttled every period, stalling each step.
 
 OpenMP alone would take every online CPU (``omp_get_num_procs``) and see none of this."""
+
 from __future__ import annotations
 
 import math

@@ -22,7 +22,6 @@ class TokenType:
     BYTE = 6
 
 
-
 def utf8(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
@@ -30,8 +29,13 @@ def utf8(s: str) -> bytes:
 class SpecialMatcher:
     """llama.cpp's tokenizer_st_partition over the special tokens present in a text."""
 
-    def __init__(self, tokens: list[str], ttypes: np.ndarray, parse_special: bool,
-                 superset: "SpecialMatcher | None" = None):
+    def __init__(
+        self,
+        tokens: list[str],
+        ttypes: np.ndarray,
+        parse_special: bool,
+        superset: SpecialMatcher | None = None,
+    ):
         kinds = {TokenType.USER_DEFINED}
         if parse_special:
             kinds |= {TokenType.CONTROL, TokenType.UNKNOWN}
@@ -87,7 +91,7 @@ class SpecialMatcher:
             for m in self._start_rx.finditer(text):
                 p = m.start()
                 for k in range(1, maxlen + 1):
-                    s = text[p:p + k]
+                    s = text[p : p + k]
                     if len(s) < k or s not in prefixes:
                         break
                     if s in specials:
@@ -126,4 +130,4 @@ class SpecialMatcher:
                 if s < e:
                     new.append((s, e))
             frags = new
-        return [f if f.__class__ is int else text[f[0]:f[1]] for f in frags]
+        return [f if f.__class__ is int else text[f[0] : f[1]] for f in frags]
