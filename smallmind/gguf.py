@@ -303,14 +303,14 @@ class GGUFFile(MappedModelFile):
 
     def _read_string(self, pos: int, what: str) -> tuple[str, int]:
         self._need(pos, 8, what + " length")
-        (n,) = _U64.unpack_from(self._mm, pos)
+        (n,) = _U64.unpack_from(self._mapping(), pos)
         pos += 8
         if n > self.file_size - pos:
             raise self._fail(f"{what} length {n} at offset {pos - 8} runs past end of file")
-        return self._mm[pos : pos + n].decode("utf-8", "surrogateescape"), pos + n
+        return self._mapping()[pos : pos + n].decode("utf-8", "surrogateescape"), pos + n
 
     def _read_value(self, vtype: int, pos: int, what: str, depth: int = 0) -> tuple[Any, int]:
-        mm = self._mm
+        mm = self._mapping()
         sc = _SCALARS.get(vtype)
         if sc is not None:
             self._need(pos, sc[2], what)
@@ -340,7 +340,7 @@ class GGUFFile(MappedModelFile):
         if etype == VT.STRING:
             size = self.file_size
             unpack = _U64.unpack_from
-            strings = []
+            strings: list[str] = []
             append = strings.append
             for _ in range(count):
                 if pos + 8 > size:
@@ -359,7 +359,7 @@ class GGUFFile(MappedModelFile):
         return items, pos
 
     def _parse(self) -> None:
-        mm = self._mm
+        mm = self._mapping()
         magic, version, n_tensors, n_kv = _HEADER.unpack_from(mm, 0)
         if magic != GGUF_MAGIC:
             raise self._fail(f"bad magic {magic!r}, not a GGUF file (expected b'GGUF')")

@@ -281,7 +281,7 @@ class SMQFile(MappedModelFile):
 
     # ------------------------------------------------------------------ parsing
     def _parse(self) -> None:
-        magic, version, header_size, n_tensors, meta_len, _ = HEADER.unpack_from(self._mm, 0)
+        magic, version, header_size, n_tensors, meta_len, _ = HEADER.unpack_from(self._mapping(), 0)
         if magic != SMQ_MAGIC:
             raise self._fail(f"bad magic {magic!r}, not an SMQ file (expected {SMQ_MAGIC!r})")
         if version != SMQ_VERSION or header_size != HEADER.size:
@@ -299,7 +299,7 @@ class SMQFile(MappedModelFile):
                 f"{self.file_size - dir_start} bytes after the metadata"
             )
         if meta_len:
-            obj = json.loads(self._mm[HEADER.size : dir_start].decode("utf-8"))
+            obj = json.loads(self._mapping()[HEADER.size : dir_start].decode("utf-8"))
             self.metadata, self.metadata_types = decode_metadata(obj)
         self.data_offset = dir_start + n_tensors * ENTRY.size
         for i in range(n_tensors):
@@ -312,8 +312,8 @@ class SMQFile(MappedModelFile):
             self.tensors[entry.name] = self._present(entry)
 
     def _read_entry(self, pos: int, index: int) -> SMQEntry:
-        (raw_name, scheme, rank, *dims, block, d_off, d_len, a_off, a_len, _) = ENTRY.unpack_from(
-            self._mm, pos
+        (raw_name, scheme, rank, *all_dims, block, d_off, d_len, a_off, a_len, _) = ENTRY.unpack_from(
+            self._mapping(), pos
         )
         name = raw_name.split(b"\0", 1)[0].decode("utf-8")
         what = f"tensor #{index} ({name!r})"
@@ -327,7 +327,7 @@ class SMQFile(MappedModelFile):
             )
         if not 1 <= rank <= MAX_RANK:
             raise self._fail(f"{what} has rank {rank} (must be 1..{MAX_RANK})")
-        dims = tuple(dims[:rank])
+        dims = tuple(all_dims[:rank])
         if any(d <= 0 for d in dims):
             raise self._fail(f"{what} has a dimension <= 0: {list(dims)}")
         entry = SMQEntry(name, scheme, rank, dims, block, d_off, d_len, a_off, a_len)

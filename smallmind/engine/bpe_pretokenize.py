@@ -18,7 +18,7 @@ Regexes use the third-party ``regex`` package for ``\\p{L}``/``\\p{N}``/``\\p{P}
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import regex
 
@@ -110,6 +110,8 @@ class PreTokenizer:
     add_bos: bool
     clean_spaces: bool
     no_bos: bool
+    # the patterns compiled once, set by __post_init__
+    _compiled: tuple[regex.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_compiled", tuple(regex.compile(p) for p in self.patterns))

@@ -29,6 +29,11 @@ def utf8(s: str) -> bytes:
 class SpecialMatcher:
     """llama.cpp's tokenizer_st_partition over the special tokens present in a text."""
 
+    # the prefix walk's tables, built here or shared with a superset matcher
+    _prefixes: set[str]
+    _maxlen: int
+    _start_rx: regex.Pattern[str] | None
+
     def __init__(
         self,
         tokens: list[str],
@@ -61,8 +66,8 @@ class SpecialMatcher:
             self._maxlen = superset._maxlen
             self._start_rx = superset._start_rx if others else None
             return
-        prefixes = set()
-        starts = set()
+        prefixes: set[str] = set()
+        starts: set[str] = set()
         for t in others:
             for k in range(1, len(t) + 1):
                 prefixes.add(t[:k])
@@ -111,7 +116,7 @@ class SpecialMatcher:
         for tok in present:
             tid = self._specials[tok]
             L = len(tok)
-            new = []
+            new: list = []  # fragments as in frags: (start, end) spans and token ids
             for f in frags:
                 if f.__class__ is int:
                     new.append(f)

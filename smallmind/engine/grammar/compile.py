@@ -15,6 +15,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 
@@ -23,7 +24,10 @@ from smallmind.errors import RequestValidationError
 from .state import ConstraintState
 from .vocabulary import Vocabulary
 
-JSON_LAYOUT = {
+if TYPE_CHECKING:  # a TypedDict of llguidance's stub, not importable at run time
+    from llguidance._lib import JsonCompileOptions
+
+JSON_LAYOUT: JsonCompileOptions = {
     "item_separator": ", ",
     "key_separator": ": ",
     "whitespace_flexible": False,
@@ -97,7 +101,8 @@ def compile_json_schema(schema, kind: str = "json_schema") -> Grammar:
 
     def build() -> str:
         generated = schema if kind == "json_object" else tightened(schema)
-        return llguidance.LLMatcher.grammar_from_json_schema(generated, overrides=JSON_LAYOUT)
+        # a boolean schema is valid JSON Schema and llguidance takes it; its stub says str | dict
+        return llguidance.LLMatcher.grammar_from_json_schema(generated, overrides=JSON_LAYOUT)  # type: ignore[arg-type]
 
     return _cached(kind, text, build)
 
@@ -156,7 +161,8 @@ def tightened(schema, close: bool = True):
         _declare_parts(out)
     if close and isinstance(out.get("properties"), dict) and not _OPEN_KEYWORDS & out.keys():
         out["additionalProperties"] = False
-    types = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    declared_type = out.get("type")
+    types = declared_type if isinstance(declared_type, list) else [declared_type]
     if "integer" in types or "number" in types:
         if not {"minimum", "exclusiveMinimum"} & out.keys():
             out["minimum"] = -NUMBER_LIMIT
@@ -182,7 +188,7 @@ def _declare_parts(schema: dict) -> None:
         or (_OPEN_KEYWORDS - {"allOf"}) & schema.keys()
     ):
         return
-    declared = {}
+    declared: dict[str, Any] = {}
     for part in parts:
         for name, sub in (part.get("properties") or {}).items():
             declared.setdefault(name, sub)

@@ -1,0 +1,86 @@
+"""Types of the native extension (smallmind/_kernels.pyx and _engine.pxi) for mypy.
+
+Checked against the built module by tests/test_lint.py (mypy's stubtest), so a wrapper
+added or renamed in the .pyx without its line here fails the suite."""
+
+from typing import Literal, overload
+
+import numpy as np
+import numpy.typing as npt
+
+_F32 = npt.NDArray[np.float32]
+
+LAYER_TENSORS: tuple[str, ...]
+
+class NativeError(Exception):
+    code: int
+    def __init__(self, code: int, what: str) -> None: ...
+
+def isa_count() -> int: ...
+def isa_name(isa: int) -> str: ...
+def isa_available(isa: int) -> bool: ...
+def isa_emulated(isa: int) -> bool: ...
+def isa_best() -> int: ...
+def isa_select(isa: int) -> None: ...
+def isa_current() -> int: ...
+def set_threads(n: int) -> None: ...
+def get_threads() -> int: ...
+def max_threads() -> int: ...
+def type_supported(t: int) -> bool: ...
+def block_size(t: int) -> int: ...
+def row_size(t: int, n: int) -> int: ...
+def vec_dot_type(t: int) -> int: ...
+def dequantize(w: np.ndarray, wtype: int, n_cols: int) -> _F32: ...
+def quantize_activation(x: np.ndarray, wtype: int) -> npt.NDArray[np.uint8]: ...
+
+class Workspace:
+    @property
+    def capacity(self) -> int: ...
+
+def matmul(
+    w: np.ndarray,
+    wtype: int,
+    n_cols: int,
+    x: np.ndarray,
+    out: np.ndarray | None = None,
+    workspace: Workspace | None = None,
+) -> _F32: ...
+def matmul_q(
+    w: np.ndarray,
+    wtype: int,
+    n_cols: int,
+    xq: np.ndarray,
+    out: np.ndarray | None = None,
+    vec_dot_only: bool = False,
+) -> _F32: ...
+def read_memory(buf: np.ndarray, n_threads: int) -> int: ...
+
+class NativeModel:
+    vocab_size: int
+    dim: int
+    n_ctx: int
+    n_slots: int
+    max_batch_tokens: int
+    def __init__(self, config: dict, weights: dict) -> None: ...
+    def kv_bytes(self) -> int: ...
+    @overload
+    def forward(
+        self,
+        tokens: npt.ArrayLike,
+        slots: npt.ArrayLike,
+        positions: npt.ArrayLike,
+        out_rows: npt.ArrayLike,
+        want_hidden: Literal[False] = False,
+        out: np.ndarray | None = None,
+    ) -> _F32: ...
+    @overload
+    def forward(
+        self,
+        tokens: npt.ArrayLike,
+        slots: npt.ArrayLike,
+        positions: npt.ArrayLike,
+        out_rows: npt.ArrayLike,
+        want_hidden: Literal[True],
+        out: np.ndarray | None = None,
+    ) -> tuple[_F32, _F32]: ...
+    def copy_slot(self, src: int, dst: int, n_positions: int) -> None: ...
