@@ -3,7 +3,7 @@
 Checked against the built module by tests/test_lint.py (mypy's stubtest), so a wrapper
 added or renamed in the .pyx without its line here fails the suite."""
 
-from typing import Literal, overload
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,24 +63,14 @@ class NativeModel:
     max_batch_tokens: int
     def __init__(self, config: dict, weights: dict) -> None: ...
     def kv_bytes(self) -> int: ...
-    @overload
+    # logits (n_out, vocab_size); with want_hidden, (logits, hidden (n_tokens, dim))
     def forward(
         self,
         tokens: npt.ArrayLike,
         slots: npt.ArrayLike,
         positions: npt.ArrayLike,
         out_rows: npt.ArrayLike,
-        want_hidden: Literal[False] = False,
+        want_hidden: bool = False,
         out: np.ndarray | None = None,
-    ) -> _F32: ...
-    @overload
-    def forward(
-        self,
-        tokens: npt.ArrayLike,
-        slots: npt.ArrayLike,
-        positions: npt.ArrayLike,
-        out_rows: npt.ArrayLike,
-        want_hidden: Literal[True],
-        out: np.ndarray | None = None,
-    ) -> tuple[_F32, _F32]: ...
+    ) -> Any: ...
     def copy_slot(self, src: int, dst: int, n_positions: int) -> None: ...
