@@ -28,6 +28,8 @@ static int x86_is_amd(void) {
     return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* "Auth" "enti" "cAMD" */
 }
 
+/* Only the native AVX-512 unit asks the CPU; an emulated one needs AVX2 alone. */
+#if defined(SM_HAVE_AVX512_UNIT) && !defined(SM_EMULATED_AVX512)
 static int x86_has_avx512(void) {
     unsigned a, b, c, d;
     if (!x86_has_avx2()) return 0;
@@ -37,6 +39,7 @@ static int x86_has_avx512(void) {
     const int vnni = (c >> 11) & 1;
     return f && dq && bw && vl && vnni;
 }
+#endif
 #endif
 
 #if defined(__aarch64__)

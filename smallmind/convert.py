@@ -25,15 +25,17 @@ Metadata: every GGUF key (except general.alignment) goes into the JSON, plus Sma
 ``smallmind.gguf_types`` so that SMQ -> GGUF restores the exact types.
 
 Writes are atomic: a temporary file in the output's directory, renamed over OUT at the end."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -41,18 +43,47 @@ from smallmind import _kernels
 from smallmind.download import Progress
 from smallmind.errors import ConfigError, ModelFormatError
 from smallmind.gguf import GGML_BLOCK_SIZES, GGMLType, GGUFFile, GGUFValue, write_gguf
-from smallmind.smq import (ENTRY, GGUF_SCHEME_BASE, HEADER, NAME_BYTES, SMQ_MAGIC, SMQ_VERSION,
-                           TYPES_KEY, SMQFile, Scheme)
+from smallmind.smq import (
+    ENTRY,
+    GGUF_SCHEME_BASE,
+    HEADER,
+    NAME_BYTES,
+    SMQ_MAGIC,
+    SMQ_VERSION,
+    TYPES_KEY,
+    SMQFile,
+    Scheme,
+)
 
-__all__ = ["SMQTensor", "write_smq", "gguf_to_smq", "smq_to_gguf", "convert",
-           "quantize_q8", "quantize_q4", "smallmind_reader_problems"]
+__all__ = [
+    "SMQTensor",
+    "write_smq",
+    "gguf_to_smq",
+    "smq_to_gguf",
+    "convert",
+    "quantize_q8",
+    "quantize_q4",
+    "smallmind_reader_problems",
+]
 
-SMALLMIND_BLOCK = 64          # SmallMind's importer's block size (GgufImporter.cs:13)
+SMALLMIND_BLOCK = 64  # SmallMind's importer's block size (GgufImporter.cs:13)
 PROVENANCE_KEYS = ("converted_from", "conversion_date")
 _I32_MAX = (1 << 31) - 1
-_VT_NAMES = {0: "UINT8", 1: "INT8", 2: "UINT16", 3: "INT16", 4: "UINT32", 5: "INT32",
-             6: "FLOAT32", 7: "BOOL", 8: "STRING", 9: "ARRAY", 10: "UINT64", 11: "INT64",
-             12: "FLOAT64"}
+_VT_NAMES = {
+    0: "UINT8",
+    1: "INT8",
+    2: "UINT16",
+    3: "INT16",
+    4: "UINT32",
+    5: "INT32",
+    6: "FLOAT32",
+    7: "BOOL",
+    8: "STRING",
+    9: "ARRAY",
+    10: "UINT64",
+    11: "INT64",
+    12: "FLOAT64",
+}
 _VT_IDS = {v: k for k, v in _VT_NAMES.items()}
 
 
@@ -73,8 +104,8 @@ class SMQTensor:
 # ------------------------------------------------------------------ SmallMind's quantizers
 def _blocked(x: np.ndarray, block: int) -> np.ndarray:
     n_blocks = -(-x.size // block)
-    padded = np.zeros(n_blocks * block, np.float32)   # zeros do not change a block's max|x|
-    padded[:x.size] = x
+    padded = np.zeros(n_blocks * block, np.float32)  # zeros do not change a block's max|x|
+    padded[: x.size] = x
     return padded.reshape(n_blocks, block)
 
 
@@ -87,7 +118,7 @@ def _quantize(x: np.ndarray, block: int, q_max: float, q_min: float) -> tuple[np
     scales[amax == 0] = np.float32(1.0)
     inv = np.float32(1.0) / scales
     q = np.rint(np.clip(blocks * inv[:, None], q_min, q_max)).astype(np.int8)
-    return q.reshape(-1)[:x.size], scales.astype("<f4")
+    return q.reshape(-1)[: x.size], scales.astype("<f4")
 
 
 def quantize_q8(x: np.ndarray, block: int = SMALLMIND_BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +129,7 @@ def quantize_q8(x: np.ndarray, block: int = SMALLMIND_BLOCK) -> tuple[np.ndarray
 def pack_nibbles(q: np.ndarray) -> np.ndarray:
     """Signed 4-bit values -> SMQ Q4_0 bytes: element 2k low nibble, 2k+1 high."""
     codes = np.zeros(q.size + q.size % 2, np.uint8)
-    codes[:q.size] = q.astype(np.uint8) & 15
+    codes[: q.size] = q.astype(np.uint8) & 15
     return codes[0::2] | (codes[1::2] << 4)
 
 
@@ -159,18 +190,27 @@ def _gguf_metadata(smq: SMQFile) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ writing
-def write_smq(path: str | os.PathLike[str], metadata: dict[str, Any] | None,
-              tensors: list[SMQTensor], align: int = 32, progress: bool = False) -> None:
+def write_smq(
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any] | None,
+    tensors: list[SMQTensor],
+    align: int = 32,
+    progress: bool = False,
+) -> None:
     """Writes an .smq atomically.  ``align`` = 1 packs blobs back to back as SmallMind does."""
-    js = json.dumps(metadata, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode() \
-        if metadata else b""
+    js = (
+        json.dumps(metadata, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode()
+        if metadata
+        else b""
+    )
     offset = HEADER.size + len(js) + ENTRY.size * len(tensors)
     directory = []
     for t in tensors:
         raw_name = t.name.encode("utf-8")
         if len(raw_name) > NAME_BYTES:
-            raise ModelFormatError(f"tensor name {t.name!r} is longer than the {NAME_BYTES} bytes an "
-                                   ".smq directory entry holds")
+            raise ModelFormatError(
+                f"tensor name {t.name!r} is longer than the {NAME_BYTES} bytes an .smq directory entry holds"
+            )
         if len(t.dims) > 8 or any(not 0 < d <= _I32_MAX for d in t.dims):
             raise ModelFormatError(f"tensor {t.name!r} dims {list(t.dims)} do not fit an .smq entry")
         offset += -offset % align
@@ -179,8 +219,20 @@ def write_smq(path: str | os.PathLike[str], metadata: dict[str, Any] | None,
         aux_off = offset if t.aux_length else 0
         offset += t.aux_length
         dims = list(t.dims) + [0] * (8 - len(t.dims))
-        directory.append(ENTRY.pack(raw_name, t.scheme, len(t.dims), *dims, t.block_size, data_off,
-                                    t.data_length, aux_off, t.aux_length, b""))
+        directory.append(
+            ENTRY.pack(
+                raw_name,
+                t.scheme,
+                len(t.dims),
+                *dims,
+                t.block_size,
+                data_off,
+                t.data_length,
+                aux_off,
+                t.aux_length,
+                b"",
+            )
+        )
     head = HEADER.pack(SMQ_MAGIC, SMQ_VERSION, HEADER.size, len(tensors), len(js), 0)
     bar = Progress(f"write {os.path.basename(path)}", total=offset, enabled=None if progress else False)
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
@@ -208,7 +260,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[str]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # as open() would create it, not mkstemp's 0600
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -234,8 +286,9 @@ def _dequantized(gguf: GGUFFile, name: str) -> np.ndarray:
         return np.asarray(raw, np.float32).reshape(-1)
     if info.type == GGMLType.BF16:
         return (np.asarray(raw, np.uint32) << 16).view(np.float32).reshape(-1)
-    return _kernels.dequantize(np.ascontiguousarray(raw).reshape(info.n_rows, -1), info.type,
-                               info.ne[0]).reshape(-1)
+    return _kernels.dequantize(
+        np.ascontiguousarray(raw).reshape(info.n_rows, -1), info.type, info.ne[0]
+    ).reshape(-1)
 
 
 def _lossless_tensor(gguf: GGUFFile, name: str) -> SMQTensor:
@@ -245,22 +298,31 @@ def _lossless_tensor(gguf: GGUFFile, name: str) -> SMQTensor:
         return SMQTensor(name, Scheme.F32, info.ne, 0, 4 * n, 0, lambda: (gguf.tensor_bytes(name), None))
     if info.type in (GGMLType.Q8_0, GGMLType.Q4_0) and len(info.ne) <= 2:
         blocks = lambda: gguf.tensor_bytes(name).reshape(-1, GGML_BLOCK_SIZES[info.type][1])  # noqa: E731
-        scales = lambda b: b[:, :2].copy().view("<f2").astype("<f4")                          # noqa: E731
+        scales = lambda b: b[:, :2].copy().view("<f2").astype("<f4")  # noqa: E731
         if info.type == GGMLType.Q8_0:
+
             def produce():
                 b = blocks()
                 return np.ascontiguousarray(b[:, 2:]), scales(b)
+
             return SMQTensor(name, Scheme.Q8_0, _matrix_dims(info.ne, n), 32, n, 4 * (n // 32), produce)
 
         def produce_q4():
             b = blocks()
             unsigned = np.concatenate([b[:, 2:] & 15, b[:, 2:] >> 4], axis=1)  # elements 0-15, 16-31
             return pack_nibbles((unsigned.reshape(-1) ^ 8).astype(np.int8)), scales(b)
-        return SMQTensor(name, Scheme.Q4_0, _matrix_dims(info.ne, n), 32, n // 2, 4 * (n // 32),
-                         produce_q4)
+
+        return SMQTensor(name, Scheme.Q4_0, _matrix_dims(info.ne, n), 32, n // 2, 4 * (n // 32), produce_q4)
     block = GGML_BLOCK_SIZES[info.type][0]
-    return SMQTensor(name, GGUF_SCHEME_BASE + info.type, info.ne, block, info.n_bytes, 0,
-                     lambda: (gguf.tensor_bytes(name), None))
+    return SMQTensor(
+        name,
+        GGUF_SCHEME_BASE + info.type,
+        info.ne,
+        block,
+        info.n_bytes,
+        0,
+        lambda: (gguf.tensor_bytes(name), None),
+    )
 
 
 def _compatible_tensor(gguf: GGUFFile, name: str, requantized: list[str]) -> SMQTensor:
@@ -273,11 +335,25 @@ def _compatible_tensor(gguf: GGUFFile, name: str, requantized: list[str]) -> SMQ
     n_scales = -(-n // SMALLMIND_BLOCK)
     if info.type == GGMLType.Q4_0:
         requantized.append(f"{name}: Q4_0 -> SMQ Q4_0/{SMALLMIND_BLOCK} (re-quantized)")
-        return SMQTensor(name, Scheme.Q4_0, _matrix_dims(info.ne, n), SMALLMIND_BLOCK, -(-n // 2),
-                         4 * n_scales, lambda: quantize_q4(_dequantized(gguf, name)))
+        return SMQTensor(
+            name,
+            Scheme.Q4_0,
+            _matrix_dims(info.ne, n),
+            SMALLMIND_BLOCK,
+            -(-n // 2),
+            4 * n_scales,
+            lambda: quantize_q4(_dequantized(gguf, name)),
+        )
     requantized.append(f"{name}: {info.type_name} -> SMQ Q8_0/{SMALLMIND_BLOCK} (re-quantized)")
-    return SMQTensor(name, Scheme.Q8_0, _matrix_dims(info.ne, n), SMALLMIND_BLOCK, n, 4 * n_scales,
-                     lambda: quantize_q8(_dequantized(gguf, name)))
+    return SMQTensor(
+        name,
+        Scheme.Q8_0,
+        _matrix_dims(info.ne, n),
+        SMALLMIND_BLOCK,
+        n,
+        4 * n_scales,
+        lambda: quantize_q8(_dequantized(gguf, name)),
+    )
 
 
 def smallmind_reader_problems(path: str | os.PathLike[str]) -> list[str]:
@@ -285,22 +361,28 @@ def smallmind_reader_problems(path: str | os.PathLike[str]) -> list[str]:
     reader already enforces the structural rules (it raises on them); SmallMind's reader also
     loads only F32, Q8_0 and Q4_0, and keeps the last of two entries with one name."""
     with SMQFile(path) as f:
-        return [f"tensor {e.name!r} has scheme {e.scheme_name}, which SmallMind cannot read"
-                for e in f.entries.values() if e.scheme not in (Scheme.F32, Scheme.Q8_0, Scheme.Q4_0)]
+        return [
+            f"tensor {e.name!r} has scheme {e.scheme_name}, which SmallMind cannot read"
+            for e in f.entries.values()
+            if e.scheme not in (Scheme.F32, Scheme.Q8_0, Scheme.Q4_0)
+        ]
 
 
-def gguf_to_smq(src: str | os.PathLike[str], dst: str | os.PathLike[str], compatible: bool = False,
-                progress: bool = False) -> list[str]:
+def gguf_to_smq(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], compatible: bool = False, progress: bool = False
+) -> list[str]:
     """Converts; returns the tensors that were not carried over bit for bit (compatible mode)."""
     requantized: list[str] = []
     with GGUFFile(src) as gguf:
         meta = metadata_json(gguf)
-        tensors = [_compatible_tensor(gguf, name, requantized) if compatible else _lossless_tensor(gguf, name)
-                   for name in gguf.tensors]
+        tensors = [
+            _compatible_tensor(gguf, name, requantized) if compatible else _lossless_tensor(gguf, name)
+            for name in gguf.tensors
+        ]
         write_smq(dst, meta, tensors, align=1 if compatible else 32, progress=progress)
     if compatible:
         problems = smallmind_reader_problems(dst)
-        if problems:   # cannot happen unless the code above is wrong: never leave such a file
+        if problems:  # cannot happen unless the code above is wrong: never leave such a file
             os.unlink(dst)
             raise ModelFormatError("; ".join(problems))
     return requantized
@@ -310,8 +392,9 @@ def gguf_to_smq(src: str | os.PathLike[str], dst: str | os.PathLike[str], compat
 def smq_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], progress: bool = False) -> None:
     with SMQFile(src) as smq:
         total = sum(i.n_bytes for i in smq.tensors.values())
-        bar = Progress(f"read {os.path.basename(os.fspath(src))}", total=total,
-                       enabled=None if progress else False)
+        bar = Progress(
+            f"read {os.path.basename(os.fspath(src))}", total=total, enabled=None if progress else False
+        )
         tensors = {}
         for name, info in smq.tensors.items():
             tensors[name] = (info.type, info.ne, smq.tensor(name))
@@ -321,8 +404,9 @@ def smq_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], progre
             write_gguf(tmp, _gguf_metadata(smq), tensors)
 
 
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], compatible: bool = False,
-            progress: bool = False) -> list[str]:
+def convert(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], compatible: bool = False, progress: bool = False
+) -> list[str]:
     """GGUF -> .smq or .smq -> GGUF, by the input's magic and the output's suffix."""
     from smallmind.modelfile import file_format
 
@@ -331,7 +415,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], compatible
     if dst_format not in ("smq", "gguf"):
         raise ConfigError(f"output {os.fspath(dst)!r} must end in .smq or .gguf")
     if dst_format == src_format:
-        raise ConfigError(f"{os.fspath(src)} is already {src_format.upper()}; convert writes the other format")
+        raise ConfigError(
+            f"{os.fspath(src)} is already {src_format.upper()}; convert writes the other format"
+        )
     if compatible and dst_format != "smq":
         raise ConfigError("--smallmind-compatible applies to GGUF -> .smq only")
     if dst_format == "smq":
@@ -348,4 +434,3 @@ def describe_types(path: str | os.PathLike[str]) -> str:
             key = e.scheme_name + (f"/{e.block_size}" if e.scheme in (Scheme.Q8_0, Scheme.Q4_0) else "")
             counts[key] = counts.get(key, 0) + 1
     return ", ".join(f"{v} {k}" for k, v in counts.items())
-

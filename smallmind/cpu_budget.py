@@ -9,6 +9,7 @@ Three limits, the smallest wins:
   on a 64-core host that ran 64 threads would be throttled every period, stalling each step.
 
 OpenMP alone would take every online CPU (``omp_get_num_procs``) and see none of this."""
+
 from __future__ import annotations
 
 import math
@@ -41,10 +42,10 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     cgroup v2 keeps it in cpu.max ("quota period" or "max period"), v1 in cpu.cfs_quota_us
     and cpu.cfs_period_us (quota -1: none)."""
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        if quota == "max":
+        quota_text, period_text = (root / "cpu.max").read_text().split()[:2]
+        if quota_text == "max":
             return None
-        return max(1, math.ceil(int(quota) / int(period)))
+        return max(1, math.ceil(int(quota_text) / int(period_text)))
     except (OSError, ValueError):
         pass
     try:

@@ -13,6 +13,7 @@ read/write and locked); :func:`download` appends to it:
 
 Network failures raise :class:`~smallmind.errors.RegistryError` with a one-line message.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,14 @@ class Progress:
     """One-line progress on ``stream`` (stderr): bytes done/total, rate, ETA.  Draws only
     when ``enabled`` (default: the stream is a TTY) and at most ~10 times a second."""
 
-    def __init__(self, label: str, total: int | None = None, done: int = 0,
-                 stream: TextIO | None = None, enabled: bool | None = None):
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        done: int = 0,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+    ):
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
             try:
@@ -122,8 +129,11 @@ def _read_sidecar(part_path: str) -> dict:
 
 def _write_sidecar(part_path: str, url: str, headers) -> None:
     etag = headers.get("ETag")
-    data = {"url": url, "etag": etag if etag and not etag.startswith("W/") else None,
-            "last_modified": headers.get("Last-Modified")}
+    data = {
+        "url": url,
+        "etag": etag if etag and not etag.startswith("W/") else None,
+        "last_modified": headers.get("Last-Modified"),
+    }
     tmp = _sidecar(part_path) + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
@@ -154,7 +164,7 @@ def _open(url: str, offset: int, validator: str | None, timeout: float):
         raise RegistryError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
 
 
-def _hash_prefix(f: BinaryIO, n: int) -> "hashlib._Hash":
+def _hash_prefix(f: BinaryIO, n: int) -> hashlib._Hash:
     h = hashlib.sha256()
     f.seek(0)
     left = n
@@ -167,8 +177,15 @@ def _hash_prefix(f: BinaryIO, n: int) -> "hashlib._Hash":
     return h
 
 
-def download(url: str, f: BinaryIO, part_path: str, *, timeout: float = DEFAULT_TIMEOUT,
-             progress: bool = False, label: str = "") -> tuple[str, int]:
+def download(
+    url: str,
+    f: BinaryIO,
+    part_path: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = False,
+    label: str = "",
+) -> tuple[str, int]:
     """Complete ``url`` into ``f`` (the opened, locked ``part_path``), resuming if it
     already holds a prefix.  Returns ``(sha256 hex, size)`` of the whole file.  Raises
     RegistryError (one line) on any network problem; bytes received so far stay in ``f``."""
@@ -181,14 +198,16 @@ def download(url: str, f: BinaryIO, part_path: str, *, timeout: float = DEFAULT_
         raise RegistryError(f"download of {url} failed: {reason}") from None
     except (http.client.HTTPException, OSError) as e:
         what = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
-        raise RegistryError(f"download of {url} interrupted ({what}); "
-                            f"run the same command again to resume") from None
+        raise RegistryError(
+            f"download of {url} interrupted ({what}); run the same command again to resume"
+        ) from None
     except ValueError as e:  # malformed URL
         raise RegistryError(f"bad URL {url!r}: {e}") from None
 
 
-def _download(url: str, f: BinaryIO, part_path: str, timeout: float, progress: bool,
-              label: str) -> tuple[str, int]:
+def _download(
+    url: str, f: BinaryIO, part_path: str, timeout: float, progress: bool, label: str
+) -> tuple[str, int]:
     offset = f.seek(0, os.SEEK_END)
     side = _read_sidecar(part_path)
     if offset and side.get("url") != url:
@@ -211,8 +230,9 @@ def _download(url: str, f: BinaryIO, part_path: str, timeout: float, progress: b
                     if m.group(3) != "*":
                         total = int(m.group(3))
                 elif resp.status == 206:
-                    raise RegistryError(f"download of {url} failed: server sent a partial "
-                                        f"answer (206) to a plain request")
+                    raise RegistryError(
+                        f"download of {url} failed: server sent a partial answer (206) to a plain request"
+                    )
                 elif resp.status != 200:
                     raise RegistryError(f"download of {url} failed: HTTP {resp.status}")
                 else:
@@ -244,9 +264,11 @@ def _download(url: str, f: BinaryIO, part_path: str, timeout: float, progress: b
                 if total is not None and done != total:
                     raise RegistryError(
                         f"download of {url} interrupted after {done} of {total} bytes; "
-                        f"run the same command again to resume")
+                        f"run the same command again to resume"
+                    )
                 return hasher.hexdigest(), done
-        raise RegistryError(f"download of {url} failed: the server does not answer range "
-                            f"requests consistently")
+        raise RegistryError(
+            f"download of {url} failed: the server does not answer range requests consistently"
+        )
     finally:
         bar.close()

@@ -213,16 +213,26 @@ class MappedModelFile:
         with open(self.path, "rb") as f:
             self.file_size = os.fstat(f.fileno()).st_size
             if self.file_size < header_size:
-                raise ModelFormatError(f"{self.path}: file too short for the {kind} header "
-                                       f"({self.file_size} bytes, need at least {header_size})")
+                raise ModelFormatError(
+                    f"{self.path}: file too short for the {kind} header "
+                    f"({self.file_size} bytes, need at least {header_size})"
+                )
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             self._parse()
         except ModelFormatError:
             self.close()
             raise
-        except (struct.error, ValueError, UnicodeError, OverflowError, IndexError, TypeError,
-                RecursionError, MemoryError) as e:
+        except (
+            struct.error,
+            ValueError,
+            UnicodeError,
+            OverflowError,
+            IndexError,
+            TypeError,
+            RecursionError,
+            MemoryError,
+        ) as e:
             self.close()
             raise ModelFormatError(f"{self.path}: malformed {kind} file: {e}") from e
 
@@ -282,19 +292,21 @@ class GGUFFile(MappedModelFile):
 
     def _need(self, pos: int, n: int, what: str) -> None:
         if n > self.file_size - pos:
-            raise self._fail(f"unexpected end of file reading {what} at offset {pos} "
-                             f"(need {n} bytes, {max(self.file_size - pos, 0)} left)")
+            raise self._fail(
+                f"unexpected end of file reading {what} at offset {pos} "
+                f"(need {n} bytes, {max(self.file_size - pos, 0)} left)"
+            )
 
     def _read_string(self, pos: int, what: str) -> tuple[str, int]:
         self._need(pos, 8, what + " length")
-        (n,) = _U64.unpack_from(self._mm, pos)
+        (n,) = _U64.unpack_from(self._mapping(), pos)
         pos += 8
         if n > self.file_size - pos:
             raise self._fail(f"{what} length {n} at offset {pos - 8} runs past end of file")
-        return self._mm[pos:pos + n].decode("utf-8", "surrogateescape"), pos + n
+        return self._mapping()[pos : pos + n].decode("utf-8", "surrogateescape"), pos + n
 
     def _read_value(self, vtype: int, pos: int, what: str, depth: int = 0) -> tuple[Any, int]:
-        mm = self._mm
+        mm = self._mapping()
         sc = _SCALARS.get(vtype)
         if sc is not None:
             self._need(pos, sc[2], what)
@@ -314,8 +326,7 @@ class GGUFFile(MappedModelFile):
             raise self._fail(f"unknown metadata value type {etype} in array {what}")
         left = self.file_size - pos
         if count > left // _MIN_SIZE[etype]:
-            raise self._fail(f"array {what} count {count} does not fit in the "
-                             f"{left} bytes left in the file")
+            raise self._fail(f"array {what} count {count} does not fit in the {left} bytes left in the file")
         sc = _SCALARS.get(etype)
         if sc is not None:
             arr = np.frombuffer(mm, dtype=sc[1], count=count, offset=pos)
@@ -325,7 +336,7 @@ class GGUFFile(MappedModelFile):
         if etype == VT.STRING:
             size = self.file_size
             unpack = _U64.unpack_from
-            strings = []
+            strings: list[str] = []
             append = strings.append
             for _ in range(count):
                 if pos + 8 > size:
@@ -334,7 +345,7 @@ class GGUFFile(MappedModelFile):
                 pos += 8
                 if n > size - pos:
                     raise self._fail(f"string length {n} in array {what} runs past end of file")
-                append(mm[pos:pos + n].decode("utf-8", "surrogateescape"))
+                append(mm[pos : pos + n].decode("utf-8", "surrogateescape"))
                 pos += n
             return strings, pos
         items = []
@@ -344,15 +355,16 @@ class GGUFFile(MappedModelFile):
         return items, pos
 
     def _parse(self) -> None:
-        mm = self._mm
+        mm = self._mapping()
         magic, version, n_tensors, n_kv = _HEADER.unpack_from(mm, 0)
         if magic != GGUF_MAGIC:
             raise self._fail(f"bad magic {magic!r}, not a GGUF file (expected b'GGUF')")
         if version not in SUPPORTED_VERSIONS:
             swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
             if swapped in (1, 2, 3):
-                raise self._fail(f"big-endian GGUF (version {swapped} byte-swapped, read as "
-                                 f"{version}) is not supported")
+                raise self._fail(
+                    f"big-endian GGUF (version {swapped} byte-swapped, read as {version}) is not supported"
+                )
             raise self._fail(f"unsupported GGUF version {version} (supported: 2, 3)")
         self.version = version
         pos = _HEADER_SIZE
@@ -387,8 +399,10 @@ class GGUFFile(MappedModelFile):
         self.alignment = align
 
         if n_tensors > (self.file_size - pos) // 32:
-            raise self._fail(f"absurd tensor_count {n_tensors}: tensor infos cannot fit in "
-                             f"the {self.file_size - pos} bytes left")
+            raise self._fail(
+                f"absurd tensor_count {n_tensors}: tensor infos cannot fit in "
+                f"the {self.file_size - pos} bytes left"
+            )
         raw = []
         seen: set[str] = set()
         for i in range(n_tensors):
@@ -397,8 +411,7 @@ class GGUFFile(MappedModelFile):
             (n_dims,) = _U32.unpack_from(mm, pos)
             pos += 4
             if n_dims == 0 or n_dims > MAX_DIMS:
-                raise self._fail(f"tensor {name!r} has invalid n_dims {n_dims} "
-                                 f"(must be 1..{MAX_DIMS})")
+                raise self._fail(f"tensor {name!r} has invalid n_dims {n_dims} (must be 1..{MAX_DIMS})")
             self._need(pos, 8 * n_dims + 12, f"dims/type/offset of tensor {name!r}")
             ne = struct.unpack_from(f"<{n_dims}Q", mm, pos)
             pos += 8 * n_dims
@@ -422,32 +435,47 @@ class GGUFFile(MappedModelFile):
                 raise self._fail(f"tensor {name!r} dimension {d} overflows int64")
             n *= d
             if n > _INT64_MAX:
-                raise self._fail(f"tensor {name!r} dims {list(ne)} overflow: element count "
-                                 f"does not fit in int64")
+                raise self._fail(
+                    f"tensor {name!r} dims {list(ne)} overflow: element count does not fit in int64"
+                )
         block, bsize = GGML_BLOCK_SIZES[ttype]
         if ne[0] % block:
-            raise self._fail(f"tensor {name!r} row length ne[0]={ne[0]} is not a multiple of "
-                             f"the {GGML_TYPE_NAMES[ttype]} block size {block}")
+            raise self._fail(
+                f"tensor {name!r} row length ne[0]={ne[0]} is not a multiple of "
+                f"the {GGML_TYPE_NAMES[ttype]} block size {block}"
+            )
         n_bytes = n // block * bsize
         if n_bytes > self.file_size:
-            raise self._fail(f"tensor {name!r} dims {list(ne)} are absurd: {n_bytes} bytes of "
-                             f"data, more than the whole {self.file_size}-byte file")
+            raise self._fail(
+                f"tensor {name!r} dims {list(ne)} are absurd: {n_bytes} bytes of "
+                f"data, more than the whole {self.file_size}-byte file"
+            )
         if rel % self.alignment:
-            raise self._fail(f"tensor {name!r} offset {rel} is not a multiple of the "
-                             f"alignment {self.alignment}")
+            raise self._fail(
+                f"tensor {name!r} offset {rel} is not a multiple of the alignment {self.alignment}"
+            )
         off = self.data_offset + rel
         if off + n_bytes > self.file_size:
-            raise self._fail(f"tensor {name!r} data [{off}, {off + n_bytes}) runs past end of "
-                             f"file ({self.file_size} bytes)")
-        return TensorInfo(name=name, type=ttype, type_name=GGML_TYPE_NAMES[ttype], ne=tuple(ne),
-                          shape=tuple(reversed(ne)), n_elements=n, n_bytes=n_bytes, offset=off)
+            raise self._fail(
+                f"tensor {name!r} data [{off}, {off + n_bytes}) runs past end of "
+                f"file ({self.file_size} bytes)"
+            )
+        return TensorInfo(
+            name=name,
+            type=ttype,
+            type_name=GGML_TYPE_NAMES[ttype],
+            ne=tuple(ne),
+            shape=tuple(reversed(ne)),
+            n_elements=n,
+            n_bytes=n_bytes,
+            offset=off,
+        )
 
     # ------------------------------------------------------------------ access
     def tensor_bytes(self, name: str) -> np.ndarray:
         """Flat read-only uint8 view (zero-copy) of the tensor's raw data."""
         info = self.tensors[name]
-        return np.frombuffer(self._mapping(), dtype=np.uint8, count=info.n_bytes,
-                             offset=info.offset)
+        return np.frombuffer(self._mapping(), dtype=np.uint8, count=info.n_bytes, offset=info.offset)
 
     def tensor(self, name: str) -> np.ndarray:
         """Zero-copy read-only view of a tensor.  F32/F16/F64/I* -> their dtype with
@@ -457,14 +485,16 @@ class GGUFFile(MappedModelFile):
         mm = self._mapping()
         dt = _TENSOR_DTYPES.get(info.type)
         if dt is not None:
-            return np.frombuffer(mm, dtype=dt, count=info.n_elements,
-                                 offset=info.offset).reshape(info.shape)
-        return np.frombuffer(mm, dtype=np.uint8, count=info.n_bytes,
-                             offset=info.offset).reshape(info.n_rows, info.row_bytes)
+            return np.frombuffer(mm, dtype=dt, count=info.n_elements, offset=info.offset).reshape(info.shape)
+        return np.frombuffer(mm, dtype=np.uint8, count=info.n_bytes, offset=info.offset).reshape(
+            info.n_rows, info.row_bytes
+        )
 
     def __repr__(self) -> str:
-        return (f"GGUFFile({self.path!r}, version={getattr(self, 'version', None)}, "
-                f"tensors={len(self.tensors)}, kv={len(self.metadata)})")
+        return (
+            f"GGUFFile({self.path!r}, version={getattr(self, 'version', None)}, "
+            f"tensors={len(self.tensors)}, kv={len(self.metadata)})"
+        )
 
 
 # ====================================================================== writer
@@ -551,9 +581,13 @@ def _pack_value(gv: GGUFValue) -> bytes:
     raise ValueError(f"unknown GGUF array element type {et}")
 
 
-def write_gguf(path: str | os.PathLike[str], metadata: dict[str, Any],
-               tensors: dict[str, tuple[int, tuple[int, ...], Any]] | None = None,
-               alignment: int = DEFAULT_ALIGNMENT, version: int = 3) -> None:
+def write_gguf(
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any],
+    tensors: dict[str, tuple[int, tuple[int, ...], Any]] | None = None,
+    alignment: int = DEFAULT_ALIGNMENT,
+    version: int = 3,
+) -> None:
     """Write a GGUF file.  ``tensors`` maps name -> (ggml type id, ne in ggml order, raw
     data as bytes / buffer / numpy array of exactly the tensor's byte size).  Value types
     are inferred (bool->BOOL, non-negative int < 2**32 -> UINT32, other int -> INT64 (or
@@ -592,8 +626,12 @@ def write_gguf(path: str | os.PathLike[str], metadata: dict[str, Any],
         raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
         if len(raw) != n // block * bsize:
             raise ValueError(f"tensor {name!r}: {len(raw)} bytes, expected {n // block * bsize}")
-        out.append(_pack_string(name) + _U32.pack(len(ne))
-                   + struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", ttype, rel))
+        out.append(
+            _pack_string(name)
+            + _U32.pack(len(ne))
+            + struct.pack(f"<{len(ne)}Q", *ne)
+            + struct.pack("<IQ", ttype, rel)
+        )
         blobs.append(raw)
         rel += -(-len(raw) // alignment) * alignment
     header = b"".join(out)

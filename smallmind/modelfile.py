@@ -2,6 +2,7 @@
 
 Both readers give the same interface (``metadata``, ``tensors``, ``tensor()``, ``close()``),
 so everything past this point works on either."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ ModelFile = GGUFFile | SMQFile
 
 
 def file_format(path: str | os.PathLike[str]) -> str:
-    """"smq" for a file starting with SMQ's magic, else "gguf" (whose reader names any
+    """ "smq" for a file starting with SMQ's magic, else "gguf" (whose reader names any
     other bad magic)."""
     with open(path, "rb") as f:
         return "smq" if f.read(len(SMQ_MAGIC)) == SMQ_MAGIC else "gguf"

@@ -16,6 +16,7 @@ tokens where both argmaxes agree, and mean |log-prob of the actual token - saved
 
 File layout: b"SMLOGP01" | u32 header length | header JSON {"ctx", "first", "n_vocab",
 "tokens"} | one record per scored token (float32 lp, int32 top-1, float16 x n_vocab)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,8 @@ __all__ = ["make_chunks", "ChunkScorer", "Scores", "perplexity", "run"]
 
 LOGITS_MAGIC = b"SMLOGP01"
 _U32 = struct.Struct("<I")
-BATCH = 128            # tokens per forward call (bounds the logits buffer)
-SOFTMAX_ROWS = 16      # rows per float64 log-softmax (bounds its temporary)
+BATCH = 128  # tokens per forward call (bounds the logits buffer)
+SOFTMAX_ROWS = 16  # rows per float64 log-softmax (bounds its temporary)
 
 
 def record_dtype(n_vocab: int) -> np.dtype:
@@ -53,7 +54,7 @@ def make_chunks(tokens: list[int], ctx: int, n_chunks: int | None, bos_id: int) 
     count = available if n_chunks is None else min(n_chunks, available)
     chunks = []
     for i in range(count):
-        chunk = np.array(tokens[i * ctx:(i + 1) * ctx], np.int32)
+        chunk = np.array(tokens[i * ctx : (i + 1) * ctx], np.int32)
         chunk[0] = bos_id
         chunks.append(chunk)
     return chunks
@@ -88,21 +89,25 @@ class ChunkScorer:
         first = ctx // 2
         lps, tops, rows = [], [], []
         for start in range(0, ctx, BATCH):
-            part = chunk[start:start + BATCH]
+            part = chunk[start : start + BATCH]
             # row j predicts token j + 1: rows first-1 .. ctx-2 predict tokens first .. ctx-1
             wanted = np.arange(max(start, first - 1), min(start + len(part), ctx - 1), dtype=np.int32)
-            logits = self.model.forward(part, np.zeros(len(part), np.int32),
-                                        np.arange(start, start + len(part), dtype=np.int32),
-                                        wanted - start)
+            logits = self.model.forward(
+                part,
+                np.zeros(len(part), np.int32),
+                np.arange(start, start + len(part), dtype=np.int32),
+                wanted - start,
+            )
             for i in range(0, len(wanted), SOFTMAX_ROWS):
-                lp_rows = log_softmax(logits[i:i + SOFTMAX_ROWS])
-                targets = chunk[wanted[i:i + SOFTMAX_ROWS] + 1]
+                lp_rows = log_softmax(logits[i : i + SOFTMAX_ROWS])
+                targets = chunk[wanted[i : i + SOFTMAX_ROWS] + 1]
                 lps.append(lp_rows[np.arange(len(targets)), targets])
                 tops.append(lp_rows.argmax(axis=-1).astype(np.int32))
                 if self.keep_rows:
                     rows.append(lp_rows.astype(np.float16))
-        return Scores(np.concatenate(lps), np.concatenate(tops),
-                      np.concatenate(rows) if self.keep_rows else None)
+        return Scores(
+            np.concatenate(lps), np.concatenate(tops), np.concatenate(rows) if self.keep_rows else None
+        )
 
 
 def perplexity(lp: np.ndarray) -> tuple[float, float]:
@@ -132,7 +137,7 @@ class SavedLogits:
             (hlen,) = _U32.unpack_from(mm, 8)
             if hlen > len(mm) - 12:
                 raise ValueError("header runs past the end of the file")
-            head = json.loads(mm[12:12 + hlen].decode("utf-8"))
+            head = json.loads(mm[12 : 12 + hlen].decode("utf-8"))
             self.ctx, self.first, self.n_vocab = int(head["ctx"]), int(head["first"]), int(head["n_vocab"])
             self.tokens = [int(t) for t in head["tokens"]]
             if self.n_vocab <= 0 or self.ctx <= 1:
@@ -147,8 +152,9 @@ class SavedLogits:
 
 
 def _write_header(f, ctx: int, first: int, n_vocab: int, chunks: list[np.ndarray]) -> None:
-    head = json.dumps({"ctx": ctx, "first": first, "n_vocab": n_vocab,
-                       "tokens": [int(t) for c in chunks for t in c]}).encode()
+    head = json.dumps(
+        {"ctx": ctx, "first": first, "n_vocab": n_vocab, "tokens": [int(t) for c in chunks for t in c]}
+    ).encode()
     f.write(LOGITS_MAGIC + _U32.pack(len(head)) + head)
 
 
@@ -162,8 +168,15 @@ def kl_stats(base: np.ndarray, ours: Scores, base_lp: np.ndarray, base_top: np.n
 
 
 # ------------------------------------------------------------------ the command
-def run(model_path: str, text_path: str, ctx: int = 512, n_chunks: int | None = None,
-        save_logits: str | None = None, kl_file: str | None = None, out: TextIO = sys.stdout) -> dict:
+def run(
+    model_path: str,
+    text_path: str,
+    ctx: int = 512,
+    n_chunks: int | None = None,
+    save_logits: str | None = None,
+    kl_file: str | None = None,
+    out: TextIO = sys.stdout,
+) -> dict:
     """The `perplexity` command; returns the figures it printed."""
     from smallmind.engine.model import Model
     from smallmind.engine.tokenizer import Tokenizer
@@ -189,8 +202,10 @@ def run(model_path: str, text_path: str, ctx: int = 512, n_chunks: int | None = 
     chunks = make_chunks(tokens, ctx, n_chunks, tokenizer.bos_id)
     base = SavedLogits(kl_file) if kl_file else None
     if base is not None and (base.ctx != ctx or base.tokens != [int(t) for c in chunks for t in c]):
-        raise ConfigError(f"{kl_file} scored other tokens (ctx {base.ctx}, {len(base.tokens)} tokens); "
-                          f"use the same text, --ctx and --chunks")
+        raise ConfigError(
+            f"{kl_file} scored other tokens (ctx {base.ctx}, {len(base.tokens)} tokens); "
+            f"use the same text, --ctx and --chunks"
+        )
     model = Model.load(model_path, n_ctx=ctx, n_slots=1, max_batch_tokens=BATCH)
     first = ctx // 2
     lps, tops, kls = [], [], []
@@ -201,12 +216,15 @@ def run(model_path: str, text_path: str, ctx: int = 512, n_chunks: int | None = 
         if base is not None and base.n_vocab != model.vocab_size:
             raise ConfigError(f"{kl_file} has a vocabulary of {base.n_vocab}, the model {model.vocab_size}")
         sink = None
-        if save_logits:   # closed, then renamed into place, only if every chunk was scored
+        if save_logits:  # closed, then renamed into place, only if every chunk was scored
             sink = stack.enter_context(open(stack.enter_context(atomic_output(save_logits)), "wb"))
             _write_header(sink, ctx, first, model.vocab_size, chunks)
         scorer = ChunkScorer(model, keep_rows=bool(save_logits or base))
-        print(f"perplexity: {len(tokens)} tokens, {len(chunks)} chunks of {ctx}, "
-              f"scoring tokens {first}..{ctx - 1} of each", file=out)
+        print(
+            f"perplexity: {len(tokens)} tokens, {len(chunks)} chunks of {ctx}, "
+            f"scoring tokens {first}..{ctx - 1} of each",
+            file=out,
+        )
         for i, chunk in enumerate(chunks):
             s = scorer.score(chunk)
             lps.append(s.lp)
@@ -216,7 +234,7 @@ def run(model_path: str, text_path: str, ctx: int = 512, n_chunks: int | None = 
                 rec["lp"], rec["top"], rec["logprobs"] = s.lp, s.top, s.rows
                 sink.write(rec.tobytes())
             if base is not None:
-                b = base.records[i * (ctx - first):(i + 1) * (ctx - first)]
+                b = base.records[i * (ctx - first) : (i + 1) * (ctx - first)]
                 kls.append(kl_stats(b["logprobs"], s, b["lp"], b["top"]))
             out.write(f"[{i + 1}]{perplexity(np.concatenate(lps))[0]:.4f},")
             out.flush()
@@ -231,9 +249,17 @@ def run(model_path: str, text_path: str, ctx: int = 512, n_chunks: int | None = 
         same = np.concatenate([k["same_top"] for k in kls])
         dlp = np.concatenate([k["dlp"] for k in kls])
         base_ppl = perplexity(base.records["lp"])[0]
-        result.update(kl=float(kl.mean()), kl_err=float(kl.std(ddof=1) / math.sqrt(len(kl))) if len(kl) > 1 else 0.0,
-                      same_top1=float(same.mean()), mean_abs_dlp=float(dlp.mean()), base_ppl=base_ppl)
-        print(f"vs {kl_file} (PPL {base_ppl:.4f}): mean KL divergence {result['kl']:.6f} +/- "
-              f"{result['kl_err']:.6f}, same top-1 {100 * result['same_top1']:.2f}%, "
-              f"mean |delta log-prob| {result['mean_abs_dlp']:.4f}", file=out)
+        result.update(
+            kl=float(kl.mean()),
+            kl_err=float(kl.std(ddof=1) / math.sqrt(len(kl))) if len(kl) > 1 else 0.0,
+            same_top1=float(same.mean()),
+            mean_abs_dlp=float(dlp.mean()),
+            base_ppl=base_ppl,
+        )
+        print(
+            f"vs {kl_file} (PPL {base_ppl:.4f}): mean KL divergence {result['kl']:.6f} +/- "
+            f"{result['kl_err']:.6f}, same top-1 {100 * result['same_top1']:.2f}%, "
+            f"mean |delta log-prob| {result['mean_abs_dlp']:.4f}",
+            file=out,
+        )
     return result

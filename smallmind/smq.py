@@ -39,6 +39,7 @@ come back with their exact types; SmallMind's files lack it and get types by inf
 
 Every problem with the file's contents raises :class:`ModelFormatError`; a missing file
 raises ``FileNotFoundError``."""
+
 from __future__ import annotations
 
 import json
@@ -52,18 +53,27 @@ import numpy as np
 from .errors import ModelFormatError
 from .gguf import GGML_BLOCK_SIZES, GGML_TYPE_NAMES, GGMLType, GGUFValueType, MappedModelFile, TensorInfo
 
-__all__ = ["SMQFile", "SMQEntry", "Scheme", "SMQ_MAGIC", "HEADER", "ENTRY", "GGUF_SCHEME_BASE",
-           "TYPES_KEY", "scheme_name"]
+__all__ = [
+    "SMQFile",
+    "SMQEntry",
+    "Scheme",
+    "SMQ_MAGIC",
+    "HEADER",
+    "ENTRY",
+    "GGUF_SCHEME_BASE",
+    "TYPES_KEY",
+    "scheme_name",
+]
 
 SMQ_MAGIC = b"SMQv0001"
 SMQ_VERSION = 1
-HEADER = struct.Struct("<8sIIIIQ")                 # 32 bytes
-ENTRY = struct.Struct("<64sIi8iIQQQQ16s")          # 156 bytes
+HEADER = struct.Struct("<8sIIIIQ")  # 32 bytes
+ENTRY = struct.Struct("<64sIi8iIQQQQ16s")  # 156 bytes
 MAX_RANK = 8
 NAME_BYTES = 64
-GGUF_SCHEME_BASE = 0x1000     # extension: scheme GGUF_SCHEME_BASE + ggml type id
+GGUF_SCHEME_BASE = 0x1000  # extension: scheme GGUF_SCHEME_BASE + ggml type id
 TYPES_KEY = "smallmind.gguf_types"
-ALIGN = 32                    # blob start that allows zero-copy views
+ALIGN = 32  # blob start that allows zero-copy views
 assert HEADER.size == 32 and ENTRY.size == 156
 
 
@@ -131,8 +141,18 @@ def _expected_lengths(e: SMQEntry) -> tuple[int, int]:
 _VT = GGUFValueType
 _VT_NAMES = {v: k for k, v in vars(GGUFValueType).items() if not k.startswith("_")}
 _VT_IDS = {k: v for v, k in _VT_NAMES.items()}
-_NUMPY = {_VT.UINT8: "u1", _VT.INT8: "i1", _VT.UINT16: "u2", _VT.INT16: "i2", _VT.UINT32: "u4",
-          _VT.INT32: "i4", _VT.FLOAT32: "f4", _VT.UINT64: "u8", _VT.INT64: "i8", _VT.FLOAT64: "f8"}
+_NUMPY = {
+    _VT.UINT8: "u1",
+    _VT.INT8: "i1",
+    _VT.UINT16: "u2",
+    _VT.INT16: "i2",
+    _VT.UINT32: "u4",
+    _VT.INT32: "i4",
+    _VT.FLOAT32: "f4",
+    _VT.UINT64: "u8",
+    _VT.INT64: "i8",
+    _VT.FLOAT64: "f8",
+}
 # Types of the GGUF keys SmallMind's importer copies, for its files (which carry no types).
 _KNOWN_ARRAY_TYPES = {"tokenizer.ggml.scores": _VT.FLOAT32, "tokenizer.ggml.token_type": _VT.INT32}
 
@@ -188,8 +208,7 @@ def decode_metadata(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if key in types:
             meta[key] = _decode_typed(value, types[key])
             vt = types[key]
-            meta_types[key] = ((_VT.ARRAY, _VT_IDS.get(vt[1])) if isinstance(vt, list)
-                               else _VT_IDS.get(vt))
+            meta_types[key] = (_VT.ARRAY, _VT_IDS.get(vt[1])) if isinstance(vt, list) else _VT_IDS.get(vt)
         else:
             meta[key] = _decode_inferred(key, value)
     return meta, meta_types
@@ -204,7 +223,7 @@ def _scales_fit_f16(scales: np.ndarray) -> bool:
 
 def _block_scales(scales: np.ndarray, block_size: int, n: int) -> np.ndarray:
     """One float16 scale per 32 elements (block_size is a multiple of 32)."""
-    return np.repeat(scales, block_size // 32)[:n // 32].astype(np.float16)
+    return np.repeat(scales, block_size // 32)[: n // 32].astype(np.float16)
 
 
 def q8_to_gguf(quants: np.ndarray, scales: np.ndarray, block_size: int) -> np.ndarray:
@@ -262,22 +281,25 @@ class SMQFile(MappedModelFile):
 
     # ------------------------------------------------------------------ parsing
     def _parse(self) -> None:
-        magic, version, header_size, n_tensors, meta_len, _ = HEADER.unpack_from(self._mm, 0)
+        magic, version, header_size, n_tensors, meta_len, _ = HEADER.unpack_from(self._mapping(), 0)
         if magic != SMQ_MAGIC:
             raise self._fail(f"bad magic {magic!r}, not an SMQ file (expected {SMQ_MAGIC!r})")
         if version != SMQ_VERSION or header_size != HEADER.size:
-            raise self._fail(f"unsupported SMQ version {version} / header size {header_size} "
-                             f"(supported: version {SMQ_VERSION}, header {HEADER.size})")
+            raise self._fail(
+                f"unsupported SMQ version {version} / header size {header_size} "
+                f"(supported: version {SMQ_VERSION}, header {HEADER.size})"
+            )
         self.version = version
         if meta_len > self.file_size - HEADER.size:
-            raise self._fail(f"metadata length {meta_len} runs past end of file "
-                             f"({self.file_size} bytes)")
+            raise self._fail(f"metadata length {meta_len} runs past end of file ({self.file_size} bytes)")
         dir_start = HEADER.size + meta_len
         if n_tensors > (self.file_size - dir_start) // ENTRY.size:
-            raise self._fail(f"tensor count {n_tensors} does not fit in the "
-                             f"{self.file_size - dir_start} bytes after the metadata")
+            raise self._fail(
+                f"tensor count {n_tensors} does not fit in the "
+                f"{self.file_size - dir_start} bytes after the metadata"
+            )
         if meta_len:
-            obj = json.loads(self._mm[HEADER.size:dir_start].decode("utf-8"))
+            obj = json.loads(self._mapping()[HEADER.size : dir_start].decode("utf-8"))
             self.metadata, self.metadata_types = decode_metadata(obj)
         self.data_offset = dir_start + n_tensors * ENTRY.size
         for i in range(n_tensors):
@@ -290,24 +312,28 @@ class SMQFile(MappedModelFile):
             self.tensors[entry.name] = self._present(entry)
 
     def _read_entry(self, pos: int, index: int) -> SMQEntry:
-        (raw_name, scheme, rank, *dims, block, d_off, d_len, a_off, a_len,
-         _) = ENTRY.unpack_from(self._mm, pos)
+        (raw_name, scheme, rank, *all_dims, block, d_off, d_len, a_off, a_len, _) = ENTRY.unpack_from(
+            self._mapping(), pos
+        )
         name = raw_name.split(b"\0", 1)[0].decode("utf-8")
         what = f"tensor #{index} ({name!r})"
-        if scheme not in (Scheme.F32, Scheme.Q8_0, Scheme.Q4_0) and \
-                scheme - GGUF_SCHEME_BASE not in GGML_BLOCK_SIZES:
-            raise self._fail(f"{what} has unsupported scheme {scheme_name(scheme)} "
-                             "(readable: F32, Q8_0, Q4_0 and this project's GGUF-block extension)")
+        if (
+            scheme not in (Scheme.F32, Scheme.Q8_0, Scheme.Q4_0)
+            and scheme - GGUF_SCHEME_BASE not in GGML_BLOCK_SIZES
+        ):
+            raise self._fail(
+                f"{what} has unsupported scheme {scheme_name(scheme)} "
+                "(readable: F32, Q8_0, Q4_0 and this project's GGUF-block extension)"
+            )
         if not 1 <= rank <= MAX_RANK:
             raise self._fail(f"{what} has rank {rank} (must be 1..{MAX_RANK})")
-        dims = tuple(dims[:rank])
+        dims = tuple(all_dims[:rank])
         if any(d <= 0 for d in dims):
             raise self._fail(f"{what} has a dimension <= 0: {list(dims)}")
         entry = SMQEntry(name, scheme, rank, dims, block, d_off, d_len, a_off, a_len)
         # bound the element count before any size arithmetic depends on it
         if entry.n_elements > 8 * self.file_size:
-            raise self._fail(f"{what} dims {list(dims)} are absurd for a "
-                             f"{self.file_size}-byte file")
+            raise self._fail(f"{what} dims {list(dims)} are absurd for a {self.file_size}-byte file")
         if scheme in (Scheme.Q8_0, Scheme.Q4_0):
             if rank != 2:
                 raise self._fail(f"{what}: {scheme_name(scheme)} tensors have rank 2, got {rank}")
@@ -316,22 +342,31 @@ class SMQFile(MappedModelFile):
         elif scheme >= GGUF_SCHEME_BASE:
             gblock = GGML_BLOCK_SIZES[scheme - GGUF_SCHEME_BASE][0]
             if dims[0] % gblock:
-                raise self._fail(f"{what}: row length {dims[0]} is not a multiple of the "
-                                 f"{scheme_name(scheme)} block size {gblock}")
+                raise self._fail(
+                    f"{what}: row length {dims[0]} is not a multiple of the "
+                    f"{scheme_name(scheme)} block size {gblock}"
+                )
         want = _expected_lengths(entry)
         if (d_len, a_len) != want:
-            raise self._fail(f"{what}: data/aux lengths {d_len}/{a_len}, expected "
-                             f"{want[0]}/{want[1]} for {scheme_name(scheme)} {list(dims)}")
+            raise self._fail(
+                f"{what}: data/aux lengths {d_len}/{a_len}, expected "
+                f"{want[0]}/{want[1]} for {scheme_name(scheme)} {list(dims)}"
+            )
         for off, length, kind in ((d_off, d_len, "data"), (a_off, a_len, "aux")):
             if length and not self.data_offset <= off <= self.file_size - length:
-                raise self._fail(f"{what} {kind} [{off}, {off + length}) lies outside the "
-                                 f"blob area [{self.data_offset}, {self.file_size})")
+                raise self._fail(
+                    f"{what} {kind} [{off}, {off + length}) lies outside the "
+                    f"blob area [{self.data_offset}, {self.file_size})"
+                )
         return entry
 
     def _check_no_overlap(self) -> None:
-        regions = sorted((off, off + length, e.name) for e in self.entries.values()
-                         for off, length in ((e.data_offset, e.data_length),
-                                             (e.aux_offset, e.aux_length)) if length)
+        regions = sorted(
+            (off, off + length, e.name)
+            for e in self.entries.values()
+            for off, length in ((e.data_offset, e.data_length), (e.aux_offset, e.aux_length))
+            if length
+        )
         for (_, end, name), (start, _, other) in zip(regions, regions[1:]):
             if start < end:
                 raise self._fail(f"blobs of tensors {name!r} and {other!r} overlap")
@@ -349,9 +384,16 @@ class SMQFile(MappedModelFile):
         else:
             ttype = e.scheme - GGUF_SCHEME_BASE
         block, size = GGML_BLOCK_SIZES[ttype]
-        return TensorInfo(name=e.name, type=ttype, type_name=GGML_TYPE_NAMES[ttype], ne=tuple(ne),
-                          shape=tuple(reversed(ne)), n_elements=n, n_bytes=n // block * size,
-                          offset=e.data_offset)
+        return TensorInfo(
+            name=e.name,
+            type=ttype,
+            type_name=GGML_TYPE_NAMES[ttype],
+            ne=tuple(ne),
+            shape=tuple(reversed(ne)),
+            n_elements=n,
+            n_bytes=n // block * size,
+            offset=e.data_offset,
+        )
 
     def _quant_served_type(self, e: SMQEntry, row_len: int) -> int:
         """GGUF Q8_0/Q4_0 when the blocks convert exactly, else F32 (exact dequantization)."""
@@ -362,8 +404,7 @@ class SMQFile(MappedModelFile):
     # ------------------------------------------------------------------ access
     def _blob(self, offset: int, length: int, dtype: Any = np.uint8) -> np.ndarray:
         dtype = np.dtype(dtype)
-        return np.frombuffer(self._mapping(), dtype=dtype, count=length // dtype.itemsize,
-                             offset=offset)
+        return np.frombuffer(self._mapping(), dtype=dtype, count=length // dtype.itemsize, offset=offset)
 
     def _scales(self, e: SMQEntry) -> np.ndarray:
         return self._blob(e.aux_offset, e.aux_length, "<f4")

@@ -18,23 +18,26 @@ Regexes use the third-party ``regex`` package for ``\\p{L}``/``\\p{N}``/``\\p{P}
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import regex
 
 from ..errors import ModelFormatError
 
-__all__ = ["PreTokenizer", "get_pretokenizer", "BYTE_TO_UNICODE", "UNICODE_TO_BYTE",
-           "BYTE_ENCODE_TABLE"]
+__all__ = ["PreTokenizer", "get_pretokenizer", "BYTE_TO_UNICODE", "UNICODE_TO_BYTE", "BYTE_ENCODE_TABLE"]
 
 # --------------------------------------------------------------------------- regexes
 # As llama.cpp writes them (its "adapted" forms: (?i:'s|...) spelt out case by case).
-_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-           r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-           r"|\s+(?!\S)|\s+")
-_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-          r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-          r"|\s+(?!\S)|\s+")
+_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+    r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+    r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 
 _FAMILIES: dict[str, tuple[str, ...]] = {
@@ -50,29 +53,52 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
 _NAMES: dict[str, tuple[str, bool, bool, bool, bool]] = {}
 
 
-def _add(names, family, *, ignore_merges=False, add_bos=False, clean_spaces=True,
-         no_bos=False):
+def _add(names, family, *, ignore_merges=False, add_bos=False, clean_spaces=True, no_bos=False):
     for n in names:
         _NAMES[n] = (family, ignore_merges, add_bos, clean_spaces, no_bos)
 
 
 _add(["default"], "default")
-_add(["llama3", "llama-v3", "llama-bpe", "falcon3"], "llama3", ignore_merges=True,
-     add_bos=True)
+_add(["llama3", "llama-v3", "llama-bpe", "falcon3"], "llama3", ignore_merges=True, add_bos=True)
 _add(["dbrx", "smaug-bpe"], "llama3")
 _add(["chatglm-bpe"], "llama3", no_bos=True)
 _add(["qwen2"], "qwen2", clean_spaces=False)
 _add(["stablelm2", "megrez"], "qwen2")
-_add(["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v1-en", "jina-v2-es",
-      "jina-v2-de", "jina-v2-code", "roberta-bpe", "mpt", "olmo", "jais"], "gpt2")
+_add(
+    [
+        "gpt-2",
+        "phi-2",
+        "jina-es",
+        "jina-de",
+        "gigachat",
+        "jina-v1-en",
+        "jina-v2-es",
+        "jina-v2-de",
+        "jina-v2-code",
+        "roberta-bpe",
+        "mpt",
+        "olmo",
+        "jais",
+    ],
+    "gpt2",
+)
 _add(["starcoder", "refact", "codeshell", "exaone", "minerva-7b"], "starcoder")
 _add(["command-r", "smollm"], "starcoder", clean_spaces=False)
 _add(["falcon"], "falcon")
 
 # Known to llama.cpp but not carried here (their regexes are long hand-made character
 # lists or need behaviour we do not implement).
-_KNOWN_UNSUPPORTED = {"deepseek-llm", "deepseek-coder", "deepseek-v3", "poro-chat", "viking",
-                      "tekken", "bloom", "gpt3-finnish", "chameleon"}
+_KNOWN_UNSUPPORTED = {
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "poro-chat",
+    "viking",
+    "tekken",
+    "bloom",
+    "gpt3-finnish",
+    "chameleon",
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +110,8 @@ class PreTokenizer:
     add_bos: bool
     clean_spaces: bool
     no_bos: bool
+    # the patterns compiled once, set by __post_init__
+    _compiled: tuple[regex.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_compiled", tuple(regex.compile(p) for p in self.patterns))
@@ -131,20 +159,24 @@ def get_pretokenizer(name: str | None) -> PreTokenizer:
     if entry is None:
         if name in _KNOWN_UNSUPPORTED:
             raise ModelFormatError(
-                f"pre-tokenizer {name!r} (tokenizer.ggml.pre) is not supported by SmallMind")
+                f"pre-tokenizer {name!r} (tokenizer.ggml.pre) is not supported by SmallMind"
+            )
         raise ModelFormatError(
             f"unknown pre-tokenizer type {name!r} (tokenizer.ggml.pre); supported: "
-            + ", ".join(sorted(_NAMES)))
+            + ", ".join(sorted(_NAMES))
+        )
     family, ignore_merges, add_bos, clean_spaces, no_bos = entry
-    return PreTokenizer(name, family, _FAMILIES[family], ignore_merges, add_bos,
-                        clean_spaces, no_bos)
+    return PreTokenizer(name, family, _FAMILIES[family], ignore_merges, add_bos, clean_spaces, no_bos)
 
 
 # --------------------------------------------------------------------------- bytes
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's reversible byte -> printable character map."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table = [""] * 256
     extra = 0
     for b in range(256):

@@ -42,10 +42,7 @@ def clean_spaces(text: bytes) -> bytes:
         x = t[i]
         if t[i - 1] == 0x20 and x == 0x27 and i + 1 < n:
             x1 = t[i + 1]
-            if x1 in b"sm":
-                out.pop()
-            elif i + 2 < n and ((x1 == 0x72 and t[i + 2] == 0x65)
-                                or (x1 == 0x76 and t[i + 2] == 0x65)):
+            if x1 in b"sm" or (i + 2 < n and x1 in b"rv" and t[i + 2] == 0x65):
                 out.pop()
         out.append(x)
     return bytes(out)
@@ -58,7 +55,7 @@ class StreamDecoder:
     returned strings equals ``tokenizer.decode(ids, skip_special=skip_special)``.  No
     leading space is stripped: a continuation's leading space is real text."""
 
-    def __init__(self, tokenizer: "Tokenizer", skip_special: bool = True):
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
         self.tokenizer = tokenizer
         self.skip_special = skip_special
         self._dec = codecs.getincrementaldecoder("utf-8")("replace")

@@ -10,6 +10,7 @@ the number of slots, which the model allocates up front (see ``Model.load``'s ``
 Which prefix a slot can really resume from is the native cache's call (sliding-window layers
 only keep a ring of recent positions); the engine checks with ``Model.copy_slot`` before it
 trusts a match."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -45,8 +46,9 @@ class SlotPool:
 
     def take(self, prompt_ids: list[int]) -> tuple[int, int]:
         """(slot, n_held): the idle slot to run ``prompt_ids`` in, and how many of the prompt's
-        first tokens it already holds (0, or at least MIN_REUSE).  At least the last prompt token is always left to run,
-        since its logits pick the first new token.  The pool must not be empty."""
+        first tokens it already holds (0, or at least MIN_REUSE).  At least the last prompt token
+        is always left to run, since its logits pick the first new token.  The pool must not be
+        empty."""
         best_slot, best_n = next(iter(self._held)), 0
         if self.reuse:
             for slot, held in self._held.items():

@@ -22,7 +22,6 @@ class TokenType:
     BYTE = 6
 
 
-
 def utf8(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
@@ -30,8 +29,18 @@ def utf8(s: str) -> bytes:
 class SpecialMatcher:
     """llama.cpp's tokenizer_st_partition over the special tokens present in a text."""
 
-    def __init__(self, tokens: list[str], ttypes: np.ndarray, parse_special: bool,
-                 superset: "SpecialMatcher | None" = None):
+    # the prefix walk's tables, built here or shared with a superset matcher
+    _prefixes: set[str]
+    _maxlen: int
+    _start_rx: regex.Pattern[str] | None
+
+    def __init__(
+        self,
+        tokens: list[str],
+        ttypes: np.ndarray,
+        parse_special: bool,
+        superset: SpecialMatcher | None = None,
+    ):
         kinds = {TokenType.USER_DEFINED}
         if parse_special:
             kinds |= {TokenType.CONTROL, TokenType.UNKNOWN}
@@ -57,8 +66,8 @@ class SpecialMatcher:
             self._maxlen = superset._maxlen
             self._start_rx = superset._start_rx if others else None
             return
-        prefixes = set()
-        starts = set()
+        prefixes: set[str] = set()
+        starts: set[str] = set()
         for t in others:
             for k in range(1, len(t) + 1):
                 prefixes.add(t[:k])
@@ -87,7 +96,7 @@ class SpecialMatcher:
             for m in self._start_rx.finditer(text):
                 p = m.start()
                 for k in range(1, maxlen + 1):
-                    s = text[p:p + k]
+                    s = text[p : p + k]
                     if len(s) < k or s not in prefixes:
                         break
                     if s in specials:
@@ -107,7 +116,7 @@ class SpecialMatcher:
         for tok in present:
             tid = self._specials[tok]
             L = len(tok)
-            new = []
+            new: list = []  # fragments as in frags: (start, end) spans and token ids
             for f in frags:
                 if f.__class__ is int:
                     new.append(f)
@@ -126,4 +135,4 @@ class SpecialMatcher:
                 if s < e:
                     new.append((s, e))
             frags = new
-        return [f if f.__class__ is int else text[f[0]:f[1]] for f in frags]
+        return [f if f.__class__ is int else text[f[0] : f[1]] for f in frags]

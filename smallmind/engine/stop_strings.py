@@ -3,6 +3,7 @@
 Text arrives piece by piece (one detokenized token at a time) and a stop string may span
 pieces.  The matcher releases text only once it can no longer be the start of a stop string,
 so a stop string never reaches the client, not even its first characters in a stream."""
+
 from __future__ import annotations
 
 
@@ -26,8 +27,8 @@ class StopMatcher:
             self.pending, self.stopped = "", True
             return text[:hit], True
         keep = self._partial_tail(text)
-        self.pending = text[len(text) - keep:]
-        return text[:len(text) - keep], False
+        self.pending = text[len(text) - keep :]
+        return text[: len(text) - keep], False
 
     def flush(self) -> str:
         out, self.pending = self.pending, ""

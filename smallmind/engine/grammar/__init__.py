@@ -11,10 +11,26 @@
 Modules: ``compile`` (sources -> grammars, errors, the cache), ``vocabulary`` (the tokenizer
 as llguidance sees it), ``state`` (one sequence's matcher)."""
 
-from .compile import (Grammar, GrammarError, compile_gbnf, compile_json_schema, compile_lark, compile_regex,
-                      compile_response_format)
+from .compile import (
+    Grammar,
+    GrammarError,
+    compile_gbnf,
+    compile_json_schema,
+    compile_lark,
+    compile_regex,
+    compile_response_format,
+)
 from .state import ConstraintState
 from .vocabulary import Vocabulary
 
-__all__ = ["ConstraintState", "Grammar", "GrammarError", "Vocabulary", "compile_gbnf", "compile_json_schema",
-           "compile_lark", "compile_regex", "compile_response_format"]
+__all__ = [
+    "ConstraintState",
+    "Grammar",
+    "GrammarError",
+    "Vocabulary",
+    "compile_gbnf",
+    "compile_json_schema",
+    "compile_lark",
+    "compile_regex",
+    "compile_response_format",
+]

@@ -7,6 +7,7 @@ and every sequence starts from a copy of it (a copy costs microseconds, a build 
 
 JSON is generated in one canonical layout, ``{"a": 1, "b": [2, 3]}``: one space after ``:``
 and ``,`` and nowhere else, so a small model cannot wander off into endless whitespace."""
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 
@@ -22,11 +24,18 @@ from smallmind.errors import RequestValidationError
 from .state import ConstraintState
 from .vocabulary import Vocabulary
 
-JSON_LAYOUT = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False,
-               # Pydantic writes unions as oneOf; llguidance enforces them as anyOf
-               "coerce_one_of": True}
+if TYPE_CHECKING:  # a TypedDict of llguidance's stub, not importable at run time
+    from llguidance._lib import JsonCompileOptions
+
+JSON_LAYOUT: JsonCompileOptions = {
+    "item_separator": ", ",
+    "key_separator": ": ",
+    "whitespace_flexible": False,
+    # Pydantic writes unions as oneOf; llguidance enforces them as anyOf
+    "coerce_one_of": True,
+}
 ANY_JSON_OBJECT = {"type": "object"}
-CACHE_BYTES = 32 << 20     # compiled grammar text kept for repeated requests
+CACHE_BYTES = 32 << 20  # compiled grammar text kept for repeated requests
 CACHE_ENTRIES = 256
 
 
@@ -44,10 +53,11 @@ class Grammar:
     """A compiled grammar: immutable, shared by every sequence that decodes under it."""
 
     def __init__(self, kind: str, source: str):
-        self.kind = kind            # json_schema | json_object | lark | gbnf | regex
-        self.source = source        # llguidance's grammar text
-        self._templates: "weakref.WeakKeyDictionary[Vocabulary, llguidance.LLMatcher]" = \
+        self.kind = kind  # json_schema | json_object | lark | gbnf | regex
+        self.source = source  # llguidance's grammar text
+        self._templates: weakref.WeakKeyDictionary[Vocabulary, llguidance.LLMatcher] = (
             weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     @property
@@ -79,18 +89,21 @@ class Grammar:
 
 # ---- entry points ----
 
+
 def compile_json_schema(schema, kind: str = "json_schema") -> Grammar:
     """A JSON Schema (dict) -> Grammar; GrammarError naming the keyword llguidance refuses."""
     if not isinstance(schema, (dict, bool)):
         raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
     try:
-        text = json.dumps(schema, ensure_ascii=False)   # key order kept: properties come out in it
+        text = json.dumps(schema, ensure_ascii=False)  # key order kept: properties come out in it
     except (TypeError, ValueError) as e:
         raise GrammarError(f"the schema is not JSON: {e}") from None
 
     def build() -> str:
         generated = schema if kind == "json_object" else tightened(schema)
-        return llguidance.LLMatcher.grammar_from_json_schema(generated, overrides=JSON_LAYOUT)
+        # a boolean schema is valid JSON Schema and llguidance takes it; its stub says str | dict
+        return llguidance.LLMatcher.grammar_from_json_schema(generated, overrides=JSON_LAYOUT)  # type: ignore[arg-type]
+
     return _cached(kind, text, build)
 
 
@@ -107,8 +120,19 @@ YEAR_NOT_ZERO = "^([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-"
 
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
-_SCHEMA_VALUES = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
-                  "additionalItems", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_VALUES = (
+    "items",
+    "additionalProperties",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contains",
+    "propertyNames",
+    "additionalItems",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
 # an object with any of these stays as open as it was given: its properties may come from elsewhere
 _OPEN_KEYWORDS = {"additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "$ref"}
 
@@ -116,10 +140,11 @@ _OPEN_KEYWORDS = {"additionalProperties", "patternProperties", "unevaluatedPrope
 def tightened(schema, close: bool = True):
     """What the model generates under: ``schema`` narrowed where JSON Schema leaves it open but
     no answer needs it, so every output still validates against ``schema`` as given.  Objects
-    that declare properties (even none: a function without arguments) get no others (as OpenAI's strict mode requires of schemas), and
-    numbers without bounds stay within +-NUMBER_LIMIT, with at most 6 decimals; formatted
-    strings without maxLength get FORMAT_MAX_LENGTH.  allOf members (and objects with an
-    allOf or $ref) are not closed: that would refuse the properties declared elsewhere."""
+    that declare properties (even none: a function without arguments) get no others (as
+    OpenAI's strict mode requires of schemas), and numbers without bounds stay within
+    +-NUMBER_LIMIT, with at most 6 decimals; formatted strings without maxLength get
+    FORMAT_MAX_LENGTH.  allOf members (and objects with an allOf or $ref) are not closed: that
+    would refuse the properties declared elsewhere."""
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
@@ -136,7 +161,8 @@ def tightened(schema, close: bool = True):
         _declare_parts(out)
     if close and isinstance(out.get("properties"), dict) and not _OPEN_KEYWORDS & out.keys():
         out["additionalProperties"] = False
-    types = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    declared_type = out.get("type")
+    types = declared_type if isinstance(declared_type, list) else [declared_type]
     if "integer" in types or "number" in types:
         if not {"minimum", "exclusiveMinimum"} & out.keys():
             out["minimum"] = -NUMBER_LIMIT
@@ -148,7 +174,7 @@ def tightened(schema, close: bool = True):
     if out.get("format") in ("date", "date-time") and "pattern" not in out:
         out["pattern"] = YEAR_NOT_ZERO
     if "number" in types and "multipleOf" not in out:
-        out["multipleOf"] = NUMBER_STEP      # at most 6 decimals: no endless "0.0000..."
+        out["multipleOf"] = NUMBER_STEP  # at most 6 decimals: no endless "0.0000..."
     return out
 
 
@@ -157,10 +183,12 @@ def _declare_parts(schema: dict) -> None:
     like any other (the parts still apply).  Parts that are open, referenced or nested allOf
     leave it as it is."""
     parts = schema["allOf"]
-    if not all(isinstance(p, dict) and not _OPEN_KEYWORDS & p.keys() for p in parts) \
-            or (_OPEN_KEYWORDS - {"allOf"}) & schema.keys():
+    if (
+        not all(isinstance(p, dict) and not _OPEN_KEYWORDS & p.keys() for p in parts)
+        or (_OPEN_KEYWORDS - {"allOf"}) & schema.keys()
+    ):
         return
-    declared = {}
+    declared: dict[str, Any] = {}
     for part in parts:
         for name, sub in (part.get("properties") or {}).items():
             declared.setdefault(name, sub)
@@ -177,11 +205,13 @@ def compile_lark(text: str) -> Grammar:
 def compile_gbnf(text: str) -> Grammar:
     """A GBNF grammar (llama.cpp's, rule ``root``) -> Grammar.  llguidance also takes Lark
     here, as llama.cpp's server does with its llguidance backend."""
+
     def build() -> str:
         try:
             return llguidance.grammar_from("gbnf", text)
         except ValueError as e:
             raise GrammarError(str(e)) from None
+
     return _cached("gbnf", text, build)
 
 
@@ -202,7 +232,7 @@ def compile_response_format(response_format: dict | None) -> Grammar | None:
 
 # ---- compilation, errors and the cache ----
 
-_cache: "OrderedDict[tuple[str, str], Grammar]" = OrderedDict()
+_cache: OrderedDict[tuple[str, str], Grammar] = OrderedDict()
 _cache_bytes = 0
 _cache_lock = threading.Lock()
 
@@ -234,7 +264,7 @@ def _validated(kind: str, source: str) -> str:
     return source
 
 
-_UNIMPLEMENTED = re.compile(r'Unimplemented keys: \[(.*?)\]')
+_UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[(.*?)\]")
 # llguidance's messages -> the JSON Schema keyword they are about
 _KEYWORD_HINTS = [
     (re.compile(r"Unknown format"), "format"),
@@ -254,9 +284,12 @@ def _grammar_error(kind: str, message: str) -> GrammarError:
     if found:
         names = [n.strip().strip('"') for n in found.group(1).split(",")]
         keyword = names[0]
-        return GrammarError(f"JSON Schema keyword{'s' if len(names) > 1 else ''} "
-                            f"{', '.join(repr(n) for n in names)} not supported by the grammar "
-                            f"engine (llguidance)", keyword)
+        return GrammarError(
+            f"JSON Schema keyword{'s' if len(names) > 1 else ''} "
+            f"{', '.join(repr(n) for n in names)} not supported by the grammar "
+            f"engine (llguidance)",
+            keyword,
+        )
     unsatisfiable = re.match(r"Unsatisfiable schema: (\w+)", message)
     if unsatisfiable:
         keyword = unsatisfiable.group(1)

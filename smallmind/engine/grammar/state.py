@@ -1,5 +1,6 @@
 """One sequence's position in its grammar: an llguidance matcher of its own, so sequences
 under different grammars (or none) share a batch and each masks only its own logits row."""
+
 from __future__ import annotations
 
 import llguidance
@@ -15,14 +16,14 @@ class ConstraintState:
     def __init__(self, matcher: llguidance.LLMatcher, vocab):
         self.matcher = matcher
         self.vocab = vocab
-        self._words = np.empty(vocab.mask_words, dtype=np.int32)   # reused every step
+        self._words = np.empty(vocab.mask_words, dtype=np.int32)  # reused every step
 
     def allowed(self) -> np.ndarray:
         """Bool mask over the vocabulary of the tokens allowed next."""
         words = self._words
         self.matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
-        return bits[:self.vocab.vocab_size].view(bool)
+        return bits[: self.vocab.vocab_size].view(bool)
 
     def allowed_ids(self) -> np.ndarray:
         return np.flatnonzero(self.allowed())
@@ -37,8 +38,10 @@ class ConstraintState:
         if not 0 <= token_id < self.vocab.vocab_size:
             raise ValueError(f"token {token_id} is outside the vocabulary")
         if not self.matcher.consume_token(token_id):
-            raise ValueError(f"token {token_id} ({self.vocab.token_bytes[token_id]!r}) is not allowed here: "
-                             f"{self.matcher.get_error()}")
+            raise ValueError(
+                f"token {token_id} ({self.vocab.token_bytes[token_id]!r}) is not allowed here: "
+                f"{self.matcher.get_error()}"
+            )
 
     @property
     def can_end(self) -> bool:
@@ -48,5 +51,5 @@ class ConstraintState:
     def complete(self) -> bool:
         return self.matcher.is_stopped()
 
-    def copy(self) -> "ConstraintState":
+    def copy(self) -> ConstraintState:
         return ConstraintState(self.matcher.deep_copy(), self.vocab)

@@ -2,6 +2,7 @@
 so no grammar ever matches them as text, and the end-of-generation tokens a finished value
 may be followed by.  Built once per tokenizer (about 1.5 s for Gemma's 262k tokens) and
 shared by every grammar and sequence."""
+
 from __future__ import annotations
 
 import threading
@@ -44,16 +45,19 @@ class Vocabulary:
             raise ValueError("the tokenizer has no end-of-generation token; grammars need one")
         self.eog_ids = np.asarray(eog, dtype=np.int64)
         self.eog_set = frozenset(eog)
-        marked = [SPECIAL_MARK + data if tokenizer.is_special(i) or i in self.eog_set else data
-                  for i, data in enumerate(self.token_bytes)]
+        marked = [
+            SPECIAL_MARK + data if tokenizer.is_special(i) or i in self.eog_set else data
+            for i, data in enumerate(self.token_bytes)
+        ]
         adapter = _TokenizerAdapter(tokenizer, marked, eog)
-        self.lltokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(adapter), n_vocab=self.vocab_size,
-                                                  eos_token=eog)
+        self.lltokenizer = llguidance.LLTokenizer(
+            llguidance.TokenizerWrapper(adapter), n_vocab=self.vocab_size, eos_token=eog
+        )
         # llguidance's bitmask: one bit per token, 32 to an int32 word
         self.mask_words = (self.vocab_size + 31) // 32
 
     @classmethod
-    def for_tokenizer(cls, tokenizer) -> "Vocabulary":
+    def for_tokenizer(cls, tokenizer) -> Vocabulary:
         """The vocabulary of a ``smallmind.engine.tokenizer.Tokenizer``, built on first use and
         kept as long as the tokenizer lives."""
         with _lock:
@@ -65,5 +69,5 @@ class Vocabulary:
         return found
 
 
-_by_tokenizer: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_by_tokenizer: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
