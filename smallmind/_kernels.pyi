@@ -10,8 +10,6 @@ import numpy.typing as npt
 
 _F32 = npt.NDArray[np.float32]
 
-LAYER_TENSORS: tuple[str, ...]
-
 class NativeError(Exception):
     code: int
     def __init__(self, code: int, what: str) -> None: ...
