@@ -1,4 +1,5 @@
 """SmallMind: small quantized LLMs on the CPU behind an OpenAI-compatible API."""
+
 import os
 
 # Read by libgomp when it loads (with our first native module), so it is set here, first.

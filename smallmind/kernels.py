@@ -4,6 +4,7 @@ The instruction set is chosen once, at import: SMALLMIND_ISA (scalar|avx2|avx512
 forces one and is an error if this CPU lacks it; otherwise the best available is used.
 SMALLMIND_THREADS sets the OpenMP thread count (default: the physical cores this process may
 use, within its cgroup CPU quota)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,15 @@ from smallmind.errors import ConfigError, IsaError, KernelError
 
 # ggml type ids of the weight types the kernels read.
 TYPE_IDS = {
-    "F32": 0, "F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8,
-    "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30,
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q5_0": 6,
+    "Q8_0": 8,
+    "Q4_K": 12,
+    "Q5_K": 13,
+    "Q6_K": 14,
+    "BF16": 30,
 }
 ISA_IDS = {_kernels.isa_name(i): i for i in range(_kernels.isa_count())}
 
@@ -56,8 +64,10 @@ def select_isa(name: str) -> None:
     if name not in ISA_IDS:
         raise IsaError(f"unknown instruction set {name!r}; known: {', '.join(ISA_IDS)}")
     if not _kernels.isa_available(ISA_IDS[name]):
-        raise IsaError(f"instruction set {name!r} is not available on this CPU "
-                       f"(available: {', '.join(available_isas())})")
+        raise IsaError(
+            f"instruction set {name!r} is not available on this CPU "
+            f"(available: {', '.join(available_isas())})"
+        )
     _kernels.isa_select(ISA_IDS[name])
 
 
@@ -123,15 +133,19 @@ NativeError = _kernels.NativeError
 
 def matmul(raw_w: np.ndarray, wtype, n_cols: int, x: np.ndarray, out=None, workspace=None) -> np.ndarray:
     """Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T with W given as raw rows of `wtype`."""
-    return _call(_kernels.matmul, np.ascontiguousarray(raw_w), type_id(wtype), n_cols,
-                 np.asarray(x), out, workspace)
+    return _call(
+        _kernels.matmul, np.ascontiguousarray(raw_w), type_id(wtype), n_cols, np.asarray(x), out, workspace
+    )
 
 
-def matmul_q(raw_w: np.ndarray, wtype, n_cols: int, xq: np.ndarray, out=None,
-             vec_dot_only: bool = False) -> np.ndarray:
+def matmul_q(
+    raw_w: np.ndarray, wtype, n_cols: int, xq: np.ndarray, out=None, vec_dot_only: bool = False
+) -> np.ndarray:
     """As matmul with quantized activations.  vec_dot_only: each element from the current
     table's one-row vec_dot, one by one (the reference the batched kernels must equal)."""
-    return _call(_kernels.matmul_q, np.ascontiguousarray(raw_w), type_id(wtype), n_cols, xq, out, vec_dot_only)
+    return _call(
+        _kernels.matmul_q, np.ascontiguousarray(raw_w), type_id(wtype), n_cols, xq, out, vec_dot_only
+    )
 
 
 configure_from_env()

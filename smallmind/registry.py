@@ -16,8 +16,8 @@ Layout of the cache directory (see :func:`resolve_cache_dir` for where it is)::
 
 An add never registers a file before it is complete, sha256-hashed (and checked against the
 expected hash when one is given) and opened successfully as GGUF or .smq; only then is it
-renamed to ``<id>.gguf`` / ``<id>.smq`` and the manifest rewritten (temp file + ``os.replace``, under the lock), so
-an interrupted or failed add leaves neither an entry nor a half file under the final name.
+renamed to ``<id>.gguf`` / ``<id>.smq`` and the manifest rewritten (temp file + ``os.replace``,
+under the lock), so an interrupted or failed add leaves neither an entry nor a half file under the final name.
 A manifest that is not valid JSON of the expected shape is reported, never replaced.
 
 Python API (the server uses it)::
@@ -26,6 +26,7 @@ Python API (the server uses it)::
     entry = reg.get("my-model")      # ModelEntry; entry.path is the GGUF file
     reg.verify("my-model", full=False)  # cheap size check; full=True re-hashes
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,10 +36,11 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from smallmind.default_model import DefaultModelError, default_model
 from smallmind.download import DEFAULT_TIMEOUT, Progress, download, is_url, remove_sidecar
@@ -63,11 +65,38 @@ _CHUNK = 1 << 20
 
 # llama.cpp's LLAMA_FTYPE values as stored in general.file_type
 _FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
-    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
-    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
 }
 _FILE_TYPE_GUESSED = 1024
 
@@ -78,7 +107,8 @@ def validate_id(model_id: Any) -> str:
     if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
         raise RegistryError(
             f"invalid model id {model_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit, without '..'")
+            f"starting with a letter or digit, without '..'"
+        )
     return model_id
 
 
@@ -90,8 +120,9 @@ def _check_sha(sha: str | None) -> str | None:
     return sha.lower()
 
 
-def resolve_cache_dir(cli_value: str | os.PathLike[str] | None = None,
-                      environ: Mapping[str, str] = os.environ) -> Path:
+def resolve_cache_dir(
+    cli_value: str | os.PathLike[str] | None = None, environ: Mapping[str, str] = os.environ
+) -> Path:
     """``--cache-dir`` > ``$SMALLMIND_CACHE_DIR`` > ``$XDG_CACHE_HOME/smallmind/models``
     (only if absolute, per the XDG spec) > ``~/.cache/smallmind/models``."""
     if cli_value:
@@ -161,8 +192,7 @@ def _inspect(path: str | os.PathLike[str], source: str | None = None) -> _Summar
             if quant is None and by_elems:
                 quant = by_elems.most_common(1)[0][0]
             arch = g.architecture
-            return _Summary(arch if isinstance(arch, str) else None, quant,
-                            sum(by_elems.values()), g.format)
+            return _Summary(arch if isinstance(arch, str) else None, quant, sum(by_elems.values()), g.format)
     except ModelFormatError as e:
         msg = str(e)
         if source is not None:
@@ -199,10 +229,19 @@ class ModelEntry:
         """Raises ValueError describing what is wrong with an entry's shape."""
         if not isinstance(d, dict):
             raise ValueError(f"entry {key!r} is not an object")
-        types = {"id": str, "file": str, "source": str, "size": int, "sha256": str,
-                 "format": str, "architecture": (str, type(None)),
-                 "quant_type": (str, type(None)), "n_params": int, "added": str,
-                 "linked": bool}
+        types: dict[str, Any] = {
+            "id": str,
+            "file": str,
+            "source": str,
+            "size": int,
+            "sha256": str,
+            "format": str,
+            "architecture": (str, type(None)),
+            "quant_type": (str, type(None)),
+            "n_params": int,
+            "added": str,
+            "linked": bool,
+        }
         for name, typ in types.items():
             if name not in d:
                 raise ValueError(f"entry {key!r} lacks {name!r}")
@@ -253,15 +292,15 @@ class Registry:
                 raise ValueError('expected an object with a "models" object')
             if data.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"unsupported version {data.get('version')!r}")
-            return {k: ModelEntry.from_json(k, v, self.cache_dir)
-                    for k, v in data["models"].items()}
+            return {k: ModelEntry.from_json(k, v, self.cache_dir) for k, v in data["models"].items()}
         except (ValueError, UnicodeError) as e:
-            raise RegistryError(f"manifest {self.manifest_path} is corrupt ({e}); fix it or "
-                                f"move it aside (it was left unchanged)") from None
+            raise RegistryError(
+                f"manifest {self.manifest_path} is corrupt ({e}); fix it or "
+                f"move it aside (it was left unchanged)"
+            ) from None
 
     def _save(self, entries: dict[str, ModelEntry]) -> None:
-        data = {"version": MANIFEST_VERSION,
-                "models": {k: entries[k].to_json() for k in sorted(entries)}}
+        data = {"version": MANIFEST_VERSION, "models": {k: entries[k].to_json() for k in sorted(entries)}}
         tmp = self.manifest_path.with_name(f"{MANIFEST_NAME}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -310,8 +349,9 @@ class Registry:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RegistryError(f"another add of {model_id!r} is in progress "
-                                    f"({part} is locked)") from None
+                raise RegistryError(
+                    f"another add of {model_id!r} is in progress ({part} is locked)"
+                ) from None
             try:
                 st = os.stat(part)
             except FileNotFoundError:
@@ -336,8 +376,9 @@ class Registry:
         validate_id(model_id)
         entry = self._load().get(model_id)
         if entry is None:
-            raise ModelNotFoundError(f"no model {model_id!r} in {self.cache_dir} "
-                                     f"(see `smallmind model list`)")
+            raise ModelNotFoundError(
+                f"no model {model_id!r} in {self.cache_dir} (see `smallmind model list`)"
+            )
         return entry
 
     def verify(self, model_id: str, full: bool = True, progress: bool = False) -> ModelEntry:
@@ -351,8 +392,10 @@ class Registry:
         except OSError as err:
             raise _os_error(err, f"model {model_id!r}: ") from None
         if size != e.size:
-            raise RegistryError(f"model {model_id!r}: file {e.path} has {size} bytes, the "
-                                f"manifest records {e.size} (modified or truncated)")
+            raise RegistryError(
+                f"model {model_id!r}: file {e.path} has {size} bytes, the "
+                f"manifest records {e.size} (modified or truncated)"
+            )
         if full:
             try:
                 with _progress(f"verify {model_id}", size, progress) as bar:
@@ -360,8 +403,10 @@ class Registry:
             except OSError as err:
                 raise _os_error(err, f"model {model_id!r}: ") from None
             if digest != e.sha256:
-                raise RegistryError(f"model {model_id!r}: sha256 of {e.path} is {digest}, the "
-                                    f"manifest records {e.sha256} (file modified or corrupt)")
+                raise RegistryError(
+                    f"model {model_id!r}: sha256 of {e.path} is {digest}, the "
+                    f"manifest records {e.sha256} (file modified or corrupt)"
+                )
         return e
 
     def describe(self, model_id: str) -> dict[str, Any]:
@@ -377,13 +422,16 @@ class Registry:
                 tokens = md.get("tokenizer.ggml.tokens")
                 vocab = len(tokens) if tokens is not None else md.get(f"{arch}.vocab_size")
                 types = collections.Counter(t.type_name for t in g.tensors.values())
-                return {"entry": e, "architecture": arch,
-                        "context_length": md.get(f"{arch}.context_length"),
-                        "vocab_size": vocab,
-                        "chat_template": isinstance(md.get("tokenizer.chat_template"), str),
-                        "name": md.get("general.name"),
-                        "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
-                        "n_tensors": len(g.tensors)}
+                return {
+                    "entry": e,
+                    "architecture": arch,
+                    "context_length": md.get(f"{arch}.context_length"),
+                    "vocab_size": vocab,
+                    "chat_template": isinstance(md.get("tokenizer.chat_template"), str),
+                    "name": md.get("general.name"),
+                    "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
+                    "n_tensors": len(g.tensors),
+                }
         except FileNotFoundError:
             raise RegistryError(f"model {model_id!r}: file {e.path} is missing") from None
         except ModelFormatError as err:
@@ -410,8 +458,7 @@ class Registry:
 
     def _refuse_duplicate(self, model_id: str, force: bool) -> None:
         if not force and model_id in self._load():
-            raise RegistryError(f"model id {model_id!r} is already registered "
-                                f"(use --force to replace it)")
+            raise RegistryError(f"model id {model_id!r} is already registered (use --force to replace it)")
 
     def _register(self, tmp: str, entry: ModelEntry, force: bool) -> ModelEntry:
         """Under the manifest lock: refuse a duplicate, rename ``tmp`` to the final name,
@@ -421,8 +468,9 @@ class Registry:
             entries = self._load()
             old = entries.get(entry.id)
             if old is not None and not force:
-                raise RegistryError(f"model id {entry.id!r} is already registered "
-                                    f"(use --force to replace it)")
+                raise RegistryError(
+                    f"model id {entry.id!r} is already registered (use --force to replace it)"
+                )
             os.replace(tmp, final)
             entries[entry.id] = entry
             try:
@@ -436,17 +484,29 @@ class Registry:
                 old.path.unlink()
         return entry
 
-    def _finish(self, part: str, model_id: str, source: str, digest: str, size: int,
-                expected: str | None, force: bool) -> ModelEntry:
+    def _finish(
+        self, part: str, model_id: str, source: str, digest: str, size: int, expected: str | None, force: bool
+    ) -> ModelEntry:
         if expected is not None and digest != expected:
-            raise RegistryError(f"sha256 mismatch for {source}: got {digest}, expected "
-                                f"{expected}; nothing was registered")
+            raise RegistryError(
+                f"sha256 mismatch for {source}: got {digest}, expected {expected}; nothing was registered"
+            )
         summary = _inspect(part, source)
         final = self.final_path(model_id, summary.format)
-        entry = ModelEntry(id=model_id, file=final.name, source=source, size=size,
-                           sha256=digest, format=summary.format, architecture=summary.architecture,
-                           quant_type=summary.quant_type, n_params=summary.n_params,
-                           added=_now(), linked=False, path=final)
+        entry = ModelEntry(
+            id=model_id,
+            file=final.name,
+            source=source,
+            size=size,
+            sha256=digest,
+            format=summary.format,
+            architecture=summary.architecture,
+            quant_type=summary.quant_type,
+            n_params=summary.n_params,
+            added=_now(),
+            linked=False,
+            path=final,
+        )
         return self._register(part, entry, force)
 
     def add(self, source: str, model_id: str | None = None, **kw: Any) -> ModelEntry:
@@ -467,9 +527,16 @@ class Registry:
             raise RegistryError(f"unsupported URL scheme in {source!r} (use http or https)")
         return self.add_path(source, model_id, **kw)
 
-    def add_path(self, path: str | os.PathLike[str], model_id: str, *,
-                 sha256: str | None = None, link: bool = False, force: bool = False,
-                 progress: bool = False) -> ModelEntry:
+    def add_path(
+        self,
+        path: str | os.PathLike[str],
+        model_id: str,
+        *,
+        sha256: str | None = None,
+        link: bool = False,
+        force: bool = False,
+        progress: bool = False,
+    ) -> ModelEntry:
         """Copies (or, with ``link``, symlinks) a local GGUF or .smq file into the registry."""
         validate_id(model_id)
         expected = _check_sha(sha256)
@@ -488,8 +555,7 @@ class Registry:
             f.seek(0)
             f.truncate()
             h = hashlib.sha256()
-            with _progress(f"copy {model_id}", os.path.getsize(src), progress) as bar, \
-                    open(src, "rb") as s:
+            with _progress(f"copy {model_id}", os.path.getsize(src), progress) as bar, open(src, "rb") as s:
                 while block := s.read(_CHUNK):
                     f.write(block)
                     h.update(block)
@@ -513,14 +579,16 @@ class Registry:
         except OSError as e:
             raise _os_error(e) from None
 
-    def _add_link(self, src: str, model_id: str, expected: str | None, force: bool,
-                  progress: bool) -> ModelEntry:
+    def _add_link(
+        self, src: str, model_id: str, expected: str | None, force: bool, progress: bool
+    ) -> ModelEntry:
         size = os.path.getsize(src)
         with _progress(f"hash {model_id}", size, progress) as bar:
             digest = sha256_file(src, bar)
         if expected is not None and digest != expected:
-            raise RegistryError(f"sha256 mismatch for {src}: got {digest}, expected "
-                                f"{expected}; nothing was registered")
+            raise RegistryError(
+                f"sha256 mismatch for {src}: got {digest}, expected {expected}; nothing was registered"
+            )
         summary = _inspect(src)
         self._mkdir()
         final = self.final_path(model_id, summary.format)
@@ -528,10 +596,20 @@ class Registry:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         os.symlink(src, tmp)
-        entry = ModelEntry(id=model_id, file=src, source=src, size=size, sha256=digest,
-                           format=summary.format, architecture=summary.architecture,
-                           quant_type=summary.quant_type, n_params=summary.n_params,
-                           added=_now(), linked=True, path=Path(src))
+        entry = ModelEntry(
+            id=model_id,
+            file=src,
+            source=src,
+            size=size,
+            sha256=digest,
+            format=summary.format,
+            architecture=summary.architecture,
+            quant_type=summary.quant_type,
+            n_params=summary.n_params,
+            added=_now(),
+            linked=True,
+            path=Path(src),
+        )
         try:
             return self._register(tmp, entry, force)
         except BaseException:
@@ -539,9 +617,16 @@ class Registry:
                 os.unlink(tmp)
             raise
 
-    def add_url(self, url: str, model_id: str, *, sha256: str | None = None,
-                force: bool = False, progress: bool = False,
-                timeout: float = DEFAULT_TIMEOUT) -> ModelEntry:
+    def add_url(
+        self,
+        url: str,
+        model_id: str,
+        *,
+        sha256: str | None = None,
+        force: bool = False,
+        progress: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> ModelEntry:
         """Downloads (resuming an interrupted ``.part``), verifies and registers."""
         validate_id(model_id)
         expected = _check_sha(sha256)
@@ -551,8 +636,7 @@ class Registry:
         try:
             with self._part_file(model_id) as (f, part):
                 try:
-                    digest, size = download(url, f, part, timeout=timeout, progress=progress,
-                                            label=model_id)
+                    digest, size = download(url, f, part, timeout=timeout, progress=progress, label=model_id)
                 except BaseException:
                     if os.fstat(f.fileno()).st_size == 0:  # nothing to resume
                         with contextlib.suppress(OSError):
@@ -574,8 +658,9 @@ class Registry:
         except OSError as e:
             raise _os_error(e) from None
 
-    def add_default(self, model_id: str | None = None, *, force: bool = False,
-                    progress: bool = False) -> ModelEntry:
+    def add_default(
+        self, model_id: str | None = None, *, force: bool = False, progress: bool = False
+    ) -> ModelEntry:
         """Registers the default model (see smallmind.default_model) from its package, under
         its own id unless ``model_id`` names another."""
         model = default_model()
@@ -608,7 +693,7 @@ def _human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1024  # type: ignore[assignment]  # bytes, then fractional units
     return str(n)  # pragma: no cover
 
 
@@ -616,8 +701,17 @@ def format_table(entries: list[ModelEntry]) -> str:
     rows = [("ID", "FORMAT", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED")]
     for e in entries:
         added = e.added.replace("T", " ")[:16]
-        rows.append((e.id + (" (link)" if e.linked else ""), e.format, e.architecture or "?",
-                     _human_count(e.n_params), e.quant_type or "?", _human_size(e.size), added))
+        rows.append(
+            (
+                e.id + (" (link)" if e.linked else ""),
+                e.format,
+                e.architecture or "?",
+                _human_count(e.n_params),
+                e.quant_type or "?",
+                _human_size(e.size),
+                added,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

@@ -6,6 +6,7 @@ into the mmapped file, and the transformer step in C (csrc/forward.c).
 
 Architectures: llama, qwen2, qwen3, gemma3.  Every required tensor is checked for presence,
 shape and type before any native code sees it; problems raise ModelFormatError."""
+
 from __future__ import annotations
 
 import math
@@ -29,13 +30,19 @@ FLOAT_TYPES = (0, 1, 30)  # F32, F16, BF16: what 1-D weights (norms, biases) may
 # against forward.h), each with its GGUF tensor name (blk.N.<name>.weight|bias).
 LAYER_TENSORS = {
     "attn_norm": "attn_norm.weight",
-    "wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight",
-    "bq": "attn_q.bias", "bk": "attn_k.bias", "bv": "attn_v.bias",
-    "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight",
+    "wq": "attn_q.weight",
+    "wk": "attn_k.weight",
+    "wv": "attn_v.weight",
+    "bq": "attn_q.bias",
+    "bk": "attn_k.bias",
+    "bv": "attn_v.bias",
+    "q_norm": "attn_q_norm.weight",
+    "k_norm": "attn_k_norm.weight",
     "wo": "attn_output.weight",
     "post_attn_norm": "post_attention_norm.weight",
     "ffn_norm": "ffn_norm.weight",
-    "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight",
+    "w_gate": "ffn_gate.weight",
+    "w_up": "ffn_up.weight",
     "w_down": "ffn_down.weight",
     "post_ffn_norm": "post_ffw_norm.weight",
 }
@@ -61,14 +68,20 @@ class ModelConfig:
     attn_scale: float
     embed_scale: float
     act: int
-    sliding_window: int          # 0: no sliding-window layers
-    layer_swa: tuple[int, ...]   # per layer: 1 = sliding-window layer
-    context_length: int          # what the model was trained for
+    sliding_window: int  # 0: no sliding-window layers
+    layer_swa: tuple[int, ...]  # per layer: 1 = sliding-window layer
+    context_length: int  # what the model was trained for
 
     def native(self, n_ctx: int, n_slots: int, max_batch_tokens: int) -> dict:
         d = asdict(self)
-        d.update(arch=ARCHS[self.arch], rope_neox=int(self.rope_neox), layer_swa=list(self.layer_swa),
-                 n_ctx=n_ctx, n_slots=n_slots, max_batch_tokens=max_batch_tokens)
+        d.update(
+            arch=ARCHS[self.arch],
+            rope_neox=int(self.rope_neox),
+            layer_swa=list(self.layer_swa),
+            n_ctx=n_ctx,
+            n_slots=n_slots,
+            max_batch_tokens=max_batch_tokens,
+        )
         del d["context_length"]
         return d
 
@@ -90,8 +103,10 @@ def _fail(path, msg: str) -> ModelFormatError:
 def _dropped_by_smallmind(meta: dict, key: str) -> str:
     """Why a key may be missing: SmallMind's own GGUF importer keeps only llama.* keys."""
     if meta.get("converted_from") == "GGUF" and not key.startswith("llama."):
-        return (" (an .smq written by SmallMind's GGUF importer keeps only llama.* keys; "
-                "convert the GGUF with `python -m smallmind convert` instead)")
+        return (
+            " (an .smq written by SmallMind's GGUF importer keeps only llama.* keys; "
+            "convert the GGUF with `python -m smallmind convert` instead)"
+        )
     return ""
 
 
@@ -100,16 +115,20 @@ def read_config(gguf: ModelFile) -> ModelConfig:
     meta, path = gguf.metadata, gguf.path
     arch = meta.get("general.architecture")
     if arch not in ARCHS:
-        hint = (" (this .smq carries no GGUF metadata; only .smq files made from GGUF models, by "
-                "SmallMind's importer or `python -m smallmind convert`, can be served)"
-                if arch is None and getattr(gguf, "format", "") == "smq" else "")
+        hint = (
+            " (this .smq carries no GGUF metadata; only .smq files made from GGUF models, by "
+            "SmallMind's importer or `python -m smallmind convert`, can be served)"
+            if arch is None and getattr(gguf, "format", "") == "smq"
+            else ""
+        )
         raise _fail(path, f"unsupported architecture {arch!r} (supported: {', '.join(ARCHS)}){hint}")
 
     def key(name, default=None, required=False):
         value = meta.get(f"{arch}.{name}", default)
         if required and value is None:
-            raise _fail(path, f"metadata key {arch}.{name} is missing"
-                        + _dropped_by_smallmind(meta, f"{arch}.{name}"))
+            raise _fail(
+                path, f"metadata key {arch}.{name} is missing" + _dropped_by_smallmind(meta, f"{arch}.{name}")
+            )
         return value
 
     if "token_embd.weight" not in gguf.tensors:
@@ -153,15 +172,26 @@ def read_config(gguf: ModelFile) -> ModelConfig:
     if window <= 0:
         layer_swa = (0,) * n_layers
     return ModelConfig(
-        arch=arch, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-        head_dim=head_dim, hidden_dim=int(key("feed_forward_length", required=True)),
+        arch=arch,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        hidden_dim=int(key("feed_forward_length", required=True)),
         vocab_size=gguf.tensors["token_embd.weight"].n_rows,
         norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-6 if gemma else 1e-5)),
-        rope_base=rope_base, rope_base_swa=float(key("rope.freq_base_swa", 10000.0 if gemma else rope_base)),
-        rope_freq_scale=freq_scale, rope_neox=arch != "llama", attn_scale=attn_scale,
+        rope_base=rope_base,
+        rope_base_swa=float(key("rope.freq_base_swa", 10000.0 if gemma else rope_base)),
+        rope_freq_scale=freq_scale,
+        rope_neox=arch != "llama",
+        attn_scale=attn_scale,
         embed_scale=math.sqrt(dim) if gemma else 1.0,
-        act=ACT_GELU_TANH if gemma else ACT_SILU, sliding_window=window, layer_swa=layer_swa,
-        context_length=int(key("context_length", 0) or 0))
+        act=ACT_GELU_TANH if gemma else ACT_SILU,
+        sliding_window=window,
+        layer_swa=layer_swa,
+        context_length=int(key("context_length", 0) or 0),
+    )
 
 
 def read_model_config(path: str | os.PathLike[str]) -> ModelConfig:
@@ -184,14 +214,22 @@ def _expected_shapes(cfg: ModelConfig) -> tuple[dict, dict]:
         "rope_freqs": ("rope_freqs.weight", 1, cfg.head_dim // 2, False, False),
     }
     layer = {
-        "attn_norm": (1, cfg.dim, True, False), "wq": (q_dim, cfg.dim, True, True),
-        "wk": (kv_dim, cfg.dim, True, True), "wv": (kv_dim, cfg.dim, True, True),
-        "wo": (cfg.dim, q_dim, True, True), "bq": (1, q_dim, qwen2, False),
-        "bk": (1, kv_dim, qwen2, False), "bv": (1, kv_dim, qwen2, False),
-        "q_norm": (1, cfg.head_dim, qk_norm, False), "k_norm": (1, cfg.head_dim, qk_norm, False),
-        "post_attn_norm": (1, cfg.dim, gemma, False), "ffn_norm": (1, cfg.dim, True, False),
-        "w_gate": (cfg.hidden_dim, cfg.dim, True, True), "w_up": (cfg.hidden_dim, cfg.dim, True, True),
-        "w_down": (cfg.dim, cfg.hidden_dim, True, True), "post_ffn_norm": (1, cfg.dim, gemma, False),
+        "attn_norm": (1, cfg.dim, True, False),
+        "wq": (q_dim, cfg.dim, True, True),
+        "wk": (kv_dim, cfg.dim, True, True),
+        "wv": (kv_dim, cfg.dim, True, True),
+        "wo": (cfg.dim, q_dim, True, True),
+        "bq": (1, q_dim, qwen2, False),
+        "bk": (1, kv_dim, qwen2, False),
+        "bv": (1, kv_dim, qwen2, False),
+        "q_norm": (1, cfg.head_dim, qk_norm, False),
+        "k_norm": (1, cfg.head_dim, qk_norm, False),
+        "post_attn_norm": (1, cfg.dim, gemma, False),
+        "ffn_norm": (1, cfg.dim, True, False),
+        "w_gate": (cfg.hidden_dim, cfg.dim, True, True),
+        "w_up": (cfg.hidden_dim, cfg.dim, True, True),
+        "w_down": (cfg.dim, cfg.hidden_dim, True, True),
+        "post_ffn_norm": (1, cfg.dim, gemma, False),
     }
     return top, layer
 
@@ -216,8 +254,9 @@ class Model:
     """A loaded model: `config`, `gguf` (metadata for the tokenizer), `vocab_size`, `n_ctx`,
     `n_slots`, `max_batch_tokens`.  Not thread-safe: one thread calls forward at a time."""
 
-    def __init__(self, gguf: ModelFile, config: ModelConfig, native, n_ctx: int, n_slots: int,
-                 max_batch_tokens: int):
+    def __init__(
+        self, gguf: ModelFile, config: ModelConfig, native, n_ctx: int, n_slots: int, max_batch_tokens: int
+    ):
         self.gguf = gguf
         self.config = config
         self._native = native
@@ -227,8 +266,9 @@ class Model:
         self.max_batch_tokens = max_batch_tokens
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], n_ctx: int = 4096, n_slots: int = 4,
-             max_batch_tokens: int = 512) -> "Model":
+    def load(
+        cls, path: str | os.PathLike[str], n_ctx: int = 4096, n_slots: int = 4, max_batch_tokens: int = 512
+    ) -> Model:
         """Opens the GGUF or .smq file and builds the native model.  n_ctx is capped at the
         model's trained context length."""
         if n_ctx <= 0 or n_slots <= 0 or max_batch_tokens <= 0:
@@ -242,7 +282,8 @@ class Model:
             weights = {key: _weight(gguf, *spec) for key, spec in top.items()}
             weights["layers"] = [
                 [_weight(gguf, f"blk.{il}.{name}", *layer[field]) for field, name in LAYER_TENSORS.items()]
-                for il in range(config.n_layers)]
+                for il in range(config.n_layers)
+            ]
             try:
                 native = kernels.NativeModel(config.native(n_ctx, n_slots, max_batch_tokens), weights)
             except kernels.NativeError as e:
@@ -275,7 +316,7 @@ class Model:
         tokens = np.asarray(tokens, np.int32)
         rows = []
         for i in range(0, len(tokens), self.max_batch_tokens):
-            chunk = tokens[i:i + self.max_batch_tokens]
+            chunk = tokens[i : i + self.max_batch_tokens]
             pos = np.arange(start + i, start + i + len(chunk), dtype=np.int32)
             rows.append(self.forward_hidden(chunk, np.full(len(chunk), slot, np.int32), pos)[1])
         return np.concatenate(rows) if rows else np.zeros((0, self.config.dim), np.float32)
@@ -285,8 +326,10 @@ class Model:
         try:
             self._native.copy_slot(src, dst, n_positions)
         except kernels.NativeError as e:
-            raise ValueError(f"cannot copy {n_positions} positions of slot {src} to slot {dst}: "
-                             "slot out of range, or positions not (or no longer) cached") from e
+            raise ValueError(
+                f"cannot copy {n_positions} positions of slot {src} to slot {dst}: "
+                "slot out of range, or positions not (or no longer) cached"
+            ) from e
 
     def kv_bytes(self) -> int:
         return self._native.kv_bytes()
@@ -299,18 +342,31 @@ class Model:
         """A precise message for a refused batch (only computed on failure)."""
         if e.code != -5:  # not SM_E_ARG
             return KernelError(str(e))
-        tokens, slots, positions, out_rows = (np.asarray(a).reshape(-1) for a in (tokens, slots, positions, out_rows))
+        tokens, slots, positions, out_rows = (
+            np.asarray(a).reshape(-1) for a in (tokens, slots, positions, out_rows)
+        )
         n = len(tokens)
         checks = [
-            (n == 0 or n > self.max_batch_tokens, f"a batch holds 1..{self.max_batch_tokens} tokens, got {n}"),
+            (
+                n == 0 or n > self.max_batch_tokens,
+                f"a batch holds 1..{self.max_batch_tokens} tokens, got {n}",
+            ),
             (len(out_rows) > self.max_batch_tokens, f"at most {self.max_batch_tokens} out rows"),
-            (((tokens < 0) | (tokens >= self.vocab_size)).any(), f"token id outside 0..{self.vocab_size - 1}"),
+            (
+                ((tokens < 0) | (tokens >= self.vocab_size)).any(),
+                f"token id outside 0..{self.vocab_size - 1}",
+            ),
             (((slots < 0) | (slots >= self.n_slots)).any(), f"slot outside 0..{self.n_slots - 1}"),
-            (((positions < 0) | (positions >= self.n_ctx)).any(), f"position outside 0..{self.n_ctx - 1} (n_ctx)"),
+            (
+                ((positions < 0) | (positions >= self.n_ctx)).any(),
+                f"position outside 0..{self.n_ctx - 1} (n_ctx)",
+            ),
             (((out_rows < 0) | (out_rows >= n)).any(), f"out row outside 0..{n - 1}"),
         ]
         for bad, msg in checks:
             if bad:
                 return ValueError(f"bad batch: {msg}")
-        return ValueError("bad batch: a slot's positions must be contiguous and increasing, start at "
-                          "most at its cached length, and (sliding-window layers) have their window cached")
+        return ValueError(
+            "bad batch: a slot's positions must be contiguous and increasing, start at "
+            "most at its cached length, and (sliding-window layers) have their window cached"
+        )

@@ -35,17 +35,15 @@ from __future__ import annotations
 import functools
 import heapq
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import regex
 
-from ..errors import ModelFormatError
-
 from .._tokenize import BpeVocab as _CBpeVocab, SpmVocab as _CSpmVocab
-from .bpe_pretokenize import (BYTE_DECODE_TABLE, BYTE_ENCODE_TABLE, PreTokenizer,
-                              get_pretokenizer)
+from ..errors import ModelFormatError
+from .bpe_pretokenize import BYTE_DECODE_TABLE, BYTE_ENCODE_TABLE, PreTokenizer, get_pretokenizer
 from .detokenize import StreamDecoder, clean_spaces as _clean_spaces
 from .special_tokens import SpecialMatcher, TokenType, utf8 as _utf8
 
@@ -63,16 +61,36 @@ _CACHE_WORD_MAX = 64
 _CACHE_MAX_ENTRIES = 200_000
 
 # llama.cpp detects these by text (llama_vocab::impl::load) and forces them to CONTROL.
-_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-              "<|end_of_text|>", "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>",
-              "<end_of_utterance>")
+_EOT_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+)
 _EOM_TEXTS = ("<|eom_id|>",)
 _FIM_PAD_TEXTS = ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>")
 _FIM_REP_TEXTS = ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<fim_repo>", "<REPO>")
 _FIM_SEP_TEXTS = ("<|file_sep|>",)
-_EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",
-              "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
-              "<|end_of_text|>", "<end_of_utterance>")
+_EOG_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+)
 
 
 def _encode_text(s: str) -> bytes:
@@ -87,8 +105,9 @@ def _sanitize(text: str) -> str:
         text.encode("utf-8", "surrogateescape")
         return text
     except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff"
-                       else c for c in text)
+        return "".join(
+            "\ufffd" if "\ud800" <= c <= "\udfff" and not "\udc80" <= c <= "\udcff" else c for c in text
+        )
 
 
 def _heap_merge(word: str, priority: Callable[[str, str], float | None]) -> list[str]:
@@ -147,7 +166,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_gguf(cls, metadata: Mapping[str, Any]) -> "Tokenizer":
+    def from_gguf(cls, metadata: Mapping[str, Any]) -> Tokenizer:
         """Build from a GGUF metadata dict (``GGUFFile(path).metadata``).
 
         Raises :class:`ModelFormatError` for missing, malformed or unsupported tokenizer
@@ -163,7 +182,8 @@ class Tokenizer:
         if model not in ("llama", "gpt2"):
             raise ModelFormatError(
                 f"unsupported tokenizer model {model!r} (tokenizer.ggml.model); "
-                "supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE)")
+                "supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE)"
+            )
         self.model = model
         is_spm = model == "llama"
 
@@ -180,11 +200,9 @@ class Tokenizer:
         self.tokens = tokens
 
         scores = self._numeric_array(md, "tokenizer.ggml.scores", n)
-        self.scores = (scores.astype("float32").tolist() if scores is not None
-                       else [0.0] * n)
+        self.scores = scores.astype("float32").tolist() if scores is not None else [0.0] * n
         ttypes = self._numeric_array(md, "tokenizer.ggml.token_type", n)
-        self.token_types = (ttypes.astype("int64").tolist() if ttypes is not None
-                            else [TokenType.NORMAL] * n)
+        self.token_types = ttypes.astype("int64").tolist() if ttypes is not None else [TokenType.NORMAL] * n
 
         # last occurrence wins, as with llama.cpp's token_to_id[word] = i
         self._tok2id: dict[str, int] = dict(zip(tokens, range(n)))
@@ -207,8 +225,7 @@ class Tokenizer:
             self.add_bos, self.add_eos = self.pretokenizer.add_bos, False
             if self.pretokenizer.no_bos:
                 bos = None
-        self.add_space_prefix = self._bool(md, "tokenizer.ggml.add_space_prefix",
-                                           self.add_space_prefix)
+        self.add_space_prefix = self._bool(md, "tokenizer.ggml.add_space_prefix", self.add_space_prefix)
 
         def default(i):
             return i if i is not None and 0 <= i < n else None
@@ -258,15 +275,15 @@ class Tokenizer:
         self._eog_ids = frozenset(eog)
 
         tt_arr = np.asarray(tt, dtype=np.int64)
-        self._special_ids = frozenset(np.flatnonzero(
-            (tt_arr == TokenType.CONTROL) | (tt_arr == TokenType.UNKNOWN)).tolist())
+        self._special_ids = frozenset(
+            np.flatnonzero((tt_arr == TokenType.CONTROL) | (tt_arr == TokenType.UNKNOWN)).tolist()
+        )
 
         # ---- special-token partition tables
         with_control = SpecialMatcher(tokens, tt_arr, parse_special=True)
         self._partition = {
             True: with_control,
-            False: SpecialMatcher(tokens, tt_arr, parse_special=False,
-                                   superset=with_control),
+            False: SpecialMatcher(tokens, tt_arr, parse_special=False, superset=with_control),
         }
 
         # ---- algorithm tables
@@ -283,12 +300,10 @@ class Tokenizer:
         arr = md.get(key)
         if arr is None:
             return None
-        if not hasattr(arr, "dtype") or getattr(arr, "ndim", 0) != 1 \
-                or arr.dtype.kind not in "iuf":
+        if not hasattr(arr, "dtype") or getattr(arr, "ndim", 0) != 1 or arr.dtype.kind not in "iuf":
             raise ModelFormatError(f"{key} must be a numeric array")
         if len(arr) != n:
-            raise ModelFormatError(
-                f"{key} has {len(arr)} entries but tokenizer.ggml.tokens has {n}")
+            raise ModelFormatError(f"{key} has {len(arr)} entries but tokenizer.ggml.tokens has {n}")
         return arr
 
     @staticmethod
@@ -330,18 +345,20 @@ class Tokenizer:
         if joined.count("\x00") != len(tokens) - 1:
             bad.add("\x00")  # a token holds a NUL itself: be conservative
         self._spm_nosplit = frozenset(bad)
-        self._c = _CSpmVocab(tokens, scores, byte_ids, self.unk_id)
+        self._c: Any = _CSpmVocab(tokens, scores, byte_ids, self.unk_id)  # or a _CBpeVocab
         cls = "".join(re.escape(c) for c in sorted(bad | {SPACE}))
         self._spm_split_rx = re.compile(f"(?<=[^{cls}])(?={SPACE})")
 
     def _init_bpe(self, md) -> None:
         merges = md.get("tokenizer.ggml.merges")
         if merges is None:
-            raise ModelFormatError("tokenizer metadata missing: no tokenizer.ggml.merges "
-                                   "(required for a gpt2 tokenizer)")
+            raise ModelFormatError(
+                "tokenizer metadata missing: no tokenizer.ggml.merges (required for a gpt2 tokenizer)"
+            )
         if not isinstance(merges, list) or not set(map(type, merges)) <= {str}:
             raise ModelFormatError("tokenizer.ggml.merges must be an array of strings")
         self._merges = merges
+        assert self.pretokenizer is not None, "a gpt2 tokenizer always has a pre-tokenizer"
         self._ignore_merges = self.pretokenizer.ignore_merges
         self._c = _CBpeVocab(self.tokens, merges, self._ignore_merges)
 
@@ -367,8 +384,13 @@ class Tokenizer:
         Built on first use (~0.1 s for 262k tokens)."""
         tokens, tt = self.tokens, self.token_types
         tt_arr = np.asarray(tt, dtype=np.int64)
-        N, C, U, D, B = (TokenType.NORMAL, TokenType.CONTROL, TokenType.UNKNOWN,
-                         TokenType.USER_DEFINED, TokenType.BYTE)
+        N, C, U, D, B = (
+            TokenType.NORMAL,
+            TokenType.CONTROL,
+            TokenType.UNKNOWN,
+            TokenType.USER_DEFINED,
+            TokenType.BYTE,
+        )
         spm = self.model == "llama"
         normal = np.flatnonzero(tt_arr == N).tolist()
         pieces: list[bytes] = [b""] * len(tokens)
@@ -378,8 +400,7 @@ class Tokenizer:
             # holds a NUL itself: then one by one)
             joined = "\x00".join(texts)
             if joined.count("\x00") == len(texts) - 1:
-                parts = joined.replace(SPACE, " ").encode("utf-8", "surrogateescape") \
-                    .split(b"\x00")
+                parts = joined.replace(SPACE, " ").encode("utf-8", "surrogateescape").split(b"\x00")
             else:
                 parts = [_utf8(t.replace(SPACE, " ")) for t in texts]
         else:
@@ -419,8 +440,7 @@ class Tokenizer:
         except UnicodeEncodeError:
             # a character outside the byte alphabet: keep its UTF-8 (llama.cpp prints an
             # "[UNK_BYTE_0x..]" marker instead)
-            return b"".join(bytes([table[ord(c)]]) if ord(c) in table else _utf8(c)
-                            for c in t)
+            return b"".join(bytes([table[ord(c)]]) if ord(c) in table else _utf8(c) for c in t)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -457,8 +477,7 @@ class Tokenizer:
         return max(4, max(map(len, self._pieces), default=0))
 
     # ------------------------------------------------------------------ encode
-    def encode(self, text: str, add_special: bool = True,
-               parse_special: bool = False) -> list[int]:
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of ``text``.
 
         ``add_special`` adds BOS (if ``add_bos``) and EOS (if ``add_eos``);
@@ -506,8 +525,9 @@ class Tokenizer:
         else:
             self._encode_words(words, out, self._spm_word)
 
-    def _encode_words(self, words: list[str], out: list[int],
-                      word_ids: Callable[[str], tuple[int, ...]]) -> None:
+    def _encode_words(
+        self, words: list[str], out: list[int], word_ids: Callable[[str], tuple[int, ...]]
+    ) -> None:
         """out += each word's ids, through the word cache, one word at a time (a text with
         a word too long for the compiled loop)."""
         cache = self._cache
@@ -541,8 +561,7 @@ class Tokenizer:
         if i is None:
             i = self.unk_id
             if i is None:
-                raise ModelFormatError(
-                    f"vocabulary has no byte token for 0x{b:02X} and no unknown token")
+                raise ModelFormatError(f"vocabulary has no byte token for 0x{b:02X} and no unknown token")
         return i
 
     def _spm_merge_long(self, word: str) -> list[str]:
@@ -552,12 +571,13 @@ class Tokenizer:
         def priority(left: str, right: str) -> float | None:
             s = score(left + right)
             return None if s is None else -s
+
         return _heap_merge(word, priority)
 
     # ---- BPE
     def _bpe_encode(self, text: str, out: list[int]) -> None:
         cache = self._cache
-        words = self.pretokenizer.split(text)
+        words = self.pretokenizer.split(text)  # type: ignore[union-attr]  # set for every gpt2 tokenizer
         if words and max(map(len, words)) <= _LONG_WORD_C:
             self._c.encode_words(words, cache, out, _CACHE_WORD_MAX, _to_byte_alphabet)
             if len(cache) > _CACHE_MAX_ENTRIES:
@@ -596,8 +616,13 @@ class Tokenizer:
         self._cache.clear()
 
     # ------------------------------------------------------------------ decode
-    def decode_bytes(self, ids: Iterable[int], skip_special: bool = False,
-                     strip_leading_space: bool = False, clean_spaces: bool = False) -> bytes:
+    def decode_bytes(
+        self,
+        ids: Iterable[int],
+        skip_special: bool = False,
+        strip_leading_space: bool = False,
+        clean_spaces: bool = False,
+    ) -> bytes:
         """Raw bytes of ``ids`` (see :meth:`decode`)."""
         pieces = self._pieces
         special = self._special_ids
@@ -621,8 +646,13 @@ class Tokenizer:
             data = _clean_spaces(data)
         return data
 
-    def decode(self, ids: Iterable[int], skip_special: bool = False,
-               strip_leading_space: bool = False, clean_spaces: bool = False) -> str:
+    def decode(
+        self,
+        ids: Iterable[int],
+        skip_special: bool = False,
+        strip_leading_space: bool = False,
+        clean_spaces: bool = False,
+    ) -> str:
         """Text of ``ids`` (concatenated token pieces; invalid UTF-8 -> U+FFFD).
 
         ``skip_special`` renders control/unknown tokens as "".  ``strip_leading_space``
@@ -632,9 +662,12 @@ class Tokenizer:
         ``clean_spaces`` applies llama.cpp's detokenizer clean-up (" ." -> "." etc.),
         which llama.cpp uses in ``llama_detokenize`` when the vocabulary's
         ``clean_spaces`` flag is set, but not when streaming token pieces."""
-        return self.decode_bytes(ids, skip_special, strip_leading_space,
-                                 clean_spaces).decode("utf-8", "replace")
+        return self.decode_bytes(ids, skip_special, strip_leading_space, clean_spaces).decode(
+            "utf-8", "replace"
+        )
 
     def __repr__(self) -> str:
-        return (f"Tokenizer(model={self.model!r}, pre={self.pre!r}, "
-                f"vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})")
+        return (
+            f"Tokenizer(model={self.model!r}, pre={self.pre!r}, "
+            f"vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})"
+        )

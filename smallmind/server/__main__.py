@@ -2,6 +2,7 @@
 
 Reads the settings, finds the model, starts listening at once (so /healthz answers and
 /readyz says "loading"), then loads the model off the event loop and turns ready."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except SmallMindError as e:
         print(f"smallmind.server: error: {e}", file=sys.stderr)
         return 2
-    except SystemExit as e:   # --help
+    except SystemExit as e:  # --help
         return int(e.code or 0)
     log.info("settings: %s", describe(options))
     # Request preparation (templates, tokenizing, schema compiling) runs in worker threads;
@@ -49,21 +50,28 @@ async def serve(options: ServerOptions, source) -> int:
     from smallmind.server.http_layer import GuardedHTTPServer, Limits
 
     state = ServerState(options)
-    server = GuardedHTTPServer(make_app(state), Limits(
-        max_body_bytes=options.max_body_bytes, header_timeout_s=options.header_timeout_ms / 1000,
-        body_timeout_s=options.body_timeout_ms / 1000))
+    server = GuardedHTTPServer(
+        make_app(state),
+        Limits(
+            max_body_bytes=options.max_body_bytes,
+            header_timeout_s=options.header_timeout_ms / 1000,
+            body_timeout_s=options.body_timeout_ms / 1000,
+        ),
+    )
     try:
         sockets = tornado.netutil.bind_sockets(options.port, options.host)
     except OSError as e:
-        print(f"smallmind.server: error: cannot listen on {options.host}:{options.port}: {e.strerror}",
-              file=sys.stderr)
-        raise SystemExit(2)
+        print(
+            f"smallmind.server: error: cannot listen on {options.host}:{options.port}: {e.strerror}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     log.info("listening on http://%s:%d (model %s)", options.host, port, source.path)
     signals = _Signals(asyncio.get_running_loop())
     loader = asyncio.get_running_loop().run_in_executor(None, _load, state, source, options)
-    stop = asyncio.ensure_future(signals.first.wait())
+    stop: asyncio.Future = asyncio.ensure_future(signals.first.wait())
     await asyncio.wait([loader, stop], return_when=asyncio.FIRST_COMPLETED)
     failure = loader.result() if loader.done() else None
     if failure is not None:

@@ -5,6 +5,7 @@ Log shippers split on newlines, so the line must stay one line whatever the clie
 (which some splitters treat as line breaks) and lone surrogates from badly decoded paths.
 Keys always come in the same order so the lines are easy to read and to diff.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ __all__ = ["access_line", "log_access", "ACCESS_LOGGER", "FIELDS"]
 ACCESS_LOGGER = logging.getLogger("smallmind.access")
 
 # The keys of every line, in order.
-FIELDS = ("request_id", "method", "route", "path", "status", "duration_ms",
-          "prompt_tokens", "completion_tokens", "remote_ip")
+FIELDS = (
+    "request_id",
+    "method",
+    "route",
+    "path",
+    "status",
+    "duration_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "remote_ip",
+)
 
 
 def _text(value: Any) -> str | None:
@@ -36,9 +46,17 @@ def _milliseconds(value: Any) -> float | None:
     return round(ms, 3) if math.isfinite(ms) else None
 
 
-def access_line(request_id: str, method: str, route: str, path: str, status: int,
-                duration_ms: float, prompt_tokens: int | None, completion_tokens: int | None,
-                remote_ip: str | None) -> str:
+def access_line(
+    request_id: str,
+    method: str,
+    route: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    remote_ip: str | None,
+) -> str:
     """The access-log record for one request: one JSON object, no newline anywhere in it."""
     record = {
         "request_id": _text(request_id),
@@ -54,11 +72,23 @@ def access_line(request_id: str, method: str, route: str, path: str, status: int
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
-def log_access(request_id: str, method: str, route: str, path: str, status: int,
-               duration_ms: float, prompt_tokens: int | None, completion_tokens: int | None,
-               remote_ip: str | None) -> None:
+def log_access(
+    request_id: str,
+    method: str,
+    route: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    remote_ip: str | None,
+) -> None:
     """Write the request's `access_line` to the "smallmind.access" logger at INFO."""
     if not ACCESS_LOGGER.isEnabledFor(logging.INFO):
-        return      # skip building the JSON when nobody listens
-    ACCESS_LOGGER.info("%s", access_line(request_id, method, route, path, status, duration_ms,
-                                         prompt_tokens, completion_tokens, remote_ip))
+        return  # skip building the JSON when nobody listens
+    ACCESS_LOGGER.info(
+        "%s",
+        access_line(
+            request_id, method, route, path, status, duration_ms, prompt_tokens, completion_tokens, remote_ip
+        ),
+    )

@@ -25,6 +25,7 @@ Tornado builds a plain ``HTTP1Connection`` per request and has no hook to choose
 `GuardedHTTPServer.start_request` turns it into a `GuardedConnection`, which overrides the
 three steps that can fail (reading the message, parsing headers, reading the body).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,9 +43,9 @@ from smallmind.server import protocol
 
 log = logging.getLogger("smallmind.server")
 
-MAX_REQUEST_LINE_BYTES = 8 * 1024     # "POST /v1/... HTTP/1.1": nginx's default buffer
-MAX_HEADER_BYTES = 64 * 1024          # the whole header block, Tornado's own default
-MAX_HEADERS = 100                     # header lines, as Node and Go's servers allow
+MAX_REQUEST_LINE_BYTES = 8 * 1024  # "POST /v1/... HTTP/1.1": nginx's default buffer
+MAX_HEADER_BYTES = 64 * 1024  # the whole header block, Tornado's own default
+MAX_HEADERS = 100  # header lines, as Node and Go's servers allow
 # Header blocks beyond this are not even buffered: the connection is closed unanswered.
 HARD_HEADER_CAP_BYTES = 1024 * 1024
 # After a refusal, how long the client's remaining input is read and dropped.
@@ -61,17 +62,20 @@ class Limits:
 class GuardedHTTPServer(HTTPServer):
     """An HTTPServer whose connections answer every refusal with a JSON error."""
 
-    def initialize(self, app, limits: Limits) -> None:     # Tornado's Configurable constructor
+    def initialize(self, app, limits: Limits) -> None:  # type: ignore[override]  # Tornado's Configurable constructor
         # Tornado's own header timeout stays as a backstop only: GuardedConnection's fires
         # first and answers 408.  Its body timeout is replaced by GuardedConnection's.  The
         # handlers raise max_body_size per request (they drain a moderate excess for a 413).
-        super().initialize(app, max_body_size=limits.max_body_bytes + 1,
-                         max_header_size=HARD_HEADER_CAP_BYTES,
-                         idle_connection_timeout=limits.header_timeout_s + 5)
+        super().initialize(
+            app,
+            max_body_size=limits.max_body_bytes + 1,
+            max_header_size=HARD_HEADER_CAP_BYTES,
+            idle_connection_timeout=limits.header_timeout_s + 5,
+        )
         self.limits = limits
 
     def start_request(self, server_conn, request_conn):
-        request_conn.__class__ = GuardedConnection   # see the module docstring
+        request_conn.__class__ = GuardedConnection  # see the module docstring
         request_conn.limits = self.limits
         return super().start_request(server_conn, request_conn)
 
@@ -107,12 +111,12 @@ class GuardedConnection(HTTP1Connection):
         self._header_timer.cancel()
         request_line = data.lstrip(b"\r\n").split(b"\n", 1)[0]
         if len(request_line) > MAX_REQUEST_LINE_BYTES:
-            raise protocol.UrlTooLongError(
-                f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes")
+            raise protocol.UrlTooLongError(f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes")
         if len(data) > MAX_HEADER_BYTES:
             raise protocol.HeadersTooLargeError(
-                f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
-        if data.count(b"\n") - 2 > MAX_HEADERS:      # request line and blank line aside
+                f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
+            )
+        if data.count(b"\n") - 2 > MAX_HEADERS:  # request line and blank line aside
             raise protocol.HeadersTooLargeError(f"the request has more than {MAX_HEADERS} headers")
         try:
             start_line, headers = super()._parse_headers(data)
@@ -133,9 +137,12 @@ class GuardedConnection(HTTP1Connection):
             await asyncio.wait_for(reading, self.limits.body_timeout_s)
         except asyncio.TimeoutError:
             # The body read was cancelled mid-way: the stream cannot be read again.
-            self.refuse(protocol.ClientTooSlowError(
-                f"the request body did not arrive within {self.limits.body_timeout_s:g} s"),
-                linger=False)
+            self.refuse(
+                protocol.ClientTooSlowError(
+                    f"the request body did not arrive within {self.limits.body_timeout_s:g} s"
+                ),
+                linger=False,
+            )
             raise iostream.StreamClosedError() from None
         except httputil.HTTPInputError as e:
             raise self._framing_error(e) from None
@@ -152,9 +159,12 @@ class GuardedConnection(HTTP1Connection):
             self.stream.close()
             return
         # Tornado's header read is still pending: no lingering read beside it.
-        self.refuse(protocol.ClientTooSlowError(
-            f"the request headers did not arrive within {self.limits.header_timeout_s:g} s"),
-            linger=False)
+        self.refuse(
+            protocol.ClientTooSlowError(
+                f"the request headers did not arrive within {self.limits.header_timeout_s:g} s"
+            ),
+            linger=False,
+        )
 
     def refuse(self, refusal: Exception, linger: bool) -> None:
         """Answer with the refusal's JSON error, then close."""
@@ -177,9 +187,11 @@ def _done() -> asyncio.Future:
 def _error_message(refusal: Exception) -> bytes:
     status, body = protocol.error_response(refusal)
     payload = json.dumps(body).encode()
-    head = (f"HTTP/1.1 {status} {httputil.responses.get(status, 'Error')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            f"Connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {httputil.responses.get(status, 'Error')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        f"Connection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + payload
 
 

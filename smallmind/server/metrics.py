@@ -12,17 +12,41 @@ records the rest.
 Counters are declared without the ``_total`` suffix because prometheus_client appends it
 itself; the exposed names are the ones listed in `EXPOSED_NAMES`.
 """
+
 from __future__ import annotations
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 __all__ = ["ServerMetrics", "LATENCY_BUCKETS_MS", "EXPOSED_NAMES"]
 
 # Milliseconds from 1 ms (a health check) to 300 s (the default request timeout), roughly
 # 1-2.5-5 per decade so both a fast embedding and a long generation land in a useful bucket.
-LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500,
-                      1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000)
+LATENCY_BUCKETS_MS = (
+    1,
+    2.5,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+)
 
 # The names a scraper sees (counters carry prometheus_client's `_total`), for docs and tests.
 EXPOSED_NAMES = (
@@ -61,39 +85,52 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
-        self.requests = Counter("smallmind_requests",
-                                "HTTP requests answered, by route and status.",
-                                ["endpoint", "status"], registry=reg)
-        self.inflight = Gauge("smallmind_requests_inflight", "HTTP requests being handled now.",
-                              registry=reg)
+        self.requests = Counter(
+            "smallmind_requests",
+            "HTTP requests answered, by route and status.",
+            ["endpoint", "status"],
+            registry=reg,
+        )
+        self.inflight = Gauge("smallmind_requests_inflight", "HTTP requests being handled now.", registry=reg)
         self.request_duration_ms = Histogram(
-            "smallmind_request_duration_ms", "Time from request start to the last byte, in ms.",
-            buckets=LATENCY_BUCKETS_MS, registry=reg)
-        self.completion_tokens = Counter("smallmind_tokens_generated",
-                                         "Completion tokens generated.", registry=reg)
-        self.prompt_tokens = Counter("smallmind_prompt_tokens", "Prompt tokens processed.",
-                                     registry=reg)
+            "smallmind_request_duration_ms",
+            "Time from request start to the last byte, in ms.",
+            buckets=LATENCY_BUCKETS_MS,
+            registry=reg,
+        )
+        self.completion_tokens = Counter(
+            "smallmind_tokens_generated", "Completion tokens generated.", registry=reg
+        )
+        self.prompt_tokens = Counter("smallmind_prompt_tokens", "Prompt tokens processed.", registry=reg)
         self.cached_prompt_tokens = Counter(
             "smallmind_prompt_tokens_cached",
-            "Prompt tokens taken from the prefix cache instead of being computed.", registry=reg)
-        self.queue_depth = Gauge("smallmind_queue_depth", "Requests waiting for admission.",
-                                 registry=reg)
+            "Prompt tokens taken from the prefix cache instead of being computed.",
+            registry=reg,
+        )
+        self.queue_depth = Gauge("smallmind_queue_depth", "Requests waiting for admission.", registry=reg)
         self.time_to_first_token_ms = Histogram(
             "smallmind_time_to_first_token_ms",
             "Time from request start to the first token, in ms.",
-            buckets=LATENCY_BUCKETS_MS, registry=reg)
-        self.batch_size = Gauge("smallmind_active_batch_size",
-                                "Sequences in the engine's last decoding step.", registry=reg)
-        self.active_sequences = Gauge("smallmind_active_sequences",
-                                      "Sequences admitted to the engine.", registry=reg)
-        self.rejections = Counter("smallmind_rejected_requests",
-                                  "Requests refused because the queue was full (429).",
-                                  registry=reg)
-        self.timeouts = Counter("smallmind_timed_out_requests",
-                                "Requests that hit the request timeout (504 or a cut stream).",
-                                registry=reg)
-        self.model_ready = Gauge("smallmind_model_ready", "1 when the model is loaded and serving.",
-                                 registry=reg)
+            buckets=LATENCY_BUCKETS_MS,
+            registry=reg,
+        )
+        self.batch_size = Gauge(
+            "smallmind_active_batch_size", "Sequences in the engine's last decoding step.", registry=reg
+        )
+        self.active_sequences = Gauge(
+            "smallmind_active_sequences", "Sequences admitted to the engine.", registry=reg
+        )
+        self.rejections = Counter(
+            "smallmind_rejected_requests", "Requests refused because the queue was full (429).", registry=reg
+        )
+        self.timeouts = Counter(
+            "smallmind_timed_out_requests",
+            "Requests that hit the request timeout (504 or a cut stream).",
+            registry=reg,
+        )
+        self.model_ready = Gauge(
+            "smallmind_model_ready", "1 when the model is loaded and serving.", registry=reg
+        )
 
     # -- per request -------------------------------------------------------------------
 

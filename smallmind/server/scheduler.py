@@ -7,14 +7,16 @@ so a stop string ends its sequence at once and the event loop only forwards fini
 Each step's results reach the loop in one ``call_soon_threadsafe`` per job.  The heavy work
 (the forward pass) runs in C with the GIL released, so the event loop stays responsive.
 Nothing here knows of HTTP."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +35,9 @@ class Update:
     index: int
     text: str
     finish_reason: str | None = None
-    n_tokens: int = 0          # completion tokens so far
-    logprobs: list = field(default_factory=list)   # TokenLogprob of the tokens of this step
-    n_cached_prompt: int = 0   # prompt tokens its sequence took from the prefix cache
+    n_tokens: int = 0  # completion tokens so far
+    logprobs: list = field(default_factory=list)  # TokenLogprob of the tokens of this step
+    n_cached_prompt: int = 0  # prompt tokens its sequence took from the prefix cache
 
 
 @dataclass
@@ -55,12 +57,12 @@ class GenerationJob:
     with several prompts) may share one queue; ``index_base`` keeps their choices apart."""
 
     prompt_ids: list[int]
-    params: list[SamplingParams]            # one per choice
+    params: list[SamplingParams]  # one per choice
     stop: list[str] = field(default_factory=list)
     updates: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
-    index_base: int = 0                     # choice j reports index index_base + j
-    constraints: list | None = None         # per choice: a grammar state, or None
+    index_base: int = 0  # choice j reports index index_base + j
+    constraints: list | None = None  # per choice: a grammar state, or None
     cancelled: bool = False
     choices: list[_Choice] = field(default_factory=list)
 
@@ -76,7 +78,7 @@ class GenerationJob:
 class SideJob:
     """Work done between steps in the spare KV slot: embeddings, prompt log-probabilities."""
 
-    kind: str                     # "embed" | "prompt_logprobs"
+    kind: str  # "embed" | "prompt_logprobs"
     inputs: list[list[int]]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -92,10 +94,10 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.embed_slot = embed_slot
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._owner: dict[int, tuple[GenerationJob, _Choice]] = {}   # sequence id -> choice
+        self._owner: dict[int, tuple[GenerationJob, _Choice]] = {}  # sequence id -> choice
         self._thread = threading.Thread(target=self._run, name="smallmind-engine", daemon=True)
         self._closing = False
-        self.on_step: Callable[[int], None] | None = None   # active batch size, for metrics
+        self.on_step: Callable[[int], None] | None = None  # active batch size, for metrics
 
     # ---- event-loop side ----
 
@@ -141,7 +143,7 @@ class Scheduler:
 
     def _run_once(self) -> None:
         if not self.engine.has_work() and self.on_step is not None:
-            self.on_step(0)      # idle: no batch
+            self.on_step(0)  # idle: no batch
         self._take_commands(block=not self.engine.has_work())
         if self._closing or not self.engine.has_work():
             return
@@ -177,8 +179,12 @@ class Scheduler:
             return
         try:
             for index, params in enumerate(job.params):
-                choice = _Choice(job.index_base + index, params, StreamDecoder(self.tokenizer, skip_special=True),
-                                 StopMatcher(job.stop))
+                choice = _Choice(
+                    job.index_base + index,
+                    params,
+                    StreamDecoder(self.tokenizer, skip_special=True),
+                    StopMatcher(job.stop),
+                )
                 job.choices.append(choice)
                 constraint = job.constraints[index] if job.constraints else None
                 choice.seq = self.engine.submit(job.prompt_ids, params, constraint)
@@ -228,8 +234,11 @@ class Scheduler:
         if job.kind == "embed":
             work = self._embed_one
         else:
+
             def work(ids):
                 return self.engine.prompt_logprobs(ids, job.top_k, self.embed_slot)
+
+        outcome: tuple[Callable[[asyncio.Future, Any], None], Any]
         try:
             outcome = (_set_result, [work(ids) for ids in job.inputs])
         except Exception as e:
@@ -254,6 +263,7 @@ class Scheduler:
             self._post(job, error)
 
     def _post(self, job: GenerationJob, item: Any) -> None:
+        assert job.loop is not None, "posted to a job that was never submitted"
         try:
             job.loop.call_soon_threadsafe(job.updates.put_nowait, item)
         except RuntimeError:  # its event loop is closed: nobody will read, stop generating

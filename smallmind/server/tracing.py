@@ -10,11 +10,13 @@ Tracing is an aid, never a reason for a request to fail: every call into opentel
 guarded, and a failure degrades to the no-op span.  Exceptions raised by the *handler* inside
 a span are recorded on the span and re-raised untouched.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 __all__ = ["Tracer", "NoopSpan", "NOOP_SPAN"]
 
@@ -94,19 +96,22 @@ class Tracer:
     globally configured one.
     """
 
-    def __init__(self, service_name: str = "smallmind", *, use_otel: bool | None = None,
-                 tracer_provider: Any = None) -> None:
+    def __init__(
+        self, service_name: str = "smallmind", *, use_otel: bool | None = None, tracer_provider: Any = None
+    ) -> None:
         self.service_name = service_name
-        self._trace = None        # the opentelemetry.trace module when enabled
-        self._context = None      # opentelemetry.context
-        self._propagate = None    # opentelemetry.propagate
-        self._tracer = None
+        # opentelemetry is optional: its modules are held as Any, set only when it imports.
+        self._trace: Any = None  # the opentelemetry.trace module when enabled
+        self._context: Any = None  # opentelemetry.context
+        self._propagate: Any = None  # opentelemetry.propagate
+        self._tracer: Any = None
         if use_otel is False:
             return
         try:
             from opentelemetry import context, propagate, trace
+
             self._tracer = trace.get_tracer(service_name, tracer_provider=tracer_provider)
-        except Exception as exc:     # ImportError, or a provider that fails to hand out tracers
+        except Exception as exc:  # ImportError, or a provider that fails to hand out tracers
             if not isinstance(exc, ImportError):
                 log.warning("tracing disabled: opentelemetry failed to start: %s", exc)
             self._tracer = None
@@ -118,8 +123,9 @@ class Tracer:
         return self._tracer is not None
 
     @contextmanager
-    def request_span(self, headers: Mapping[str, str], route: str,
-                     method: str) -> Iterator[NoopSpan | _OtelSpan]:
+    def request_span(
+        self, headers: Mapping[str, str], route: str, method: str
+    ) -> Iterator[NoopSpan | _OtelSpan]:
         """The server span for one HTTP request, continuing the caller's W3C trace if the
         headers carry a ``traceparent``."""
         if not self.enabled:
@@ -131,14 +137,12 @@ class Tracer:
             yield span
 
     @contextmanager
-    def generation_span(self, n_prompt_tokens: int,
-                        max_tokens: int) -> Iterator[NoopSpan | _OtelSpan]:
+    def generation_span(self, n_prompt_tokens: int, max_tokens: int) -> Iterator[NoopSpan | _OtelSpan]:
         """The engine's work for a request; a child of whatever span is current."""
         if not self.enabled:
             yield NOOP_SPAN
             return
-        attributes = {"gen_ai.usage.input_tokens": n_prompt_tokens,
-                      "gen_ai.request.max_tokens": max_tokens}
+        attributes = {"gen_ai.usage.input_tokens": n_prompt_tokens, "gen_ai.request.max_tokens": max_tokens}
         with self._span("generation", None, "INTERNAL", attributes) as span:
             yield span
 
@@ -157,8 +161,9 @@ class Tracer:
             return None
 
     @contextmanager
-    def _span(self, name: str, parent: Any, kind: str,
-              attributes: dict[str, Any]) -> Iterator[NoopSpan | _OtelSpan]:
+    def _span(
+        self, name: str, parent: Any, kind: str, attributes: dict[str, Any]
+    ) -> Iterator[NoopSpan | _OtelSpan]:
         """Start `name`, make it current for the body, end it afterwards.
 
         Done by hand rather than with ``start_as_current_span`` so that a failure inside
@@ -177,12 +182,12 @@ class Tracer:
         finally:
             self._finish(span, token)
 
-    def _start(self, name: str, parent: Any, kind: str,
-               attributes: dict[str, Any]) -> tuple[Any, Any] | None:
+    def _start(self, name: str, parent: Any, kind: str, attributes: dict[str, Any]) -> tuple[Any, Any] | None:
         """(span, context token) with the span made current, or None if opentelemetry failed."""
         try:
-            span = self._tracer.start_span(name, context=parent, kind=self._trace.SpanKind[kind],
-                                           attributes=attributes)
+            span = self._tracer.start_span(
+                name, context=parent, kind=self._trace.SpanKind[kind], attributes=attributes
+            )
         except Exception:
             log.debug("could not start span %r", name, exc_info=True)
             return None

@@ -31,11 +31,12 @@ Messages are validated and normalised by :func:`normalize_messages` before any t
 sees them: ``developer`` becomes ``system``, ``content`` becomes a plain string, and every
 problem is a :class:`RequestValidationError` naming the offending index.
 """
+
 from __future__ import annotations
 
 import json
-import re
 import operator
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -84,7 +85,7 @@ def _normalize_message(message: Any, index: int) -> dict:
     where = f"messages[{index}]"
     if not isinstance(message, Mapping):
         raise _invalid(f"{where} must be an object with 'role' and 'content'")
-    role = message.get("role")
+    role: Any = message.get("role")  # any JSON value until checked against ROLES
     if role not in ROLES:
         shown = "missing" if role is None else repr(role)
         raise _invalid(f"{where}.role must be one of {', '.join(ROLES)} (got {shown})")
@@ -133,9 +134,12 @@ def _check_tool_call(call: Any, where: str) -> None:
 def _content_text(message: Mapping, role: str, where: str) -> str:
     """The message's content as one string."""
     # An assistant turn that only calls tools has no text: OpenAI sends null or omits it.
-    if role == "assistant" and message.get("content") is None:
-        if "content" in message or message.get("tool_calls"):
-            return ""
+    if (
+        role == "assistant"
+        and message.get("content") is None
+        and ("content" in message or message.get("tool_calls"))
+    ):
+        return ""
     if "content" not in message:
         raise _invalid(f"{where}.content is missing")
     content = message["content"]
@@ -158,8 +162,10 @@ def _join_text_parts(parts: list, where: str) -> str:
             raise _invalid(f"{part_where} must be an object with a 'type'")
         part_type = part.get("type")
         if part_type in UNSUPPORTED_PART_TYPES:
-            raise _invalid(f"{part_where}: content parts of type {part_type!r} are not "
-                           "supported (this server serves text-only models)")
+            raise _invalid(
+                f"{part_where}: content parts of type {part_type!r} are not "
+                "supported (this server serves text-only models)"
+            )
         if part_type != "text":
             raise _invalid(f"{part_where}.type must be 'text' (got {part_type!r})")
         if not isinstance(part.get("text"), str):
@@ -177,8 +183,7 @@ class _StrictSandbox(ImmutableSandboxedEnvironment):
     would let a probing template render quietly."""
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
-        raise SecurityError(f"access to attribute {attribute!r} of "
-                            f"{type(obj).__name__!r} object is unsafe")
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
 
 def _raise_exception(message: Any) -> None:
@@ -195,17 +200,22 @@ def _strftime_now(format: str) -> str:
     return _current_time().strftime(format)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     """Plain JSON, as HF templates expect: Jinja's own ``tojson`` escapes ``<>&'`` for HTML,
     which would change the prompt text."""
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
-                      separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _make_environment() -> jinja2.Environment:
-    environment = _StrictSandbox(trim_blocks=True, lstrip_blocks=True,
-                                 extensions=[jinja2.ext.loopcontrols])
+    environment = _StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     environment.filters["tojson"] = _tojson
     environment.globals["raise_exception"] = _raise_exception
     environment.globals["strftime_now"] = _strftime_now
@@ -299,8 +309,7 @@ def _special_token_text(metadata: Mapping, tokens: Sequence[str] | None, key: st
     except TypeError:
         raise ModelFormatError(f"{key} is not an integer: {metadata[key]!r}") from None
     if not 0 <= token_id < len(tokens):
-        raise ModelFormatError(f"{key} = {token_id} is outside the vocabulary "
-                               f"of {len(tokens)} tokens")
+        raise ModelFormatError(f"{key} = {token_id} is outside the vocabulary of {len(tokens)} tokens")
     return tokens[token_id]
 
 
@@ -311,8 +320,7 @@ class ChatTemplate:
     """A compiled chat template.  ``name`` is ``"gguf"`` for a model's own template, or
     the built-in's name (``"gemma"``, ``"llama3"``, ``"chatml"``)."""
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = "",
-                 name: str = "gguf"):
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", name: str = "gguf"):
         if not isinstance(source, str):
             raise ModelFormatError(f"chat template {name!r} is not a string")
         self.source = source
@@ -345,16 +353,19 @@ class ChatTemplate:
         """Whether the template renders a ``tools`` list itself (HF convention)."""
         return re.search(r"\btools\b", self.source) is not None
 
-    def render(self, messages: list, add_generation_prompt: bool = True,
-               tools: list | None = None) -> str:
+    def render(self, messages: list, add_generation_prompt: bool = True, tools: list | None = None) -> str:
         """The prompt text for ``messages`` (validated with :func:`normalize_messages`);
         ``tools`` (OpenAI tool objects) are given to templates that handle them."""
         normalized = normalize_messages(messages)
         extra = {"tools": tools} if tools else {}
         try:
-            return self._template.render(messages=normalized,
-                                         add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token, **extra)
+            return self._template.render(
+                messages=normalized,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                **extra,
+            )
         except RequestValidationError:
             raise  # raise_exception() from the template: its message says it all
         except Exception as error:

@@ -5,6 +5,7 @@ A call is the JSON object ``{"name": ..., "arguments": {...}}``.  Templates that
 ``tools`` themselves (Qwen's ``<tool_call>`` tags, Llama 3's JSON) get the tools and the
 conversation in the Hugging Face shape; for the others a built-in system prompt describes the
 functions and the call format, and earlier calls and results are written as text."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,22 @@ import secrets
 _BUILTIN_PROMPT = (
     "You can call functions. To call one, answer with only a JSON object of the form "
     '{{"name": <function name>, "arguments": <arguments object>}} and nothing else. '
-    "The functions, as JSON schemas of their arguments:\n{functions}")
+    "The functions, as JSON schemas of their arguments:\n{functions}"
+)
 
 
 def tool_prompt(tools: list[dict]) -> str:
-    lines = [json.dumps({"name": t["function"]["name"],
-                         "description": t["function"].get("description", ""),
-                         "parameters": t["function"]["parameters"]}, ensure_ascii=False)
-             for t in tools]
+    lines = [
+        json.dumps(
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "parameters": t["function"]["parameters"],
+            },
+            ensure_ascii=False,
+        )
+        for t in tools
+    ]
     return _BUILTIN_PROMPT.format(functions="\n".join(lines))
 
 
@@ -60,9 +69,17 @@ def _as_text_message(message):
     if not isinstance(message, dict):
         return message
     if message.get("role") == "assistant" and isinstance(message.get("tool_calls"), list):
-        calls = [json.dumps({"name": (c.get("function") or {}).get("name"),
-                             "arguments": _loads_or_text((c.get("function") or {}).get("arguments"))},
-                            ensure_ascii=False) for c in message["tool_calls"] if isinstance(c, dict)]
+        calls = [
+            json.dumps(
+                {
+                    "name": (c.get("function") or {}).get("name"),
+                    "arguments": _loads_or_text((c.get("function") or {}).get("arguments")),
+                },
+                ensure_ascii=False,
+            )
+            for c in message["tool_calls"]
+            if isinstance(c, dict)
+        ]
         text = "\n".join(filter(None, [message.get("content") or "", *calls]))
         return {k: v for k, v in message.items() if k != "tool_calls"} | {"content": text}
     if message.get("role") == "tool":
@@ -99,8 +116,14 @@ def call_schema(tools: list[dict], tool_choice) -> dict | None:
     for i in chosen:
         fn = tools[i]["function"]
         defs[f"tool{i}"] = _rebased(fn["parameters"], f"#/$defs/tool{i}")
-        options.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                        "properties": {"name": {"const": fn["name"]}, "arguments": {"$ref": f"#/$defs/tool{i}"}}})
+        options.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "arguments"],
+                "properties": {"name": {"const": fn["name"]}, "arguments": {"$ref": f"#/$defs/tool{i}"}},
+            }
+        )
     root = options[0] if len(options) == 1 else {"anyOf": options}
     return dict(root, **{"$defs": defs})
 
@@ -108,8 +131,14 @@ def call_schema(tools: list[dict], tool_choice) -> dict | None:
 def _rebased(schema, base: str):
     """``schema`` with every local reference (``#...``) made relative to ``base``."""
     if isinstance(schema, dict):
-        return {k: (base + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#") else _rebased(v, base))
-                for k, v in schema.items()}
+        return {
+            k: (
+                base + v[1:]
+                if k == "$ref" and isinstance(v, str) and v.startswith("#")
+                else _rebased(v, base)
+            )
+            for k, v in schema.items()
+        }
     if isinstance(schema, list):
         return [_rebased(v, base) for v in schema]
     return schema
@@ -146,8 +175,11 @@ def _as_call(item, names: set[str]) -> dict | None:
         arguments = _loads_or_text(arguments)
     if not isinstance(arguments, dict):
         return None
-    return {"id": "call_" + secrets.token_hex(12), "type": "function",
-            "function": {"name": item["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    return {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": item["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
 
 
 _NAME_SO_FAR = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
@@ -164,14 +196,23 @@ def truncated_call(text: str, tools: list[dict]) -> list[dict] | None:
     if not fitting:
         return None
     start = _ARGUMENTS_START.search(text)
-    arguments = text[start.end():] if start else ""
-    return [{"id": "call_" + secrets.token_hex(12), "type": "function",
-             "function": {"name": fitting[0], "arguments": arguments}}]
+    arguments = text[start.end() :] if start else ""
+    return [
+        {
+            "id": "call_" + secrets.token_hex(12),
+            "type": "function",
+            "function": {"name": fitting[0], "arguments": arguments},
+        }
+    ]
 
 
 def could_become_call(text: str) -> bool:
     """While streaming in auto mode: may this beginning still turn out to be a call? Such
     text is held back until it is known."""
     head = text.lstrip()
-    return head == "" or head.startswith(("{", "[")) or "<tool_call>".startswith(head[:11]) \
+    return (
+        head == ""
+        or head.startswith(("{", "["))
+        or "<tool_call>".startswith(head[:11])
         or head.startswith("<tool_call>")
+    )
