@@ -1,0 +1,94 @@
+/* Barriers of a step's team (team.h): bounded spin, then a futex sleep (Linux; elsewhere
+ * short naps). */
+#include "team.h"
+
+#include <limits.h>
+#include <time.h>
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+void sm_team_init(sm_team *tm, int n_threads) {
+    atomic_init(&tm->n_threads, n_threads > 0 ? n_threads : 1);
+    atomic_init(&tm->arrived, 0);
+    atomic_init(&tm->generation, 0);
+    atomic_init(&tm->sleepers, 0);
+    atomic_init(&tm->next, 0);
+}
+
+void sm_team_enter(sm_team *tm, int n_threads) {
+    /* every thread stores the same value before its first barrier */
+    atomic_store_explicit(&tm->n_threads, n_threads, memory_order_relaxed);
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Sleeps while the generation is still `seen` (may return early; the caller rechecks). */
+static void sleep_while(_Atomic unsigned *generation, unsigned seen) {
+#ifdef __linux__
+    syscall(SYS_futex, (unsigned *)generation, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+#else
+    (void)generation;
+    (void)seen;
+    const struct timespec nap = {0, 50000};
+    nanosleep(&nap, NULL);
+#endif
+}
+
+static void wake_all(_Atomic unsigned *generation) {
+#ifdef __linux__
+    syscall(SYS_futex, (unsigned *)generation, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)generation;
+#endif
+}
+
+/* Spins until the generation moves on or SM_TEAM_SPIN_NS have passed; 1 if it moved on. */
+static int spin_while(_Atomic unsigned *generation, unsigned seen) {
+    const int64_t start = now_ns();
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (atomic_load_explicit(generation, memory_order_acquire) != seen) return 1;
+            cpu_relax();
+        }
+        if (now_ns() - start > SM_TEAM_SPIN_NS) return 0;
+    }
+}
+
+void sm_team_barrier(sm_team *tm) {
+    const int n = atomic_load_explicit(&tm->n_threads, memory_order_relaxed);
+    if (n <= 1) {
+        atomic_store_explicit(&tm->next, 0, memory_order_relaxed);
+        return;
+    }
+    const unsigned seen = atomic_load_explicit(&tm->generation, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&tm->arrived, 1, memory_order_acq_rel) == n - 1) {
+        /* last to arrive: rearm, then release the others (seq_cst pairs with the
+         * sleepers' increment, so a thread about to sleep is always woken) */
+        atomic_store_explicit(&tm->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&tm->next, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&tm->generation, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&tm->sleepers, memory_order_seq_cst) > 0) wake_all(&tm->generation);
+        return;
+    }
+    if (spin_while(&tm->generation, seen)) return;
+    atomic_fetch_add_explicit(&tm->sleepers, 1, memory_order_seq_cst);
+    while (atomic_load_explicit(&tm->generation, memory_order_seq_cst) == seen) sleep_while(&tm->generation, seen);
+    atomic_fetch_sub_explicit(&tm->sleepers, 1, memory_order_relaxed);
+}

@@ -1,0 +1,75 @@
+/* The threads of one forward step: a team that is forked once per step and meets at
+ * barriers between the step's operations (ggml's CPU graph compute: one graph per call,
+ * a barrier per node), instead of one OpenMP fork/join per matmul.
+ *
+ * Every thread of the team runs the same code (SPMD) with its own tid; work inside an
+ * operation is split by token (sm_team_owns_token) or claimed in chunks from a shared
+ * counter (sm_team_claim).  A thread that reaches a barrier first spins for a bounded time
+ * (SM_TEAM_SPIN_NS), then sleeps until the last thread arrives: on a quiet machine the
+ * step's ~200 barriers pass without a sleep or a wake, and on a shared one a thread whose
+ * partner was preempted gives its core away instead of burning the time slice. */
+#ifndef SMALLMIND_TEAM_H
+#define SMALLMIND_TEAM_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Longest spin at a barrier before sleeping: far longer than the imbalance of one
+ * operation of a step on a quiet machine (a few microseconds), far shorter than a
+ * scheduler time slice (milliseconds) lost to another process on a shared one. */
+#define SM_TEAM_SPIN_NS 50000
+
+typedef struct sm_team {
+    _Atomic int n_threads;        /* threads in the team (set by each thread on entry) */
+    _Atomic int arrived;          /* threads at the current barrier */
+    _Atomic unsigned generation;  /* barriers passed; the futex word sleepers wait on */
+    _Atomic int sleepers;         /* threads asleep (or about to be) at a barrier */
+    _Atomic int64_t next;         /* next unclaimed index of the current claimed loop */
+} sm_team;
+
+/* A team for up to n_threads threads (1 when n_threads < 1). */
+void sm_team_init(sm_team *tm, int n_threads);
+/* Called by every thread when the region starts: the number of threads it really has. */
+void sm_team_enter(sm_team *tm, int n_threads);
+/* Waits until every thread of the team has arrived; also rearms sm_team_claim. */
+void sm_team_barrier(sm_team *tm);
+
+/* The first index of a chunk of up to `chunk` indices below n that no thread has claimed
+ * since the last barrier, or n when none is left. */
+static inline int64_t sm_team_claim(sm_team *tm, int64_t chunk, int64_t n) {
+    const int64_t i = atomic_fetch_add_explicit(&tm->next, chunk, memory_order_relaxed);
+    return i < n ? i : n;
+}
+
+/* Per-token work (norms, rope, activation quantization) goes to the thread that owns the
+ * token's group of SM_VEC_DOT_N_MAX tokens (kernels.h), so that consecutive per-token
+ * steps, and the scale panel of a group in sm_matmul_team, need no barrier between them. */
+static inline int sm_team_owns_token(sm_team *tm, int tid, int64_t t) {
+    return (int)(t / SM_VEC_DOT_N_MAX % atomic_load_explicit(&tm->n_threads, memory_order_relaxed)) == tid;
+}
+
+/* This thread's number in the enclosing OpenMP region and the region's size (0 and 1
+ * outside one, or in a build without OpenMP). */
+static inline int sm_team_region_tid(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static inline int sm_team_region_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+#endif
