@@ -732,6 +732,7 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
                                    out_rows, logits, hidden);
         if (tid == 0) rc = r;
     }
+    sm_team_learn(&tm);
     if (rc != SM_OK) return rc;
 
     /* the slots now hold these positions */

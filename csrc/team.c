@@ -26,6 +26,8 @@ void sm_team_init(sm_team *tm, int n_threads) {
     atomic_init(&tm->generation, 0);
     atomic_init(&tm->sleepers, 0);
     atomic_init(&tm->next, 0);
+    atomic_init(&tm->released_ns, 0);
+    atomic_init(&tm->long_waits, 0);
 }
 
 void sm_team_enter(sm_team *tm, int n_threads) {
@@ -59,15 +61,29 @@ static void wake_all(_Atomic unsigned *generation) {
 #endif
 }
 
-/* Spins until the generation moves on or SM_TEAM_SPIN_NS have passed; 1 if it moved on. */
-static int spin_while(_Atomic unsigned *generation, unsigned seen) {
-    const int64_t start = now_ns();
+/* How long a thread spins at a barrier before it sleeps, learned from the steps before:
+ * a step in which some thread waited longer than SM_TEAM_SPIN_MAX_NS (the thread it waited
+ * for was preempted: the machine is shared) drops it to the minimum, a step without
+ * doubles it up to the maximum.  On a quiet machine the barriers then pass without
+ * sleeping; under load a spinning thread only delays the threads it waits for (the time
+ * slice it burns is charged against it when it is woken), so it sleeps almost at once. */
+static _Atomic int64_t spin_budget_ns = SM_TEAM_SPIN_MIN_NS;
+
+void sm_team_learn(sm_team *tm) {
+    const int64_t budget = atomic_load_explicit(&spin_budget_ns, memory_order_relaxed);
+    int64_t next = budget * 2 < SM_TEAM_SPIN_MAX_NS ? budget * 2 : SM_TEAM_SPIN_MAX_NS;
+    if (atomic_load_explicit(&tm->long_waits, memory_order_relaxed) > 0) next = SM_TEAM_SPIN_MIN_NS;
+    atomic_store_explicit(&spin_budget_ns, next, memory_order_relaxed);
+}
+
+/* Spins until the generation moves on (1) or budget_ns have passed since start (0). */
+static int spin_while(_Atomic unsigned *generation, unsigned seen, int64_t start, int64_t budget_ns) {
     for (;;) {
         for (int i = 0; i < 64; i++) {
             if (atomic_load_explicit(generation, memory_order_acquire) != seen) return 1;
             cpu_relax();
         }
-        if (now_ns() - start > SM_TEAM_SPIN_NS) return 0;
+        if (now_ns() - start > budget_ns) return 0;
     }
 }
 
@@ -83,12 +99,17 @@ void sm_team_barrier(sm_team *tm) {
          * sleepers' increment, so a thread about to sleep is always woken) */
         atomic_store_explicit(&tm->arrived, 0, memory_order_relaxed);
         atomic_store_explicit(&tm->next, 0, memory_order_relaxed);
+        atomic_store_explicit(&tm->released_ns, now_ns(), memory_order_relaxed);
         atomic_fetch_add_explicit(&tm->generation, 1, memory_order_seq_cst);
         if (atomic_load_explicit(&tm->sleepers, memory_order_seq_cst) > 0) wake_all(&tm->generation);
         return;
     }
-    if (spin_while(&tm->generation, seen)) return;
+    const int64_t start = now_ns();
+    if (spin_while(&tm->generation, seen, start, atomic_load_explicit(&spin_budget_ns, memory_order_relaxed)))
+        return;
     atomic_fetch_add_explicit(&tm->sleepers, 1, memory_order_seq_cst);
     while (atomic_load_explicit(&tm->generation, memory_order_seq_cst) == seen) sleep_while(&tm->generation, seen);
     atomic_fetch_sub_explicit(&tm->sleepers, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&tm->released_ns, memory_order_relaxed) - start >= SM_TEAM_SPIN_MAX_NS)
+        atomic_fetch_add_explicit(&tm->long_waits, 1, memory_order_relaxed);
 }

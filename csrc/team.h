@@ -4,10 +4,10 @@
  *
  * Every thread of the team runs the same code (SPMD) with its own tid; work inside an
  * operation is split by token (sm_team_owns_token) or claimed in chunks from a shared
- * counter (sm_team_claim).  A thread that reaches a barrier first spins for a bounded time
- * (SM_TEAM_SPIN_NS), then sleeps until the last thread arrives: on a quiet machine the
- * step's ~200 barriers pass without a sleep or a wake, and on a shared one a thread whose
- * partner was preempted gives its core away instead of burning the time slice. */
+ * counter (sm_team_claim).  A thread that reaches a barrier first spins for a bounded,
+ * adaptive time, then sleeps until the last thread arrives: on a quiet machine the step's
+ * ~200 barriers pass without a sleep or a wake, and on a shared one a thread whose partner
+ * was preempted gives its core away instead of burning the time slice. */
 #ifndef SMALLMIND_TEAM_H
 #define SMALLMIND_TEAM_H
 
@@ -20,16 +20,19 @@
 #include <omp.h>
 #endif
 
-/* Longest spin at a barrier before sleeping: far longer than the imbalance of one
- * operation of a step on a quiet machine (a few microseconds), far shorter than a
- * scheduler time slice (milliseconds) lost to another process on a shared one. */
-#define SM_TEAM_SPIN_NS 50000
+/* The spin at a barrier before sleeping adapts (team.c) between these bounds: the longest
+ * is far longer than the imbalance of one operation of a step on a quiet machine (a few
+ * microseconds), and far shorter than a step or a scheduler time slice (milliseconds). */
+#define SM_TEAM_SPIN_MIN_NS 5000
+#define SM_TEAM_SPIN_MAX_NS 100000
 
 typedef struct sm_team {
     _Atomic int n_threads;        /* threads in the team (set by each thread on entry) */
     _Atomic int arrived;          /* threads at the current barrier */
     _Atomic unsigned generation;  /* barriers passed; the futex word sleepers wait on */
     _Atomic int sleepers;         /* threads asleep (or about to be) at a barrier */
+    _Atomic int64_t released_ns;  /* when the last barrier was released */
+    _Atomic int long_waits;       /* waits longer than SM_TEAM_SPIN_MAX_NS */
     _Atomic int64_t next;         /* next unclaimed index of the current claimed loop */
 } sm_team;
 
@@ -39,6 +42,8 @@ void sm_team_init(sm_team *tm, int n_threads);
 void sm_team_enter(sm_team *tm, int n_threads);
 /* Waits until every thread of the team has arrived; also rearms sm_team_claim. */
 void sm_team_barrier(sm_team *tm);
+/* After the region: sets the barriers' spin for the next teams from this team's waits. */
+void sm_team_learn(sm_team *tm);
 
 /* The first index of a chunk of up to `chunk` indices below n that no thread has claimed
  * since the last barrier, or n when none is left. */
