@@ -116,6 +116,9 @@ void sm_fill_kernels_neon(sm_kernels *k);
 void sm_set_threads(int n);
 int sm_get_threads(void);
 int sm_max_threads(void);
+/* Since the process started: forks of more than one thread (a forward step forks once),
+ * barriers those threads passed, and waits at a barrier that ended in a sleep (team.c). */
+void sm_thread_counts(int64_t *forks, int64_t *barriers, int64_t *sleeps);
 
 /* ---- row and matrix operations (matmul.c) ---- */
 /* dst[0:n] = dequantized row.  */

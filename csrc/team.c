@@ -20,7 +20,17 @@
 #define cpu_relax() ((void)0)
 #endif
 
+/* for sm_thread_counts (kernels.h) */
+static _Atomic int64_t n_forks, n_barriers, n_sleeps;
+
+void sm_thread_counts(int64_t *forks, int64_t *barriers, int64_t *sleeps) {
+    *forks = atomic_load_explicit(&n_forks, memory_order_relaxed);
+    *barriers = atomic_load_explicit(&n_barriers, memory_order_relaxed);
+    *sleeps = atomic_load_explicit(&n_sleeps, memory_order_relaxed);
+}
+
 void sm_team_init(sm_team *tm, int n_threads) {
+    if (n_threads > 1) atomic_fetch_add_explicit(&n_forks, 1, memory_order_relaxed);
     atomic_init(&tm->n_threads, n_threads > 0 ? n_threads : 1);
     atomic_init(&tm->arrived, 0);
     atomic_init(&tm->generation, 0);
@@ -100,6 +110,7 @@ void sm_team_barrier(sm_team *tm) {
         atomic_store_explicit(&tm->arrived, 0, memory_order_relaxed);
         atomic_store_explicit(&tm->next, 0, memory_order_relaxed);
         atomic_store_explicit(&tm->released_ns, now_ns(), memory_order_relaxed);
+        atomic_fetch_add_explicit(&n_barriers, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&tm->generation, 1, memory_order_seq_cst);
         if (atomic_load_explicit(&tm->sleepers, memory_order_seq_cst) > 0) wake_all(&tm->generation);
         return;
@@ -107,6 +118,7 @@ void sm_team_barrier(sm_team *tm) {
     const int64_t start = now_ns();
     if (spin_while(&tm->generation, seen, start, atomic_load_explicit(&spin_budget_ns, memory_order_relaxed)))
         return;
+    atomic_fetch_add_explicit(&n_sleeps, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&tm->sleepers, 1, memory_order_seq_cst);
     while (atomic_load_explicit(&tm->generation, memory_order_seq_cst) == seen) sleep_while(&tm->generation, seen);
     atomic_fetch_sub_explicit(&tm->sleepers, 1, memory_order_relaxed);
