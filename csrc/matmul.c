@@ -3,13 +3,14 @@
  * Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T.  Each row of X is quantized once into W's
  * vec_dot type; output rows are split over a team's threads (team.h) in tiles, and inside
  * a tile every token is dotted against the same few weight rows while they are still in
- * L1, so a batch of tokens streams the weights from memory once.  Where the kernel table has a tile
- * kernel (vec_dot_tile), a row tile meets each group of up to SM_VEC_DOT_N_MAX tokens in
- * one call, which decodes every weight block once per group and sums several weight rows
- * side by side (also for a single token); else, where it has a multi-row dot (vec_dot_n),
- * each weight row is decoded once per group of tokens instead of once per token.  Both
- * read Q8_0 activations with the groups' block scales (as floats) and quant sums laid out
- * once per call in a panel (fill_scale_panel).  Every path gives the floats of vec_dot. */
+ * L1, so a batch of tokens streams the weights from memory once.  Where the kernel table
+ * has a tile kernel (vec_dot_tile), a row tile meets each group of up to SM_VEC_DOT_N_MAX
+ * tokens in one call, which decodes every weight block once per group and sums several
+ * weight rows side by side (also for a single token); else, where it has a multi-row dot
+ * (vec_dot_n), each weight row is decoded once per group of tokens instead of once per
+ * token.  Both read Q8_0 activations with the groups' block scales (as floats) and quant
+ * sums laid out once per call in a panel (fill_scale_panel).  Every path gives the floats
+ * of vec_dot. */
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -288,7 +289,7 @@ size_t sm_matmul_workspace_bytes(int wtype, int64_t n_cols, int64_t n_tok) {
     return act_bytes(sm_row_size(at, n_cols), n_tok) + panels;
 }
 
-/* Rows [r0, r1) of every part's tile `tile` of the common list. */
+/* Tile `tile` of the common list: up to ROW_TILE rows of one part. */
 static void run_tile(const matmul_plan *pl, const sm_matmul_part *parts, const uint8_t *x, const float *panels,
                      int n, int64_t n_tok, int64_t tile) {
     int p = 0;
