@@ -557,7 +557,9 @@ static int check_batch(sm_model *m, int n_tokens, const int32_t *tokens, const i
 
 /* The step as run by thread tid of the team: every thread runs this code; per-token steps
  * touch only the tokens the thread owns (sm_team_owns_token), matmuls and attention are
- * shared out, and a barrier stands wherever a thread reads what others wrote. */
+ * shared out.  Wherever a thread reads what others wrote, a barrier follows a shared-out
+ * operation and sm_team_publish a per-token one (so that in decode the thread owning the
+ * token never waits for the others between a barrier and the next shared operation). */
 static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t *tokens, const int32_t *slots,
                         const int32_t *positions, int n_items, int att_threads, int n_out,
                         const int32_t *out_rows, float *logits, float *hidden) {
@@ -653,7 +655,7 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
                 kv->v[cell * kv_dim + i] = sm_float_to_half(vt[i]);
             }
         }
-        sm_team_barrier(tm); /* attention reads every token's q and cache rows */
+        sm_team_publish(tm, tid, T); /* attention reads every token's q and cache rows */
 
         /* attention, one work item (token block x heads of one kv head) per claim */
         if (tid < att_threads)

@@ -326,7 +326,7 @@ int sm_matmul_team(sm_team *tm, int tid, const sm_matmul_part *parts, int n_part
             for (int64_t t = t0; t < t1; t++) quantize((uint8_t *)x + t * pl.x_row, X + t * n_cols, n_cols);
         if (panels) fill_scale_panel(panels, x, pl.x_row, n_cols, n_tok, t0);
     }
-    sm_team_barrier(tm);
+    sm_team_publish(tm, tid, n_tok);
 
     /* all parts' row tiles as one list, claimed in chunks */
     const int64_t n_tiles = pl.first_tile[n_parts];

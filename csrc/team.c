@@ -36,7 +36,8 @@ void sm_team_init(sm_team *tm, int n_threads) {
     atomic_init(&tm->generation, 0);
     atomic_init(&tm->sleepers, 0);
     atomic_init(&tm->next, 0);
-    atomic_init(&tm->released_ns, 0);
+    atomic_init(&tm->published, 0);
+    atomic_init(&tm->sync_sleepers, 0);
     atomic_init(&tm->long_waits, 0);
 }
 
@@ -51,23 +52,23 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Sleeps while the generation is still `seen` (may return early; the caller rechecks). */
-static void sleep_while(_Atomic unsigned *generation, unsigned seen) {
+/* Sleeps while *word is still `seen` (may return early; the caller rechecks). */
+static void sleep_while(_Atomic unsigned *word, unsigned seen) {
 #ifdef __linux__
-    syscall(SYS_futex, (unsigned *)generation, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
 #else
-    (void)generation;
+    (void)word;
     (void)seen;
     const struct timespec nap = {0, 50000};
     nanosleep(&nap, NULL);
 #endif
 }
 
-static void wake_all(_Atomic unsigned *generation) {
+static void wake_all(_Atomic unsigned *word) {
 #ifdef __linux__
-    syscall(SYS_futex, (unsigned *)generation, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 #else
-    (void)generation;
+    (void)word;
 #endif
 }
 
@@ -86,42 +87,58 @@ void sm_team_learn(sm_team *tm) {
     atomic_store_explicit(&spin_budget_ns, next, memory_order_relaxed);
 }
 
-/* Spins until the generation moves on (1) or budget_ns have passed since start (0). */
-static int spin_while(_Atomic unsigned *generation, unsigned seen, int64_t start, int64_t budget_ns) {
+/* Waits until *word >= target: spins for the learned budget, then sleeps (announced in
+ * *sleepers, so that whoever moves the word on wakes it).  A wait that ends more than
+ * SM_TEAM_SPIN_MAX_NS after it began counts as long (sm_team_learn). */
+static void wait_at_least(sm_team *tm, _Atomic unsigned *word, unsigned target, _Atomic int *sleepers) {
+    const int64_t start = now_ns(), budget = atomic_load_explicit(&spin_budget_ns, memory_order_relaxed);
     for (;;) {
         for (int i = 0; i < 64; i++) {
-            if (atomic_load_explicit(generation, memory_order_acquire) != seen) return 1;
+            if (atomic_load_explicit(word, memory_order_acquire) >= target) return;
             cpu_relax();
         }
-        if (now_ns() - start > budget_ns) return 0;
+        if (now_ns() - start > budget) break;
     }
+    atomic_fetch_add_explicit(&n_sleeps, 1, memory_order_relaxed);
+    /* seq_cst pairs with the waker's: either it sees this sleeper or this sees the word */
+    atomic_fetch_add_explicit(sleepers, 1, memory_order_seq_cst);
+    for (unsigned v; (v = atomic_load_explicit(word, memory_order_seq_cst)) < target;) sleep_while(word, v);
+    atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
+    if (now_ns() - start >= SM_TEAM_SPIN_MAX_NS) atomic_fetch_add_explicit(&tm->long_waits, 1, memory_order_relaxed);
+}
+
+/* Moves *word on by one and wakes its sleepers; returns the new value. */
+static unsigned advance(_Atomic unsigned *word, _Atomic int *sleepers) {
+    const unsigned v = atomic_fetch_add_explicit(word, 1, memory_order_seq_cst) + 1;
+    if (atomic_load_explicit(sleepers, memory_order_seq_cst) > 0) wake_all(word);
+    return v;
 }
 
 void sm_team_barrier(sm_team *tm) {
     const int n = atomic_load_explicit(&tm->n_threads, memory_order_relaxed);
     if (n <= 1) {
         atomic_store_explicit(&tm->next, 0, memory_order_relaxed);
+        atomic_store_explicit(&tm->published, 0, memory_order_relaxed);
         return;
     }
     const unsigned seen = atomic_load_explicit(&tm->generation, memory_order_acquire);
     if (atomic_fetch_add_explicit(&tm->arrived, 1, memory_order_acq_rel) == n - 1) {
-        /* last to arrive: rearm, then release the others (seq_cst pairs with the
-         * sleepers' increment, so a thread about to sleep is always woken) */
+        /* last to arrive: rearm, then release the others */
         atomic_store_explicit(&tm->arrived, 0, memory_order_relaxed);
         atomic_store_explicit(&tm->next, 0, memory_order_relaxed);
-        atomic_store_explicit(&tm->released_ns, now_ns(), memory_order_relaxed);
+        atomic_store_explicit(&tm->published, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&n_barriers, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&tm->generation, 1, memory_order_seq_cst);
-        if (atomic_load_explicit(&tm->sleepers, memory_order_seq_cst) > 0) wake_all(&tm->generation);
+        advance(&tm->generation, &tm->sleepers);
         return;
     }
-    const int64_t start = now_ns();
-    if (spin_while(&tm->generation, seen, start, atomic_load_explicit(&spin_budget_ns, memory_order_relaxed)))
-        return;
-    atomic_fetch_add_explicit(&n_sleeps, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&tm->sleepers, 1, memory_order_seq_cst);
-    while (atomic_load_explicit(&tm->generation, memory_order_seq_cst) == seen) sleep_while(&tm->generation, seen);
-    atomic_fetch_sub_explicit(&tm->sleepers, 1, memory_order_relaxed);
-    if (atomic_load_explicit(&tm->released_ns, memory_order_relaxed) - start >= SM_TEAM_SPIN_MAX_NS)
-        atomic_fetch_add_explicit(&tm->long_waits, 1, memory_order_relaxed);
+    wait_at_least(tm, &tm->generation, seen + 1, &tm->sleepers);
+}
+
+void sm_team_publish(sm_team *tm, int tid, int64_t n_tok) {
+    const int n = atomic_load_explicit(&tm->n_threads, memory_order_relaxed);
+    if (n <= 1) return;
+    const int64_t groups = (n_tok + SM_VEC_DOT_N_MAX - 1) / SM_VEC_DOT_N_MAX;
+    const unsigned owners = (unsigned)(groups < n ? groups : n);
+    if ((unsigned)tid < owners && advance(&tm->published, &tm->sync_sleepers) == owners) return;
+    wait_at_least(tm, &tm->published, owners, &tm->sync_sleepers);
 }

@@ -31,7 +31,8 @@ typedef struct sm_team {
     _Atomic int arrived;          /* threads at the current barrier */
     _Atomic unsigned generation;  /* barriers passed; the futex word sleepers wait on */
     _Atomic int sleepers;         /* threads asleep (or about to be) at a barrier */
-    _Atomic int64_t released_ns;  /* when the last barrier was released */
+    _Atomic unsigned published;   /* owners done since the last barrier (sm_team_publish) */
+    _Atomic int sync_sleepers;    /* threads asleep (or about to be) in sm_team_publish */
     _Atomic int long_waits;       /* waits longer than SM_TEAM_SPIN_MAX_NS */
     _Atomic int64_t next;         /* next unclaimed index of the current claimed loop */
 } sm_team;
@@ -42,6 +43,12 @@ void sm_team_init(sm_team *tm, int n_threads);
 void sm_team_enter(sm_team *tm, int n_threads);
 /* Waits until every thread of the team has arrived; also rearms sm_team_claim. */
 void sm_team_barrier(sm_team *tm);
+/* After a per-token step over n_tok tokens: the threads that own some of them
+ * (sm_team_owns_token) say they are done, and every thread waits until all of them are.
+ * Unlike a barrier, an owner that is the only one (a batch of at most SM_VEC_DOT_N_MAX
+ * tokens: decode) goes on at once; the others start when it is done.  At most one per
+ * stretch between barriers. */
+void sm_team_publish(sm_team *tm, int tid, int64_t n_tok);
 /* After the region: sets the barriers' spin for the next teams from this team's waits. */
 void sm_team_learn(sm_team *tm);
 
