@@ -4,10 +4,11 @@
  *
  * Every thread of the team runs the same code (SPMD) with its own tid; work inside an
  * operation is split by token (sm_team_owns_token) or claimed in chunks from a shared
- * counter (sm_team_claim).  A thread that reaches a barrier first spins for a bounded,
- * adaptive time, then sleeps until the last thread arrives: on a quiet machine the step's
- * ~200 barriers pass without a sleep or a wake, and on a shared one a thread whose partner
- * was preempted gives its core away instead of burning the time slice. */
+ * counter (sm_team_claim); after a per-token step the owners publish (sm_team_publish)
+ * and the others wait for them, after a shared-out one all meet at a barrier.  A thread
+ * that has to wait spins for a bounded, learned time, then sleeps: on a quiet machine the
+ * step's ~200 waits pass without a sleep or a wake, and on a shared one a thread whose
+ * partner was preempted gives its core away instead of burning the time slice. */
 #ifndef SMALLMIND_TEAM_H
 #define SMALLMIND_TEAM_H
 
