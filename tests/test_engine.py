@@ -127,5 +127,7 @@ def test_bad_requests_are_refused(model):
         engine.submit([1, 10 ** 6], SamplingParams())
     with pytest.raises(RequestValidationError, match="context"):
         engine.submit([1] * 300, SamplingParams())
-    with pytest.raises(RequestValidationError):
-        engine.submit([1, 2], SamplingParams(temperature=-1))
+    with pytest.raises(RequestValidationError, match="context"):   # no room for its budget
+        engine.submit([1] * 250, SamplingParams(), max_tokens=7)
+    with pytest.raises(RequestValidationError, match="vocabulary"):
+        engine.submit([1, 2], SamplingParams(logit_bias={10 ** 6: 1.0}))

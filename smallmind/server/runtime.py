@@ -20,7 +20,8 @@ from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
 from smallmind.scheduler import Scheduler
 from smallmind.server.config import ServerOptions
-from smallmind.server.protocol import ContextLengthError, check_schema_limits, min_prompt_tokens
+from smallmind.server.openai.errors import ContextLengthError
+from smallmind.server.openai.requests import check_schema_limits, min_prompt_tokens
 
 log = logging.getLogger("smallmind.server")
 
@@ -73,8 +74,7 @@ def _compile(compile_fn, source, param: str) -> Grammar:
     try:
         return compile_fn(source)
     except GrammarError as e:
-        e.param = param
-        raise
+        raise GrammarError(str(e), e.keyword, param) from None
 
 
 def grammar_of_request(req) -> Grammar | None:
@@ -205,15 +205,13 @@ class ServedModel:
 
     def text_prompt(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Token ids of a completion prompt or embedding input (ids pass through; the
-        protocol checked they lie in the vocabulary)."""
+        parser checked they lie in the vocabulary)."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
         else:
             ids = list(prompt)
         if not ids:
-            err = RequestValidationError(f"{param} is empty")
-            err.param = param
-            raise err
+            raise RequestValidationError(f"{param} is empty", param)
         return ids
 
     def check_embedding_input(self, item: str | list[int]) -> None:
