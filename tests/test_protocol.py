@@ -11,6 +11,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from smallmind.engine.sampling import SamplingParams
 from smallmind.errors import (ConfigError, ModelFormatError, ModelNotFoundError,
                               RequestValidationError)
+from smallmind.server.config import ServerOptions
 from smallmind.server.openai import errors, requests, responses
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -82,6 +83,12 @@ def test_chat_minimal_uses_defaults():
     assert not req.max_tokens_given
     assert (req.stop, req.n, req.stream, req.include_usage, req.model) == ([], 1, False, False,
                                                                           None)
+
+
+def test_server_settings_give_the_defaults():
+    defaults = ServerOptions(default_temperature=0.3, default_top_k=0).sampling_defaults()
+    s = requests.parse_completion(completion_body(), defaults).sampling
+    assert (s.temperature, s.top_k, s.top_p) == (0.3, 0, SamplingParams.top_p)
 
 
 def test_chat_all_fields():

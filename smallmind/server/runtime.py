@@ -3,11 +3,13 @@ token ids that fit its context.  Holds no HTTP; the handlers call it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smallmind import kernels, tool_calls
 from smallmind.chat_template import ChatTemplate, normalize_messages
@@ -20,8 +22,7 @@ from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
 from smallmind.scheduler import Scheduler
 from smallmind.server.config import ServerOptions
-from smallmind.server.openai.errors import ContextLengthError
-from smallmind.server.openai.requests import check_schema_limits, min_prompt_tokens
+from smallmind.server.openai.errors import ContextLengthError, LimitExceededError
 
 log = logging.getLogger("smallmind.server")
 
@@ -222,3 +223,41 @@ class ServedModel:
                 raise ContextLengthError(self.n_ctx, least, None, param="input", at_least=True)
         elif len(item) > self.n_ctx:
             raise ContextLengthError(self.n_ctx, len(item), None, param="input")
+
+
+def min_prompt_tokens(text: str, max_token_bytes: int) -> int:
+    """A lower bound on the tokens of ``text`` that needs no tokenizing: no token stands for
+    more than ``max_token_bytes`` bytes of text, so B bytes take at least ceil(B / max)."""
+    return -(-len(text.encode("utf-8")) // max_token_bytes)
+
+
+def check_schema_limits(schema: Any, param: str, where: str, max_bytes: int, max_depth: int) -> None:
+    """A LimitExceededError (naming ``param``) for a JSON schema nested deeper than
+    ``max_depth`` objects/arrays or longer than ``max_bytes`` as compact JSON: measured before
+    anything compiles it, since compiling costs more than linear time and memory and
+    recurses once per level."""
+    if _nesting_depth(schema, max_depth) > max_depth:
+        raise LimitExceededError(f"{where} is nested more than {max_depth} levels deep (objects "
+                                 f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
+                                 param)
+    size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > max_bytes:
+        raise LimitExceededError(f"{where} is {size} bytes as compact JSON; this server's limit "
+                                 f"is {max_bytes} bytes (MaxSchemaBytes)", param)
+
+
+def _nesting_depth(value: Any, stop_after: int) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar: 0), counted no further than
+    one past ``stop_after``; iterative, so any depth is measured safely."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

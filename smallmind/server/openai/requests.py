@@ -33,7 +33,6 @@ __all__ = [
     "GenerationRequest", "ChatRequest", "CompletionRequest", "EmbeddingRequest", "TokenizeRequest",
     "parse_chat", "parse_completion", "parse_embedding", "parse_tokenize", "parse_detokenize",
     "choice_params", "choice_index", "fit_max_tokens", "check_vocabulary",
-    "check_schema_limits", "min_prompt_tokens",
     "MAX_N", "MAX_STOP", "MAX_PROMPTS", "MAX_EMBEDDING_INPUTS",
 ]
 
@@ -555,7 +554,7 @@ def fit_max_tokens(req: GenerationRequest, prompt_tokens: int, context_length: i
     """The max_tokens to generate with: a default is clipped to the room the prompt leaves,
     a user-given one that does not fit is a ContextLengthError, as is a prompt that leaves
     no room at all.  With ``at_least``, prompt_tokens is only a lower bound (from
-    min_prompt_tokens): the refusals are as certain, the returned number is not final."""
+    runtime.min_prompt_tokens): the refusals are as certain, the returned number is not final."""
     param = "messages" if isinstance(req, ChatRequest) else "prompt"
     room = context_length - prompt_tokens
     if room < 1:
@@ -566,44 +565,6 @@ def fit_max_tokens(req: GenerationRequest, prompt_tokens: int, context_length: i
     if req.max_tokens_given:
         raise ContextLengthError(context_length, prompt_tokens, wanted, param=param, at_least=at_least)
     return room
-
-
-def min_prompt_tokens(text: str, max_token_bytes: int) -> int:
-    """A lower bound on the tokens of ``text`` that needs no tokenizing: no token stands for
-    more than ``max_token_bytes`` bytes of text, so B bytes take at least ceil(B / max)."""
-    return -(-len(text.encode("utf-8")) // max_token_bytes)
-
-
-def check_schema_limits(schema: Any, param: str, where: str, max_bytes: int, max_depth: int) -> None:
-    """A LimitExceededError (naming ``param``) for a JSON schema nested deeper than
-    ``max_depth`` objects/arrays or longer than ``max_bytes`` as compact JSON: measured before
-    anything compiles it, since compiling costs more than linear time and memory and
-    recurses once per level."""
-    if _nesting_depth(schema, max_depth) > max_depth:
-        raise LimitExceededError(f"{where} is nested more than {max_depth} levels deep (objects "
-                                 f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
-                                 param)
-    size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-    if size > max_bytes:
-        raise LimitExceededError(f"{where} is {size} bytes as compact JSON; this server's limit "
-                                 f"is {max_bytes} bytes (MaxSchemaBytes)", param)
-
-
-def _nesting_depth(value: Any, stop_after: int) -> int:
-    """How deeply objects and arrays nest in ``value`` (a scalar: 0), counted no further than
-    one past ``stop_after``; iterative, so any depth is measured safely."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > stop_after:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def check_vocabulary(req: GenerationRequest | EmbeddingRequest, vocab_size: int) -> None:
