@@ -137,16 +137,17 @@ class SamplingParams:
         return self.temperature == 0
 
     def with_values(self, given: Mapping[str, object],
-                    aliases: Mapping[str, str] = {}) -> SamplingParams:
+                    aliases: Mapping[str, str] | None = None) -> SamplingParams:
         """These settings with ``given`` (values as a client or a setting sent them) put in:
         each judged against RANGES, the one validation of a parameter's value, and floats
         made float.  ``aliases``: another name a field may come under (OpenAI's
         max_completion_tokens for max_tokens), judged under that name and winning over the
         field's own.  A RequestValidationError names every bad one (the first in ``param``)."""
+        aliases = aliases or {}
         found = [(name, _problem(name, value, RANGES[aliases.get(name, name)]))
                  for name, value in given.items() if not RANGES[aliases.get(name, name)].accepts(value)]
         _raise_if(found)
-        values = {aliases.get(name, name): value for name, value in given.items() if name not in aliases}
+        values = {name: value for name, value in given.items() if name not in aliases}
         values.update((aliases[name], value) for name, value in given.items() if name in aliases)
         return replace(self, **{name: value if RANGES[name].integer or value is None else float(value)
                                 for name, value in values.items()})
