@@ -66,13 +66,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from smallmind.engine.sampling import SamplingParams
     from smallmind.engine.tokenizer import StreamDecoder, Tokenizer
 
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            seed=args.seed, max_tokens=args.max_tokens)
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+             "seed": args.seed, "max_tokens": args.max_tokens}
+    # options left out keep SamplingParams' defaults; the ones given are judged by its RANGES
+    params = SamplingParams().with_values({k: v for k, v in given.items() if v is not None})
     gguf = _open_gguf(args.model)
     tokenizer = Tokenizer.from_gguf(gguf.metadata)
     gguf.close()
     prompt_ids = tokenizer.encode(args.prompt, add_special=True, parse_special=True)
-    params.validate(tokenizer.vocab_size)
     model = Model.load(args.model, n_ctx=min(args.ctx_size, 1 << 20), n_slots=1)
     engine = Engine(model, eog_ids=tokenizer.eog_ids)
     stream = StreamDecoder(tokenizer)
@@ -204,11 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="stream a continuation of a prompt to stdout")
     gen.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
-    gen.add_argument("--max-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=40)
-    gen.add_argument("--top-p", type=float, default=0.95)
-    gen.add_argument("--seed", type=int, default=None)
+    for name, kind in (("max_tokens", int), ("temperature", float), ("top_k", int), ("top_p", float),
+                       ("seed", int)):
+        # no default here: SamplingParams holds them (importing it here would load the kernels)
+        gen.add_argument("--" + name.replace("_", "-"), type=kind, help="default: SamplingParams'")
     gen.add_argument("--ctx-size", type=int, default=4096, help="context length (tokens)")
     gen.add_argument("prompt")
     gen.set_defaults(func=cmd_generate)

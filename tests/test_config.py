@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from smallmind.engine.sampling import SamplingParams
 from smallmind.errors import ConfigError
 from smallmind.server.config import SETTINGS, ServerOptions, describe, load_options, usage
 
@@ -330,3 +331,13 @@ def test_describe_masks_the_api_key(tmp_path):
     assert described["ApiKey"] == "***" and described["Port"] == 1
     assert "sk-secret" not in json.dumps(described)
     assert describe(ServerOptions())["ApiKey"] is None
+
+
+def test_sampling_defaults_are_judged_by_sampling_params_ranges(tmp_path):
+    # the message comes from SamplingParams' range table, not from a copy of it here
+    message = config_error(tmp_path, ["--ServerOptions:DefaultTopK=-1"])
+    assert message == ("ServerOptions:DefaultTopK must be an integer >= 0 (0 disables it), got '-1' "
+                       "(from command line --ServerOptions:DefaultTopK)")
+    assert ServerOptions().sampling_defaults() == SamplingParams()
+    options = load(tmp_path, ["--ServerOptions:DefaultTemperature=0.3", "--ServerOptions:DefaultMaxTokens=7"])
+    assert options.sampling_defaults() == SamplingParams(temperature=0.3, max_tokens=7)

@@ -101,6 +101,15 @@ def test_stop_token_ends_without_emitting_it(model):
     assert seq.output_ids == expected[:expected.index(stop)]
 
 
+def test_budget_given_by_the_caller_ends_the_sequence(model):
+    # the server fits the budget to the context once and hands it over; params.max_tokens
+    # then plays no part
+    engine = Engine(model)
+    seq = engine.submit(PROMPTS[0], SamplingParams(**GREEDY, max_tokens=50, ignore_eos=True), max_tokens=3)
+    run_all(engine, [seq])
+    assert (seq.finish_reason, len(seq.output_ids)) == ("length", 3)
+
+
 def test_cancel_frees_the_slot(model):
     engine = Engine(model)
     seq = engine.submit(PROMPTS[0], SamplingParams(**GREEDY, max_tokens=50, ignore_eos=True))
@@ -127,5 +136,7 @@ def test_bad_requests_are_refused(model):
         engine.submit([1, 10 ** 6], SamplingParams())
     with pytest.raises(RequestValidationError, match="context"):
         engine.submit([1] * 300, SamplingParams())
-    with pytest.raises(RequestValidationError):
-        engine.submit([1, 2], SamplingParams(temperature=-1))
+    with pytest.raises(RequestValidationError, match="context"):   # no room for its budget
+        engine.submit([1] * 250, SamplingParams(), max_tokens=7)
+    with pytest.raises(RequestValidationError, match="vocabulary"):
+        engine.submit([1, 2], SamplingParams(logit_bias={10 ** 6: 1.0}))

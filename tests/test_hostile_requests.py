@@ -16,7 +16,8 @@ import pytest
 from conftest import default_model_path
 from server_process import ServerProcess, http
 from smallmind.engine.grammar import compile as grammar_cache
-from smallmind.server import protocol
+from smallmind.server import runtime
+from smallmind.server.openai import errors
 
 _PATH = Path(__file__).resolve().parent.parent / "scripts" / "probe_latency.py"
 _spec = importlib.util.spec_from_file_location("probe_latency", _PATH)
@@ -323,10 +324,10 @@ def test_invalid_utf8_and_lone_surrogates_are_refused_alike(server):
 # ---------------------------------------------------------------- the parts, without a server
 
 def test_min_prompt_tokens_is_a_lower_bound():
-    assert protocol.min_prompt_tokens("", 48) == 0
-    assert protocol.min_prompt_tokens("x" * 48, 48) == 1
-    assert protocol.min_prompt_tokens("x" * 49, 48) == 2
-    assert protocol.min_prompt_tokens("é" * 24, 48) == 1      # 48 bytes of UTF-8
+    assert runtime.min_prompt_tokens("", 48) == 0
+    assert runtime.min_prompt_tokens("x" * 48, 48) == 1
+    assert runtime.min_prompt_tokens("x" * 49, 48) == 2
+    assert runtime.min_prompt_tokens("é" * 24, 48) == 1      # 48 bytes of UTF-8
 
 
 def test_tokenizer_max_token_bytes_bounds_every_token():
@@ -337,7 +338,7 @@ def test_tokenizer_max_token_bytes_bounds_every_token():
     bound = tokenizer.max_token_bytes
     for text in ["hello world", " " * 200, "=" * 300, "<start_of_turn>user\nhi<end_of_turn>", "日本語" * 30]:
         ids = tokenizer.encode(text, add_special=False, parse_special=True)
-        assert len(ids) >= protocol.min_prompt_tokens(text, bound), text
+        assert len(ids) >= runtime.min_prompt_tokens(text, bound), text
 
 
 def test_grammar_cache_is_bounded_by_bytes(monkeypatch):
@@ -363,9 +364,9 @@ def test_check_schema_limits_measures_without_recursion():
     deep: list = []
     for _ in range(100_000):
         deep = [deep]
-    with pytest.raises(protocol.LimitExceededError, match="MaxSchemaDepth"):
-        protocol.check_schema_limits({"items": deep}, "response_format", "schema", 10_000, 64)
-    protocol.check_schema_limits(probe_latency._nested(10), "response_format", "schema", 10_000, 64)
+    with pytest.raises(errors.LimitExceededError, match="MaxSchemaDepth"):
+        runtime.check_schema_limits({"items": deep}, "response_format", "schema", 10_000, 64)
+    runtime.check_schema_limits(probe_latency._nested(10), "response_format", "schema", 10_000, 64)
 
 
 def test_large_answers_are_encoded_without_holding_the_gil_throughout():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from smallmind.engine.sampling import (
+    RANGES,
     Sampler,
     SamplingParams,
     log_softmax,
@@ -408,8 +409,29 @@ def test_validate_rejects(kwargs, param):
         p.validate(V)
     assert param in str(ei.value)
     assert ei.value.param == param
-    with pytest.raises(RequestValidationError):
-        Sampler(p, V)
+    value = kwargs[param]
+    if param in RANGES:         # a value from outside is judged where it comes in
+        with pytest.raises(RequestValidationError) as ei:
+            SamplingParams().with_values({param: value})
+        assert ei.value.param == param
+    elif param == "stop_token_ids" or (param == "logit_bias" and set(value.values()) == {1.0}):
+        with pytest.raises(RequestValidationError):   # ids the sampler's vocabulary lacks
+            Sampler(p, V)
+
+
+def test_with_values_judges_by_ranges_and_makes_floats():
+    p = SamplingParams().with_values({"temperature": 0, "top_k": 3, "seed": None})
+    assert p.temperature == 0.0 and isinstance(p.temperature, float) and p.top_k == 3
+    with pytest.raises(RequestValidationError) as ei:
+        SamplingParams().with_values({"temperature": 5, "top_p": 0})
+    assert ei.value.params == ["temperature", "top_p"]
+    assert str(ei.value).startswith("temperature must be a number between 0 and 2, got 5; top_p")
+    # another name of a field is judged under that name and wins over the field's own
+    aliases = {"max_completion_tokens": "max_tokens"}
+    assert SamplingParams().with_values({"max_tokens": 3, "max_completion_tokens": 9}, aliases).max_tokens == 9
+    with pytest.raises(RequestValidationError) as ei:
+        SamplingParams().with_values({"max_completion_tokens": 0}, aliases)
+    assert ei.value.param == "max_completion_tokens"
 
 
 def test_validate_accepts_edges():

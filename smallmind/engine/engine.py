@@ -16,6 +16,7 @@ import numpy as np
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
 from smallmind.engine.sampling import Sampler, SamplingParams, token_and_top_logprobs
 from smallmind.errors import RequestValidationError
+from smallmind.values import check_token_ids
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     sampler: Sampler
+    max_tokens: int                 # tokens it may generate: fits the context with the prompt
     slot: int = -1
     n_cached: int = 0               # positions of this sequence already in the KV cache
     n_reused: int = 0               # prompt positions it found cached (prefix cache) when it started
@@ -123,20 +125,23 @@ class Engine:
 
     # ---- admission ----
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, constraint=None) -> Sequence:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, constraint=None,
+               max_tokens: int | None = None) -> Sequence:
         """Queue a sequence; it starts at the next step that has a free slot.  ``constraint``
-        (a grammar state) limits every token it samples to what the grammar allows."""
+        (a grammar state) limits every token it samples to what the grammar allows.
+        ``max_tokens``: its budget, already fitted to the context by the caller; None fits
+        ``params.max_tokens`` to the room the prompt leaves."""
         if not prompt_ids:
-            raise RequestValidationError("the prompt is empty")
-        params.validate(self.model.vocab_size)
-        if len(prompt_ids) >= self.model.n_ctx:
+            raise RequestValidationError("the prompt is empty", "prompt")
+        check_token_ids(prompt_ids, self.model.vocab_size, "prompt")
+        room = self.model.n_ctx - len(prompt_ids)
+        budget = min(params.max_tokens, room) if max_tokens is None else max_tokens
+        if not 1 <= budget <= room:
             raise RequestValidationError(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.model.n_ctx}")
-        bad = [t for t in prompt_ids if not 0 <= t < self.model.vocab_size]
-        if bad:
-            raise RequestValidationError(f"token id {bad[0]} is outside the vocabulary (0..{self.model.vocab_size - 1})")
+                f"the prompt has {len(prompt_ids)} tokens and asks for {budget} more; the context "
+                f"holds {self.model.n_ctx}", "prompt")
         sampler = Sampler(params, self.model.vocab_size, eog_token_ids=self.eog_ids)
-        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler, constraint=constraint)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler, budget, constraint=constraint)
         self.waiting.append(seq)
         return seq
 
@@ -236,13 +241,11 @@ class Engine:
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> StepEvent:
         params = seq.params
-        last_n = params.penalty_last_n
-        window = seq.all_ids if last_n < 0 else seq.all_ids[-last_n:] if last_n > 0 else []
         raw_logits = logits
         if seq.constraint is not None:
             logits = np.array(logits, np.float32)      # the raw row stays for logprobs
             seq.constraint.mask_logits(logits)
-        token = seq.sampler.sample(logits, window)
+        token = seq.sampler.sample(logits, seq.all_ids)   # the sampler cuts its penalty window
         if seq.constraint is not None and token not in self.eog_ids:
             seq.constraint.advance(token)
         stop_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eog_ids)
@@ -257,7 +260,7 @@ class Engine:
             seq.finish_reason = "stop"
             self._release(seq)
             return StepEvent(seq, token, True, logprob)
-        if len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.model.n_ctx:
+        if len(seq.output_ids) >= seq.max_tokens:
             seq.finish_reason = "length"
             self._release(seq)
             return StepEvent(seq, token, True, logprob)

@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from smallmind.server.protocol import QueueFullError, RequestTimeoutError
+from smallmind.server.openai.errors import QueueFullError, RequestTimeoutError
 
 
 @dataclass(eq=False)
@@ -28,7 +28,6 @@ class Admission:
         self.retry_after_s = retry_after_s
         self.active = 0                     # sequences of admitted requests
         self.queue: deque[Ticket] = deque()
-        self.rejected = 0
 
     @property
     def waiting(self) -> int:
@@ -42,7 +41,6 @@ class Admission:
             self._admit(ticket)
             return ticket
         if len(self.queue) >= self.depth:
-            self.rejected += 1
             raise QueueFullError(f"the server is busy: {self.active} sequences are running and "
                                  f"{len(self.queue)} requests are queued; retry later",
                                  retry_after=self.retry_after_s)

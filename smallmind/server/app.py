@@ -1,16 +1,15 @@
 """The Tornado application: the server's shared state and its routes.
 
-Handlers (`handlers.py`, `completions.py`) parse with `protocol`, build prompts with
+Handlers (`handlers.py`, `completions.py`) parse with `openai.requests`, build prompts with
 `ServedModel`, pass admission, and hand generation to the engine thread (`Scheduler`); they
 only await and write.  Every failure becomes an OpenAI-style JSON error through
-`protocol.error_response`, the one place statuses are decided."""
+`openai.errors.error_response`, the one place statuses are decided."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import tornado.web
 
-from smallmind.server import protocol
 from smallmind.server.admission import Admission
 from smallmind.server.completions import (ChatHandler, CompletionHandler, DetokenizeHandler, EmbeddingHandler,
                                           TokenizeHandler)
@@ -51,11 +50,6 @@ class ServerState:
     def set_status(self, status: str, reason: str = "") -> None:
         self.status, self.reason = status, reason
         self.metrics.set_ready(self.ready)
-
-    def defaults(self) -> protocol.Defaults:
-        o = self.options
-        return protocol.Defaults(max_tokens=o.default_max_tokens, temperature=o.default_temperature,
-                                 top_p=o.default_top_p, top_k=o.default_top_k)
 
     def refresh_gauges(self) -> None:
         self.metrics.set_queue_depth(self.admission.waiting)

@@ -24,7 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
+from smallmind.engine.sampling import RANGES, SamplingParams
 from smallmind.errors import ConfigError
+from smallmind.values import Range, clip, json_type
 
 __all__ = ["ServerOptions", "load_options", "usage", "describe", "SETTINGS", "SECTION"]
 
@@ -48,10 +50,11 @@ class ServerOptions:
     max_queue_depth: int = 32
     request_timeout_ms: int = 300_000
     max_context_tokens: int = 4096
-    default_max_tokens: int = 100
-    default_temperature: float = 0.8
-    default_top_p: float = 0.95
-    default_top_k: int = 40
+    # SamplingParams holds the defaults of what a request may leave out
+    default_max_tokens: int = SamplingParams.max_tokens
+    default_temperature: float = SamplingParams.temperature
+    default_top_p: float = SamplingParams.top_p
+    default_top_k: int = SamplingParams.top_k
     threads: int = 0
     max_body_bytes: int = 10 * 1024 * 1024
     api_key: str | None = None
@@ -63,6 +66,12 @@ class ServerOptions:
     max_tokenize_bytes: int = 256 * 1024
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000
+
+    def sampling_defaults(self) -> SamplingParams:
+        """The sampling settings of a request that gives none: SamplingParams' own defaults
+        with the Default* settings put in (load_options judged those against RANGES)."""
+        return SamplingParams(max_tokens=self.default_max_tokens, temperature=self.default_temperature,
+                              top_p=self.default_top_p, top_k=self.default_top_k)
 
     @property
     def api_keys(self) -> list[str]:
@@ -88,6 +97,7 @@ class Setting:
     flag: bool = False            # also settable as --<field-with-dashes>
     secret: bool = False          # never echoed in messages, masked by describe()
     nonempty: bool = False        # a str that may not be empty (others: empty = unset)
+    sampling: str | None = None   # a sampling default: SamplingParams' RANGES judge it
 
     @property
     def name(self) -> str:
@@ -98,18 +108,18 @@ class Setting:
         return "--" + self.field.replace("_", "-")
 
     @property
+    def rule(self) -> Range:
+        """The range a number must lie in (a sampling default's is SamplingParams')."""
+        if self.sampling is not None:
+            return RANGES[self.sampling]
+        return Range(self.kind is int, self.low, self.high, self.low_exclusive)
+
+    @property
     def requirement(self) -> str:
         """What a valid value looks like, for error messages: 'an integer >= 1'."""
-        noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
-        if self.nonempty:
-            noun = "a non-empty string"
-        if self.low is not None and self.high is not None:
-            if self.low_exclusive:
-                return f"{noun} greater than {self.low} and at most {self.high}"
-            return f"{noun} between {self.low} and {self.high}"
-        if self.low is not None:
-            return f"{noun} {'>' if self.low_exclusive else '>='} {self.low}"
-        return noun
+        if self.kind is str:
+            return "a non-empty string" if self.nonempty else "a string"
+        return self.rule.requirement
 
 
 # The one table of seed keys; the dataclass above holds the defaults.
@@ -130,13 +140,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MaxContextTokens", "max_context_tokens", int,
             "context window (prompt + completion) in tokens", low=16, flag=True),
     Setting("DefaultMaxTokens", "default_max_tokens", int,
-            "max_tokens when a request gives none", low=1),
+            "max_tokens when a request gives none", sampling="max_tokens"),
     Setting("DefaultTemperature", "default_temperature", float,
-            "temperature when a request gives none", low=0, high=2),
+            "temperature when a request gives none", sampling="temperature"),
     Setting("DefaultTopP", "default_top_p", float, "top_p when a request gives none",
-            low=0, high=1, low_exclusive=True),
+            sampling="top_p"),
     Setting("DefaultTopK", "default_top_k", int, "top_k when a request gives none (0: off)",
-            low=0),
+            sampling="top_k"),
     Setting("Threads", "threads", int, "compute threads (0: one per physical core, within the CPU quota)", low=0,
             flag=True),
     Setting("MaxBodyBytes", "max_body_bytes", int,
@@ -428,26 +438,20 @@ def _to_str(value: Any, setting: Setting) -> str | None:
 
 
 def _in_range(value: Any, setting: Setting) -> bool:
-    if setting.kind is str:
-        return True
-    if setting.low is not None:
-        if value < setting.low or (setting.low_exclusive and value == setting.low):
-            return False
-    return setting.high is None or value <= setting.high
+    return setting.kind is str or setting.rule.accepts(value)
 
 
 def _shown(raw: RawValue) -> str:
     """The offending value for a message: one line, bounded, and never a secret."""
     if raw.setting.secret:
         return "<hidden>"
-    text = repr(raw.value) if isinstance(raw.value, str) else json.dumps(raw.value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clip(repr(raw.value) if isinstance(raw.value, str) else json.dumps(raw.value))
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    """'an object', 'an array', 'null', ...: the JSON type with its article."""
+    name = json_type(value)
+    return name if name == "null" else ("an " if name[0] in "aeiou" else "a ") + name
 
 
 # An origin as browsers send it: scheme://host[:port], nothing after.

@@ -11,7 +11,9 @@ import uuid
 import tornado.web
 
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
-from smallmind.server import protocol
+from smallmind.server.openai import responses
+from smallmind.server.openai.errors import (AuthenticationError, BodyTooLargeError, MethodNotAllowedError,
+                                           NotReadyError, QueueFullError, RouteNotFoundError, error_response)
 from smallmind.server.access_log import log_access
 from smallmind.server.openapi import openapi_document
 
@@ -69,7 +71,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # Compare against every key, always, so timing does not tell which one nearly matched.
         matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]
         if scheme.lower() != "bearer" or not any(matches):
-            raise protocol.AuthenticationError()
+            raise AuthenticationError()
 
     def allow_cors(self) -> None:
         origins = self.state.options.cors_origin_list
@@ -103,13 +105,13 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, tornado.web.HTTPError) or exc is None:
             exc = self._typed_http_error(status_code, getattr(exc, "log_message", None))
         self.allow_cors()
-        if isinstance(exc, protocol.MethodNotAllowedError):
+        if isinstance(exc, MethodNotAllowedError):
             self.set_header("Allow", ", ".join(exc.allowed))
-        if isinstance(exc, protocol.QueueFullError) and exc.retry_after:
+        if isinstance(exc, QueueFullError) and exc.retry_after:
             self.set_header("Retry-After", str(exc.retry_after))
-        if isinstance(exc, protocol.AuthenticationError):
+        if isinstance(exc, AuthenticationError):
             self.set_header("WWW-Authenticate", 'Bearer realm="smallmind"')
-        status, body = protocol.error_response(exc, request_id=self.request_id)
+        status, body = error_response(exc, request_id=self.request_id)
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body, ensure_ascii=False))
@@ -121,11 +123,11 @@ class BaseHandler(tornado.web.RequestHandler):
             base = tornado.web.RequestHandler
             allowed = [m for m in ("GET", "HEAD", "POST")
                        if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
-            return protocol.MethodNotAllowedError(method, path, allowed)
+            return MethodNotAllowedError(method, path, allowed)
         if status == 404:
-            return protocol.RouteNotFoundError(path)
+            return RouteNotFoundError(path)
         if status == 413:
-            return protocol.BodyTooLargeError(self.state.options.max_body_bytes)
+            return BodyTooLargeError(self.state.options.max_body_bytes)
         if 400 <= status < 500:
             return RequestValidationError(message or f"bad request ({status})")
         return RuntimeError(message or f"HTTP {status}")
@@ -134,7 +136,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # Expected outcomes are answers, not faults: no traceback for client errors (4xx),
         # not-ready (503) or timeouts (504); only a 500 is a fault worth one.
         if isinstance(value, (SmallMindError, tornado.web.HTTPError)):
-            status = getattr(value, "status_code", None) or protocol.error_response(value)[0]
+            status = getattr(value, "status_code", None) or error_response(value)[0]
             if status < 500:
                 log.info("request %s: %d %s", self.request_id, status, value)
                 return
@@ -157,13 +159,13 @@ class BaseHandler(tornado.web.RequestHandler):
     def served(self):
         """The loaded model, or NotReadyError (loading, failed, draining)."""
         if not self.state.ready:
-            raise protocol.NotReadyError(f"the model is not ready: {self.state.reason}")
+            raise NotReadyError(f"the model is not ready: {self.state.reason}")
         return self.state.served
 
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
-        raise protocol.RouteNotFoundError(self.request.path)
+        raise RouteNotFoundError(self.request.path)
 
 
 class HealthHandler(BaseHandler):
@@ -199,9 +201,9 @@ class ModelsHandler(BaseHandler):
     def get(self, model_id: str | None = None) -> None:
         served = self.served()
         if model_id is None:
-            self.send_json(protocol.model_list([(served.model_id, served.created, "smallmind")]))
+            self.send_json(responses.model_list([(served.model_id, served.created, "smallmind")]))
         elif model_id == served.model_id:
-            self.send_json(protocol.model_entry(served.model_id, served.created, "smallmind"))
+            self.send_json(responses.model_entry(served.model_id, served.created, "smallmind"))
         else:
             raise ModelNotFoundError(f"the model {model_id!r} does not exist; this server "
                                      f"serves {served.model_id!r}")

@@ -2,7 +2,7 @@
 request body and its responses, for users and for the schemathesis run in the tests.
 
 Request schemas describe what a well-formed request looks like; the server's own checks
-(`protocol.parse_*`) stay the judge and answer anything else with a 400.  Response schemas
+(`openai.requests.parse_*`) stay the judge and answer anything else with a 400.  Response schemas
 are exact about the fields the server always sends, so a test can hold the answers to them.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import smallmind
-from smallmind.server import protocol
+from smallmind.engine.sampling import BIAS_RANGE, RANGES
+from smallmind.server.openai.requests import MAX_EMBEDDING_INPUTS, MAX_N, MAX_PROMPTS, MAX_STOP
 
 __all__ = ["openapi_document"]
 
@@ -39,7 +40,7 @@ _TEXT = {"type": "string", "minLength": 1}
 
 
 def _texts_or_tokens(max_items: int) -> dict:
-    """A string, strings, token ids, or lists of token ids (protocol._read_texts_or_tokens)."""
+    """A string, strings, token ids, or lists of token ids (openai.requests._read_texts_or_tokens)."""
     return {"anyOf": [_TEXT, {"type": "array", "items": _TEXT, "minItems": 1, "maxItems": max_items},
                       _TOKEN_IDS,
                       {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": max_items}]}
@@ -49,7 +50,7 @@ def _object(properties: dict, required: tuple = (), **extra) -> dict:
     return {"type": "object", "properties": properties, "required": list(required), **extra}
 
 
-# Every error, from the HTTP layer to the engine, has this one shape (protocol.error_response).
+# Every error, from the HTTP layer to the engine, has this one shape (openai.errors.error_response).
 _ERROR_STATUSES = {
     "400": "invalid request: a field, the JSON, or the HTTP framing",
     "401": "missing or wrong API key (only when ApiKey is set)",
@@ -87,7 +88,7 @@ _SCHEMAS: dict[str, Any] = {
     "ModelList": _object({"object": {"const": "list"},
                           "data": {"type": "array", "items": _ref("Model")}}, ("object", "data")),
     "Stop": _nullable({"anyOf": [_STR, {"type": "array", "items": _STR,
-                                        "maxItems": protocol.MAX_STOP}]}),
+                                        "maxItems": MAX_STOP}]}),
     "Message": _object({
         "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
         "content": _nullable({"anyOf": [_STR, {"type": "array", "items": _object(
@@ -96,20 +97,19 @@ _SCHEMAS: dict[str, Any] = {
         "tool_calls": {"type": "array", "items": {"type": "object"}}}, ("role",)),
     "Sampling": _object({
         "model": _nullable(_STR),
-        "max_tokens": _nullable({"type": "integer", "minimum": 1}),
-        "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
-        "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2}),
-        "top_p": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
-        "top_k": _nullable({"type": "integer", "minimum": 0}),
-        "min_p": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+        "max_tokens": _nullable(RANGES["max_tokens"].json_schema()),
+        "max_completion_tokens": _nullable(RANGES["max_tokens"].json_schema()),
+        "temperature": _nullable(RANGES["temperature"].json_schema()),
+        "top_p": _nullable(RANGES["top_p"].json_schema()),
+        "top_k": _nullable(RANGES["top_k"].json_schema()),
+        "min_p": _nullable(RANGES["min_p"].json_schema()),
         "seed": _nullable(_INT),
         "stop": _ref("Stop"),
-        "presence_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
-        "frequency_penalty": _nullable({"type": "number", "minimum": -2, "maximum": 2}),
-        "repetition_penalty": _nullable({"type": "number", "exclusiveMinimum": 0}),
-        "logit_bias": _nullable({"type": "object", "additionalProperties": {
-            "type": "number", "minimum": -100, "maximum": 100}}),
-        "n": _nullable({"type": "integer", "minimum": 1, "maximum": protocol.MAX_N}),
+        "presence_penalty": _nullable(RANGES["presence_penalty"].json_schema()),
+        "frequency_penalty": _nullable(RANGES["frequency_penalty"].json_schema()),
+        "repetition_penalty": _nullable(RANGES["repetition_penalty"].json_schema()),
+        "logit_bias": _nullable({"type": "object", "additionalProperties": BIAS_RANGE.json_schema()}),
+        "n": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_N}),
         "stream": _nullable(_BOOL),
         "stream_options": _nullable(_object({"include_usage": _BOOL})),
         "timeout_ms": _nullable({"type": "integer", "minimum": 1,
@@ -125,12 +125,12 @@ _SCHEMAS: dict[str, Any] = {
         "tool_choice": _nullable({"anyOf": [{"enum": ["none", "auto", "required"]}, {"type": "object"}]}),
     }, ("messages",))]},
     "CompletionRequest": {"allOf": [_ref("Sampling"), _object({
-        "prompt": _texts_or_tokens(protocol.MAX_PROMPTS),
+        "prompt": _texts_or_tokens(MAX_PROMPTS),
         "echo": _nullable(_BOOL),
         "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 5}),
     }, ("prompt",))]},
     "EmbeddingRequest": _object({
-        "input": _texts_or_tokens(protocol.MAX_EMBEDDING_INPUTS),
+        "input": _texts_or_tokens(MAX_EMBEDDING_INPUTS),
         "model": _nullable(_STR),
         "encoding_format": _nullable({"enum": ["float", "base64"]}),
     }, ("input",)),

@@ -3,11 +3,13 @@ token ids that fit its context.  Holds no HTTP; the handlers call it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smallmind import kernels
 from smallmind.default_model import DefaultModelError, default_model
@@ -22,7 +24,7 @@ from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
 from smallmind.server.scheduler import Scheduler
 from smallmind.server.config import ServerOptions
-from smallmind.server.protocol import ContextLengthError, check_schema_limits, min_prompt_tokens
+from smallmind.server.openai.errors import ContextLengthError, LimitExceededError
 
 log = logging.getLogger("smallmind.server")
 
@@ -66,8 +68,7 @@ def _compile(compile_fn, source, param: str) -> Grammar:
     try:
         return compile_fn(source)
     except GrammarError as e:
-        e.param = param
-        raise
+        raise GrammarError(str(e), e.keyword, param) from None
 
 
 def grammar_of_request(req) -> Grammar | None:
@@ -198,15 +199,13 @@ class ServedModel:
 
     def text_prompt(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Token ids of a completion prompt or embedding input (ids pass through; the
-        protocol checked they lie in the vocabulary)."""
+        parser checked they lie in the vocabulary)."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
         else:
             ids = list(prompt)
         if not ids:
-            err = RequestValidationError(f"{param} is empty")
-            err.param = param
-            raise err
+            raise RequestValidationError(f"{param} is empty", param)
         return ids
 
     def check_embedding_input(self, item: str | list[int]) -> None:
@@ -217,3 +216,41 @@ class ServedModel:
                 raise ContextLengthError(self.n_ctx, least, None, param="input", at_least=True)
         elif len(item) > self.n_ctx:
             raise ContextLengthError(self.n_ctx, len(item), None, param="input")
+
+
+def min_prompt_tokens(text: str, max_token_bytes: int) -> int:
+    """A lower bound on the tokens of ``text`` that needs no tokenizing: no token stands for
+    more than ``max_token_bytes`` bytes of text, so B bytes take at least ceil(B / max)."""
+    return -(-len(text.encode("utf-8")) // max_token_bytes)
+
+
+def check_schema_limits(schema: Any, param: str, where: str, max_bytes: int, max_depth: int) -> None:
+    """A LimitExceededError (naming ``param``) for a JSON schema nested deeper than
+    ``max_depth`` objects/arrays or longer than ``max_bytes`` as compact JSON: measured before
+    anything compiles it, since compiling costs more than linear time and memory and
+    recurses once per level."""
+    if _nesting_depth(schema, max_depth) > max_depth:
+        raise LimitExceededError(f"{where} is nested more than {max_depth} levels deep (objects "
+                                 f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
+                                 param)
+    size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > max_bytes:
+        raise LimitExceededError(f"{where} is {size} bytes as compact JSON; this server's limit "
+                                 f"is {max_bytes} bytes (MaxSchemaBytes)", param)
+
+
+def _nesting_depth(value: Any, stop_after: int) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar: 0), counted no further than
+    one past ``stop_after``; iterative, so any depth is measured safely."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
