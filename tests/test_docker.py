@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.server_process import free_port, http
+from smallmind.server.launcher import free_port
+from tests.server_process import http
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from conftest import default_model_path
-from server_process import REPO, ServerProcess, free_port, http, metric
+from server_process import REPO, ServerProcess, http, metric
+from smallmind.server.launcher import free_port
 
 HEADER_TIMEOUT_MS = 1500
 BODY_TIMEOUT_MS = 1500

@@ -5,24 +5,17 @@ while the request is being processed).  The request catalogue is scripts/probe_l
 which prints the same measurements as a table."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import default_model_path
+from scripts import probe_latency
 from server_process import ServerProcess, http
 from smallmind.engine.grammar import compile as grammar_cache
 from smallmind.server import protocol
-
-_PATH = Path(__file__).resolve().parent.parent / "scripts" / "probe_latency.py"
-_spec = importlib.util.spec_from_file_location("probe_latency", _PATH)
-probe_latency = importlib.util.module_from_spec(_spec)
-sys.modules["probe_latency"] = probe_latency  # dataclasses look their module up by name
-_spec.loader.exec_module(probe_latency)
 
 JSON = {"Content-Type": "application/json"}
 # The issue's bound is 100 ms on an idle machine (scripts/probe_latency.py checks that);
