@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import default_model_path
+from conftest import default_model_path, server_fixture
 from scripts import probe_latency
-from server_process import ServerProcess, http
+from server_process import http
 from smallmind.engine.grammar import compile as grammar_cache
 from smallmind.server import protocol
 
@@ -25,14 +25,7 @@ GENEROUS_PROBE_BOUND_MS = 1500
 INT64_MAX = 2**63 - 1
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()
-    proc = ServerProcess()          # default settings, as the repros assume
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+server = server_fixture()   # default settings, as the repros assume
 
 
 def post(server, path: str, body: dict | bytes, timeout: float = 120) -> tuple[int, dict]:
