@@ -95,6 +95,7 @@ def test_tiny_llama_smq_directory():
         assert "token_embd.weight" in json.dumps(report)
 
 
+@pytest.mark.isa   # through the kernel table: run again against the wheel under each ISA
 def test_smq_blocks_rebuilt_as_gguf_dequantize_to_smallmind_values():
     """The Q8_0 blocks the kernels get hold exactly SmallMind's dequantized values."""
     with SMQFile(smq_ref("tiny-llama-q8_0.smq")) as f:
@@ -169,6 +170,7 @@ def errors_vs_float64(path):
     return np.concatenate(errors)
 
 
+@pytest.mark.isa   # through the kernel table: run again against the wheel under each ISA
 def test_smallmind_smq_logits_within_the_gguf_bounds():
     gguf = errors_vs_float64(reference_path("tiny", "tiny-llama-q8_0.gguf"))
     smq = errors_vs_float64(smq_ref("tiny-llama-q8_0.smq"))
