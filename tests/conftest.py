@@ -51,13 +51,13 @@ def server_launcher():
     return running_server
 
 
-def server_fixture(*settings: str, autouse: bool = False):
+def server_fixture(*settings: str):
     """A module-scoped fixture: `python -m smallmind.server` with `settings`, started once the
     default model is assembled, ready when the module's first test runs, stopped after its last.
 
         server = server_fixture("--ServerOptions:MaxContextTokens=512")
     """
-    @pytest.fixture(scope="module", autouse=autouse)
+    @pytest.fixture(scope="module")
     def server(server_launcher):
         default_model_path()
         with server_launcher(*settings) as proc:

@@ -13,7 +13,6 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from conftest import server_fixture
 
-
 server = server_fixture("--ServerOptions:MaxContextTokens=2048")
 
 
