@@ -35,9 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from smallmind.server.launcher import ServerProcess, ServerStartError
-
 REPO = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a file: this checkout's launcher, as the server it starts is this checkout's.
+    sys.path.insert(0, str(REPO))
+
+from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402
+
 FALLBACK_CONCURRENCY = 16
 CAPACITY_FACTOR = 4
 MAX_SAMPLES = 5

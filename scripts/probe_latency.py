@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from smallmind.server.launcher import ServerProcess, ServerStartError
-
 REPO = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a file: this checkout's launcher, as the server it starts is this checkout's.
+    sys.path.insert(0, str(REPO))
+
+from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402
 
 PROBE_INTERVAL_S = 0.05
 MIN_PROBES = 3
