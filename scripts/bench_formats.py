@@ -8,7 +8,6 @@ Both models stay loaded; every round measures each (in alternating order) with
 bench_engine.py's prefill and batch-1 greedy decode, and the figures printed are the medians
 over the rounds, with the .smq / GGUF ratio."""
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -20,10 +19,8 @@ sys.path.insert(0, str(HERE.parent))   # benchmark this tree, not an installed s
 from smallmind import kernels                   # noqa: E402
 from smallmind.convert import convert           # noqa: E402
 from smallmind.engine.model import Model        # noqa: E402
+from scripts import bench_engine                # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("bench_engine", HERE / "bench_engine.py")
-bench_engine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_engine)
 
 
 def main() -> None:

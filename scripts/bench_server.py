@@ -63,11 +63,9 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -78,6 +76,8 @@ from pathlib import Path
 # Benchmark the tree this script sits in, not whatever smallmind is installed.
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402  (this tree's)
 
 OURS, LLAMA_SERVER, LLAMA_CPP_PYTHON = "ours", "llama-server", "llama-cpp-python"
 SERVER_NAMES = (OURS, LLAMA_SERVER, LLAMA_CPP_PYTHON)
@@ -178,26 +178,6 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-class ServerStartError(Exception):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
-
-
 def http_post_json(port: int, path: str, body: dict) -> dict | None:
     """The JSON answer of a POST, or None on any failure (e.g. no such endpoint)."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
@@ -209,56 +189,23 @@ def http_post_json(port: int, path: str, body: dict) -> dict | None:
         return None
 
 
-class ServerProcess:
-    """One server on a free port; a context manager that always stops it."""
+def start_server(spec: ServerSpec) -> ServerProcess:
+    """The spec's server on a free port, in a session of its own: a Ctrl-C at the terminal
+    reaches only us, and we stop the child."""
+    return ServerProcess(command=spec.argv, env=spec.env, cwd=REPO, ready_path=spec.ready_path,
+                         log_prefix=f"bench-server-{spec.name.split()[0]}-", own_session=True)
 
-    def __init__(self, spec: ServerSpec, keep_log: bool = False):
-        self.spec = spec
-        self.keep_log = keep_log
-        self.port = free_port()
-        self.log_file = tempfile.NamedTemporaryFile(prefix=f"bench-server-{spec.name.split()[0]}-",
-                                                    suffix=".log", delete=False)
-        argv = [a.replace("{port}", str(self.port)) for a in spec.argv]
-        # Own session: a Ctrl-C at the terminal reaches only us, and we stop the child.
-        self.proc = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **spec.env},
-                                     stdin=subprocess.DEVNULL, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
 
-    def __enter__(self) -> "ServerProcess":
-        return self
+def log_tail(server: ServerProcess, n_lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(server.output().splitlines()[-n_lines:])
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
-    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        """Seconds until the ready path answered 200; ServerStartError with the log's tail."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise ServerStartError(f"exited with status {self.proc.returncode}")
-            if http_get_status(self.port, self.spec.ready_path) == 200:
-                return time.monotonic() - started
-            time.sleep(0.25)
-        raise ServerStartError(f"not ready after {timeout_s:g} s")
-
-    def log_tail(self, n_lines: int = LOG_TAIL_LINES) -> str:
-        self.log_file.flush()
-        lines = Path(self.log_file.name).read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n_lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log_file.close()
-        if self.keep_log:
-            log(f"   {self.spec.name} log kept: {self.log_file.name}")
-        else:
-            os.unlink(self.log_file.name)
+def stop_server(server: ServerProcess, name: str, keep_log: bool) -> None:
+    server.stop()
+    if keep_log:
+        log(f"   {name} log kept: {server.log_path}")
+    else:
+        server.remove_log()
 
 
 def ours_spec(model: str, threads: int, server_args: list[str], name: str = OURS) -> ServerSpec:
@@ -532,17 +479,18 @@ def bench_one(spec: ServerSpec, args, system: SystemPrompt, report: ServerReport
 
 def start_and_run(spec: ServerSpec, args, system: SystemPrompt, report: ServerReport, throughput: bool) -> None:
     try:
-        process = ServerProcess(spec, keep_log=args.keep_logs)
+        server = start_server(spec)
     except OSError as e:
         report.status, report.note = "failed to start", f"{spec.argv[0]}: {e}"
         log(f"{spec.name} failed to start: {report.note}")
         return
-    with process as server:
+    try:
         try:
-            report.ready_s = server.wait_ready()
+            report.ready_s = server.wait_ready(START_TIMEOUT_S).ready_after_s
         except ServerStartError as e:
-            report.status, report.note = "failed to start", f"{e}\n{server.log_tail()}"
-            log(f"{spec.name} failed to start ({e}); last lines of its output:\n{server.log_tail()}")
+            tail = log_tail(server)
+            report.status, report.note = "failed to start", f"{e.reason}\n{tail}"
+            log(f"{spec.name} failed to start ({e.reason}); last lines of its output:\n{tail}")
             return
         report.status = "interrupted"
         log(f"   ready after {report.ready_s:.1f} s on port {server.port}")
@@ -564,6 +512,8 @@ def start_and_run(spec: ServerSpec, args, system: SystemPrompt, report: ServerRe
             report.prefix = run_prefix(server.port, system.text, system.tokens, args.prefix_requests,
                                        args.prefix_max_tokens)
         report.status = "ok"
+    finally:
+        stop_server(server, spec.name, args.keep_logs)
 
 
 def report_refused_flag(report: ServerReport) -> None:

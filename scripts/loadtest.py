@@ -16,8 +16,9 @@ bucket:
 
 Exit status 0 only when garbled == 0 and other_errors == 0; 2 for refused usage.
 
-Only the standard library: HTTP/1.1 is spoken over raw asyncio streams, so what the server
-actually put on the wire (chunk boundaries, stray bytes) is what gets checked.
+Only the standard library (and smallmind's launcher for --start-server): HTTP/1.1 is spoken
+over raw asyncio streams, so what the server actually put on the wire (chunk boundaries, stray
+bytes) is what gets checked.
 """
 from __future__ import annotations
 
@@ -26,12 +27,7 @@ import asyncio
 import ipaddress
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +36,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a file: this checkout's launcher, as the server it starts is this checkout's.
+    sys.path.insert(0, str(REPO))
+
+from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402
+
 FALLBACK_CONCURRENCY = 16
 CAPACITY_FACTOR = 4
 MAX_SAMPLES = 5
@@ -481,52 +483,6 @@ def get_ready(base_url: str, timeout: float = 5) -> tuple[int, dict]:
         return 0, {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnServer:
-    """`python -m smallmind.server` as a child on a free port, stopped with SIGTERM."""
-
-    def __init__(self, extra_args: list[str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="smallmind-loadtest-", suffix=".log",
-                                               delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smallmind.server", "--host", "127.0.0.1",
-             "--port", str(self.port), *extra_args],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            status, _ = get_ready(self.url, timeout=2)
-            if status == 200:
-                return
-            time.sleep(0.25)
-        raise RuntimeError(f"server not ready after {timeout_s:g} s:\n{self.tail()}")
-
-    def tail(self, n_chars: int = 3000) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")[-n_chars:]
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
 def default_concurrency(ready: dict) -> int:
     capacity = (ready.get("capabilities") or {}).get("max_concurrent_requests")
     if isinstance(capacity, int) and capacity > 0:
@@ -598,22 +554,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.start_server:
         return run(args, args.url.rstrip("/"))
-    server = OwnServer(args.server_arg)
+    server = ServerProcess(*args.server_arg, cwd=REPO, log_prefix="smallmind-loadtest-")
     try:
-        server.wait_ready(timeout_s=min(args.timeout, 180))
+        server.wait_ready(timeout=min(args.timeout, 180))
         return run(args, server.url)
-    except RuntimeError as e:
+    except ServerStartError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
         code = server.stop()
         # A server that does not exit cleanly on SIGTERM is worth knowing about.
-        if code not in (0, -signal.SIGTERM):
-            print(f"note: server exited with {code} after SIGTERM; log {server.log.name}:\n"
-                  f"{server.tail(1500)}", file=sys.stderr)
+        if not server.stopped_cleanly():
+            print(f"note: server exited with {code} after SIGTERM; log {server.log_path}:\n"
+                  f"{server.output(1500)}", file=sys.stderr)
         else:
-            os.unlink(server.log.name)  # keep the log only when the server misbehaved
-
+            server.remove_log()  # keep the log only when the server misbehaved
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,21 +10,28 @@ request's status and time and the probes' p50 / p99 / max in milliseconds.  The 
 keeps up when every probe answers in well under 100 ms.
 
 Exit status 0 when every case got its expected status and every probe answered within
---bound-ms (default 100).  Only the standard library, so it runs against any server.
+--bound-ms (default 100).  The probes use only the standard library, so they run against any
+server; --start-server starts this checkout's through smallmind's launcher.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a file: this checkout's launcher, as the server it starts is this checkout's.
+    sys.path.insert(0, str(REPO))
+
+from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402
 
 PROBE_INTERVAL_S = 0.05
 MIN_PROBES = 3
@@ -193,26 +200,6 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def _start_server(server_args: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "smallmind.server", "--host", "127.0.0.1",
-                             "--port", str(port), *server_args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if _request(url, "GET", "/readyz", None, 5) == 200:
-                return proc, url
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"the server did not become ready (exit code {proc.poll()})")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server (default: start one with --start-server)")
@@ -226,19 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.url) == args.start_server:
         parser.error("give exactly one of --url and --start-server")
-    proc = None
+    server = None
     url = args.url
     if args.start_server:
-        proc, url = _start_server(args.server_arg)
+        server = ServerProcess(*args.server_arg, cwd=REPO, log_prefix="probe-latency-")
+        try:
+            url = server.wait_ready(timeout=300).url
+        except ServerStartError as e:
+            server.stop()
+            raise SystemExit(f"the server did not become ready: {e}") from None
     try:
         if args.during:
             results = [run_command(url, args.during)]
         else:
             results = [run_case(url, case) for case in cases() if not args.only or args.only in case.name]
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+        if server is not None:
+            server.stop()
+            server.remove_log()
     print(table(results))
     bad = [r for r in results if r.status != r.case.expected_status or max(r.probes_ms) >= args.bound_ms]
     for r in bad:

@@ -1,12 +1,8 @@
-"""Starting the real server (`python -m smallmind.server`) on a free port for end-to-end tests."""
+"""End-to-end test helpers: the real server (`python -m smallmind.server`, started by
+smallmind/server/launcher.py) from this checkout, and HTTP, SSE and /metrics helpers."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -14,13 +10,22 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from smallmind.server import launcher
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerProcess(launcher.ServerProcess):
+    """The launcher's server, started from the checkout that holds tests/: `-m` imports the
+    smallmind/ there (or, in the wheel check's copy without one, the installed wheel)."""
+
+    def __init__(self, *args: str, **kwargs):
+        super().__init__(*args, cwd=REPO, **kwargs)
+
+
+def running_server(*args: str, **kwargs):
+    """A ServerProcess started with ``args``, ready; stopped when the block ends."""
+    return launcher.running_server(*args, cwd=REPO, **kwargs)
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
@@ -32,60 +37,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
-
-
-class ServerProcess:
-    """The server as a child process; `url` once /readyz says ready."""
-
-    def __init__(self, *args: str, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"smallmind-server-{self.port}.log"
-        self.log = open(self.log_path, "w+b")
-        full_env = dict(os.environ, **(env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smallmind.server", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                status, _, body = http("GET", self.url + "/readyz", timeout=5)
-                if status == 200:
-                    return self
-                if json.loads(body).get("reason", "").startswith("loading the model failed"):
-                    raise RuntimeError(f"server failed to load:\n{self.output()}")
-            except (ConnectionError, OSError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-@contextlib.contextmanager
-def running_server(*args: str):
-    """A ServerProcess started with ``args``, ready; stopped when the block ends."""
-    proc = ServerProcess(*args).wait_ready()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 class RawStream:

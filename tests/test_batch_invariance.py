@@ -20,6 +20,8 @@ from smallmind.engine.model import Model
 from smallmind.gguf import GGUFFile, GGUFValue, write_gguf
 from tests.conftest import default_model_path, reference_path
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 TINY_MODELS = ["tiny-llama-q4_k_m.gguf", "tiny-llama-q8_0.gguf", "tiny-qwen2-q4_k_m.gguf", "tiny-qwen3-q4_k_m.gguf"]
 PROMPT_LEN = 37  # crosses the 16-row attention blocks and an 8-token kernel group unevenly
 CHUNK = 7

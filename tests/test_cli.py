@@ -9,6 +9,8 @@ import pytest
 from smallmind import kernels
 from tests.conftest import REPO
 
+pytestmark = [pytest.mark.e2e, pytest.mark.wheel]   # runs `python -m smallmind`; against the wheel too
+
 
 def run(*args, env=None):
     full_env = dict(os.environ)

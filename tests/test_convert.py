@@ -136,6 +136,7 @@ def convert_compatible(tmp_path, tiny_name):
     return out, result.stdout
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_compatible_output_equals_smallminds_own_import(tmp_path):
     out, stdout = convert_compatible(tmp_path, "tiny-llama-q8_0.gguf")
     assert stdout.count("Q8_0 -> SMQ Q8_0/64") == 16
@@ -160,6 +161,7 @@ def test_compatible_output_equals_smallminds_own_import(tmp_path):
     assert smallmind_reader_problems(out) == []
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_compatible_requantizes_k_quants_and_serves(tmp_path):
     out, stdout = convert_compatible(tmp_path, "tiny-qwen2-q4_k_m.gguf")
     assert stdout.count("Q4_K -> SMQ Q8_0/64") == 13
@@ -171,6 +173,7 @@ def test_compatible_requantizes_k_quants_and_serves(tmp_path):
     assert agree.mean() >= 0.8
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_smallmind_smq_to_gguf(tmp_path):
     """SmallMind's own file -> GGUF: the same blocks, hence the same logits."""
     src = reference_path("smq", "tiny-llama-q8_0.smq")
@@ -209,6 +212,7 @@ def test_long_tensor_name_is_refused(tmp_path):
     (["{tmp}/bad.gguf", "{tmp}/x.smq"], "bad magic"),
     (["{tiny}", "{tmp}/no/such/dir/x.smq"], "cannot write"),
 ])
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_cli_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "bad.gguf").write_bytes(b"NOPE" + bytes(64))
     tiny = str(reference_path("tiny", "tiny-llama-q8_0.gguf"))

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.server_process import free_port, http
+from smallmind.server.launcher import free_port
+from tests.server_process import http
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
@@ -123,6 +124,7 @@ def hadolint_path() -> str:
     return exe
 
 
+@pytest.mark.e2e   # runs hadolint
 def test_dockerfile_passes_hadolint():
     res = subprocess.run([hadolint_path(), "--no-color", str(DOCKER / "Dockerfile")],
                          capture_output=True, text=True, timeout=60)
@@ -229,6 +231,7 @@ def test_kubernetes_manifests(runtime):
 
 
 # ------------------------------------------------------------------ the image's command, run
+@pytest.mark.e2e   # starts the image's command line as a server
 def test_image_command_serves_and_passes_its_healthcheck(runtime, tmp_path):
     """ENTRYPOINT + CMD with the Dockerfile's ENV, on a free port of 127.0.0.1; ready, the
     probes answer, the HEALTHCHECK command exits 0, and exits non-zero after shutdown."""

@@ -8,6 +8,8 @@ from smallmind.engine.sampling import SamplingParams
 from smallmind.errors import RequestValidationError
 from tests.conftest import reference_path
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
 PROMPTS = [[1, 450, 7483, 310, 3444, 338], [1, 9038, 2501, 263, 931], [1, 306, 763], [1] + list(range(500, 540))]
 

@@ -26,6 +26,8 @@ from smallmind.gguf import (
     write_gguf,
 )
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 TINY_DIR = REFERENCE_DIR / "tiny"

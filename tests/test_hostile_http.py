@@ -27,8 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import default_model_path
-from server_process import REPO, ServerProcess, free_port, http, metric
+from conftest import default_model_path, server_fixture
+from server_process import REPO, ServerProcess, http, metric
+from smallmind.server.launcher import free_port
+
+pytestmark = pytest.mark.e2e   # every test starts the server (or its --help)
 
 HEADER_TIMEOUT_MS = 1500
 BODY_TIMEOUT_MS = 1500
@@ -79,14 +82,9 @@ def openai_error(raw: bytes, status: int, code: str) -> dict:
     return error
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=512",
-                         f"--ServerOptions:HeaderTimeoutMs={HEADER_TIMEOUT_MS}",
-                         f"--ServerOptions:BodyTimeoutMs={BODY_TIMEOUT_MS}").wait_ready()
-    yield proc
-    proc.stop()
+server = server_fixture("--ServerOptions:MaxContextTokens=512",
+                        f"--ServerOptions:HeaderTimeoutMs={HEADER_TIMEOUT_MS}",
+                        f"--ServerOptions:BodyTimeoutMs={BODY_TIMEOUT_MS}")
 
 
 def start_and_expect_exit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -5,25 +5,18 @@ while the request is being processed).  The request catalogue is scripts/probe_l
 which prints the same measurements as a table."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import default_model_path
-from server_process import ServerProcess, http
+from conftest import default_model_path, server_fixture
+from scripts import probe_latency
+from server_process import http
 from smallmind.engine.grammar import compile as grammar_cache
 from smallmind.server import runtime
 from smallmind.server.openai import errors
-
-_PATH = Path(__file__).resolve().parent.parent / "scripts" / "probe_latency.py"
-_spec = importlib.util.spec_from_file_location("probe_latency", _PATH)
-probe_latency = importlib.util.module_from_spec(_spec)
-sys.modules["probe_latency"] = probe_latency  # dataclasses look their module up by name
-_spec.loader.exec_module(probe_latency)
 
 JSON = {"Content-Type": "application/json"}
 # The issue's bound is 100 ms on an idle machine (scripts/probe_latency.py checks that);
@@ -33,14 +26,7 @@ GENEROUS_PROBE_BOUND_MS = 1500
 INT64_MAX = 2**63 - 1
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()
-    proc = ServerProcess()          # default settings, as the issue's repros assume
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+server = server_fixture()   # default settings, as the issue's repros assume
 
 
 def post(server, path: str, body: dict | bytes, timeout: float = 120) -> tuple[int, dict]:

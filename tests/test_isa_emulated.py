@@ -24,6 +24,8 @@ from gguf.quants import quantize as gguf_quantize
 
 from tests.conftest import REPO, reference_path
 
+pytestmark = pytest.mark.e2e   # compiles the SIMD units with gcc
+
 CSRC = REPO / "csrc"
 SIMDE = Path("/usr/include/simde")
 

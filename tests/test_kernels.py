@@ -20,6 +20,8 @@ from gguf.quants import quantize as gguf_quantize
 from smallmind import kernels
 from tests.conftest import default_model_path, reference_path
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 # float32 accumulation over <= a few thousand terms, relative to sum |w*x|
 REL_SUM_TOL = 2e-5
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
@@ -386,6 +388,7 @@ def attn_lib(tmp: str):
     return ctypes.CDLL(str(out / "libattn.so"))
 
 
+@pytest.mark.e2e   # compiles a C shim with gcc
 @pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
 @pytest.mark.parametrize("n_q,n_k,n", [(1, 1, 256), (4, 7, 256), (7, 5, 64), (64, 33, 256), (3, 9, 100),
                                        (5, 3, 13)])
@@ -436,6 +439,7 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
         np.testing.assert_array_equal(o2, o)
 
 
+@pytest.mark.e2e   # imports the extension in child processes
 def test_openmp_threads_sleep_while_waiting_unless_told_otherwise():
     """libgomp reads OMP_WAIT_POLICY when it loads: importing smallmind sets it first, and a
     user's own setting wins."""

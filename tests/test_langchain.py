@@ -11,16 +11,14 @@ import pytest
 from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from conftest import default_model_path
-from server_process import running_server
+from conftest import server_fixture
+
+server = server_fixture("--ServerOptions:MaxContextTokens=2048")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def server():
-    default_model_path()
-    with running_server("--ServerOptions:MaxContextTokens=2048") as proc:
-        TestSmallMindChat.base_url = proc.url + "/v1"
-        yield proc
+def chat_model_on_the_server(server):
+    TestSmallMindChat.base_url = server.url + "/v1"
 
 
 # The model's weaknesses, one line each: what the 270M model gets wrong on its own.  Each was

@@ -2,18 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "scripts" / "loadtest.py"
-_spec = importlib.util.spec_from_file_location("loadtest", _PATH)
-loadtest = importlib.util.module_from_spec(_spec)
-sys.modules["loadtest"] = loadtest  # dataclasses look their module up by name
-_spec.loader.exec_module(loadtest)
+from scripts import loadtest
 
 
 def chunk(delta: dict, finish_reason=None, *, id="chatcmpl-1", index=0) -> bytes:

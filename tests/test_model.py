@@ -41,6 +41,8 @@ from smallmind.errors import ModelFormatError
 from smallmind.gguf import GGMLType, write_gguf
 from tests.conftest import REPO, default_model_path, reference_path
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 # tiny models: see the module docstring for the measured values
 TINY_EXACT_TOL = 2e-4        # per-position top-20 |err| for the positions that are exact
 TINY_EXACT_FRACTION = 0.95   # of positions within TINY_EXACT_TOL (measured 0.98)

@@ -75,6 +75,7 @@ def test_fidelity_against_llama_cpp(gemma_scores):
     assert abs(ppl / llama["ppl"] - 1) <= PPL_REL_TOL
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_default_model_smq_gives_the_same_perplexity(gemma_scores, tmp_path):
     smq = tmp_path / "gemma.smq"
     convert(default_model_path(), smq)
@@ -94,6 +95,7 @@ def kl_line(stdout):
     return float(m.group(1)), float(m.group(2)), float(m.group(3))
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_save_logits_and_kl_divergence(tmp_path):
     gguf = reference_path("tiny", "tiny-llama-q8_0.gguf")
     base = tmp_path / "base.lp"
@@ -120,6 +122,7 @@ def test_save_logits_and_kl_divergence(tmp_path):
     (["-f", TEXT, "--ctx", "64", "--kl-divergence", "{tmp}/junk.lp"], "not a file written by --save-logits"),
     (["-f", TEXT, "--ctx", "64", "--kl-divergence", "{tmp}/none.lp"], "logits file not found"),
 ])
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "short.txt").write_text("too short")
     (tmp_path / "junk.lp").write_bytes(b"junk" * 10)
@@ -129,6 +132,7 @@ def test_errors_are_one_line(tmp_path, args, message):
     assert out.stderr.count("\n") == 1
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_kl_against_other_tokens_is_refused(tmp_path):
     gguf = reference_path("tiny", "tiny-llama-q8_0.gguf")
     base = tmp_path / "base.lp"

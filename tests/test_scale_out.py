@@ -16,7 +16,10 @@ import time
 import pytest
 
 from conftest import REPO, default_model_path
-from server_process import RawStream, ServerProcess, drain_fitting_tokens, free_port, http, metric
+from server_process import RawStream, ServerProcess, drain_fitting_tokens, http, metric
+from smallmind.server.launcher import free_port
+
+pytestmark = pytest.mark.e2e   # two servers behind nginx
 
 SNIPPET = REPO / "docker" / "nginx-smallmind.conf"
 SERVED = {"endpoint": "/v1/completions", "status": "200"}

@@ -16,21 +16,16 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import REPO, default_model_path
+from conftest import REPO, default_model_path, server_fixture
 from server_process import ServerProcess, http, metric
+
+pytestmark = [pytest.mark.e2e, pytest.mark.wheel]   # every test starts the server; against the wheel too
 
 N_CTX = 1024
 GEMMA_TURN = "<bos><start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()  # assembled before the server looks for it
-    proc = ServerProcess(f"--ServerOptions:MaxContextTokens={N_CTX}", "--ServerOptions:MaxConcurrentRequests=4")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+server = server_fixture(f"--ServerOptions:MaxContextTokens={N_CTX}", "--ServerOptions:MaxConcurrentRequests=4")
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,13 @@ import json
 import jsonschema
 import pytest
 
-from conftest import default_model_path
-from server_process import http, running_server
+from conftest import server_fixture
+from server_process import http
 
 FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER   # the draft's own meaning of each format
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()
-    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
-        yield proc
+server = server_fixture("--ServerOptions:MaxContextTokens=1024")
 
 
 def chat(server, body: dict) -> tuple[int, dict]:

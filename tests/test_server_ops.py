@@ -19,6 +19,8 @@ from conftest import default_model_path
 from server_process import (DEFAULT_DRAIN_S, Pace, RawStream, ServerProcess, drain_fitting_tokens,
                             http, measure_pace, metric)
 
+pytestmark = pytest.mark.e2e   # every test starts its own server
+
 # Counting keeps the default model going for hundreds of tokens without an end-of-turn.
 LONG = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 600, "temperature": 0, "stream": True}
 JSON = {"Content-Type": "application/json"}

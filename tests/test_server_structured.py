@@ -11,15 +11,15 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from conftest import default_model_path
-from server_process import running_server
+from conftest import server_fixture
+
+
+server = server_fixture("--ServerOptions:MaxContextTokens=1024")
 
 
 @pytest.fixture(scope="module")
-def client():
-    default_model_path()
-    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
-        yield openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=300)
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=300)
 
 
 class City(BaseModel):

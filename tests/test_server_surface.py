@@ -7,20 +7,13 @@ import json
 import openai
 import pytest
 
-from conftest import default_model_path
-from server_process import ServerProcess, http
+from conftest import server_fixture
+from server_process import http
 
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=512")
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+server = server_fixture("--ServerOptions:MaxContextTokens=512")
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,7 @@ def test_tiny_llama_smq_directory():
         assert "token_embd.weight" in json.dumps(report)
 
 
+@pytest.mark.isa   # through the kernel table: run again against the wheel under each ISA
 def test_smq_blocks_rebuilt_as_gguf_dequantize_to_smallmind_values():
     """The Q8_0 blocks the kernels get hold exactly SmallMind's dequantized values."""
     with SMQFile(smq_ref("tiny-llama-q8_0.smq")) as f:
@@ -169,6 +170,7 @@ def errors_vs_float64(path):
     return np.concatenate(errors)
 
 
+@pytest.mark.isa   # through the kernel table: run again against the wheel under each ISA
 def test_smallmind_smq_logits_within_the_gguf_bounds():
     gguf = errors_vs_float64(reference_path("tiny", "tiny-llama-q8_0.gguf"))
     smq = errors_vs_float64(smq_ref("tiny-llama-q8_0.smq"))
@@ -182,6 +184,7 @@ def run_cli(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_generate_and_info_on_smallmind_smq():
     path = str(smq_ref("tiny-llama-q8_0.smq"))
     out = run_cli("generate", "-m", path, "--max-tokens", "8", "--seed", "1", "Hello")
@@ -193,6 +196,7 @@ def test_generate_and_info_on_smallmind_smq():
     assert "token_embd.weight: Q8_0 dims [256, 32000] block 64 -> Q8_0 [256, 32000]" in info.stdout
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_smq_without_tokenizer_is_one_line_error():
     out = run_cli("generate", "-m", str(smq_ref("synthetic_all_schemes.smq")), "x")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
@@ -286,6 +290,7 @@ def test_hostile_files_are_one_line_model_format_errors(tmp_path, case):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.e2e   # runs `python -m smallmind`
 def test_hostile_file_through_the_cli(tmp_path):
     path = tmp_path / "bad.smq"
     path.write_bytes(smq_bytes([entry("w", Scheme.F32, (4,), 0, 16, data_off=1 << 40)]))
@@ -320,6 +325,7 @@ def test_unaligned_f32_blob_is_copied_aligned_blob_is_a_view(tmp_path):
 # serving
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.e2e   # starts the server
 def test_server_serves_smallmind_smq_and_a_converted_default_model(tmp_path):
     """ModelPath=x.smq: SmallMind's tiny import, and the default model converted to .smq
     (whose greedy completion is the GGUF's, token for token, as its logits are identical)."""

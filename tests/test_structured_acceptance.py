@@ -10,17 +10,17 @@ import jsonschema
 import openai
 import pytest
 
-from conftest import default_model_path
-from server_process import running_server
+from conftest import server_fixture
 
 FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER   # the draft's own meaning of each format
 
 
+server = server_fixture("--ServerOptions:MaxContextTokens=1024")
+
+
 @pytest.fixture(scope="module")
-def client():
-    default_model_path()
-    with running_server("--ServerOptions:MaxContextTokens=1024") as proc:
-        yield openai.OpenAI(base_url=proc.url + "/v1", api_key="x", max_retries=0, timeout=300)
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=300)
 
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 30}

@@ -13,6 +13,8 @@ from smallmind.engine.tokenizer import StreamDecoder, Tokenizer
 
 from tests.conftest import default_model_path, reference_path
 
+pytestmark = pytest.mark.isa   # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 VOCABS = ["llama-spm", "llama-bpe", "qwen2"]
 
 
