@@ -12,11 +12,12 @@ own llama-bench (pp<prompt>, tg<new>, same threads).  The ratios are ours / thei
 On a shared, noisy machine a comparison is only fair within one time window, so --rounds
 alternates the engines (ours, llama-cpp-python, llama-bench) that many times and every
 figure printed is the median over the rounds."""
+
 import argparse
 import json
+import statistics
 import subprocess
 import sys
-import statistics
 import time
 from pathlib import Path
 
@@ -66,9 +67,13 @@ def bench_prefill(model: Model, n_prompt: int, repeat: int) -> float:
 def bench_decode(model: Model, batch: int, n_new: int, repeat: int) -> float:
     def run():
         engine = Engine(model)
-        seqs = [engine.submit(prompt_ids(model.vocab_size, 16, seed=i),
-                              SamplingParams(**GREEDY, max_tokens=n_new + 1, ignore_eos=True))
-                for i in range(batch)]
+        seqs = [
+            engine.submit(
+                prompt_ids(model.vocab_size, 16, seed=i),
+                SamplingParams(**GREEDY, max_tokens=n_new + 1, ignore_eos=True),
+            )
+            for i in range(batch)
+        ]
         while any(s.n_cached < len(s.prompt_ids) or not s.output_ids for s in seqs):
             engine.step()  # prefill and first token: not timed
         t0 = time.perf_counter()
@@ -86,8 +91,15 @@ def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: 
         import llama_cpp
     except ImportError:
         return None
-    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=2048,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     ids = prompt_ids(llm.n_vocab(), n_prompt)
 
     def prefill():
@@ -114,8 +126,21 @@ def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: 
 
 def bench_llama_bench(binary: str, path: str, threads: int, n_prompt: int, n_new: int, repeat: int):
     """llama-bench's pp<n_prompt> and tg<n_new> medians (tok/s) over its -r repetitions."""
-    cmd = [binary, "-m", path, "-t", str(threads), "-p", str(n_prompt), "-n", str(n_new), "-r", str(repeat),
-           "-o", "json"]
+    cmd = [
+        binary,
+        "-m",
+        path,
+        "-t",
+        str(threads),
+        "-p",
+        str(n_prompt),
+        "-n",
+        str(n_new),
+        "-r",
+        str(repeat),
+        "-o",
+        "json",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
         sys.exit(f"bench_engine.py: {' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[-500:]}")
@@ -128,8 +153,12 @@ def bench_llama_bench(binary: str, path: str, threads: int, n_prompt: int, n_new
 def one_round(model, path, threads, batches, args):
     """One measurement of every engine: {engine: (prefill tok/s, [decode tok/s per batch])}."""
     kernels.set_threads(threads)
-    out = {"smallmind": (bench_prefill(model, args.prompt, args.repeat),
-                         [bench_decode(model, b, args.new, args.repeat) for b in batches])}
+    out = {
+        "smallmind": (
+            bench_prefill(model, args.prompt, args.repeat),
+            [bench_decode(model, b, args.new, args.repeat) for b in batches],
+        )
+    }
     ref = None if args.no_llama_cpp else bench_llama_cpp(path, threads, args.prompt, args.new, args.repeat)
     if ref:
         out["llama-cpp-py"] = (ref[0], [ref[1]])
@@ -149,7 +178,9 @@ def medians(rounds: list[dict]) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-m", "--model", default=None, help="GGUF file (default: Gemma 3 270M package)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", default="1,4,8")
@@ -165,7 +196,9 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     model = Model.load(path, n_ctx=2048, n_slots=max(batches), max_batch_tokens=max(512, args.prompt))
     print(f"model: {path}\nisa: {kernels.current_isa()}")
-    header = f"{'threads':>7} {'engine':12} {'prefill tok/s':>14} " + " ".join(f"{f'decode b={b}':>12}" for b in batches)
+    header = f"{'threads':>7} {'engine':12} {'prefill tok/s':>14} " + " ".join(
+        f"{f'decode b={b}':>12}" for b in batches
+    )
     print(header)
     for threads in [int(t) for t in args.threads.split(",")]:
         fig = medians([one_round(model, path, threads, batches, args) for _ in range(args.rounds)])
@@ -175,9 +208,14 @@ def main():
             if name in fig:
                 ref_pp, ref_tg = fig[name]
                 print(f"{threads:>7} {name:12} {ref_pp:14.1f} {ref_tg[0]:12.1f}")
-                print(f"{threads:>7} {'  ratio':12} {pp / ref_pp:14.2f} {tg[0] / ref_tg[0]:12.2f}", flush=True)
+                print(
+                    f"{threads:>7} {'  ratio':12} {pp / ref_pp:14.2f} {tg[0] / ref_tg[0]:12.2f}", flush=True
+                )
         if 1 in batches:
-            print(f"{threads:>7} {'batch gain':12} {'':14} " + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg))
+            print(
+                f"{threads:>7} {'batch gain':12} {'':14} "
+                + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg)
+            )
 
 
 if __name__ == "__main__":

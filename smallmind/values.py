@@ -2,16 +2,18 @@
 
 Shared by the request parser, the settings loader and the sampling parameters, so a value is
 described the same way wherever it is refused."""
+
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from smallmind.errors import RequestValidationError
 
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def is_int(value: Any) -> bool:
@@ -19,8 +21,11 @@ def is_int(value: Any) -> bool:
     JSON, like Python, has no size limit: 1 followed by 400 zeros would overflow float() and
     the native code behind every field; no valid value lies outside int64 (seed is OpenAI's
     int64 too), so the type check refuses those outright."""
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and INT64_MIN <= value <= INT64_MAX)
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and INT64_MIN <= value <= INT64_MAX
+    )
 
 
 def is_number(value: Any) -> bool:
@@ -41,8 +46,15 @@ def shown(value: Any) -> str:
     return clip(repr(value))
 
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
-               float: "number", type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    type(None): "null",
+}
 
 
 def json_type(value: Any) -> str:
@@ -54,8 +66,9 @@ def check_token_ids(ids: Iterable[int], vocab_size: int, param: str) -> None:
     """A RequestValidationError naming ``param`` if an id lies outside the vocabulary."""
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
-        raise RequestValidationError(f"{param} has token id {bad} outside the vocabulary "
-                                     f"(0..{vocab_size - 1})", param=param)
+        raise RequestValidationError(
+            f"{param} has token id {bad} outside the vocabulary (0..{vocab_size - 1})", param=param
+        )
 
 
 @dataclass(frozen=True)
@@ -65,9 +78,9 @@ class Range:
     integer: bool
     low: float | None = None
     high: float | None = None
-    low_exclusive: bool = False     # value must be > low rather than >= low
-    nullable: bool = False          # None is a valid value (seed: draw one)
-    note: str = ""                  # what a special value means, e.g. "0 disables it"
+    low_exclusive: bool = False  # value must be > low rather than >= low
+    nullable: bool = False  # None is a valid value (seed: draw one)
+    note: str = ""  # what a special value means, e.g. "0 disables it"
 
     def accepts(self, value: object) -> bool:
         if value is None:
@@ -92,8 +105,11 @@ class Range:
         """What a valid value looks like: 'a number between 0 and 2', 'an integer >= 1'."""
         text = "an integer" if self.integer else "a number"
         if self.low is not None and self.high is not None:
-            text += (f" greater than {_num(self.low)} and at most {_num(self.high)}" if self.low_exclusive
-                     else f" between {_num(self.low)} and {_num(self.high)}")
+            text += (
+                f" greater than {_num(self.low)} and at most {_num(self.high)}"
+                if self.low_exclusive
+                else f" between {_num(self.low)} and {_num(self.high)}"
+            )
         elif self.low is not None:
             text += f" greater than {_num(self.low)}" if self.low_exclusive else f" >= {_num(self.low)}"
         if self.note:

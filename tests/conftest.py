@@ -3,6 +3,7 @@ server_fixture(), the one way a test module gets a live server of its own.
 
 The reference folder (../shared/reference) is skipped with a reason only when absent on a
 developer machine; under CI (CI=true) its absence is a failure."""
+
 import importlib.util
 import os
 from pathlib import Path
@@ -42,6 +43,7 @@ def default_model() -> Path:
 
 # ------------------------------------------------------------------ live servers and markers
 
+
 @pytest.fixture(scope="session")
 def server_launcher():
     """running_server from tests/server_process.py: every fixture that starts a server
@@ -57,6 +59,7 @@ def server_fixture(*settings: str):
 
         server = server_fixture("--ServerOptions:MaxContextTokens=512")
     """
+
     @pytest.fixture(scope="module")
     def server(server_launcher):
         default_model_path()

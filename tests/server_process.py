@@ -1,5 +1,6 @@
 """End-to-end test helpers: the real server (`python -m smallmind.server`, started by
 smallmind/server/launcher.py) from this checkout, and HTTP, SSE and /metrics helpers."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def running_server(*args: str, **kwargs):
     return launcher.running_server(*args, cwd=REPO, **kwargs)
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
-         timeout: float = 60) -> tuple[int, dict, bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+) -> tuple[int, dict, bytes]:
     """(status, headers, body) without raising on 4xx/5xx."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -48,8 +50,9 @@ class RawStream:
 
         u = urlparse(base_url)
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-        self.conn.request("POST", path, json.dumps(body).encode(),
-                          {"Content-Type": "application/json", **(headers or {})})
+        self.conn.request(
+            "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
+        )
         self.response = self.conn.getresponse()
         self.status = self.response.status
 
@@ -90,8 +93,9 @@ class Pace:
     """How fast a server generates, measured on it.  End-to-end time budgets follow this
     rather than assume native kernels: forced scalar ones are ~5x slower per token and ~30x
     slower in prefill, and a loaded machine slows either down several times more."""
-    first_token_s: float   # request sent -> first token on an idle slot: prefill and one step
-    per_token_s: float     # each further token of a running stream
+
+    first_token_s: float  # request sent -> first token on an idle slot: prefill and one step
+    per_token_s: float  # each further token of a running stream
 
     def request_s(self, n_tokens: int) -> float:
         """A whole request of n_tokens at this pace."""
@@ -116,8 +120,10 @@ def measure_pace(base_url: str, body: dict, n_tokens: int = 16, streams: int = 1
     a sequence's time per token grows with the batch it shares the CPU with."""
     results: list = []
     request = dict(body, max_tokens=n_tokens, temperature=0)
-    workers = [threading.Thread(target=lambda: results.append(timed_stream(base_url, request)))
-               for _ in range(streams)]
+    workers = [
+        threading.Thread(target=lambda: results.append(timed_stream(base_url, request)))
+        for _ in range(streams)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -128,7 +134,7 @@ def measure_pace(base_url: str, body: dict, n_tokens: int = 16, streams: int = 1
     return Pace(first_token_s=max(first for first, _ in results), per_token_s=max(per_token))
 
 
-DEFAULT_DRAIN_S = 30.0   # DrainTimeoutMs when not set
+DEFAULT_DRAIN_S = 30.0  # DrainTimeoutMs when not set
 
 
 def drain_fitting_tokens(per_token_s: float, native_tokens: int = 48) -> int:

@@ -3,6 +3,7 @@ and (under CI, or with SMALLMIND_TEST_WHEEL=1) scripts/check_wheel.sh builds a w
 repairs it with auditwheel and passes, from a fresh virtualenv, the tests marked `isa` under
 forced scalar kernels, forced avx2 and the native ones, and those marked `wheel` natively
 (see the script for why the rest of the suite runs only on the sources)."""
+
 from __future__ import annotations
 
 import functools
@@ -54,15 +55,15 @@ def test_workflow_builds_linux_and_macos_wheels():
     doc = yaml.safe_load(WORKFLOW.read_text())
     jobs = doc["jobs"]
     oses = jobs["wheels"]["strategy"]["matrix"]["os"]
-    assert any(o.startswith("ubuntu") and not o.endswith("-arm") for o in oses)   # x86_64
-    assert any(o.startswith("ubuntu") and o.endswith("-arm") for o in oses)       # aarch64
+    assert any(o.startswith("ubuntu") and not o.endswith("-arm") for o in oses)  # x86_64
+    assert any(o.startswith("ubuntu") and o.endswith("-arm") for o in oses)  # aarch64
     assert any(o.startswith("macos") for o in oses)
     runs = " ".join(step.get("run", "") for step in jobs["wheels"]["steps"])
     assert "cibuildwheel" in runs
     assert any("scripts/check_wheel.sh" in step.get("run", "") for step in jobs["check-wheel"]["steps"])
 
 
-@pytest.mark.e2e   # runs bash -n
+@pytest.mark.e2e  # runs bash -n
 def test_check_wheel_script_parses():
     res = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -76,15 +77,23 @@ def wheel_check_wanted() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-@pytest.mark.skipif(not wheel_check_wanted(),
-                    reason="builds, repairs and tests a wheel in a fresh venv (~40 minutes); "
-                           "runs under CI=true or with SMALLMIND_TEST_WHEEL=1")
+@pytest.mark.skipif(
+    not wheel_check_wanted(),
+    reason="builds, repairs and tests a wheel in a fresh venv (~40 minutes); "
+    "runs under CI=true or with SMALLMIND_TEST_WHEEL=1",
+)
 def test_repaired_wheel_passes_the_isa_tests(tmp_path):
     log_path = tmp_path / "check_wheel.log"
     env = dict(os.environ, CHECK_WHEEL_DIR=str(tmp_path / "work"), PYTHON=sys.executable)
     with open(log_path, "w") as log:
-        res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, timeout=WHEEL_CHECK_TIMEOUT_S)
+        res = subprocess.run(
+            ["bash", str(SCRIPT)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=WHEEL_CHECK_TIMEOUT_S,
+        )
     out = log_path.read_text(errors="replace")
     tail = out[-6000:]
     assert res.returncode == 0, f"scripts/check_wheel.sh failed ({res.returncode}):\n{tail}"
@@ -117,19 +126,39 @@ def nested_runs(log: str) -> list[tuple[str, str, str, set[str]]]:
     return [(isa, how, markers, set(files.split())) for markers, (isa, how, files) in zip(plans, runs)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def files_marked(markers: str) -> frozenset[str]:
     """The test files with a test selected by `-m markers` (collected, not run)."""
-    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                          "-m", markers, "tests"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            markers,
+            "tests",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return frozenset(line.split("::")[0] for line in res.stdout.splitlines() if line.startswith("tests/"))
 
 
-@pytest.mark.e2e   # collects the suite in a child pytest
+@pytest.mark.e2e  # collects the suite in a child pytest
 def test_the_wheel_runs_cover_the_kernels_and_the_installed_entry_points():
     # The markers that choose the wheel check's tests are on the files that need them: without
     # these the nested runs could shrink to nothing and still "cover every marked file".
-    assert {"tests/test_kernels.py", "tests/test_model.py", "tests/test_engine.py",
-            "tests/test_batch_invariance.py"} <= files_marked("isa")
+    assert {
+        "tests/test_kernels.py",
+        "tests/test_model.py",
+        "tests/test_engine.py",
+        "tests/test_batch_invariance.py",
+    } <= files_marked("isa")
     assert {"tests/test_cli.py", "tests/test_server.py"} <= files_marked("wheel")

@@ -31,14 +31,15 @@ walking thresholds down from the max and bisecting the last band.  Drawing from 
 few thousand candidates uses block sums instead of a full cumulative sum.  The results are
 exact (no tail is dropped).
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import numbers
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -82,7 +83,7 @@ RANGES: dict[str, Range] = {
     "max_tokens": Range(True, 1),
     "logprobs": Range(True, 0, 20, nullable=True),
 }
-BIAS_RANGE = Range(False, -100, 100)   # each logit_bias value
+BIAS_RANGE = Range(False, -100, 100)  # each logit_bias value
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class SamplingParams:
     max_tokens: int = 100
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
-    logprobs: int | None = None     # None: off; k >= 0: chosen token's and the k most likely
+    logprobs: int | None = None  # None: off; k >= 0: chosen token's and the k most likely
 
     def __post_init__(self) -> None:
         bias = self.logit_bias
@@ -127,8 +128,11 @@ class SamplingParams:
                 norm[key] = value
             object.__setattr__(self, "logit_bias", norm)
         stops = self.stop_token_ids
-        if not isinstance(stops, frozenset) and isinstance(stops, Iterable) \
-                and not isinstance(stops, (str, bytes)):
+        if (
+            not isinstance(stops, frozenset)
+            and isinstance(stops, Iterable)
+            and not isinstance(stops, (str, bytes))
+        ):
             object.__setattr__(self, "stop_token_ids", frozenset(stops))
 
     @property
@@ -136,48 +140,76 @@ class SamplingParams:
         """True when sampling is deterministic argmax (temperature 0)."""
         return self.temperature == 0
 
-    def with_values(self, given: Mapping[str, object],
-                    aliases: Mapping[str, str] | None = None) -> SamplingParams:
+    def with_values(
+        self, given: Mapping[str, object], aliases: Mapping[str, str] | None = None
+    ) -> SamplingParams:
         """These settings with ``given`` (values as a client or a setting sent them) put in:
         each judged against RANGES, the one validation of a parameter's value, and floats
         made float.  ``aliases``: another name a field may come under (OpenAI's
         max_completion_tokens for max_tokens), judged under that name and winning over the
         field's own.  A RequestValidationError names every bad one (the first in ``param``)."""
         aliases = aliases or {}
-        found = [(name, _problem(name, value, RANGES[aliases.get(name, name)]))
-                 for name, value in given.items() if not RANGES[aliases.get(name, name)].accepts(value)]
+        found = [
+            (name, _problem(name, value, RANGES[aliases.get(name, name)]))
+            for name, value in given.items()
+            if not RANGES[aliases.get(name, name)].accepts(value)
+        ]
         _raise_if(found)
         values = {name: value for name, value in given.items() if name not in aliases}
         values.update((aliases[name], value) for name, value in given.items() if name in aliases)
-        return replace(self, **{name: value if RANGES[name].integer or value is None else float(value)
-                                for name, value in values.items()})
+        return replace(
+            self,
+            **{
+                name: value if RANGES[name].integer or value is None else float(value)
+                for name, value in values.items()
+            },
+        )
 
     def problems(self, vocab_size: int) -> list[tuple[str, str]]:
         """Every invalid setting as ``(parameter, message)``, in field order: values outside
         RANGES, then token ids outside the vocabulary."""
-        out = [(name, _problem(name, getattr(self, name), rule)) for name, rule in RANGES.items()
-               if not rule.accepts(getattr(self, name))]
+        out = [
+            (name, _problem(name, getattr(self, name), rule))
+            for name, rule in RANGES.items()
+            if not rule.accepts(getattr(self, name))
+        ]
         lb = self.logit_bias
         if not isinstance(lb, Mapping):
-            out.append(("logit_bias", f"logit_bias must be a mapping of token id to bias, "
-                                      f"got {type(lb).__name__}"))
+            out.append(
+                ("logit_bias", f"logit_bias must be a mapping of token id to bias, got {type(lb).__name__}")
+            )
         else:
-            out += [("logit_bias", f"logit_bias value for token {tok} must be "
-                                   f"{BIAS_RANGE.requirement}, got {shown(v)}")
-                    for tok, v in lb.items() if not BIAS_RANGE.accepts(v)]
+            out += [
+                (
+                    "logit_bias",
+                    f"logit_bias value for token {tok} must be {BIAS_RANGE.requirement}, got {shown(v)}",
+                )
+                for tok, v in lb.items()
+                if not BIAS_RANGE.accepts(v)
+            ]
         if not isinstance(self.stop_token_ids, frozenset):
-            out.append(("stop_token_ids", f"stop_token_ids must be a set of token ids, "
-                                          f"got {type(self.stop_token_ids).__name__}"))
+            out.append(
+                (
+                    "stop_token_ids",
+                    f"stop_token_ids must be a set of token ids, got {type(self.stop_token_ids).__name__}",
+                )
+            )
         if not isinstance(self.ignore_eos, (bool, np.bool_)):
             out.append(("ignore_eos", f"ignore_eos must be a boolean, got {shown(self.ignore_eos)}"))
         return out + self._vocabulary_problems(vocab_size)
 
     def _vocabulary_problems(self, vocab_size: int) -> list[tuple[str, str]]:
         out = []
-        for name, ids in (("logit_bias", self.logit_bias), ("stop_token_ids", sorted(self.stop_token_ids, key=repr))):
+        for name, ids in (
+            ("logit_bias", self.logit_bias),
+            ("stop_token_ids", sorted(self.stop_token_ids, key=repr)),
+        ):
             if isinstance(ids, (Mapping, list)):
-                out += [(name, f"{name} has token id {shown(tok)} outside the vocabulary (0..{vocab_size - 1})")
-                        for tok in ids if not is_int(tok) or not 0 <= tok < vocab_size]
+                out += [
+                    (name, f"{name} has token id {shown(tok)} outside the vocabulary (0..{vocab_size - 1})")
+                    for tok in ids
+                    if not is_int(tok) or not 0 <= tok < vocab_size
+                ]
         return out
 
     def validate(self, vocab_size: int) -> None:
@@ -205,6 +237,7 @@ def _raise_if(found: list[tuple[str, str]]) -> None:
 # --------------------------------------------------------------------------------------------
 # Scratch buffers (per thread, per vocabulary size): no 1 MB allocation per token.
 # --------------------------------------------------------------------------------------------
+
 
 class _Scratch:
     __slots__ = ("logits", "work")
@@ -268,7 +301,7 @@ def _ids_at_least(x: np.ndarray, bm: np.ndarray, thr: float) -> np.ndarray:
         pos = np.flatnonzero(rows >= t)  # (2-D np.nonzero is several times slower)
         ids.append(fb[pos // _BLOCK] * _BLOCK + pos % _BLOCK)
     if blocks.size and blocks[-1] == nfull and nfull * _BLOCK < n:
-        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK:] >= t))
+        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK :] >= t))
     if not ids:
         return np.empty(0, np.intp)
     return ids[0] if len(ids) == 1 else np.concatenate(ids)
@@ -296,14 +329,16 @@ def _top_k_ids(x: np.ndarray, bm: np.ndarray, k: int) -> np.ndarray:
     return idx[order]
 
 
-def _mass_prefix(x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None,
-                 target: float, m: float) -> np.ndarray:
+def _mass_prefix(
+    x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None, target: float, m: float
+) -> np.ndarray:
     """Smallest set of ids (within ``cand``, or all) whose weights ``e`` reach ``target`` when
     taken by descending ``x`` (ties -> lower id): the top-p prefix without a full sort.
 
     Walks thresholds m-1, m-2, m-4, ... down until the mass reaches ``target``; everything above
     the previous threshold is taken, and the cut inside the last band is found by bisecting on
     the logit value until at most _SORT_MAX entries are left to sort."""
+
     def at_least(thr: float) -> np.ndarray:
         if cand is None:
             return _ids_at_least(x, bm, thr)
@@ -360,7 +395,7 @@ def _pick(w: np.ndarray, u: float) -> int:
         b -= 1
     before = cs[b - 1] if b else 0.0
     lo = b * _BLOCK
-    inner = np.cumsum(w[lo: lo + _BLOCK], dtype=np.float64)
+    inner = np.cumsum(w[lo : lo + _BLOCK], dtype=np.float64)
     j = min(int(np.searchsorted(inner, target - before, side="right")), inner.shape[0] - 1)
     while j > 0 and w[lo + j] == 0.0:
         j -= 1
@@ -371,6 +406,7 @@ def _pick(w: np.ndarray, u: float) -> int:
 # Sampler
 # --------------------------------------------------------------------------------------------
 
+
 class Sampler:
     """Samples the next token of one sequence.  Not thread-safe; one per sequence.
 
@@ -379,11 +415,24 @@ class Sampler:
     checks its token ids against this vocabulary (``RequestValidationError``).
     """
 
-    __slots__ = ("params", "vocab_size", "rng", "_bias_ids", "_bias_vals", "_pen", "_rep",
-                 "_freq", "_pres", "_last_n", "_temp", "_top_k", "_top_p", "_log_min_p")
+    __slots__ = (
+        "params",
+        "vocab_size",
+        "rng",
+        "_bias_ids",
+        "_bias_vals",
+        "_pen",
+        "_rep",
+        "_freq",
+        "_pres",
+        "_last_n",
+        "_temp",
+        "_top_k",
+        "_top_p",
+        "_log_min_p",
+    )
 
-    def __init__(self, params: SamplingParams, vocab_size: int, *,
-                 eog_token_ids: Iterable[int] = ()) -> None:
+    def __init__(self, params: SamplingParams, vocab_size: int, *, eog_token_ids: Iterable[int] = ()) -> None:
         params.check_vocabulary(vocab_size)
         self.params = params
         self.vocab_size = v = int(vocab_size)
@@ -404,8 +453,7 @@ class Sampler:
         self._freq = float(params.frequency_penalty)
         self._pres = float(params.presence_penalty)
         self._last_n = int(params.penalty_last_n)
-        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0
-                                            or self._pres != 0.0)
+        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0 or self._pres != 0.0)
         self._temp = float(params.temperature)
         k = int(params.top_k)
         self._top_k = k if 0 < k < v else 0
@@ -431,8 +479,7 @@ class Sampler:
             return None
         return arr
 
-    def apply_logit_processors(self, logits: np.ndarray,
-                               recent_tokens: Sequence[int] = ()) -> np.ndarray:
+    def apply_logit_processors(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> np.ndarray:
         """Logits after logit_bias and penalties.  Returns ``logits`` itself when nothing
         applies, else a per-thread scratch array (valid until the next call on this thread)."""
         x = _as_logits(logits)
@@ -479,8 +526,9 @@ class Sampler:
             ids, vals = self._filter_no_top_k(x, bm, m)
         return ids, vals, m
 
-    def distribution(self, logits: np.ndarray,
-                     recent_tokens: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The distribution ``sample`` draws from: ``(ids int64, probs float64)`` of the tokens
         surviving every filter, by descending probability (ties -> lower id).  No draw."""
         x = self.apply_logit_processors(logits, recent_tokens)
@@ -496,8 +544,7 @@ class Sampler:
         w = np.exp((vals.astype(np.float64) - m) / self._temp)
         return ids, w / w.sum()
 
-    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray,
-                      m: float) -> tuple[np.ndarray, np.ndarray]:
+    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray]:
         """top_k -> top_p -> min_p; returns (ids, logits) by descending logit."""
         ids = _top_k_ids(x, bm, self._top_k)
         vals = x[ids]
@@ -511,8 +558,9 @@ class Sampler:
             ids, vals = ids[:keep], vals[:keep]
         return ids, vals
 
-    def _filter_no_top_k(self, x: np.ndarray, bm: np.ndarray,
-                         m: float) -> tuple[np.ndarray | None, np.ndarray]:
+    def _filter_no_top_k(
+        self, x: np.ndarray, bm: np.ndarray, m: float
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         """top_p -> min_p over the whole vocabulary; returns (ids, logits), any order
         (ids None: every token)."""
         lmp, top_p = self._log_min_p, self._top_p
@@ -558,6 +606,7 @@ class Sampler:
 # --------------------------------------------------------------------------------------------
 # Log-probabilities (the server's logprobs feature)
 # --------------------------------------------------------------------------------------------
+
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable log-softmax along ``axis``; float32 in -> float32 out, else float64."""

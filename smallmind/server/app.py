@@ -4,6 +4,7 @@ Handlers (`handlers.py`, `completions.py`) parse with `openai.requests`, build p
 `ServedModel`, pass admission, and hand generation to the engine thread (`Scheduler`); they
 only await and write.  Every failure becomes an OpenAI-style JSON error through
 `openai.errors.error_response`, the one place statuses are decided."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,11 +12,22 @@ from dataclasses import dataclass
 import tornado.web
 
 from smallmind.server.admission import Admission
-from smallmind.server.completions import (ChatHandler, CompletionHandler, DetokenizeHandler, EmbeddingHandler,
-                                          TokenizeHandler)
+from smallmind.server.completions import (
+    ChatHandler,
+    CompletionHandler,
+    DetokenizeHandler,
+    EmbeddingHandler,
+    TokenizeHandler,
+)
 from smallmind.server.config import ServerOptions
-from smallmind.server.handlers import (HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler,
-                                       OpenApiHandler, ReadyHandler)
+from smallmind.server.handlers import (
+    HealthHandler,
+    MetricsHandler,
+    ModelsHandler,
+    NotFoundHandler,
+    OpenApiHandler,
+    ReadyHandler,
+)
 from smallmind.server.metrics import ServerMetrics
 from smallmind.server.runtime import ServedModel
 from smallmind.server.tracing import Tracer
@@ -28,9 +40,9 @@ class ServerState:
 
     options: ServerOptions
     served: ServedModel | None = None
-    status: str = "loading"             # loading | ready | failed | draining
+    status: str = "loading"  # loading | ready | failed | draining
     reason: str = "the model is loading"
-    active_requests: int = 0            # POST requests being handled (drain waits for 0)
+    active_requests: int = 0  # POST requests being handled (drain waits for 0)
     admission: Admission = None
     metrics: ServerMetrics = None
     tracer: Tracer = None
@@ -72,5 +84,9 @@ def make_app(state: ServerState) -> tornado.web.Application:
         (r"/openapi.json", OpenApiHandler, kw),
     ]
     # The access log is ours (one structured line per request, written in on_finish).
-    return tornado.web.Application(routes, default_handler_class=NotFoundHandler,
-                                   default_handler_args=kw, log_function=lambda handler: None)
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kw,
+        log_function=lambda handler: None,
+    )

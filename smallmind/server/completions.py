@@ -4,25 +4,39 @@ A generation request goes: parse -> prompt tokens -> context check -> admission 
 queue is full) -> [stream headers] -> wait for room (RequestTimeoutMs covers the wait and the
 generation) -> jobs on the engine thread -> updates written as they come.  Whatever ends it
 (done, client gone, timeout, error) releases its room and its KV slots."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import tornado.iostream
 import tornado.web
 
 from smallmind.errors import SmallMindError
-from smallmind.server.scheduler import GenerationJob
-from smallmind.server.openai import responses
-from smallmind.server.openai.errors import BodyTooLargeError, QueueFullError, RequestTimeoutError, error_response
-from smallmind.server.openai.requests import (check_vocabulary, choice_index, choice_params, fit_max_tokens,
-                                              parse_chat, parse_completion, parse_detokenize, parse_embedding,
-                                              parse_tokenize)
 from smallmind.server.handlers import BaseHandler
+from smallmind.server.openai import responses
+from smallmind.server.openai.errors import (
+    BodyTooLargeError,
+    QueueFullError,
+    RequestTimeoutError,
+    error_response,
+)
+from smallmind.server.openai.requests import (
+    check_vocabulary,
+    choice_index,
+    choice_params,
+    fit_max_tokens,
+    parse_chat,
+    parse_completion,
+    parse_detokenize,
+    parse_embedding,
+    parse_tokenize,
+)
 from smallmind.server.runtime import grammar_of_request
+from smallmind.server.scheduler import GenerationJob
 from smallmind.values import check_token_ids
 
 # Bodies up to this many times the limit are read and dropped so the client, still sending,
@@ -40,8 +54,13 @@ def dumps_in_pieces(value) -> str:
     one call over a 4,000-embedding answer stalled the IOLoop for 650 ms; between the pieces
     the loop gets the GIL back.  Lists of plain values (an embedding) stay one call."""
     if isinstance(value, dict):
-        return "{" + ", ".join(json.dumps(str(k), ensure_ascii=False) + ": " + dumps_in_pieces(v)
-                               for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(
+                json.dumps(str(k), ensure_ascii=False) + ": " + dumps_in_pieces(v) for k, v in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
         return "[" + ", ".join(dumps_in_pieces(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)
@@ -53,16 +72,16 @@ class PostHandler(BaseHandler):
 
     def initialize(self, state) -> None:
         super().initialize(state)
-        self._counted = False               # in state.active_requests (the drain waits for 0)
+        self._counted = False  # in state.active_requests (the drain waits for 0)
         self._chunks: list[bytes] = []
         self._size = 0
-        self._body_received = False         # post() began: Tornado will finish this request
+        self._body_received = False  # post() began: Tornado will finish this request
         self._jobs: list[GenerationJob] = []
         self._ticket = None
         self._updates: asyncio.Queue | None = None
-        self.grammar = None                 # the grammar every choice decodes under, if any
+        self.grammar = None  # the grammar every choice decodes under, if any
         self.vocabulary = None
-        self.cached_tokens = 0              # prompt tokens the prefix cache supplied
+        self.cached_tokens = 0  # prompt tokens the prefix cache supplied
 
     def prepare(self) -> None:
         self.state.active_requests += 1
@@ -148,14 +167,14 @@ class PostHandler(BaseHandler):
         self.grammar = grammar
         if grammar is not None:
             self.vocabulary = await self.served().vocabulary()
-            await self.off_loop(grammar.prepare, self.vocabulary)   # grows with the grammar
+            await self.off_loop(grammar.prepare, self.vocabulary)  # grows with the grammar
 
     def remaining_s(self) -> float:
         return self.timeout_s - (time.perf_counter() - self.started)
 
     async def generate(self, prompts: list[list[int]], req, shape: responses.Shape) -> None:
         if self.client_gone:
-            return      # it left while its request was being prepared: nothing to start
+            return  # it left while its request was being prepared: nothing to start
         served = self.served()
         limit_ms = self.state.options.request_timeout_ms
         self.timeout_s = min(req.timeout_ms or limit_ms, limit_ms) / 1000
@@ -200,9 +219,17 @@ class PostHandler(BaseHandler):
             constraints = [self.grammar.start(self.vocabulary) for _ in params] if self.grammar else None
             # Stop strings never cut constrained output: only max_tokens may end it unfinished.
             stop = [] if self.grammar else req.stop
-            self._jobs.append(GenerationJob(prompt_ids, params, max_tokens=max_tokens, stop=stop, updates=self._updates,
-                                            index_base=choice_index(i, 0, req.n),
-                                            constraints=constraints))
+            self._jobs.append(
+                GenerationJob(
+                    prompt_ids,
+                    params,
+                    max_tokens=max_tokens,
+                    stop=stop,
+                    updates=self._updates,
+                    index_base=choice_index(i, 0, req.n),
+                    constraints=constraints,
+                )
+            )
         for job in self._jobs:
             scheduler.submit(job)
 
@@ -250,7 +277,7 @@ class PostHandler(BaseHandler):
     async def begin_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")   # nginx: pass events through at once
+        self.set_header("X-Accel-Buffering", "no")  # nginx: pass events through at once
         await self.flush()
 
     def write_event(self, payload: dict | str) -> None:
@@ -302,9 +329,17 @@ class ChatHandler(PostHandler):
         served = self.served()
         tools = req.tools if req.tool_choice != "none" else []
         mode = "off" if not tools else "auto" if req.tool_choice == "auto" else "forced"
-        shape = responses.ChatShape(responses.new_id(responses.CHAT_ID_PREFIX), int(time.time()), served.model_id,
-                           served.tokenizer.token_bytes, req.logprobs is not None, req.include_usage,
-                           tools=tools, tool_mode=mode, legacy=req.legacy_functions)
+        shape = responses.ChatShape(
+            responses.new_id(responses.CHAT_ID_PREFIX),
+            int(time.time()),
+            served.model_id,
+            served.tokenizer.token_bytes,
+            req.logprobs is not None,
+            req.include_usage,
+            tools=tools,
+            tool_mode=mode,
+            legacy=req.legacy_functions,
+        )
         await self.constrain(grammar)
         await self.generate([prompt_ids], req, shape)
 
@@ -329,10 +364,16 @@ class CompletionHandler(PostHandler):
         req, prompts, echoes, grammar = await self.off_loop(self.prepare_request, self.body)
         served = self.served()
         echo_logprobs = [await self.echo_logprobs(ids, req) for ids in prompts]
-        shape = responses.CompletionShape(responses.new_id(responses.COMPLETION_ID_PREFIX), int(time.time()),
-                                 served.model_id, served.tokenizer.token_bytes, req.logprobs is not None,
-                                 req.include_usage, echoes=[e for e in echoes for _ in range(req.n)],
-                                 echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)])
+        shape = responses.CompletionShape(
+            responses.new_id(responses.COMPLETION_ID_PREFIX),
+            int(time.time()),
+            served.model_id,
+            served.tokenizer.token_bytes,
+            req.logprobs is not None,
+            req.include_usage,
+            echoes=[e for e in echoes for _ in range(req.n)],
+            echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)],
+        )
         await self.constrain(grammar)
         await self.generate(prompts, req, shape)
 
@@ -374,8 +415,11 @@ class EmbeddingHandler(PostHandler):
         self.prompt_tokens = sum(len(ids) for ids in inputs)
         vectors = await served.scheduler.embed(inputs)
         self.state.metrics.tokens(self.prompt_tokens, 0)
-        await self.send_built(lambda: responses.embedding_list(served.model_id, vectors, req.encoding_format,
-                                                              self.prompt_tokens))
+        await self.send_built(
+            lambda: responses.embedding_list(
+                served.model_id, vectors, req.encoding_format, self.prompt_tokens
+            )
+        )
 
     def prepare_request(self, body: bytes):
         """(request, inputs' ids), in a worker thread; inputs too long are refused before

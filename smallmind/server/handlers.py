@@ -1,5 +1,6 @@
 """The base handler (request ids, API keys, CORS, errors, metrics, access log) and the small
 endpoints: probes, models, metrics, unknown routes."""
+
 from __future__ import annotations
 
 import hmac
@@ -11,10 +12,17 @@ import uuid
 import tornado.web
 
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
-from smallmind.server.openai import responses
-from smallmind.server.openai.errors import (AuthenticationError, BodyTooLargeError, MethodNotAllowedError,
-                                           NotReadyError, QueueFullError, RouteNotFoundError, error_response)
 from smallmind.server.access_log import log_access
+from smallmind.server.openai import responses
+from smallmind.server.openai.errors import (
+    AuthenticationError,
+    BodyTooLargeError,
+    MethodNotAllowedError,
+    NotReadyError,
+    QueueFullError,
+    RouteNotFoundError,
+    error_response,
+)
 from smallmind.server.openapi import openapi_document
 
 log = logging.getLogger("smallmind.server")
@@ -43,7 +51,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.client_gone = False
-        self._accounted = False             # on_finish ran (it may be reached twice)
+        self._accounted = False  # on_finish ran (it may be reached twice)
         state.metrics.request_started()
 
     def set_default_headers(self) -> None:
@@ -52,7 +60,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.request_id = _request_id(self.request.headers.get("X-Request-Id"))
         self.set_header("X-Request-Id", self.request_id)
         self.set_header("Content-Type", "application/json")
-        self.clear_header("Server")     # Tornado's names its version: no use to clients
+        self.clear_header("Server")  # Tornado's names its version: no use to clients
 
     def prepare(self) -> None:
         self.allow_cors()
@@ -121,8 +129,11 @@ class BaseHandler(tornado.web.RequestHandler):
         method, path = self.request.method, self.request.path
         if status == 405:
             base = tornado.web.RequestHandler
-            allowed = [m for m in ("GET", "HEAD", "POST")
-                       if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
+            allowed = [
+                m
+                for m in ("GET", "HEAD", "POST")
+                if getattr(type(self), m.lower()) is not getattr(base, m.lower())
+            ]
             return MethodNotAllowedError(method, path, allowed)
         if status == 404:
             return RouteNotFoundError(path)
@@ -153,8 +164,17 @@ class BaseHandler(tornado.web.RequestHandler):
         # 499 (nginx's "client closed request"): nobody received what the status says.
         status = 499 if self.client_gone else self.get_status()
         self.state.metrics.request_finished(self.ROUTE, status, duration_ms)
-        log_access(self.request_id, self.request.method, self.ROUTE, self.request.path, status,
-                   duration_ms, self.prompt_tokens, self.completion_tokens, self.request.remote_ip)
+        log_access(
+            self.request_id,
+            self.request.method,
+            self.ROUTE,
+            self.request.path,
+            status,
+            duration_ms,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.request.remote_ip,
+        )
 
     def served(self):
         """The loaded model, or NotReadyError (loading, failed, draining)."""
@@ -174,7 +194,7 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.send_json({"status": "healthy"})
 
-    head = get      # Tornado sends the headers of the GET answer without its body
+    head = get  # Tornado sends the headers of the GET answer without its body
 
 
 class ReadyHandler(BaseHandler):
@@ -186,10 +206,20 @@ class ReadyHandler(BaseHandler):
             self.send_json({"status": "not ready", "reason": st.reason}, 503)
             return
         served = st.served
-        self.send_json({"status": "ready", "capabilities": {
-            "model": served.model_id, "chat_completions": True, "completions": True,
-            "embeddings": True, "streaming": True, "context_length": served.n_ctx,
-            "max_concurrent_requests": st.options.max_concurrent_requests}})
+        self.send_json(
+            {
+                "status": "ready",
+                "capabilities": {
+                    "model": served.model_id,
+                    "chat_completions": True,
+                    "completions": True,
+                    "embeddings": True,
+                    "streaming": True,
+                    "context_length": served.n_ctx,
+                    "max_concurrent_requests": st.options.max_concurrent_requests,
+                },
+            }
+        )
 
     head = get
 
@@ -205,8 +235,9 @@ class ModelsHandler(BaseHandler):
         elif model_id == served.model_id:
             self.send_json(responses.model_entry(served.model_id, served.created, "smallmind"))
         else:
-            raise ModelNotFoundError(f"the model {model_id!r} does not exist; this server "
-                                     f"serves {served.model_id!r}")
+            raise ModelNotFoundError(
+                f"the model {model_id!r} does not exist; this server serves {served.model_id!r}"
+            )
 
     head = get
 

@@ -39,8 +39,14 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 
 from smallmind.errors import SmallMindError
-from smallmind.server.openai.errors import (BodyTooLargeError, ClientTooSlowError, HeadersTooLargeError,
-                                           MalformedRequestError, UrlTooLongError, error_response)
+from smallmind.server.openai.errors import (
+    BodyTooLargeError,
+    ClientTooSlowError,
+    HeadersTooLargeError,
+    MalformedRequestError,
+    UrlTooLongError,
+    error_response,
+)
 
 log = logging.getLogger("smallmind.server")
 
@@ -112,12 +118,10 @@ class GuardedConnection(HTTP1Connection):
         self._header_timer.cancel()
         request_line = data.lstrip(b"\r\n").split(b"\n", 1)[0]
         if len(request_line) > MAX_REQUEST_LINE_BYTES:
-            raise UrlTooLongError(
-                f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes")
+            raise UrlTooLongError(f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes")
         if len(data) > MAX_HEADER_BYTES:
-            raise HeadersTooLargeError(
-                f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
-        if data.count(b"\n") - 2 > MAX_HEADERS:      # request line and blank line aside
+            raise HeadersTooLargeError(f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+        if data.count(b"\n") - 2 > MAX_HEADERS:  # request line and blank line aside
             raise HeadersTooLargeError(f"the request has more than {MAX_HEADERS} headers")
         try:
             start_line, headers = super()._parse_headers(data)
@@ -138,9 +142,12 @@ class GuardedConnection(HTTP1Connection):
             await asyncio.wait_for(reading, self.limits.body_timeout_s)
         except asyncio.TimeoutError:
             # The body read was cancelled mid-way: the stream cannot be read again.
-            self.refuse(ClientTooSlowError(
-                f"the request body did not arrive within {self.limits.body_timeout_s:g} s"),
-                linger=False)
+            self.refuse(
+                ClientTooSlowError(
+                    f"the request body did not arrive within {self.limits.body_timeout_s:g} s"
+                ),
+                linger=False,
+            )
             raise iostream.StreamClosedError() from None
         except httputil.HTTPInputError as e:
             raise self._framing_error(e) from None
@@ -157,9 +164,12 @@ class GuardedConnection(HTTP1Connection):
             self.stream.close()
             return
         # Tornado's header read is still pending: no lingering read beside it.
-        self.refuse(ClientTooSlowError(
-            f"the request headers did not arrive within {self.limits.header_timeout_s:g} s"),
-            linger=False)
+        self.refuse(
+            ClientTooSlowError(
+                f"the request headers did not arrive within {self.limits.header_timeout_s:g} s"
+            ),
+            linger=False,
+        )
 
     def refuse(self, refusal: Exception, linger: bool) -> None:
         """Answer with the refusal's JSON error, then close."""

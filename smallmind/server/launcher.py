@@ -6,6 +6,7 @@ picks a free port, starts the command with its output in a log file, polls a rea
 until it answers 200, and stops the child with SIGTERM (SIGKILL if it lingers).
 
 Standard library only, so importing it never loads the engine."""
+
 from __future__ import annotations
 
 import contextlib
@@ -74,30 +75,44 @@ class ServerProcess:
     that whole command line (its "{port}" is filled in).  `cwd` matters for `-m`: Python puts
     it first on sys.path, so a checkout's own smallmind/ is what the child imports."""
 
-    def __init__(self, *args: str, command: list[str] | None = None, env: dict | None = None,
-                 cwd: str | Path | None = None, ready_path: str = "/readyz",
-                 log_prefix: str = "smallmind-server-", own_session: bool = False):
+    def __init__(
+        self,
+        *args: str,
+        command: list[str] | None = None,
+        env: dict | None = None,
+        cwd: str | Path | None = None,
+        ready_path: str = "/readyz",
+        log_prefix: str = "smallmind-server-",
+        own_session: bool = False,
+    ):
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.ready_path = ready_path
         self.ready_after_s: float | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{log_prefix}{self.port}-", suffix=".log",
-                                               delete=False)
+        self.log = tempfile.NamedTemporaryFile(
+            prefix=f"{log_prefix}{self.port}-", suffix=".log", delete=False
+        )
         self.log_path = Path(self.log.name)
         argv = [a.replace("{port}", str(self.port)) for a in (command or smallmind_command(*args))]
         # own_session: a Ctrl-C at the terminal reaches only the caller, which stops the child.
-        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})},
-                                     stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=own_session)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+        )
         self._started = time.monotonic()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "ServerProcess":
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> ServerProcess:
         """Returns once the ready path answers 200; ServerStartError with the log's tail else."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

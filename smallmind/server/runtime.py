@@ -1,5 +1,6 @@
 """The model being served: where it comes from, loading it, and turning requests into prompt
 token ids that fit its context.  Holds no HTTP; the handlers call it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,18 +14,25 @@ from typing import Any
 
 from smallmind import kernels
 from smallmind.default_model import DefaultModelError, default_model
-from smallmind.server.chat import tool_calls
-from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.engine.engine import Engine
-from smallmind.engine.grammar import (Grammar, GrammarError, Vocabulary, compile_gbnf, compile_json_schema,
-                                      compile_regex, compile_response_format)
+from smallmind.engine.grammar import (
+    Grammar,
+    GrammarError,
+    Vocabulary,
+    compile_gbnf,
+    compile_json_schema,
+    compile_regex,
+    compile_response_format,
+)
 from smallmind.engine.model import Model, read_model_config
 from smallmind.engine.sampling import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
-from smallmind.server.scheduler import Scheduler
+from smallmind.server.chat import tool_calls
+from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.server.config import ServerOptions
 from smallmind.server.openai.errors import ContextLengthError, LimitExceededError
+from smallmind.server.scheduler import Scheduler
 
 log = logging.getLogger("smallmind.server")
 
@@ -96,8 +104,12 @@ class ServedModel:
         n_active = options.max_concurrent_requests
         n_engine = n_active + self._prefix_cache_slots(source.path, options)
         # One slot beyond the engine's: embeddings run there between steps.
-        self.model = Model.load(source.path, n_ctx=options.max_context_tokens, n_slots=n_engine + 1,
-                                max_batch_tokens=MAX_BATCH_TOKENS)
+        self.model = Model.load(
+            source.path,
+            n_ctx=options.max_context_tokens,
+            n_slots=n_engine + 1,
+            max_batch_tokens=MAX_BATCH_TOKENS,
+        )
         metadata = self.model.gguf.metadata
         self.tokenizer = Tokenizer.from_gguf(metadata)
         self.chat_template = ChatTemplate.for_model(metadata, self.tokenizer.tokens)
@@ -105,8 +117,14 @@ class ServedModel:
         # Longest text one token stands for: prompts are measured against the context by
         # their bytes before anyone tokenizes them.  Computed here, at load, not per request.
         self.max_token_bytes = self.tokenizer.max_token_bytes
-        self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_engine, max_running=n_active,
-                             prefix_cache=options.prefix_cache_mib > 0, prefill_chunk=PREFILL_CHUNK)
+        self.engine = Engine(
+            self.model,
+            eog_ids=self.tokenizer.eog_ids,
+            n_slots=n_engine,
+            max_running=n_active,
+            prefix_cache=options.prefix_cache_mib > 0,
+            prefill_chunk=PREFILL_CHUNK,
+        )
         self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_engine)
         self._vocabulary = None
         self._vocabulary_lock = asyncio.Lock()
@@ -117,8 +135,12 @@ class ServedModel:
         requests' caches (the generating slots keep theirs too, while idle)."""
         slot_bytes = read_model_config(path).kv_bytes_per_slot(options.max_context_tokens, MAX_BATCH_TOKENS)
         n_slots = options.prefix_cache_mib * 2**20 // slot_bytes
-        log.info("prefix cache: %d slots beyond the %d generating ones (%.1f MiB each)",
-                 n_slots, options.max_concurrent_requests, slot_bytes / 2**20)
+        log.info(
+            "prefix cache: %d slots beyond the %d generating ones (%.1f MiB each)",
+            n_slots,
+            options.max_concurrent_requests,
+            slot_bytes / 2**20,
+        )
         return n_slots
 
     def check_schemas(self, response_format: dict | None, tools: list[dict]) -> None:
@@ -126,11 +148,21 @@ class ServedModel:
         parameters, before anything compiles or walks them."""
         o = self.options
         if response_format and response_format.get("type") == "json_schema":
-            check_schema_limits(response_format["json_schema"]["schema"], "response_format",
-                                "response_format.json_schema.schema", o.max_schema_bytes, o.max_schema_depth)
+            check_schema_limits(
+                response_format["json_schema"]["schema"],
+                "response_format",
+                "response_format.json_schema.schema",
+                o.max_schema_bytes,
+                o.max_schema_depth,
+            )
         for i, tool in enumerate(tools):
-            check_schema_limits(tool["function"]["parameters"], "tools", f"tools[{i}].function.parameters",
-                                o.max_schema_bytes, o.max_schema_depth)
+            check_schema_limits(
+                tool["function"]["parameters"],
+                "tools",
+                f"tools[{i}].function.parameters",
+                o.max_schema_bytes,
+                o.max_schema_depth,
+            )
 
     def grammar_for(self, req, tools: list[dict]) -> Grammar | None:
         """The grammar a chat answer must follow: a forced tool call's, else the requested
@@ -140,7 +172,9 @@ class ServedModel:
         if call is None:
             return grammar_of_request(req)
         for i in tool_calls.forced_tools(tools, req.tool_choice):
-            _compile(compile_json_schema, tools[i]["function"]["parameters"], f"tools[{i}].function.parameters")
+            _compile(
+                compile_json_schema, tools[i]["function"]["parameters"], f"tools[{i}].function.parameters"
+            )
         return _compile(compile_json_schema, call, "tools")
 
     async def vocabulary(self) -> Vocabulary:
@@ -184,8 +218,9 @@ class ServedModel:
         # tool turns into plain text, which would hide a malformed one); content as one string
         # first, so list-of-parts content reaches every message shape.
         messages = tool_calls.prepare_messages(normalize_messages(messages), tools or [], handles)
-        return self.chat_template.render(messages, add_generation_prompt=True,
-                                         tools=tools if handles else None)
+        return self.chat_template.render(
+            messages, add_generation_prompt=True, tools=tools if handles else None
+        )
 
     def encode_chat(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_id
@@ -230,13 +265,18 @@ def check_schema_limits(schema: Any, param: str, where: str, max_bytes: int, max
     anything compiles it, since compiling costs more than linear time and memory and
     recurses once per level."""
     if _nesting_depth(schema, max_depth) > max_depth:
-        raise LimitExceededError(f"{where} is nested more than {max_depth} levels deep (objects "
-                                 f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
-                                 param)
+        raise LimitExceededError(
+            f"{where} is nested more than {max_depth} levels deep (objects "
+            f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
+            param,
+        )
     size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     if size > max_bytes:
-        raise LimitExceededError(f"{where} is {size} bytes as compact JSON; this server's limit "
-                                 f"is {max_bytes} bytes (MaxSchemaBytes)", param)
+        raise LimitExceededError(
+            f"{where} is {size} bytes as compact JSON; this server's limit "
+            f"is {max_bytes} bytes (MaxSchemaBytes)",
+            param,
+        )
 
 
 def _nesting_depth(value: Any, stop_after: int) -> int:

@@ -57,9 +57,9 @@ class GenerationJob:
     with several prompts) may share one queue; ``index_base`` keeps their choices apart."""
 
     prompt_ids: list[int]
-    params: list[SamplingParams]            # one per choice
-    max_tokens: int | None = None           # every choice's budget, fitted to the context by
-                                            # the caller (None: the engine fits params.max_tokens)
+    params: list[SamplingParams]  # one per choice
+    max_tokens: int | None = None  # every choice's budget, fitted to the context by
+    # the caller (None: the engine fits params.max_tokens)
     stop: list[str] = field(default_factory=list)
     updates: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None

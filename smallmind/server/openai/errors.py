@@ -4,19 +4,31 @@ and OpenAI error type (``error_response``).
 The errors a request's fields cause are ``RequestValidationError``s carrying the field in
 ``param`` (OpenAI's error.param); the engine's own errors (``smallmind.errors``) map here too.
 No parsing here: admission and runtime import their errors from this module alone."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
 from smallmind.values import clip
 
 __all__ = [
-    "ContextLengthError", "EmbeddingsNotSupportedError", "RouteNotFoundError",
-    "MethodNotAllowedError", "BodyTooLargeError", "QueueFullError", "RequestTimeoutError",
-    "AuthenticationError", "LimitExceededError", "MalformedRequestError", "HeadersTooLargeError",
-    "UrlTooLongError", "ClientTooSlowError", "NotReadyError", "RequestValidationError",
+    "ContextLengthError",
+    "EmbeddingsNotSupportedError",
+    "RouteNotFoundError",
+    "MethodNotAllowedError",
+    "BodyTooLargeError",
+    "QueueFullError",
+    "RequestTimeoutError",
+    "AuthenticationError",
+    "LimitExceededError",
+    "MalformedRequestError",
+    "HeadersTooLargeError",
+    "UrlTooLongError",
+    "ClientTooSlowError",
+    "NotReadyError",
+    "RequestValidationError",
     "error_response",
 ]
 
@@ -26,20 +38,30 @@ class ContextLengthError(RequestValidationError):
 
     code = "context_length_exceeded"
 
-    def __init__(self, context_length: int, prompt_tokens: int,
-                 max_tokens: int | None = None, param: str | None = "messages",
-                 at_least: bool = False) -> None:
+    def __init__(
+        self,
+        context_length: int,
+        prompt_tokens: int,
+        max_tokens: int | None = None,
+        param: str | None = "messages",
+        at_least: bool = False,
+    ) -> None:
         # at_least: prompt_tokens is a lower bound from the prompt's length in bytes (the
         # prompt was refused before it was tokenized)
         some = "at least " if at_least else ""
         if max_tokens is None:
             asked = f"{some}{prompt_tokens} tokens in the prompt, leaving no room for a completion"
         else:
-            asked = (f"{some}{prompt_tokens + max_tokens} tokens ({some}{prompt_tokens} in the "
-                     f"prompt, {max_tokens} in the completion)")
-        super().__init__(f"This model's maximum context length is {context_length} tokens, "
-                         f"however you requested {asked}. Please reduce the length of the "
-                         f"prompt or of max_tokens.", param=param)
+            asked = (
+                f"{some}{prompt_tokens + max_tokens} tokens ({some}{prompt_tokens} in the "
+                f"prompt, {max_tokens} in the completion)"
+            )
+        super().__init__(
+            f"This model's maximum context length is {context_length} tokens, "
+            f"however you requested {asked}. Please reduce the length of the "
+            f"prompt or of max_tokens.",
+            param=param,
+        )
         self.context_length = context_length
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
@@ -77,8 +99,9 @@ class MethodNotAllowedError(SmallMindError):
     """The path exists but not for this HTTP method; ``allowed`` feeds the Allow header."""
 
     def __init__(self, method: str, path: str, allowed: Sequence[str]) -> None:
-        super().__init__(f"method {clip(method)} is not allowed on {clip(path)} "
-                         f"(allowed: {', '.join(allowed)})")
+        super().__init__(
+            f"method {clip(method)} is not allowed on {clip(path)} (allowed: {', '.join(allowed)})"
+        )
         self.allowed = tuple(allowed)
 
 
@@ -110,8 +133,11 @@ class ClientTooSlowError(SmallMindError):
 class QueueFullError(SmallMindError):
     """Every worker is busy and the wait queue is full; ``retry_after`` is in seconds."""
 
-    def __init__(self, message: str = "the server is busy: too many requests queued, "
-                                      "retry later", retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "the server is busy: too many requests queued, retry later",
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -127,8 +153,9 @@ class RequestTimeoutError(SmallMindError):
 class AuthenticationError(SmallMindError):
     """No API key, or not one of the configured keys."""
 
-    def __init__(self, message: str = "invalid or missing API key: send it as "
-                                      "'Authorization: Bearer <key>'") -> None:
+    def __init__(
+        self, message: str = "invalid or missing API key: send it as 'Authorization: Bearer <key>'"
+    ) -> None:
         super().__init__(message)
 
 
@@ -172,8 +199,7 @@ def error_response(exc: BaseException, request_id: str | None = None) -> tuple[i
     A ``code`` or ``param`` attribute on the exception (``RequestValidationError`` carries
     them) overrides the mapping's defaults.  Unknown exceptions become a 500 naming only
     ``request_id``, which the server also logs next to the traceback."""
-    mapping = next((_HTTP_ERRORS[cls] for cls in type(exc).__mro__ if cls in _HTTP_ERRORS),
-                   None)
+    mapping = next((_HTTP_ERRORS[cls] for cls in type(exc).__mro__ if cls in _HTTP_ERRORS), None)
     if mapping is None:
         where = f" (request id {request_id})" if request_id else ""
         return 500, _error_body(f"internal server error{where}", "internal_error", None, None)

@@ -1,12 +1,13 @@
 """Response shapes of the OpenAI API: whole answers as plain dicts in OpenAI's exact shapes,
 and the shapers (``ChatShape``, ``CompletionShape``) that turn the engine's updates into one
 endpoint's stream chunks or final answer.  No I/O: the handlers write what these return."""
+
 from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -15,10 +16,25 @@ from smallmind.server.chat import tool_calls
 from smallmind.server.scheduler import Update
 
 __all__ = [
-    "new_id", "usage", "chat_completion", "chat_chunk", "chat_logprobs", "completion_logprobs",
-    "tool_call_deltas", "usage_chunk", "completion", "completion_chunk", "embedding_list",
-    "model_entry", "model_list", "token_piece", "CHAT_ID_PREFIX", "COMPLETION_ID_PREFIX",
-    "Shape", "ChatShape", "CompletionShape",
+    "new_id",
+    "usage",
+    "chat_completion",
+    "chat_chunk",
+    "chat_logprobs",
+    "completion_logprobs",
+    "tool_call_deltas",
+    "usage_chunk",
+    "completion",
+    "completion_chunk",
+    "embedding_list",
+    "model_entry",
+    "model_list",
+    "token_piece",
+    "CHAT_ID_PREFIX",
+    "COMPLETION_ID_PREFIX",
+    "Shape",
+    "ChatShape",
+    "CompletionShape",
 ]
 
 CHAT_ID_PREFIX = "chatcmpl"
@@ -35,9 +51,12 @@ def new_id(prefix: str) -> str:
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
     """OpenAI's usage object; cached_tokens: prompt tokens taken from the prefix cache."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def token_piece(piece: bytes) -> str | list[int]:
@@ -49,10 +68,16 @@ def token_piece(piece: bytes) -> str | list[int]:
         return list(piece)
 
 
-def chat_completion(id: str, created: int, model: str,
-                    choices: Iterable[tuple[str, str]], usage: dict,
-                    logprobs: Sequence[dict | None] | None = None,
-                    tool_calls: Sequence[list | None] | None = None, legacy: bool = False) -> dict:
+def chat_completion(
+    id: str,
+    created: int,
+    model: str,
+    choices: Iterable[tuple[str, str]],
+    usage: dict,
+    logprobs: Sequence[dict | None] | None = None,
+    tool_calls: Sequence[list | None] | None = None,
+    legacy: bool = False,
+) -> dict:
     """A chat.completion; ``choices`` are (text, finish_reason) in index order; ``logprobs``
     (from chat_logprobs) and ``tool_calls`` per choice when there are any (``legacy``: as
     the deprecated ``function_call``)."""
@@ -60,12 +85,20 @@ def chat_completion(id: str, created: int, model: str,
     logprobs = logprobs or [None] * len(choices)
     tool_calls = tool_calls or [None] * len(choices)
     return {
-        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": i, "message": _assistant_message(text, calls, legacy),
-                     "logprobs": lp, "finish_reason": finish_reason}
-                    for i, ((text, finish_reason), lp, calls)
-                    in enumerate(zip(choices, logprobs, tool_calls))],
+        "choices": [
+            {
+                "index": i,
+                "message": _assistant_message(text, calls, legacy),
+                "logprobs": lp,
+                "finish_reason": finish_reason,
+            }
+            for i, ((text, finish_reason), lp, calls) in enumerate(zip(choices, logprobs, tool_calls))
+        ],
         "usage": usage,
     }
 
@@ -84,13 +117,25 @@ def tool_call_deltas(calls: list[dict], legacy: bool = False) -> list[dict]:
     deprecated ``function_call`` deltas of the first call."""
     if legacy and calls:
         fn = calls[0]["function"]
-        return [{"function_call": {"name": fn["name"], "arguments": ""}},
-                {"function_call": {"arguments": fn["arguments"]}}]
+        return [
+            {"function_call": {"name": fn["name"], "arguments": ""}},
+            {"function_call": {"arguments": fn["arguments"]}},
+        ]
     deltas = []
     for i, call in enumerate(calls):
         fn = call["function"]
-        deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                       "function": {"name": fn["name"], "arguments": ""}}]})
+        deltas.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": i,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
         deltas.append({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
     return deltas
 
@@ -98,13 +143,15 @@ def tool_call_deltas(calls: list[dict], legacy: bool = False) -> list[dict]:
 def chat_logprobs(entries: Iterable, piece: Callable[[int], bytes]) -> dict:
     """OpenAI's choice.logprobs of a chat answer from TokenLogprob-like entries (token,
     logprob, top_ids, top_logprobs); ``piece(id)`` gives a token's bytes."""
+
     def one(token: int, logprob: float) -> dict:
         raw = piece(token)
         return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
-    content = [dict(one(e.token, e.logprob),
-                    top_logprobs=[one(t, lp) for t, lp in zip(e.top_ids, e.top_logprobs)])
-               for e in entries]
+    content = [
+        dict(one(e.token, e.logprob), top_logprobs=[one(t, lp) for t, lp in zip(e.top_ids, e.top_logprobs)])
+        for e in entries
+    ]
     return {"content": content, "refusal": None}
 
 
@@ -120,25 +167,47 @@ def completion_logprobs(entries: Sequence, piece: Callable[[int], bytes], text_s
         offsets.append(offset)
         offset += len(text)
         token_logprobs.append(None if e is None else e.logprob)
-        tops.append(None if e is None else
-                    {piece(t).decode("utf-8", "replace"): lp for t, lp in zip(e.top_ids, e.top_logprobs)})
-    return {"tokens": tokens, "token_logprobs": token_logprobs,
-            "top_logprobs": tops, "text_offset": offsets}
+        tops.append(
+            None
+            if e is None
+            else {piece(t).decode("utf-8", "replace"): lp for t, lp in zip(e.top_ids, e.top_logprobs)}
+        )
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
-def chat_chunk(id: str, created: int, model: str, index: int, delta: dict,
-               finish_reason: str | None = None, *, include_usage: bool = False,
-               logprobs: dict | None = None) -> dict:
+def chat_chunk(
+    id: str,
+    created: int,
+    model: str,
+    index: int,
+    delta: dict,
+    finish_reason: str | None = None,
+    *,
+    include_usage: bool = False,
+    logprobs: dict | None = None,
+) -> dict:
     """One chat.completion.chunk for choice ``index``; ``delta`` e.g. {"role": "assistant"},
     {"content": "..."} or {} with the finish_reason.  With include_usage every chunk carries
     "usage": null, as OpenAI does, before the final usage_chunk."""
-    return _chunk("chat.completion.chunk", id, created, model, include_usage,
-                  {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason})
+    return _chunk(
+        "chat.completion.chunk",
+        id,
+        created,
+        model,
+        include_usage,
+        {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason},
+    )
 
 
 def _chunk(kind: str, id: str, created: int, model: str, include_usage: bool, choice: dict) -> dict:
-    chunk = {"id": id, "object": kind, "created": created, "model": model,
-             "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [choice]}
+    chunk = {
+        "id": id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [choice],
+    }
     if include_usage:
         chunk["usage"] = None
     return chunk
@@ -146,34 +215,63 @@ def _chunk(kind: str, id: str, created: int, model: str, include_usage: bool, ch
 
 def usage_chunk(id: str, created: int, model: str, usage: dict, *, chat: bool = True) -> dict:
     """The last chunk of a stream with include_usage: no choices, only usage."""
-    return {"id": id, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": model, "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [], "usage": usage}
-
-
-def completion(id: str, created: int, model: str,
-               choices: Iterable[tuple[str, str]], usage: dict,
-               logprobs: Sequence[dict | None] | None = None) -> dict:
-    """A text_completion; ``choices`` are (text, finish_reason) in (prompt-major) index order."""
-    choices = list(choices)
-    logprobs = logprobs or [None] * len(choices)
     return {
-        "id": id, "object": "text_completion", "created": created, "model": model,
+        "id": id,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": i, "text": text, "logprobs": lp,
-                     "finish_reason": finish_reason}
-                    for i, ((text, finish_reason), lp) in enumerate(zip(choices, logprobs))],
+        "choices": [],
         "usage": usage,
     }
 
 
-def completion_chunk(id: str, created: int, model: str, index: int, text: str,
-                     finish_reason: str | None = None, *, include_usage: bool = False,
-                     logprobs: dict | None = None) -> dict:
+def completion(
+    id: str,
+    created: int,
+    model: str,
+    choices: Iterable[tuple[str, str]],
+    usage: dict,
+    logprobs: Sequence[dict | None] | None = None,
+) -> dict:
+    """A text_completion; ``choices`` are (text, finish_reason) in (prompt-major) index order."""
+    choices = list(choices)
+    logprobs = logprobs or [None] * len(choices)
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {"index": i, "text": text, "logprobs": lp, "finish_reason": finish_reason}
+            for i, ((text, finish_reason), lp) in enumerate(zip(choices, logprobs))
+        ],
+        "usage": usage,
+    }
+
+
+def completion_chunk(
+    id: str,
+    created: int,
+    model: str,
+    index: int,
+    text: str,
+    finish_reason: str | None = None,
+    *,
+    include_usage: bool = False,
+    logprobs: dict | None = None,
+) -> dict:
     """One streamed text_completion piece for choice ``index`` (``include_usage``: as in
     chat_chunk)."""
-    return _chunk("text_completion", id, created, model, include_usage,
-                  {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason})
+    return _chunk(
+        "text_completion",
+        id,
+        created,
+        model,
+        include_usage,
+        {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason},
+    )
 
 
 def _encode_embedding(vector: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -183,14 +281,16 @@ def _encode_embedding(vector: np.ndarray, encoding_format: str) -> list[float] |
     return values.tolist()
 
 
-def embedding_list(model: str, vectors: Sequence[np.ndarray], encoding_format: str,
-                   prompt_tokens: int) -> dict:
+def embedding_list(
+    model: str, vectors: Sequence[np.ndarray], encoding_format: str, prompt_tokens: int
+) -> dict:
     """The /v1/embeddings response: one embedding per input, in input order."""
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i,
-                  "embedding": _encode_embedding(vector, encoding_format)}
-                 for i, vector in enumerate(vectors)],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode_embedding(vector, encoding_format)}
+            for i, vector in enumerate(vectors)
+        ],
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
@@ -210,6 +310,7 @@ def model_list(models: Iterable[tuple[str, int, str]]) -> dict:
 # Stream shapers
 # ============================================================================================
 
+
 @dataclass
 class Shape:
     """How one endpoint's answers look: ids, builders, and log-probabilities when asked for
@@ -223,7 +324,7 @@ class Shape:
     piece: Callable[[int], bytes]
     logprobs: bool = False
     include_usage: bool = False
-    pending: dict = field(default_factory=dict)   # choice -> entries not sent yet
+    pending: dict = field(default_factory=dict)  # choice -> entries not sent yet
 
     def take_logprobs(self, u: Update, flush: bool) -> list | None:
         if not self.logprobs:
@@ -245,10 +346,10 @@ class ChatShape(Shape):
     request used ``functions``, so calls come back as ``function_call``."""
 
     tools: list = field(default_factory=list)
-    tool_mode: str = "off"                                     # off | auto | forced
+    tool_mode: str = "off"  # off | auto | forced
     legacy: bool = False
-    held: dict = field(default_factory=dict)       # choice -> text not yet sent
-    released: set = field(default_factory=set)     # auto choices known to be text
+    held: dict = field(default_factory=dict)  # choice -> text not yet sent
+    released: set = field(default_factory=set)  # auto choices known to be text
 
     def opening(self, n_choices: int):
         # a forced call has no text: content is null from the start, as OpenAI sends it
@@ -258,8 +359,9 @@ class ChatShape(Shape):
 
     def chunks(self, u: Update):
         text, calls = self._route(u)
-        entries = self.take_logprobs(Update(u.index, text, u.finish_reason, u.n_tokens, u.logprobs),
-                                     flush=bool(u.finish_reason))
+        entries = self.take_logprobs(
+            Update(u.index, text, u.finish_reason, u.n_tokens, u.logprobs), flush=bool(u.finish_reason)
+        )
         logprobs = None if entries is None else chat_logprobs(entries, self.piece)
         if text:
             yield self._chunk(u.index, {"content": text}, None, logprobs)
@@ -270,8 +372,16 @@ class ChatShape(Shape):
             yield self._chunk(u.index, {}, self._finish_reason(u.finish_reason, calls), logprobs)
 
     def _chunk(self, index, delta, finish_reason, logprobs):
-        return chat_chunk(self.rid, self.created, self.model, index, delta, finish_reason,
-                                   include_usage=self.include_usage, logprobs=logprobs)
+        return chat_chunk(
+            self.rid,
+            self.created,
+            self.model,
+            index,
+            delta,
+            finish_reason,
+            include_usage=self.include_usage,
+            logprobs=logprobs,
+        )
 
     def _finish_reason(self, reason: str, calls: list | None) -> str:
         if not calls or reason == "length":
@@ -310,30 +420,51 @@ class ChatShape(Shape):
         if self.tool_mode != "off":
             calls = [self._calls(t, r) for t, r in zip(texts, reasons)]
             reasons = [self._finish_reason(r, c) for c, r in zip(calls, reasons)]
-        return chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)),
-                                        usage, lps, calls, legacy=self.legacy)
+        return chat_completion(
+            self.rid,
+            self.created,
+            self.model,
+            list(zip(texts, reasons)),
+            usage,
+            lps,
+            calls,
+            legacy=self.legacy,
+        )
 
 
 @dataclass
 class CompletionShape(Shape):
-    echoes: list[str] = field(default_factory=list)        # per choice, "" without echo
+    echoes: list[str] = field(default_factory=list)  # per choice, "" without echo
     echo_logprobs: list[list] = field(default_factory=list)  # per choice: (token, entry)
-    offsets: dict = field(default_factory=dict)            # choice -> text offset so far
+    offsets: dict = field(default_factory=dict)  # choice -> text offset so far
 
     def opening(self, n_choices: int):
         for i, echo in enumerate(self.echoes):
             if echo:
-                yield completion_chunk(self.rid, self.created, self.model, i, echo,
-                                                include_usage=self.include_usage,
-                                                logprobs=self._legacy(i, self.echo_logprobs[i]))
+                yield completion_chunk(
+                    self.rid,
+                    self.created,
+                    self.model,
+                    i,
+                    echo,
+                    include_usage=self.include_usage,
+                    logprobs=self._legacy(i, self.echo_logprobs[i]),
+                )
 
     def chunks(self, u: Update):
         if u.text or u.finish_reason:
             entries = self.take_logprobs(u, flush=bool(u.finish_reason))
             logprobs = None if entries is None else self._legacy(u.index, [(e.token, e) for e in entries])
-            yield completion_chunk(self.rid, self.created, self.model, u.index, u.text,
-                                            u.finish_reason, include_usage=self.include_usage,
-                                            logprobs=logprobs)
+            yield completion_chunk(
+                self.rid,
+                self.created,
+                self.model,
+                u.index,
+                u.text,
+                u.finish_reason,
+                include_usage=self.include_usage,
+                logprobs=logprobs,
+            )
 
     def _legacy(self, index: int, pairs: list) -> dict | None:
         if not self.logprobs:
@@ -350,6 +481,8 @@ class CompletionShape(Shape):
         texts = [echo + text for echo, text in zip(self.echoes, texts)]
         lps = None
         if self.logprobs:
-            lps = [completion_logprobs(prefix + [(e.token, e) for e in entries], self.piece)
-                   for prefix, entries in zip(self.echo_logprobs, logprobs)]
+            lps = [
+                completion_logprobs(prefix + [(e.token, e) for e in entries], self.piece)
+                for prefix, entries in zip(self.echo_logprobs, logprobs)
+            ]
         return completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage, lps)
