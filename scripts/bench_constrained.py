@@ -187,7 +187,7 @@ def main():
         decoder = Decoder(model, prompt, batch)
         decoder.run(8)  # warm-up: pages in the weights
         runs = {"cold": [], "warm": []}
-        for r in range(args.repeat):
+        for _ in range(args.repeat):
             compile._cache.clear()  # a schema seen for the first time...
             grammar = compile.compile_response_format(response_format)
             steps_free, _, _ = decoder.run(args.steps)

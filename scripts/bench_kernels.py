@@ -115,8 +115,8 @@ def batch_table(types, isas, threads, repeat, rng):
                 sec = median_seconds(run, repeat) / inner
                 t1 = sec if n_tok == 1 else t1
                 print(
-                    f"{wtype:6} {f'{rows}x{cols}':>12} {isa:7} {n_tok:5d} {sec * 1e3:9.3f} {n_tok / sec:9.0f} "
-                    f"{n_tok * t1 / sec:8.2f}",
+                    f"{wtype:6} {f'{rows}x{cols}':>12} {isa:7} {n_tok:5d} {sec * 1e3:9.3f} "
+                    f"{n_tok / sec:9.0f} {n_tok * t1 / sec:8.2f}",
                     flush=True,
                 )
 

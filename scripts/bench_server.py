@@ -638,7 +638,8 @@ def start_and_run(
                 log(f"   -> {level.agg_tok_s:.1f} tok/s aggregate, {level.errors} errors")
         if args.prefix:
             log(
-                f"   prefix cache: {args.prefix_requests} requests sharing a {system.tokens}-token system prompt"
+                f"   prefix cache: {args.prefix_requests} requests sharing a "
+                f"{system.tokens}-token system prompt"
             )
             report.prefix = run_prefix(
                 server.port, system.text, system.tokens, args.prefix_requests, args.prefix_max_tokens
@@ -689,7 +690,7 @@ def versions(llama_server: str | None) -> dict:
     if llama_server:
         try:
             out = subprocess.run([llama_server, "--version"], capture_output=True, text=True, timeout=30)
-            lines = [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("version")]
+            lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("version")]
             found["llama-server"] = lines[0] if lines else (out.stdout + out.stderr).strip()[:120]
         except (OSError, subprocess.TimeoutExpired) as e:
             found["llama-server"] = f"unknown ({e})"
@@ -731,11 +732,11 @@ def print_throughput(out, reports: list[ServerReport]) -> None:
         file=out,
     )
     ours = next((r for r in reports if r.name == OURS), None)
-    ours_by_level = {l.concurrency: l.agg_tok_s for l in ours.throughput} if ours else {}
-    levels = sorted({l.concurrency for r in reports for l in r.throughput})
+    ours_by_level = {lv.concurrency: lv.agg_tok_s for lv in ours.throughput} if ours else {}
+    levels = sorted({lv.concurrency for r in reports for lv in r.throughput})
     for c in levels:
         for report in reports:
-            level = next((l for l in report.throughput if l.concurrency == c), None)
+            level = next((lv for lv in report.throughput if lv.concurrency == c), None)
             if level is None:
                 continue
             ratio = (
@@ -762,7 +763,8 @@ def print_throughput(out, reports: list[ServerReport]) -> None:
 def print_prefix(out, reports: list[ServerReport]) -> None:
     print("\nPrefix cache (one client, shared system prompt)", file=out)
     print(
-        f"{'server':26} {'prompt tok':>10} {'cold TTFT':>10} {'warm TTFT':>10} {'cold/warm':>10} {'errors':>6}",
+        f"{'server':26} {'prompt tok':>10} {'cold TTFT':>10} {'warm TTFT':>10} "
+        f"{'cold/warm':>10} {'errors':>6}",
         file=out,
     )
     for report in reports:
@@ -869,7 +871,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = set(args.only) - set(SERVER_NAMES)
         if unknown:
             p.error(
-                f"--only: unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVER_NAMES)}"
+                f"--only: unknown server(s) {', '.join(sorted(unknown))}; "
+                f"choose from {', '.join(SERVER_NAMES)}"
             )
     else:
         args.only = list(SERVER_NAMES)
@@ -927,7 +930,8 @@ def planned_servers(
             )
         else:
             log(
-                "note: llama_cpp.server is not importable (pip install 'llama-cpp-python[server]'); skipping it"
+                "note: llama_cpp.server is not importable "
+                "(pip install 'llama-cpp-python[server]'); skipping it"
             )
     if OURS in args.only and args.prefix:
         spec = ours_spec(model, args.threads, args.server_arg + PREFIX_CACHE_OFF_ARGS, OURS_NO_PREFIX_CACHE)

@@ -256,7 +256,7 @@ def test_image_command_serves_and_passes_its_healthcheck(runtime, tmp_path):
     for key in [k for k in env if k.lower().startswith("serveroptions__") and k not in image_env]:
         del env[key]  # an outer setting must not leak into the image's configuration
 
-    log = open(tmp_path / "server.log", "w+b")
+    log = open(tmp_path / "server.log", "w+b")  # noqa: SIM115 (the container's output; closed at the end)
     # cwd: an empty folder, as the image's WORKDIR (no appsettings.json to pick up).
     proc = subprocess.Popen(
         runnable(entry + cmd), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -139,7 +139,7 @@ def test_aborted_requests_release_their_counts_and_sigterm_exits_at_once():
         "--ServerOptions:MaxContextTokens=512", "--ServerOptions:DrainTimeoutMs=60000"
     ).wait_ready()
     try:
-        for name, data in FRAMING_ERRORS.items():
+        for data in FRAMING_ERRORS.values():
             openai_error(exchange(proc, data), 400, "malformed_request")
         # A client that leaves in the middle of its body.
         with socket.create_connection(("127.0.0.1", proc.port)) as sock:
@@ -364,7 +364,7 @@ def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
         ServerOptions__Host="127.0.0.1",
     )
     env.pop("PYTHONPATH", None)
-    log = open(tmp_path / "run.log", "w+b")
+    log = open(tmp_path / "run.log", "w+b")  # noqa: SIM115 (the child's output; closed at the end)
     run = subprocess.Popen(
         ["bash", "-c", command],
         cwd=clone,

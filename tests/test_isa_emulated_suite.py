@@ -41,7 +41,9 @@ EMULATED = ["avx512", "neon"]
 NEON_DESELECT = {
     # 600- and 700-token prompts one token at a time: 365 s and 319 s emulated
     "tests/test_model.py::test_sliding_window_ring": "600 single-token steps",
-    "tests/test_prefix_cache.py::test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it": "700 single-token steps",
+    "tests/test_prefix_cache.py::test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it": (
+        "700 single-token steps"
+    ),
     # greedy text identity with llama.cpp is not kept across float summation orders (NEON's
     # gives 4 of 12 prompts against the bar of 5 set on AVX2); the teacher-forced log-prob
     # test beside it is the fidelity check, and it runs

@@ -211,7 +211,7 @@ def test_access_log_line_per_request(one_slot):
     )
     assert status == 200 and headers["X-Request-Id"] == "trace-me-42"
     assert wait_for(lambda: "trace-me-42" in one_slot.output())
-    line = next(l for l in one_slot.output().splitlines() if "trace-me-42" in l)
+    line = next(ln for ln in one_slot.output().splitlines() if "trace-me-42" in ln)
     record = json.loads(line[line.index("{") :])
     assert record["route"] == "/v1/completions" and record["status"] == 200
     assert record["prompt_tokens"] > 0 and record["completion_tokens"] == 2 and record["duration_ms"] > 0

@@ -89,7 +89,8 @@ class ServerProcess:
         self.url = f"http://{HOST}:{self.port}"
         self.ready_path = ready_path
         self.ready_after_s: float | None = None
-        self.log = tempfile.NamedTemporaryFile(
+        # Kept open for the child's lifetime (its stdout and stderr); closed by stop().
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"{log_prefix}{self.port}-", suffix=".log", delete=False
         )
         self.log_path = Path(self.log.name)

@@ -393,7 +393,11 @@ def _read_texts_or_tokens(
 # ============================================================================================
 
 
-def parse_chat(body: bytes | str, defaults: SamplingParams = SamplingParams()) -> ChatRequest:
+# What a request that sets no sampling field gets; the server passes its settings' defaults.
+_SAMPLING_DEFAULTS = SamplingParams()
+
+
+def parse_chat(body: bytes | str, defaults: SamplingParams = _SAMPLING_DEFAULTS) -> ChatRequest:
     """A /v1/chat/completions body as a ChatRequest (RequestValidationError if invalid)."""
     fields = _load_object(body)
     messages = _read_messages(fields)
@@ -532,7 +536,7 @@ def _read_chat_logprobs(fields: dict) -> int | None:
     return (top or 0) if wanted else None
 
 
-def parse_completion(body: bytes | str, defaults: SamplingParams = SamplingParams()) -> CompletionRequest:
+def parse_completion(body: bytes | str, defaults: SamplingParams = _SAMPLING_DEFAULTS) -> CompletionRequest:
     """A /v1/completions body as a CompletionRequest (RequestValidationError if invalid)."""
     fields = _load_object(body)
     # An empty text prompt is allowed, as OpenAI allows it: generation starts from BOS.
