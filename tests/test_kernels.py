@@ -312,6 +312,21 @@ def random_raw_32_blocks(wtype: str, n_rows: int, n_cols: int, rng) -> np.ndarra
     return raw.reshape(n_rows, -1)
 
 
+def assert_matmul_is_vec_dot(raw, wtype: str, n_cols: int, xq, isa: str) -> np.ndarray:
+    """The batched matmul of every prefix of `xq`'s tokens equals the one-row-at-a-time
+    vec_dot reference bit for bit; the reference, for further checks."""
+    n_rows = raw.shape[0]
+    reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
+    for n_tok in range(1, len(xq) + 1):
+        got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
+        np.testing.assert_array_equal(
+            got.view(np.uint32),
+            reference[:n_tok].view(np.uint32),
+            err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
+        )
+    return reference
+
+
 @pytest.mark.parametrize("wtype", ["Q4_0", "Q5_0", "Q8_0"])
 @pytest.mark.parametrize("n_cols", TILE_COLS)
 def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
@@ -327,14 +342,7 @@ def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
             random_rows(wtype, n_rows, n_cols, rng),
             random_raw_32_blocks(wtype, n_rows, n_cols, rng),
         ):
-            reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
-            for n_tok in range(1, 10):
-                got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
-                np.testing.assert_array_equal(
-                    got.view(np.uint32),
-                    reference[:n_tok].view(np.uint32),
-                    err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
-                )
+            reference = assert_matmul_is_vec_dot(raw, wtype, n_cols, xq, isa)
             # the float entry point (quantizes, then sm_matmul_multi) agrees too
             np.testing.assert_array_equal(
                 kernels.matmul(raw, wtype, n_cols, x).view(np.uint32), reference.view(np.uint32)
@@ -352,14 +360,7 @@ def test_matmul_equals_vec_dot_bit_for_bit_other_types(isa, wtype, n_cols):
     xq = kernels.quantize_activation(x, wtype)
     for n_rows in (1, 9, 40):
         raw = random_rows(wtype, n_rows, n_cols, rng)
-        reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
-        for n_tok in range(1, 10):
-            got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
-            np.testing.assert_array_equal(
-                got.view(np.uint32),
-                reference[:n_tok].view(np.uint32),
-                err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
-            )
+        assert_matmul_is_vec_dot(raw, wtype, n_cols, xq, isa)
 
 
 # ---- attention kernels (sm_kernels.attn_scores / attn_pv), through a small ctypes build ----
