@@ -26,6 +26,7 @@ import numpy as np
 # Benchmark the tree this script sits in, not whatever smallmind is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.timing import median_seconds
 from smallmind import kernels
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
@@ -46,22 +47,12 @@ def prompt_ids(vocab_size: int, n: int, seed: int = 0) -> list[int]:
     return [2] + rng.integers(1000, min(20000, vocab_size), n - 1).tolist()
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_prefill(model: Model, n_prompt: int, repeat: int) -> float:
     ids = np.asarray(prompt_ids(model.vocab_size, n_prompt), np.int32)
     slots = np.zeros(n_prompt, np.int32)
     pos = np.arange(n_prompt, dtype=np.int32)
     out = np.asarray([n_prompt - 1], np.int32)
-    model.forward(ids, slots, pos, out)  # warm-up: pages in the weights
-    return n_prompt / median_time(lambda: model.forward(ids, slots, pos, out), repeat)
+    return n_prompt / median_seconds(lambda: model.forward(ids, slots, pos, out), repeat)
 
 
 def bench_decode(model: Model, batch: int, n_new: int, repeat: int) -> float:
@@ -106,8 +97,7 @@ def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: 
         llm.reset()
         llm.eval(ids)
 
-    prefill()
-    pp = n_prompt / median_time(prefill, repeat)
+    pp = n_prompt / median_seconds(prefill, repeat)
 
     def decode():
         llm.reset()

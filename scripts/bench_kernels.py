@@ -10,9 +10,7 @@ K-quants need rows of whole 256-blocks, so they use the same number of weights a
 163840x1024 and 1280x1024.  Figures are medians of --repeat runs."""
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 # Benchmark the tree this script sits in, not whatever smallmind is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.timing import median_seconds
 from smallmind import _kernels, kernels
 
 BLOCK = {
@@ -61,16 +60,6 @@ def make_weights(wtype, rows, cols, rng):
             (rng.random(n_blocks, dtype=np.float32) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
         )
     return raw.reshape(rows, -1)
-
-
-def median_seconds(fn, repeat):
-    fn()  # warm up: page in, caches
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def memory_bandwidth(threads, repeat):

@@ -78,7 +78,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402  (this tree's)
+from smallmind.server.launcher import (  # noqa: E402  (this tree's)
+    ServerProcess,
+    ServerStartError,
+    smallmind_command,
+)
 
 OURS, LLAMA_SERVER, LLAMA_CPP_PYTHON = "ours", "llama-server", "llama-cpp-python"
 SERVER_NAMES = (OURS, LLAMA_SERVER, LLAMA_CPP_PYTHON)
@@ -259,22 +263,9 @@ def ours_spec(model: str, threads: int, server_args: list[str], name: str = OURS
     python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return ServerSpec(
         name,
-        [
-            sys.executable,
-            "-m",
-            "smallmind.server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--model-path",
-            model,
-            "--threads",
-            str(threads),
-            "--max-concurrent-requests",
-            "8",
-            *server_args,
-        ],
+        smallmind_command(
+            "--model-path", model, "--threads", str(threads), "--max-concurrent-requests", "8", *server_args
+        ),
         "/readyz",
         {"PYTHONPATH": python_path},
     )

@@ -4,12 +4,15 @@ smallmind/server/launcher.py) from this checkout, and HTTP, SSE and /metrics hel
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from smallmind.server import launcher
 
@@ -27,6 +30,17 @@ class ServerProcess(launcher.ServerProcess):
 def running_server(*args: str, **kwargs):
     """A ServerProcess started with ``args``, ready; stopped when the block ends."""
     return launcher.running_server(*args, cwd=REPO, **kwargs)
+
+
+def start_and_expect_exit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs the server with ``args`` on a free port; it must end by itself (for settings or
+    models it refuses): one still running after ``timeout`` seconds fails the test."""
+    port = str(launcher.free_port())
+    command = [a.replace("{port}", port) for a in launcher.smallmind_command(*args)]
+    try:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server was still running after {timeout} s: {args}")
 
 
 def http(

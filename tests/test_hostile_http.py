@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import default_model_path, server_fixture
-from server_process import REPO, ServerProcess, http, metric
+from server_process import REPO, ServerProcess, http, metric, start_and_expect_exit
 from smallmind.server.launcher import free_port
 
 pytestmark = pytest.mark.e2e  # every test starts the server (or its --help)
@@ -89,24 +89,6 @@ server = server_fixture(
     f"--ServerOptions:HeaderTimeoutMs={HEADER_TIMEOUT_MS}",
     f"--ServerOptions:BodyTimeoutMs={BODY_TIMEOUT_MS}",
 )
-
-
-def start_and_expect_exit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Runs the server with args; it must end by itself (a server that keeps running fails)."""
-    command = [
-        sys.executable,
-        "-m",
-        "smallmind.server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-        *args,
-    ]
-    try:
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the server was still running after {timeout} s: {args}")
 
 
 # ----------------------------------------------------------------------------- fail closed

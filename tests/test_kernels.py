@@ -312,6 +312,21 @@ def random_raw_32_blocks(wtype: str, n_rows: int, n_cols: int, rng) -> np.ndarra
     return raw.reshape(n_rows, -1)
 
 
+def assert_matmul_is_vec_dot(raw, wtype: str, n_cols: int, xq, isa: str) -> np.ndarray:
+    """The batched matmul of every prefix of `xq`'s tokens equals the one-row-at-a-time
+    vec_dot reference bit for bit; the reference, for further checks."""
+    n_rows = raw.shape[0]
+    reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
+    for n_tok in range(1, len(xq) + 1):
+        got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
+        np.testing.assert_array_equal(
+            got.view(np.uint32),
+            reference[:n_tok].view(np.uint32),
+            err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
+        )
+    return reference
+
+
 @pytest.mark.parametrize("wtype", ["Q4_0", "Q5_0", "Q8_0"])
 @pytest.mark.parametrize("n_cols", TILE_COLS)
 def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
@@ -327,14 +342,7 @@ def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
             random_rows(wtype, n_rows, n_cols, rng),
             random_raw_32_blocks(wtype, n_rows, n_cols, rng),
         ):
-            reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
-            for n_tok in range(1, 10):
-                got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
-                np.testing.assert_array_equal(
-                    got.view(np.uint32),
-                    reference[:n_tok].view(np.uint32),
-                    err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
-                )
+            reference = assert_matmul_is_vec_dot(raw, wtype, n_cols, xq, isa)
             # the float entry point (quantizes, then sm_matmul_multi) agrees too
             np.testing.assert_array_equal(
                 kernels.matmul(raw, wtype, n_cols, x).view(np.uint32), reference.view(np.uint32)
@@ -352,14 +360,7 @@ def test_matmul_equals_vec_dot_bit_for_bit_other_types(isa, wtype, n_cols):
     xq = kernels.quantize_activation(x, wtype)
     for n_rows in (1, 9, 40):
         raw = random_rows(wtype, n_rows, n_cols, rng)
-        reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
-        for n_tok in range(1, 10):
-            got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
-            np.testing.assert_array_equal(
-                got.view(np.uint32),
-                reference[:n_tok].view(np.uint32),
-                err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
-            )
+        assert_matmul_is_vec_dot(raw, wtype, n_cols, xq, isa)
 
 
 # ---- attention kernels (sm_kernels.attn_scores / attn_pv), through a small ctypes build ----
@@ -420,6 +421,24 @@ def attn_lib(tmp: str):
     return ctypes.CDLL(str(out / "libattn.so"))
 
 
+def _rows(a: np.ndarray):
+    """(pointer, row stride in elements) of a C-contiguous 2-D array, as the shim takes them."""
+    import ctypes
+
+    assert a.ndim == 2 and a.flags.c_contiguous
+    return ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(a.shape[1])
+
+
+def attn_scores(lib, isa: int, s: np.ndarray, q: np.ndarray, k: np.ndarray) -> None:
+    """s (nq, nk) = q (nq, n) @ k (nk, n).T through table `isa`."""
+    lib.scores(isa, *_rows(s), *_rows(q), q.shape[0], *_rows(k), k.shape[0], q.shape[1])
+
+
+def attn_pv(lib, isa: int, o: np.ndarray, p: np.ndarray, v: np.ndarray) -> None:
+    """o (nq, n) += p (nq, nk) @ v (nk, n) through table `isa`."""
+    lib.pv(isa, *_rows(o), *_rows(p), p.shape[0], *_rows(v), v.shape[0], v.shape[1])
+
+
 @pytest.mark.e2e  # compiles a C shim with gcc
 @pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
 @pytest.mark.parametrize(
@@ -429,7 +448,6 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
     """attn_scores and attn_pv of the scalar and the AVX2 table against float64 numpy: equal
     up to float summation order; a score does not depend on the other rows of the call; a
     zero probability adds nothing."""
-    import ctypes
 
     lib = attn_lib(str(tmp_path_factory.mktemp("attn")))
     rng = np.random.default_rng(n_q * 1000 + n_k * 10 + n)
@@ -441,53 +459,19 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
     o0 = rng.standard_normal((n_q, n)).astype(np.float32)
     ref_s = q.astype(np.float64) @ k.astype(np.float64).T
     ref_o = o0.astype(np.float64) + p.astype(np.float64) @ v.astype(np.float64)
-    f = ctypes.c_void_p
     for isa in (0, 1):
         s = np.zeros((n_q, n_k), np.float32)
-        lib.scores(
-            isa,
-            f(s.ctypes.data),
-            ctypes.c_size_t(n_k),
-            f(q.ctypes.data),
-            ctypes.c_size_t(n),
-            n_q,
-            f(k.ctypes.data),
-            ctypes.c_size_t(n),
-            n_k,
-            n,
-        )
+        attn_scores(lib, isa, s, q, k)
         bound = np.abs(q).astype(np.float64) @ np.abs(k.astype(np.float64)).T
         assert np.all(np.abs(s - ref_s) <= REL_SUM_TOL * bound + 1e-30), isa
         # row by row, one cache row at a time: the same floats
         for i in range(n_q):
             for j in range(n_k):
-                one = np.zeros(1, np.float32)
-                lib.scores(
-                    isa,
-                    f(one.ctypes.data),
-                    ctypes.c_size_t(1),
-                    f(q[i].ctypes.data),
-                    ctypes.c_size_t(n),
-                    1,
-                    f(k[j].ctypes.data),
-                    ctypes.c_size_t(n),
-                    1,
-                    n,
-                )
-                assert one[0] == s[i, j], (isa, i, j)
+                one = np.zeros((1, 1), np.float32)
+                attn_scores(lib, isa, one, q[i : i + 1], k[j : j + 1])
+                assert one[0, 0] == s[i, j], (isa, i, j)
         o = o0.copy()
-        lib.pv(
-            isa,
-            f(o.ctypes.data),
-            ctypes.c_size_t(n),
-            f(p.ctypes.data),
-            ctypes.c_size_t(n_k),
-            n_q,
-            f(v.ctypes.data),
-            ctypes.c_size_t(n),
-            n_k,
-            n,
-        )
+        attn_pv(lib, isa, o, p, v)
         bound = np.abs(o0).astype(np.float64) + p.astype(np.float64) @ np.abs(v.astype(np.float64))
         assert np.all(np.abs(o - ref_o) <= REL_SUM_TOL * bound + 1e-30), isa
         # the columns of p split into two calls: the same floats (the terms go in order)
@@ -495,30 +479,8 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
         h = n_k // 2
         pa, pb = np.ascontiguousarray(p[:, :h]), np.ascontiguousarray(p[:, h:])
         if h:
-            lib.pv(
-                isa,
-                f(o2.ctypes.data),
-                ctypes.c_size_t(n),
-                f(pa.ctypes.data),
-                ctypes.c_size_t(h),
-                n_q,
-                f(v.ctypes.data),
-                ctypes.c_size_t(n),
-                h,
-                n,
-            )
-        lib.pv(
-            isa,
-            f(o2.ctypes.data),
-            ctypes.c_size_t(n),
-            f(pb.ctypes.data),
-            ctypes.c_size_t(n_k - h),
-            n_q,
-            f(v[h:].ctypes.data),
-            ctypes.c_size_t(n),
-            n_k - h,
-            n,
-        )
+            attn_pv(lib, isa, o2, pa, v[:h])
+        attn_pv(lib, isa, o2, pb, v[h:])
         np.testing.assert_array_equal(o2, o)
 
 

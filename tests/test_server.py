@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from conftest import REPO, default_model_path, server_fixture
-from server_process import ServerProcess, http, metric
+from server_process import ServerProcess, http, metric, start_and_expect_exit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.wheel]  # every test starts the server; against the wheel too
 
@@ -417,7 +417,6 @@ def test_serves_a_registry_model_by_id(tmp_path):
     ],
 )
 def test_bad_settings_stop_start_up_with_one_line(args, key):
-    import sys
 
     run = subprocess.run(
         [sys.executable, "-m", "smallmind.server", *args],
@@ -437,22 +436,7 @@ def test_unloadable_model_ends_the_process(tmp_path):
     tests/test_hostile_http.py."""
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smallmind.server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            f"--ServerOptions:ModelPath={broken}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = start_and_expect_exit(f"--ServerOptions:ModelPath={broken}")
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and str(broken) in errors[0] and "Traceback" not in done.stderr

@@ -63,6 +63,17 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+def answer_under_schema(server, prompt: str, schema: dict, max_tokens: int) -> dict:
+    """A greedy answer under response_format json_schema; it must be 200 and valid against
+    `schema`, formats included.  The body, for the caller's own checks."""
+    response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    request = {"messages": user(prompt), "max_tokens": max_tokens, "temperature": 0}
+    status, body = chat(server, dict(request, response_format=response_format))
+    assert status == 200, body
+    jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema, format_checker=FORMATS)
+    return body
+
+
 MAGIC = {
     "type": "function",
     "function": {
@@ -103,18 +114,8 @@ def test_item1_bounded_response_format(server):
             "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
         },
     }
-    status, body = chat(
-        server,
-        {
-            "messages": user("Invent a player."),
-            "max_tokens": 80,
-            "temperature": 0,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
-        },
-    )
-    assert status == 200, body
+    body = answer_under_schema(server, "Invent a player.", schema, max_tokens=80)
     assert body["choices"][0]["finish_reason"] == "stop"
-    jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema, format_checker=FORMATS)
 
 
 # ---- item 2: list-of-parts content beside tool_calls ----
@@ -234,17 +235,7 @@ def test_item5_format(server):
             "id": {"type": "string", "format": "uuid"},
         },
     }
-    status, body = chat(
-        server,
-        {
-            "messages": user("A user record."),
-            "max_tokens": 120,
-            "temperature": 0,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "u", "schema": schema}},
-        },
-    )
-    assert status == 200, body
-    jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema, format_checker=FORMATS)
+    answer_under_schema(server, "A user record.", schema, max_tokens=120)
 
 
 # ---- item 6: stop strings never cut constrained output ----

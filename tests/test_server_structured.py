@@ -201,35 +201,6 @@ def test_json_object_mode(client):
         assert isinstance(json.loads(r.choices[0].message.content), dict), r.choices[0].message.content
 
 
-def test_unsupported_keyword_is_400(client):
-    rf = {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "x",
-            "schema": {"type": "object", "properties": {"codes": {"type": "array", "uniqueItems": True}}},
-        },
-    }
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="x", messages=messages("hi"), response_format=rf)
-    assert "uniqueItems" in e.value.body["message"] and e.value.body["param"] == "response_format"
-
-
-def test_unsupported_keyword_in_tool_names_the_tool(client):
-    bad = {
-        "type": "function",
-        "function": {
-            "name": "tag",
-            "parameters": {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}},
-        },
-    }
-    with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(
-            model="x", messages=messages("hi"), tools=[WEATHER, bad], tool_choice="required"
-        )
-    assert "uniqueItems" in e.value.body["message"]
-    assert e.value.body["param"] == "tools[1].function.parameters"
-
-
 WEATHER = {
     "type": "function",
     "function": {
@@ -260,6 +231,41 @@ CLOCK = {
     },
 }
 PARAMS = {"get_weather": WEATHER["function"]["parameters"], "get_time": CLOCK["function"]["parameters"]}
+
+# `uniqueItems` is a keyword the constrained decoder cannot enforce.
+UNIQUE_ITEMS = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": UNIQUE_ITEMS},
+                }
+            },
+            "response_format",
+        ),
+        (
+            {
+                "tools": [
+                    WEATHER,
+                    {"type": "function", "function": {"name": "tag", "parameters": UNIQUE_ITEMS}},
+                ],
+                "tool_choice": "required",
+            },
+            "tools[1].function.parameters",
+        ),
+    ],
+    ids=["response_format", "tool"],
+)
+def test_unsupported_keyword_is_400_naming_its_place(client, fields, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=messages("hi"), **fields)
+    assert "uniqueItems" in e.value.body["message"]
+    assert e.value.body["param"] == param
 
 
 @pytest.mark.parametrize("choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"])

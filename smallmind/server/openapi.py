@@ -60,6 +60,47 @@ def _object(properties: dict, required: tuple = (), **extra) -> dict:
     return {"type": "object", "properties": properties, "required": list(required), **extra}
 
 
+_CHAT_MESSAGE = {
+    "message": _object(
+        {
+            "role": {"const": "assistant"},
+            "content": _nullable(_STR),
+            "refusal": {"type": "null"},
+            "tool_calls": {"type": "array", "items": {"type": "object"}},
+        },
+        ("role", "content"),
+    )
+}
+
+
+def _completion(kind: str, payload: dict, finish_reasons: list[str], chunk: bool) -> dict:
+    """A (chat) completion, or one stream chunk of it, whose choices carry `payload` (a message,
+    a delta or text).  A chunk may leave out logprobs and usage and sends null for them until
+    the end: its finish_reason and usage are nullable."""
+    finish = {"enum": finish_reasons}
+    choice = _object(
+        {
+            "index": _INT,
+            **payload,
+            "logprobs": _nullable({"type": "object"}),
+            "finish_reason": _nullable(finish) if chunk else finish,
+        },
+        ("index", *payload, *(() if chunk else ("logprobs",)), "finish_reason"),
+    )
+    usage = _ref("Usage")
+    return _object(
+        {
+            "id": _STR,
+            "object": {"const": kind},
+            "created": _INT,
+            "model": _STR,
+            "choices": {"type": "array", "items": choice},
+            "usage": _nullable(usage) if chunk else usage,
+        },
+        ("id", "object", "created", "model", "choices", *(() if chunk else ("usage",))),
+    )
+
+
 # Every error, from the HTTP layer to the engine, has this one shape (openai.errors.error_response).
 _ERROR_STATUSES = {
     "400": "invalid request: a field, the JSON, or the HTTP framing",
@@ -202,102 +243,14 @@ _SCHEMAS: dict[str, Any] = {
         },
         ("input",),
     ),
-    "ChatCompletion": _object(
-        {
-            "id": _STR,
-            "object": {"const": "chat.completion"},
-            "created": _INT,
-            "model": _STR,
-            "choices": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "index": _INT,
-                        "message": _object(
-                            {
-                                "role": {"const": "assistant"},
-                                "content": _nullable(_STR),
-                                "refusal": {"type": "null"},
-                                "tool_calls": {"type": "array", "items": {"type": "object"}},
-                            },
-                            ("role", "content"),
-                        ),
-                        "logprobs": _nullable({"type": "object"}),
-                        "finish_reason": {"enum": ["stop", "length", "tool_calls"]},
-                    },
-                    ("index", "message", "logprobs", "finish_reason"),
-                ),
-            },
-            "usage": _ref("Usage"),
-        },
-        ("id", "object", "created", "model", "choices", "usage"),
+    "ChatCompletion": _completion(
+        "chat.completion", _CHAT_MESSAGE, ["stop", "length", "tool_calls"], chunk=False
     ),
-    "Completion": _object(
-        {
-            "id": _STR,
-            "object": {"const": "text_completion"},
-            "created": _INT,
-            "model": _STR,
-            "choices": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "index": _INT,
-                        "text": _STR,
-                        "logprobs": _nullable({"type": "object"}),
-                        "finish_reason": {"enum": ["stop", "length"]},
-                    },
-                    ("index", "text", "logprobs", "finish_reason"),
-                ),
-            },
-            "usage": _ref("Usage"),
-        },
-        ("id", "object", "created", "model", "choices", "usage"),
+    "Completion": _completion("text_completion", {"text": _STR}, ["stop", "length"], chunk=False),
+    "ChatCompletionChunk": _completion(
+        "chat.completion.chunk", {"delta": {"type": "object"}}, ["stop", "length", "tool_calls"], chunk=True
     ),
-    "ChatCompletionChunk": _object(
-        {
-            "id": _STR,
-            "object": {"const": "chat.completion.chunk"},
-            "created": _INT,
-            "model": _STR,
-            "choices": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "index": _INT,
-                        "delta": {"type": "object"},
-                        "logprobs": _nullable({"type": "object"}),
-                        "finish_reason": _nullable({"enum": ["stop", "length", "tool_calls"]}),
-                    },
-                    ("index", "delta", "finish_reason"),
-                ),
-            },
-            "usage": _nullable(_ref("Usage")),
-        },
-        ("id", "object", "created", "model", "choices"),
-    ),
-    "CompletionChunk": _object(
-        {
-            "id": _STR,
-            "object": {"const": "text_completion"},
-            "created": _INT,
-            "model": _STR,
-            "choices": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "index": _INT,
-                        "text": _STR,
-                        "logprobs": _nullable({"type": "object"}),
-                        "finish_reason": _nullable({"enum": ["stop", "length"]}),
-                    },
-                    ("index", "text", "finish_reason"),
-                ),
-            },
-            "usage": _nullable(_ref("Usage")),
-        },
-        ("id", "object", "created", "model", "choices"),
-    ),
+    "CompletionChunk": _completion("text_completion", {"text": _STR}, ["stop", "length"], chunk=True),
     "EmbeddingList": _object(
         {
             "object": {"const": "list"},
