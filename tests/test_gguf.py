@@ -21,11 +21,10 @@ from smallmind.gguf import (
     GGML_TYPE_NAMES,
     GGMLType,
     GGUFFile,
-    GGUFValue,
     GGUFValueType as VT,
     TensorInfo,
-    write_gguf,
 )
+from smallmind.gguf_writer import GGUFValue, write_gguf
 
 pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
 
