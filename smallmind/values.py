@@ -24,7 +24,7 @@ def is_int(value: Any) -> bool:
     return (
         isinstance(value, numbers.Integral)
         and not isinstance(value, bool)
-        and INT64_MIN <= value <= INT64_MAX
+        and INT64_MIN <= int(value) <= INT64_MAX
     )
 
 
@@ -82,7 +82,7 @@ class Range:
     nullable: bool = False  # None is a valid value (seed: draw one)
     note: str = ""  # what a special value means, e.g. "0 disables it"
 
-    def accepts(self, value: object) -> bool:
+    def accepts(self, value: Any) -> bool:
         if value is None:
             return self.nullable
         if not (is_int(value) if self.integer else is_number(value)):

@@ -18,7 +18,8 @@ import pytest
 
 from smallmind import kernels
 from smallmind.engine.model import Model
-from smallmind.gguf import GGUFFile, GGUFValue, write_gguf
+from smallmind.gguf import GGUFFile
+from smallmind.gguf_writer import GGUFValue, write_gguf
 from tests.conftest import default_model_path, reference_path
 
 pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)

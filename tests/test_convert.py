@@ -108,7 +108,8 @@ def test_default_model_round_trip_is_bit_identical(tmp_path):
 def test_q4_0_converts_to_smq_signed_nibbles_and_back(tmp_path):
     """GGUF Q4_0 (nibble + 8, halves of a block in low/high nibbles) <-> SMQ Q4_0."""
     from smallmind import _kernels
-    from smallmind.gguf import GGMLType, write_gguf
+    from smallmind.gguf import GGMLType
+    from smallmind.gguf_writer import write_gguf
 
     rng = np.random.default_rng(0)
     n_rows, n_cols = 3, 64

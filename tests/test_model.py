@@ -39,7 +39,8 @@ import pytest
 
 from smallmind.engine.model import LAYER_TENSORS, Model, read_model_config
 from smallmind.errors import ModelFormatError
-from smallmind.gguf import GGMLType, write_gguf
+from smallmind.gguf import GGMLType
+from smallmind.gguf_writer import write_gguf
 from tests.conftest import REPO, default_model_path, reference_path
 
 pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from smallmind.errors import ModelNotFoundError, RegistryError
-from smallmind.gguf import GGMLType, write_gguf
-from smallmind.registry import Registry, resolve_cache_dir, validate_id
+from smallmind.gguf import GGMLType
+from smallmind.gguf_writer import write_gguf
+from smallmind.model_entry import validate_id
+from smallmind.registry import Registry, resolve_cache_dir
 from tests.conftest import REPO
 
 

@@ -11,6 +11,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
 from smallmind.engine.sampling import Sampler, SamplingParams, token_and_top_logprobs
 from smallmind.errors import RequestValidationError
 from smallmind.values import check_token_ids
+
+if TYPE_CHECKING:
+    from smallmind.engine.grammar.state import ConstraintState
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Sequence:
     n_reused: int = 0  # prompt positions it found cached (prefix cache) when it started
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
-    constraint: object = None  # grammar state: mask_logits(row) / advance(id) / complete (engine.grammar)
+    constraint: ConstraintState | None = None  # the grammar it samples under, if any
 
     @property
     def finished(self) -> bool:
@@ -182,7 +186,7 @@ class Engine:
         sequence that shares more of the prompt."""
         slot, n_held = self.pool.take(prompt_ids)
         donor, n_shared = self._running_prefix(prompt_ids)
-        if n_shared > n_held:
+        if donor is not None and n_shared > n_held:
             try:
                 self.model.copy_slot(donor.slot, slot, n_shared)
                 return slot, n_shared

@@ -40,6 +40,7 @@ import numbers
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -155,15 +156,13 @@ class SamplingParams:
             if not RANGES[aliases.get(name, name)].accepts(value)
         ]
         _raise_if(found)
-        values = {name: value for name, value in given.items() if name not in aliases}
+        values: dict[str, Any] = {name: value for name, value in given.items() if name not in aliases}
         values.update((aliases[name], value) for name, value in given.items() if name in aliases)
-        return replace(
-            self,
-            **{
-                name: value if RANGES[name].integer or value is None else float(value)
-                for name, value in values.items()
-            },
-        )
+        typed: dict[str, Any] = {
+            name: value if RANGES[name].integer or value is None else float(value)
+            for name, value in values.items()
+        }
+        return replace(self, **typed)
 
     def problems(self, vocab_size: int) -> list[tuple[str, str]]:
         """Every invalid setting as ``(parameter, message)``, in field order: values outside
@@ -520,6 +519,7 @@ class Sampler:
         bm = _block_max(x)
         m = float(bm.max())
         _check_max(m)
+        ids: np.ndarray | None
         if self._top_k:
             ids, vals = self._filter_top_k(x, bm, m)
         else:
