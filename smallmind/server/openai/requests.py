@@ -103,12 +103,16 @@ class EmbeddingRequest:
 
 @dataclass(frozen=True)
 class _NumberField:
-    """A numeric request field that is the request's own, not a sampling parameter."""
+    """A numeric request field that is the request's own, not a sampling parameter (each
+    one is an integer)."""
 
     name: str
     rule: Range
 
-    def read(self, body: dict) -> int | float | None:
+    def __post_init__(self) -> None:
+        assert self.rule.integer, f"{self.name}: read() returns an int"
+
+    def read(self, body: dict) -> int | None:
         """The field's value, or None if absent or null."""
         value = body.get(self.name)
         if value is not None and not self.rule.accepts(value):
@@ -165,8 +169,11 @@ def _refuse_lone_surrogates(fields: dict, body: bytes | str) -> None:
     str that no UTF-8 can hold: it would fail wherever it is encoded (tokenizer, echo,
     stream, schema literal).  Refused here, as raw invalid UTF-8 already is.  Only bodies
     holding such an escape at all are searched."""
-    escapes = _SURROGATE_ESCAPE_BYTES if isinstance(body, bytes) else _SURROGATE_ESCAPE
-    if not escapes.search(body):
+    if isinstance(body, bytes):
+        escaped = _SURROGATE_ESCAPE_BYTES.search(body) is not None
+    else:
+        escaped = _SURROGATE_ESCAPE.search(body) is not None
+    if not escaped:
         return
     for name, value in fields.items():
         if not all(_encodable(text) for text in _strings_in(name, value)):
@@ -655,13 +662,12 @@ def check_vocabulary(req: GenerationRequest | EmbeddingRequest, vocab_size: int)
     must lie in the vocabulary (RequestValidationError naming the field)."""
     if isinstance(req, GenerationRequest):
         req.sampling.check_vocabulary(vocab_size)
-    items, param = (
-        (req.prompts, "prompt")
-        if isinstance(req, CompletionRequest)
-        else (req.inputs, "input")
-        if isinstance(req, EmbeddingRequest)
-        else ([], None)
-    )
+    if isinstance(req, CompletionRequest):
+        items, param = req.prompts, "prompt"
+    elif isinstance(req, EmbeddingRequest):
+        items, param = req.inputs, "input"
+    else:  # chat: its messages hold text only
+        return
     for item in items:
         if isinstance(item, list):
             check_token_ids(item, vocab_size, param)
