@@ -9,14 +9,14 @@ import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from smallmind.errors import RequestValidationError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An integer, and not a bool (Python's True is an int; JSON's true is not a number).
     JSON, like Python, has no size limit: 1 followed by 400 zeros would overflow float() and
     the native code behind every field; no valid value lies outside int64 (seed is OpenAI's
@@ -28,7 +28,7 @@ def is_int(value: Any) -> bool:
     )
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
     """A finite real number (infinite floats come from JSON literals such as 1e999)."""
     if isinstance(value, numbers.Integral):
         return is_int(value)
@@ -85,7 +85,7 @@ class Range:
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.nullable
-        if not (is_int(value) if self.integer else is_number(value)):
+        if not is_number(value) or (self.integer and not is_int(value)):  # an int is a number
             return False
         if self.low is not None and (value < self.low or (self.low_exclusive and value == self.low)):
             return False

@@ -7,7 +7,7 @@ only await and write.  Every failure becomes an OpenAI-style JSON error through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tornado.web
 
@@ -43,17 +43,12 @@ class ServerState:
     status: str = "loading"  # loading | ready | failed | draining
     reason: str = "the model is loading"
     active_requests: int = 0  # POST requests being handled (drain waits for 0)
-    admission: Admission = None
-    metrics: ServerMetrics = None
-    tracer: Tracer = None
+    admission: Admission = field(init=False)  # sized by options, so made in __post_init__
+    metrics: ServerMetrics = field(init=False, default_factory=ServerMetrics)
+    tracer: Tracer = field(init=False, default_factory=Tracer)
 
     def __post_init__(self) -> None:
-        if self.admission is None:
-            self.admission = Admission(self.options.max_concurrent_requests, self.options.max_queue_depth)
-        if self.metrics is None:
-            self.metrics = ServerMetrics()
-        if self.tracer is None:
-            self.tracer = Tracer()
+        self.admission = Admission(self.options.max_concurrent_requests, self.options.max_queue_depth)
 
     @property
     def ready(self) -> bool:

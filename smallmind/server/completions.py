@@ -11,7 +11,9 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from typing import cast
 
+import tornado.http1connection
 import tornado.iostream
 import tornado.web
 
@@ -92,7 +94,10 @@ class PostHandler(BaseHandler):
         declared = int(length) if length.isdigit() else 0
         if declared > limit * _DRAIN_FACTOR:
             raise self._too_large()
-        self.request.connection.set_max_body_size(max(declared, limit) + 1)
+        # Tornado's HTTPServer serves every request over an HTTP1Connection; the request's
+        # type names only the interface, which has no set_max_body_size.
+        connection = cast(tornado.http1connection.HTTP1Connection, self.request.connection)
+        connection.set_max_body_size(max(declared, limit) + 1)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -238,10 +243,12 @@ class PostHandler(BaseHandler):
         open_choices, first = n_choices, True
         n_tokens, n_cached = [0] * n_choices, [0] * n_choices
         n_per_prompt = len(self._jobs[0].params)
+        queue = self._updates
+        assert queue is not None, "submit() makes the queue before updates are read"
         while open_choices:
             remaining = self.remaining_s()
             try:
-                item = await asyncio.wait_for(self._updates.get(), timeout=max(remaining, 0))
+                item = await asyncio.wait_for(queue.get(), timeout=max(remaining, 0))
             except asyncio.TimeoutError:
                 self.end_generation(None)
                 raise RequestTimeoutError(self.timeout_s) from None
@@ -261,9 +268,9 @@ class PostHandler(BaseHandler):
 
     async def collect(self, n_choices: int) -> tuple[list[str], list[str], list[list]]:
         """Per choice: its text, finish reason and TokenLogprob entries (if asked for)."""
-        texts = [[] for _ in range(n_choices)]
+        texts: list[list[str]] = [[] for _ in range(n_choices)]
         reasons = [""] * n_choices
-        logprobs = [[] for _ in range(n_choices)]
+        logprobs: list[list] = [[] for _ in range(n_choices)]
         async for updates in self.updates(n_choices):
             for u in updates:
                 texts[u.index].append(u.text)

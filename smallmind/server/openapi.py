@@ -45,7 +45,7 @@ _TEXT = {"type": "string", "minLength": 1}
 
 
 def _texts_or_tokens(max_items: int) -> dict:
-    """A string, strings, token ids, or lists of token ids (openai.requests._read_texts_or_tokens)."""
+    """A string, strings, token ids, or lists of token ids (openai.fields.read_texts_or_tokens)."""
     return {
         "anyOf": [
             _TEXT,

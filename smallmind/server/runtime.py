@@ -126,7 +126,7 @@ class ServedModel:
             prefill_chunk=PREFILL_CHUNK,
         )
         self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_engine)
-        self._vocabulary = None
+        self._vocabulary: Vocabulary | None = None
         self._vocabulary_lock = asyncio.Lock()
 
     @staticmethod

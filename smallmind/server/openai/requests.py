@@ -15,21 +15,29 @@ Completion choices are numbered prompt-major: choice ``j`` of prompt ``i`` has i
 ``i * n + j`` (``choice_index``), as OpenAI numbers them.
 
 Vocabulary-dependent checks (token ids in range, logit_bias keys) need the loaded model and
-are done by ``check_vocabulary``; context-length fitting by ``fit_max_tokens``.
+are done by ``check_vocabulary``; context-length fitting by ``fit_max_tokens``.  How one
+field is read (types, JSON null, the prompt forms) is ``fields.py``'s.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smallmind.engine.sampling import BIAS_RANGE, RANGES, SamplingParams
-from smallmind.errors import RequestValidationError
 from smallmind.server.openai.errors import ContextLengthError, LimitExceededError
-from smallmind.values import Range, check_token_ids, clip, is_int, json_type, shown
+from smallmind.server.openai.fields import (
+    NumberField,
+    invalid,
+    load_object,
+    read_bool,
+    read_string,
+    read_text_field,
+    read_texts_or_tokens,
+    token_ids,
+)
+from smallmind.values import Range, check_token_ids, shown
 
 __all__ = [
     "GenerationRequest",
@@ -56,10 +64,6 @@ MAX_N = 8  # choices per prompt
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one completions request
 MAX_EMBEDDING_INPUTS = 2048  # inputs in one embeddings request, as OpenAI allows
-
-
-def _invalid(param: str | None, message: str) -> RequestValidationError:
-    return RequestValidationError(message, param)
 
 
 @dataclass(kw_only=True)
@@ -101,21 +105,6 @@ class EmbeddingRequest:
     model: str | None
 
 
-@dataclass(frozen=True)
-class _NumberField:
-    """A numeric request field that is the request's own, not a sampling parameter."""
-
-    name: str
-    rule: Range
-
-    def read(self, body: dict) -> int | float | None:
-        """The field's value, or None if absent or null."""
-        value = body.get(self.name)
-        if value is not None and not self.rule.accepts(value):
-            raise _invalid(self.name, f"{self.name} must be {self.rule.requirement}, got {shown(value)}")
-        return value
-
-
 # The sampling fields a request may send, named as in SamplingParams (whose RANGES judge them)
 # or, for OpenAI's newer name of max_tokens, as in _ALIASES.
 _SAMPLING_FIELDS = (
@@ -131,93 +120,19 @@ _SAMPLING_FIELDS = (
     "max_completion_tokens",
 )
 _ALIASES = {"max_completion_tokens": "max_tokens"}
-_N = _NumberField("n", Range(True, 1, MAX_N))
-_TOP_LOGPROBS = _NumberField("top_logprobs", RANGES["logprobs"])
-_COMPLETION_LOGPROBS = _NumberField("logprobs", Range(True, 0, 5, nullable=True))
+_N = NumberField("n", Range(True, 1, MAX_N))
+_TOP_LOGPROBS = NumberField("top_logprobs", RANGES["logprobs"])
+_COMPLETION_LOGPROBS = NumberField("logprobs", Range(True, 0, 5, nullable=True))
 # Not OpenAI's: a client may ask for a shorter time limit than the server's RequestTimeoutMs.
-_TIMEOUT_MS = _NumberField("timeout_ms", Range(True, 1, nullable=True))
-_BEST_OF = _NumberField("best_of", Range(True, 1, 20, nullable=True))
+_TIMEOUT_MS = NumberField("timeout_ms", Range(True, 1, nullable=True))
+_BEST_OF = NumberField("best_of", Range(True, 1, 20, nullable=True))
 
 # At most 18 digits: every token id fits, and int() never meets Python's 4,300-digit limit.
 _TOKEN_ID_KEY = re.compile(r"[0-9]{1,18}", re.ASCII)
-# A JSON escape of a UTF-16 surrogate: \ud800-\udfff.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _load_object(body: bytes | str) -> dict:
-    def reject_constant(name: str) -> None:
-        # Python's json accepts NaN and Infinity; JSON does not.
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        parsed = json.loads(body, parse_constant=reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
-        raise _invalid(None, f"invalid JSON body: {clip(str(exc), 200)}") from None
-    if not isinstance(parsed, dict):
-        raise _invalid(None, f"invalid JSON body: expected an object, got {json_type(parsed)}")
-    _refuse_lone_surrogates(parsed, body)
-    return parsed
-
-
-def _refuse_lone_surrogates(fields: dict, body: bytes | str) -> None:
-    """JSON may escape half of a UTF-16 pair ("\\ud800") and Python's json then yields a
-    str that no UTF-8 can hold: it would fail wherever it is encoded (tokenizer, echo,
-    stream, schema literal).  Refused here, as raw invalid UTF-8 already is.  Only bodies
-    holding such an escape at all are searched."""
-    escapes = _SURROGATE_ESCAPE_BYTES if isinstance(body, bytes) else _SURROGATE_ESCAPE
-    if not escapes.search(body):
-        return
-    for name, value in fields.items():
-        if not all(_encodable(text) for text in _strings_in(name, value)):
-            raise _invalid(
-                name,
-                f"{name} holds a lone UTF-16 surrogate (an unpaired escape "
-                f"such as \\ud800), which is not valid Unicode text",
-            )
-
-
-def _strings_in(*values: Any) -> Iterable[str]:
-    """Every string in JSON values, object keys included (iteratively: no depth limit)."""
-    stack = list(values)
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _read_bool(body: dict, name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _invalid(name, f"{name} must be a boolean, got {shown(value)}")
-    return value
-
-
-def _read_string(body: dict, name: str) -> str | None:
-    """An optional string field (null: not given)."""
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _invalid(name, f"{name} must be a string, got {shown(value)}")
-    return value
 
 
 def _read_model(body: dict) -> str | None:
-    return _read_string(body, "model")
+    return read_string(body, "model")
 
 
 def _read_stop(body: dict) -> list[str]:
@@ -227,10 +142,10 @@ def _read_stop(body: dict) -> list[str]:
         return []
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or len(stops) > MAX_STOP:
-        raise _invalid("stop", f"{expected}, got {shown(stop)}")
+        raise invalid("stop", f"{expected}, got {shown(stop)}")
     for text in stops:
         if not isinstance(text, str) or not text:
-            raise _invalid("stop", f"{expected}, got {shown(text)} in it")
+            raise invalid("stop", f"{expected}, got {shown(text)} in it")
     return list(stops)
 
 
@@ -239,17 +154,17 @@ def _read_logit_bias(body: dict) -> dict[int, float]:
     if bias is None:
         return {}
     if not isinstance(bias, dict):
-        raise _invalid(
+        raise invalid(
             "logit_bias", f"logit_bias must be an object mapping token ids to numbers, got {shown(bias)}"
         )
     out: dict[int, float] = {}
     for key, value in bias.items():
         if not _TOKEN_ID_KEY.fullmatch(key):
-            raise _invalid(
+            raise invalid(
                 "logit_bias", f"logit_bias keys must be token ids (decimal integers >= 0), got {shown(key)}"
             )
         if not BIAS_RANGE.accepts(value):
-            raise _invalid(
+            raise invalid(
                 "logit_bias",
                 f"logit_bias value for token {key} must be {BIAS_RANGE.requirement}, got {shown(value)}",
             )
@@ -262,12 +177,12 @@ def _read_include_usage(body: dict, stream: bool) -> bool:
     if options is None:
         return False
     if not stream:
-        raise _invalid("stream_options", "stream_options is only allowed when stream is true")
+        raise invalid("stream_options", "stream_options is only allowed when stream is true")
     if not isinstance(options, dict):
-        raise _invalid("stream_options", f"stream_options must be an object, got {shown(options)}")
+        raise invalid("stream_options", f"stream_options must be an object, got {shown(options)}")
     include = options.get("include_usage")
     if include is not None and not isinstance(include, bool):
-        raise _invalid(
+        raise invalid(
             "stream_options", f"stream_options.include_usage must be a boolean, got {shown(include)}"
         )
     return bool(include)
@@ -285,8 +200,8 @@ def _read_sampling(body: dict, defaults: SamplingParams) -> tuple[SamplingParams
 def _read_generation(body: dict, defaults: SamplingParams) -> dict[str, Any]:
     """The GenerationRequest fields, as keyword arguments."""
     sampling, max_tokens_given = _read_sampling(body, defaults)
-    stream = _read_bool(body, "stream")
-    _read_string(body, "user")  # accepted and ignored, but only as OpenAI accepts it
+    stream = read_bool(body, "stream")
+    read_string(body, "user")  # accepted and ignored, but only as OpenAI accepts it
     return dict(
         sampling=sampling,
         max_tokens_given=max_tokens_given,
@@ -296,19 +211,9 @@ def _read_generation(body: dict, defaults: SamplingParams) -> dict[str, Any]:
         include_usage=_read_include_usage(body, stream),
         model=_read_model(body),
         timeout_ms=_TIMEOUT_MS.read(body),
-        grammar=_read_text_field(body, "grammar"),
-        regex=_read_text_field(body, "regex"),
+        grammar=read_text_field(body, "grammar"),
+        regex=read_text_field(body, "regex"),
     )
-
-
-def _read_text_field(body: dict, name: str) -> str | None:
-    """An optional non-empty string field (the ``grammar`` and ``regex`` extensions)."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _invalid(name, f"{name} must be a non-empty string, got {shown(value)}")
-    return value
 
 
 def _check_one_constraint(req: GenerationRequest, forced_call: bool = False) -> None:
@@ -324,7 +229,7 @@ def _check_one_constraint(req: GenerationRequest, forced_call: bool = False) -> 
         if present
     ]
     if len(given) > 1:
-        raise _invalid(
+        raise invalid(
             given[1], f"{given[1]} cannot be combined with {given[0]}: each fixes the output's shape"
         )
 
@@ -332,60 +237,15 @@ def _check_one_constraint(req: GenerationRequest, forced_call: bool = False) -> 
 def _read_messages(body: dict) -> list[dict]:
     messages = body.get("messages")
     if messages is None:
-        raise _invalid("messages", "messages is required")
+        raise invalid("messages", "messages is required")
     if not isinstance(messages, list) or not messages:
-        raise _invalid(
+        raise invalid(
             "messages", f"messages must be a non-empty list of message objects, got {shown(messages)}"
         )
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _invalid("messages", f"messages[{i}] must be an object, got {shown(message)}")
+            raise invalid("messages", f"messages[{i}] must be an object, got {shown(message)}")
     return messages
-
-
-def _token_ids(value: list, where: str, param: str) -> list[int]:
-    if not value:
-        raise _invalid(param, f"{where} must not be empty")
-    for i, token in enumerate(value):
-        if not is_int(token) or token < 0:
-            raise _invalid(param, f"{where}[{i}] must be a token id (an integer >= 0), got {shown(token)}")
-    return value
-
-
-def _read_texts_or_tokens(
-    body: dict, param: str, *, max_items: int, allow_empty_text: bool
-) -> list[str | list[int]]:
-    """A ``prompt`` / ``input`` field: a string, a list of strings, a list of token ids (one
-    item) or a list of token-id lists.  Returns one entry per item."""
-    value = body.get(param)
-    shapes = "a string, a list of strings, a list of token ids or a list of token-id lists"
-    if value is None:
-        raise _invalid(param, f"{param} is required")
-    if isinstance(value, str):
-        items: list = [value]
-    elif isinstance(value, list) and value:
-        first = value[0]
-        if is_int(first):  # one tokenised item
-            return [_token_ids(value, param, param)]
-        if not isinstance(first, (str, list)):
-            raise _invalid(param, f"{param} must be {shapes}, got {shown(value)}")
-        items = value
-    else:
-        raise _invalid(param, f"{param} must be {shapes} (non-empty), got {shown(value)}")
-    if len(items) > max_items:
-        raise _invalid(param, f"{param} may hold at most {max_items} items, got {len(items)}")
-    kind = type(items[0])
-    for i, item in enumerate(items):
-        where = f"{param}[{i}]" if isinstance(value, list) else param
-        if type(item) is not kind:  # mixed lists are ambiguous
-            raise _invalid(
-                param, f"{where} must be a {json_type(items[0])} like the first item, got {shown(item)}"
-            )
-        if kind is list:
-            _token_ids(item, where, param)
-        elif not item and not allow_empty_text:
-            raise _invalid(param, f"{where} must not be an empty string")
-    return list(items)
 
 
 # ============================================================================================
@@ -399,7 +259,7 @@ _SAMPLING_DEFAULTS = SamplingParams()
 
 def parse_chat(body: bytes | str, defaults: SamplingParams = _SAMPLING_DEFAULTS) -> ChatRequest:
     """A /v1/chat/completions body as a ChatRequest (RequestValidationError if invalid)."""
-    fields = _load_object(body)
+    fields = load_object(body)
     messages = _read_messages(fields)
     req = ChatRequest(messages=messages, **_read_generation(fields, defaults))
     req.logprobs = _read_chat_logprobs(fields)
@@ -407,9 +267,9 @@ def parse_chat(body: bytes | str, defaults: SamplingParams = _SAMPLING_DEFAULTS)
     req.legacy_functions = _map_legacy_functions(fields)
     req.tools = _read_tools(fields)
     req.tool_choice = _read_tool_choice(fields, req.tools)
-    _read_bool(fields, "parallel_tool_calls")  # at most one call per answer is found anyway
+    read_bool(fields, "parallel_tool_calls")  # at most one call per answer is found anyway
     if req.tools and req.tool_choice != "none" and req.response_format is not None:
-        raise _invalid("response_format", "response_format cannot be combined with tools")
+        raise invalid("response_format", "response_format cannot be combined with tools")
     _check_one_constraint(req, forced_call=req.tool_choice not in ("none", "auto"))
     return req
 
@@ -420,12 +280,12 @@ def _map_legacy_functions(fields: dict) -> bool:
     if "functions" not in fields and "function_call" not in fields:
         return False
     if "tools" in fields or "tool_choice" in fields:
-        raise _invalid("functions", "functions/function_call cannot be combined with tools/tool_choice")
+        raise invalid("functions", "functions/function_call cannot be combined with tools/tool_choice")
     functions = fields.pop("functions", None)
     if functions is None:
-        raise _invalid("function_call", "function_call needs functions")
+        raise invalid("function_call", "function_call needs functions")
     if not isinstance(functions, list):
-        raise _invalid("functions", f"functions must be a list, got {shown(functions)}")
+        raise invalid("functions", f"functions must be a list, got {shown(functions)}")
     fields["tools"] = [{"type": "function", "function": f} for f in functions]
     call = fields.pop("function_call", None)
     if isinstance(call, dict):
@@ -446,16 +306,16 @@ def _read_response_format(fields: dict) -> dict | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind != "json_schema":
-        raise _invalid(
+        raise invalid(
             "response_format",
             f"response_format.type must be 'text', 'json_object' or 'json_schema', got {shown(kind)}",
         )
     spec = rf.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise _invalid("response_format", "response_format.json_schema must be an object with a 'name'")
+        raise invalid("response_format", "response_format.json_schema must be an object with a 'name'")
     schema = spec.get("schema", {})
     if not isinstance(schema, dict):
-        raise _invalid("response_format", "response_format.json_schema.schema must be an object")
+        raise invalid("response_format", "response_format.json_schema.schema must be an object")
     return {
         "type": "json_schema",
         "json_schema": {"name": spec["name"], "schema": schema, "strict": bool(spec.get("strict"))},
@@ -471,7 +331,7 @@ def _read_tools(fields: dict) -> list[dict]:
     if tools is None:
         return []
     if not isinstance(tools, list):
-        raise _invalid("tools", f"tools must be a list, got {shown(tools)}")
+        raise invalid("tools", f"tools must be a list, got {shown(tools)}")
     seen = set()
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
@@ -480,19 +340,19 @@ def _read_tools(fields: dict) -> list[dict]:
             or tool.get("type") != "function"
             or not isinstance(tool.get("function"), dict)
         ):
-            raise _invalid("tools", f'{where} must be {{"type": "function", "function": {{...}}}}')
+            raise invalid("tools", f'{where} must be {{"type": "function", "function": {{...}}}}')
         fn = tool["function"]
         name = fn.get("name")
         if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-            raise _invalid(
+            raise invalid(
                 "tools", f"{where}.function.name must be 1-64 letters, digits, _ or -, got {shown(name)}"
             )
         if name in seen:
-            raise _invalid("tools", f"{where}.function.name {name!r} is used twice")
+            raise invalid("tools", f"{where}.function.name {name!r} is used twice")
         seen.add(name)
         params = fn.get("parameters", _NO_PARAMETERS)
         if not isinstance(params, dict):
-            raise _invalid("tools", f"{where}.function.parameters must be a JSON schema object")
+            raise invalid("tools", f"{where}.function.parameters must be a JSON schema object")
     return [
         {
             "type": "function",
@@ -508,7 +368,7 @@ def _read_tool_choice(fields: dict, tools: list[dict]) -> str | dict:
         return "auto" if tools else "none"
     if choice in ("none", "auto", "required"):
         if choice == "required" and not tools:
-            raise _invalid("tool_choice", "tool_choice 'required' needs tools")
+            raise invalid("tool_choice", "tool_choice 'required' needs tools")
         return choice
     names = {t["function"]["name"] for t in tools}
     if (
@@ -518,9 +378,9 @@ def _read_tool_choice(fields: dict, tools: list[dict]) -> str | dict:
     ):
         name = choice["function"].get("name")
         if name not in names:
-            raise _invalid("tool_choice", f"tool_choice names function {shown(name)}, which is not in tools")
+            raise invalid("tool_choice", f"tool_choice names function {shown(name)}, which is not in tools")
         return {"type": "function", "function": {"name": name}}
-    raise _invalid(
+    raise invalid(
         "tool_choice",
         "tool_choice must be 'none', 'auto', 'required' or "
         f'{{"type": "function", "function": {{"name": ...}}}}, got {shown(choice)}',
@@ -529,23 +389,23 @@ def _read_tool_choice(fields: dict, tools: list[dict]) -> str | dict:
 
 def _read_chat_logprobs(fields: dict) -> int | None:
     """Chat asks with logprobs: true and top_logprobs: k (which needs logprobs)."""
-    wanted = _read_bool(fields, "logprobs")
+    wanted = read_bool(fields, "logprobs")
     top = _TOP_LOGPROBS.read(fields)
     if top is not None and not wanted:
-        raise _invalid("top_logprobs", "top_logprobs needs logprobs: true")
+        raise invalid("top_logprobs", "top_logprobs needs logprobs: true")
     return (top or 0) if wanted else None
 
 
 def parse_completion(body: bytes | str, defaults: SamplingParams = _SAMPLING_DEFAULTS) -> CompletionRequest:
     """A /v1/completions body as a CompletionRequest (RequestValidationError if invalid)."""
-    fields = _load_object(body)
+    fields = load_object(body)
     # An empty text prompt is allowed, as OpenAI allows it: generation starts from BOS.
-    prompts = _read_texts_or_tokens(fields, "prompt", max_items=MAX_PROMPTS, allow_empty_text=True)
+    prompts = read_texts_or_tokens(fields, "prompt", max_items=MAX_PROMPTS, allow_empty_text=True)
     req = CompletionRequest(
-        prompts=prompts, echo=_read_bool(fields, "echo"), **_read_generation(fields, defaults)
+        prompts=prompts, echo=read_bool(fields, "echo"), **_read_generation(fields, defaults)
     )
     # Accepted and ignored as before, but only with the types OpenAI accepts.
-    _read_string(fields, "suffix")
+    read_string(fields, "suffix")
     _BEST_OF.read(fields)
     req.logprobs = _COMPLETION_LOGPROBS.read(fields)
     req.response_format = _read_response_format(fields)  # as vLLM takes it on completions
@@ -555,20 +415,20 @@ def parse_completion(body: bytes | str, defaults: SamplingParams = _SAMPLING_DEF
 
 def parse_embedding(body: bytes | str) -> EmbeddingRequest:
     """A /v1/embeddings body as an EmbeddingRequest (RequestValidationError if invalid)."""
-    fields = _load_object(body)
-    inputs = _read_texts_or_tokens(fields, "input", max_items=MAX_EMBEDDING_INPUTS, allow_empty_text=False)
+    fields = load_object(body)
+    inputs = read_texts_or_tokens(fields, "input", max_items=MAX_EMBEDDING_INPUTS, allow_empty_text=False)
     encoding_format = fields.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"
     elif encoding_format not in ("float", "base64"):
-        raise _invalid(
+        raise invalid(
             "encoding_format", f"encoding_format must be 'float' or 'base64', got {shown(encoding_format)}"
         )
     if fields.get("dimensions") is not None:
-        raise _invalid(
+        raise invalid(
             "dimensions", "dimensions is not supported: embeddings always have the model's own size"
         )
-    _read_string(fields, "user")
+    read_string(fields, "user")
     return EmbeddingRequest(inputs=inputs, encoding_format=encoding_format, model=_read_model(fields))
 
 
@@ -584,32 +444,32 @@ class TokenizeRequest:
 
 def parse_tokenize(body: bytes | str, max_bytes: int) -> TokenizeRequest:
     """A /tokenize body; content longer than ``max_bytes`` (UTF-8) is a LimitExceededError."""
-    fields = _load_object(body)
+    fields = load_object(body)
     content = fields.get("content")
     if not isinstance(content, str):
-        raise _invalid("content", f"content must be a string, got {shown(content)}")
+        raise invalid("content", f"content must be a string, got {shown(content)}")
     if len(content) > max_bytes or len(content.encode("utf-8")) > max_bytes:
         raise LimitExceededError(
             f"content is longer than this server's limit of {max_bytes} bytes (MaxTokenizeBytes)", "content"
         )
     parse_special = fields.get("parse_special", True)
     if not isinstance(parse_special, bool):
-        raise _invalid("parse_special", f"parse_special must be a boolean, got {shown(parse_special)}")
+        raise invalid("parse_special", f"parse_special must be a boolean, got {shown(parse_special)}")
     return TokenizeRequest(
         content=content,
-        add_special=_read_bool(fields, "add_special"),
+        add_special=read_bool(fields, "add_special"),
         parse_special=parse_special,
-        with_pieces=_read_bool(fields, "with_pieces"),
+        with_pieces=read_bool(fields, "with_pieces"),
     )
 
 
 def parse_detokenize(body: bytes | str) -> list[int]:
     """The token ids of a POST /detokenize body."""
-    fields = _load_object(body)
+    fields = load_object(body)
     tokens = fields.get("tokens")
     if not isinstance(tokens, list):
-        raise _invalid("tokens", f"tokens must be a list of token ids, got {shown(tokens)}")
-    return _token_ids(tokens, "tokens", "tokens") if tokens else []
+        raise invalid("tokens", f"tokens must be a list of token ids, got {shown(tokens)}")
+    return token_ids(tokens, "tokens", "tokens") if tokens else []
 
 
 # ============================================================================================
@@ -655,13 +515,12 @@ def check_vocabulary(req: GenerationRequest | EmbeddingRequest, vocab_size: int)
     must lie in the vocabulary (RequestValidationError naming the field)."""
     if isinstance(req, GenerationRequest):
         req.sampling.check_vocabulary(vocab_size)
-    items, param = (
-        (req.prompts, "prompt")
-        if isinstance(req, CompletionRequest)
-        else (req.inputs, "input")
-        if isinstance(req, EmbeddingRequest)
-        else ([], None)
-    )
+    if isinstance(req, CompletionRequest):
+        items, param = req.prompts, "prompt"
+    elif isinstance(req, EmbeddingRequest):
+        items, param = req.inputs, "input"
+    else:  # chat: its messages hold text only
+        return
     for item in items:
         if isinstance(item, list):
             check_token_ids(item, vocab_size, param)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -312,7 +313,7 @@ def model_list(models: Iterable[tuple[str, int, str]]) -> dict:
 
 
 @dataclass
-class Shape:
+class Shape(ABC):
     """How one endpoint's answers look: ids, builders, and log-probabilities when asked for
     (``piece(id)`` gives a token's bytes).  In a stream, log-probabilities of tokens whose
     text is still held back (half a character, a possible stop string) ride with the next
@@ -325,6 +326,22 @@ class Shape:
     logprobs: bool = False
     include_usage: bool = False
     pending: dict = field(default_factory=dict)  # choice -> entries not sent yet
+
+    @abstractmethod
+    def opening(self, n_choices: int) -> Iterator[dict]:
+        """The chunks a stream starts with, before any generated text."""
+
+    @abstractmethod
+    def chunks(self, u: Update) -> Iterator[dict]:
+        """The chunks one update of one choice becomes."""
+
+    @abstractmethod
+    def usage_chunk(self, usage: dict) -> dict:
+        """The stream's last chunk when include_usage asks for one."""
+
+    @abstractmethod
+    def response(self, texts: list[str], reasons: list[str], usage: dict, logprobs: list[list]) -> dict:
+        """The whole answer, when not streamed: per choice its text, finish reason and entries."""
 
     def take_logprobs(self, u: Update, flush: bool) -> list | None:
         if not self.logprobs:
@@ -351,13 +368,13 @@ class ChatShape(Shape):
     held: dict = field(default_factory=dict)  # choice -> text not yet sent
     released: set = field(default_factory=set)  # auto choices known to be text
 
-    def opening(self, n_choices: int):
+    def opening(self, n_choices: int) -> Iterator[dict]:
         # a forced call has no text: content is null from the start, as OpenAI sends it
         content = None if self.tool_mode == "forced" else ""
         for j in range(n_choices):
             yield self._chunk(j, {"role": "assistant", "content": content}, None, None)
 
-    def chunks(self, u: Update):
+    def chunks(self, u: Update) -> Iterator[dict]:
         text, calls = self._route(u)
         entries = self.take_logprobs(
             Update(u.index, text, u.finish_reason, u.n_tokens, u.logprobs), flush=bool(u.finish_reason)
@@ -414,9 +431,9 @@ class ChatShape(Shape):
     def usage_chunk(self, usage: dict) -> dict:
         return usage_chunk(self.rid, self.created, self.model, usage, chat=True)
 
-    def response(self, texts, reasons, usage, logprobs) -> dict:
+    def response(self, texts: list[str], reasons: list[str], usage: dict, logprobs: list[list]) -> dict:
         lps = [chat_logprobs(e, self.piece) for e in logprobs] if self.logprobs else None
-        calls = [None] * len(texts)
+        calls: list[list | None] = [None] * len(texts)
         if self.tool_mode != "off":
             calls = [self._calls(t, r) for t, r in zip(texts, reasons)]
             reasons = [self._finish_reason(r, c) for c, r in zip(calls, reasons)]
@@ -438,7 +455,7 @@ class CompletionShape(Shape):
     echo_logprobs: list[list] = field(default_factory=list)  # per choice: (token, entry)
     offsets: dict = field(default_factory=dict)  # choice -> text offset so far
 
-    def opening(self, n_choices: int):
+    def opening(self, n_choices: int) -> Iterator[dict]:
         for i, echo in enumerate(self.echoes):
             if echo:
                 yield completion_chunk(
@@ -451,7 +468,7 @@ class CompletionShape(Shape):
                     logprobs=self._legacy(i, self.echo_logprobs[i]),
                 )
 
-    def chunks(self, u: Update):
+    def chunks(self, u: Update) -> Iterator[dict]:
         if u.text or u.finish_reason:
             entries = self.take_logprobs(u, flush=bool(u.finish_reason))
             logprobs = None if entries is None else self._legacy(u.index, [(e.token, e) for e in entries])
@@ -477,7 +494,7 @@ class CompletionShape(Shape):
     def usage_chunk(self, usage: dict) -> dict:
         return usage_chunk(self.rid, self.created, self.model, usage, chat=False)
 
-    def response(self, texts, reasons, usage, logprobs) -> dict:
+    def response(self, texts: list[str], reasons: list[str], usage: dict, logprobs: list[list]) -> dict:
         texts = [echo + text for echo, text in zip(self.echoes, texts)]
         lps = None
         if self.logprobs:

@@ -1,88 +1,25 @@
-"""The OpenAI wire protocol: parsing, response shapes (checked against the openai SDK's own
-models) and the error -> HTTP mapping."""
+"""server/openai/requests.py: parsing chat, completion and embedding requests, and the
+helpers the server uses on them (per-choice seeds, the context-fitted budget, vocabulary checks)."""
 
-import base64
 import json
 
-import numpy as np
 import pytest
-from openai.types import Completion, CreateEmbeddingResponse, Model
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from smallmind.engine.sampling import SamplingParams
-from smallmind.errors import ConfigError, ModelFormatError, ModelNotFoundError, RequestValidationError
+from smallmind.errors import RequestValidationError
 from smallmind.server.config import ServerOptions
-from smallmind.server.openai import errors, requests, responses
-
-MESSAGES = [{"role": "user", "content": "Hello"}]
-DEFAULTS = SamplingParams()
-
-
-def chat_body(**fields) -> bytes:
-    fields.setdefault("messages", MESSAGES)
-    return json.dumps(fields).encode()
-
-
-def completion_body(**fields) -> bytes:
-    fields.setdefault("prompt", "Once upon a time")
-    return json.dumps(fields).encode()
-
-
-def embedding_body(**fields) -> bytes:
-    fields.setdefault("input", "hello")
-    return json.dumps(fields).encode()
-
-
-def rejected(parse, body: bytes) -> RequestValidationError:
-    with pytest.raises(RequestValidationError) as info:
-        parse(body)
-    return info.value
-
-
-def chat_error(**fields) -> RequestValidationError:
-    return rejected(lambda b: requests.parse_chat(b, DEFAULTS), chat_body(**fields))
-
-
-def completion_error(**fields) -> RequestValidationError:
-    return rejected(lambda b: requests.parse_completion(b, DEFAULTS), completion_body(**fields))
-
-
-def embedding_error(**fields) -> RequestValidationError:
-    return rejected(requests.parse_embedding, embedding_body(**fields))
-
-
-# --------------------------------------------------------------------------------------------
-# Body decoding
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"",
-        b"{",
-        b"[1, 2]",
-        b'"text"',
-        b"null",
-        b"\xff\xfe{",
-        b'{"messages": NaN}',
-        b'{"temperature": Infinity}',
-        b"[" * 100_000,
-    ],
+from smallmind.server.openai import errors, requests
+from tests.openai_bodies import (
+    DEFAULTS,
+    MESSAGES,
+    chat_body,
+    chat_error,
+    completion_body,
+    completion_error,
+    embedding_body,
+    embedding_error,
+    rejected,
 )
-@pytest.mark.parametrize(
-    "parse",
-    [
-        lambda b: requests.parse_chat(b, DEFAULTS),
-        lambda b: requests.parse_completion(b, DEFAULTS),
-        requests.parse_embedding,
-    ],
-)
-def test_bad_json_is_rejected_without_param(parse, body):
-    err = rejected(parse, body)
-    assert str(err).startswith("invalid JSON body: ")
-    assert err.param is None
-
 
 # --------------------------------------------------------------------------------------------
 # Chat
@@ -405,57 +342,9 @@ def test_messages_kept_as_is():
     assert requests.parse_chat(chat_body(messages=odd), DEFAULTS).messages == odd
 
 
-def test_body_may_be_str():
-    assert requests.parse_chat(chat_body().decode(), DEFAULTS).messages == MESSAGES
-
-
 # --------------------------------------------------------------------------------------------
 # Completions
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "prompt, expected",
-    [
-        ("hi", ["hi"]),
-        ("", [""]),
-        (["a", "b"], ["a", "b"]),
-        ([1, 2, 3], [[1, 2, 3]]),
-        ([[1, 2], [3]], [[1, 2], [3]]),
-        (["x"] * 16, ["x"] * 16),
-    ],
-)
-def test_prompt_forms(prompt, expected):
-    req = requests.parse_completion(completion_body(prompt=prompt), DEFAULTS)
-    assert isinstance(req, requests.CompletionRequest)
-    assert req.prompts == expected
-
-
-@pytest.mark.parametrize(
-    "prompt",
-    [
-        None,
-        [],
-        5,
-        {"a": 1},
-        ["x"] * 17,
-        [[1]] * 17,
-        ["a", 1],
-        [1, "a"],
-        [[1], "a"],
-        [[1], []],
-        [-1],
-        [1, 2.0],
-        [True],
-        [[1, -2]],
-        [None],
-        [{}],
-    ],
-)
-def test_bad_prompt(prompt):
-    fields = {} if prompt is None else {"prompt": prompt}
-    body = json.dumps(fields).encode()
-    assert rejected(lambda b: requests.parse_completion(b, DEFAULTS), body).param == "prompt"
 
 
 def test_completion_fields():
@@ -477,29 +366,6 @@ def test_choice_index_is_prompt_major():
 # --------------------------------------------------------------------------------------------
 # Embeddings
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "value, expected",
-    [
-        ("hi", ["hi"]),
-        (["a", "b"], ["a", "b"]),
-        ([5, 6], [[5, 6]]),
-        ([[1], [2, 3]], [[1], [2, 3]]),
-        (["x"] * 2048, ["x"] * 2048),
-    ],
-)
-def test_embedding_inputs(value, expected):
-    req = requests.parse_embedding(embedding_body(input=value))
-    assert isinstance(req, requests.EmbeddingRequest)
-    assert req.inputs == expected
-    assert req.encoding_format == "float" and req.model is None
-
-
-@pytest.mark.parametrize("value", [None, "", [], ["a", ""], ["x"] * 2049, [[]], [1, "a"], 3, [-4], [[1.5]]])
-def test_bad_embedding_input(value):
-    fields = {} if value is None else {"input": value}
-    assert rejected(requests.parse_embedding, json.dumps(fields).encode()).param == "input"
 
 
 def test_embedding_options():
@@ -565,244 +431,3 @@ def test_check_vocabulary():
     )
     assert err.param == "logit_bias"
     requests.check_vocabulary(requests.parse_embedding(embedding_body()), 100)
-
-
-# --------------------------------------------------------------------------------------------
-# Responses, validated with the openai SDK's own models
-# --------------------------------------------------------------------------------------------
-
-
-def test_new_id():
-    chat_id = responses.new_id(responses.CHAT_ID_PREFIX)
-    assert chat_id.startswith("chatcmpl-") and len(chat_id) == len("chatcmpl-") + 24
-    int(chat_id.removeprefix("chatcmpl-"), 16)
-    assert responses.new_id("cmpl-").startswith("cmpl-") and "--" not in responses.new_id("cmpl-")
-    assert responses.new_id("x") != responses.new_id("x")
-
-
-def test_usage():
-    assert responses.usage(3, 4) == {
-        "prompt_tokens": 3,
-        "completion_tokens": 4,
-        "total_tokens": 7,
-        "prompt_tokens_details": {"cached_tokens": 0},
-    }
-    assert responses.usage(30, 4, 16)["prompt_tokens_details"] == {"cached_tokens": 16}
-
-
-def test_chat_completion_shape():
-    d = responses.chat_completion(
-        "chatcmpl-1", 1700000000, "gemma", [("Hi!", "stop"), ("Hello", "length")], responses.usage(5, 2)
-    )
-    json.dumps(d)
-    parsed = ChatCompletion.model_validate(d)
-    assert parsed.object == "chat.completion"
-    assert [c.message.content for c in parsed.choices] == ["Hi!", "Hello"]
-    assert [c.index for c in parsed.choices] == [0, 1]
-    assert parsed.choices[1].finish_reason == "length"
-    assert parsed.choices[0].message.role == "assistant"
-    assert parsed.usage.total_tokens == 7
-
-
-def test_chat_chunk_shapes():
-    first = responses.chat_chunk("chatcmpl-1", 1, "gemma", 0, {"role": "assistant", "content": ""})
-    middle = responses.chat_chunk("chatcmpl-1", 1, "gemma", 1, {"content": "Hi"}, include_usage=True)
-    last = responses.chat_chunk("chatcmpl-1", 1, "gemma", 0, {}, "stop")
-    for d in (first, middle, last):
-        json.dumps(d)
-        parsed = ChatCompletionChunk.model_validate(d)
-        assert parsed.object == "chat.completion.chunk"
-    assert "usage" in middle and middle["usage"] is None and "usage" not in first
-    assert ChatCompletionChunk.model_validate(middle).choices[0].delta.content == "Hi"
-    assert ChatCompletionChunk.model_validate(last).choices[0].finish_reason == "stop"
-    final = responses.usage_chunk("chatcmpl-1", 1, "gemma", responses.usage(5, 9))
-    parsed = ChatCompletionChunk.model_validate(final)
-    assert parsed.choices == [] and parsed.usage.completion_tokens == 9
-
-
-def test_completion_shapes():
-    d = responses.completion(
-        "cmpl-1", 1, "gemma", [("a", "stop"), ("b", "length"), ("c", "stop")], responses.usage(4, 6)
-    )
-    json.dumps(d)
-    parsed = Completion.model_validate(d)
-    assert parsed.object == "text_completion"
-    assert [(c.index, c.text, c.finish_reason) for c in parsed.choices] == [
-        (0, "a", "stop"),
-        (1, "b", "length"),
-        (2, "c", "stop"),
-    ]
-    assert parsed.usage.total_tokens == 10
-    chunk = responses.completion_chunk("cmpl-1", 1, "gemma", 2, "xyz", "length")
-    parsed = Completion.model_validate(chunk)
-    assert parsed.choices[0].index == 2 and parsed.choices[0].text == "xyz"
-    # mid-stream chunks have finish_reason null, which the SDK builds without validation
-    mid = responses.completion_chunk("cmpl-1", 1, "gemma", 0, "x", include_usage=True)
-    assert mid["choices"][0]["finish_reason"] is None and mid["usage"] is None
-    assert Completion.construct(**mid).choices[0].text == "x"
-    final = responses.usage_chunk("cmpl-1", 1, "gemma", responses.usage(1, 2), chat=False)
-    parsed = Completion.model_validate(final)
-    assert parsed.object == "text_completion" and parsed.choices == []
-    assert parsed.usage.prompt_tokens == 1
-
-
-def test_embedding_float_shape():
-    vectors = [np.array([0.5, -1.25, 3.0], np.float32), np.array([0.1, 0.2, 0.3], np.float64)]
-    d = responses.embedding_list("gemma", vectors, "float", prompt_tokens=7)
-    json.dumps(d)
-    parsed = CreateEmbeddingResponse.model_validate(d)
-    assert parsed.object == "list" and parsed.model == "gemma"
-    assert [e.index for e in parsed.data] == [0, 1]
-    assert parsed.data[0].embedding == [0.5, -1.25, 3.0]
-    np.testing.assert_array_equal(np.float32(parsed.data[1].embedding), vectors[1].astype(np.float32))
-    assert parsed.usage.prompt_tokens == 7 and parsed.usage.total_tokens == 7
-
-
-def test_embedding_base64_round_trip():
-    rng = np.random.default_rng(0)
-    vectors = [rng.standard_normal(64).astype(np.float32) for _ in range(3)]
-    d = responses.embedding_list("gemma", vectors, "base64", prompt_tokens=3)
-    json.dumps(d)
-    for item, vector in zip(d["data"], vectors):
-        assert isinstance(item["embedding"], str)
-        raw = base64.b64decode(item["embedding"])
-        np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), vector)
-    # what the openai SDK does with a base64 response before validating it
-    decoded = {
-        **d,
-        "data": [
-            {
-                **item,
-                "embedding": np.frombuffer(base64.b64decode(item["embedding"]), dtype="float32").tolist(),
-            }
-            for item in d["data"]
-        ],
-    }
-    parsed = CreateEmbeddingResponse.model_validate(decoded)
-    assert len(parsed.data[2].embedding) == 64
-
-
-def test_model_list_shape():
-    d = responses.model_list([("gemma-3-270m", 1700000000, "smallmind"), ("other", 5, "me")])
-    json.dumps(d)
-    assert d["object"] == "list"
-    models = [Model.model_validate(m) for m in d["data"]]
-    assert [(m.id, m.created, m.owned_by, m.object) for m in models] == [
-        ("gemma-3-270m", 1700000000, "smallmind", "model"),
-        ("other", 5, "me", "model"),
-    ]
-    assert Model.model_validate(responses.model_entry("a", 1, "b")).id == "a"
-
-
-# --------------------------------------------------------------------------------------------
-# Error mapping
-# --------------------------------------------------------------------------------------------
-
-
-def _bad_temperature() -> RequestValidationError:
-    return chat_error(temperature=3)
-
-
-@pytest.mark.parametrize(
-    "make, status, error_type, code, param",
-    [
-        (_bad_temperature, 400, "invalid_request_error", None, "temperature"),
-        (lambda: RequestValidationError("plain"), 400, "invalid_request_error", None, None),
-        (
-            lambda: errors.ContextLengthError(2048, 2000, 100),
-            400,
-            "invalid_request_error",
-            "context_length_exceeded",
-            "messages",
-        ),
-        (
-            lambda: errors.EmbeddingsNotSupportedError("gemma"),
-            400,
-            "invalid_request_error",
-            "embeddings_not_supported",
-            "model",
-        ),
-        (lambda: errors.RouteNotFoundError("/v2/nothing"), 404, "invalid_request_error", "not_found", None),
-        (lambda: ModelNotFoundError("no model 'x'"), 404, "invalid_request_error", "model_not_found", None),
-        (
-            lambda: errors.MethodNotAllowedError("PUT", "/v1/models", ["GET"]),
-            405,
-            "invalid_request_error",
-            "method_not_allowed",
-            None,
-        ),
-        (
-            lambda: errors.BodyTooLargeError(1024, 4096),
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            None,
-        ),
-        (lambda: errors.QueueFullError(), 429, "rate_limit_exceeded", "rate_limit_exceeded", None),
-        (lambda: errors.NotReadyError(), 503, "service_unavailable", None, None),
-        (lambda: errors.RequestTimeoutError(30), 504, "timeout_error", None, None),
-    ],
-)
-def test_error_mapping(make, status, error_type, code, param):
-    exc = make()
-    got_status, body = errors.error_response(exc, request_id="req-1")
-    assert got_status == status
-    assert body == {"error": {"message": str(exc), "type": error_type, "code": code, "param": param}}
-    assert body["error"]["message"]
-    json.dumps(body)
-
-
-def test_validation_error_code_attribute_is_used():
-    err = RequestValidationError("bad template")
-    err.code = "invalid_chat_template"
-    err.param = "messages"
-    status, body = errors.error_response(err)
-    assert status == 400
-    assert body["error"]["code"] == "invalid_chat_template"
-    assert body["error"]["param"] == "messages"
-
-
-def test_error_messages_carry_the_facts():
-    assert "2048" in str(errors.ContextLengthError(2048, 2000, 100))
-    assert "2100" in str(errors.ContextLengthError(2048, 2000, 100))
-    assert "3000" in str(errors.ContextLengthError(2048, 3000))
-    assert "GET" in str(errors.MethodNotAllowedError("PUT", "/v1/models", ["GET"]))
-    assert errors.MethodNotAllowedError("PUT", "/v1/models", ["GET", "HEAD"]).allowed == ("GET", "HEAD")
-    assert "1024" in str(errors.BodyTooLargeError(1024))
-    assert errors.QueueFullError(retry_after=2).retry_after == 2
-
-
-@pytest.mark.parametrize(
-    "exc",
-    [
-        ValueError("secret /home/user/model.gguf"),
-        KeyError("api_key=hunter2"),
-        ModelFormatError("tensor blk.0 at /secret/path is broken"),
-        ConfigError("ApiKey=hunter2"),
-        ZeroDivisionError(),
-        RuntimeError(""),
-    ],
-)
-def test_unknown_errors_are_opaque_500s(exc):
-    status, body = errors.error_response(exc, request_id="abc123")
-    assert status == 500
-    error = body["error"]
-    assert error["type"] == "internal_error"
-    assert error["message"] == "internal server error (request id abc123)"
-    text = json.dumps(body)
-    for leak in ("secret", "hunter2", "gguf", "Traceback", type(exc).__name__):
-        assert leak not in text
-
-
-def test_500_without_request_id():
-    status, body = errors.error_response(RuntimeError("boom"))
-    assert status == 500 and body["error"]["message"] == "internal server error"
-    assert "boom" not in json.dumps(body)
-
-
-def test_500_for_raised_exception_with_traceback():
-    try:
-        raise RuntimeError("deep internal detail")
-    except RuntimeError as exc:
-        status, body = errors.error_response(exc, request_id="r")
-    assert status == 500 and "deep internal detail" not in json.dumps(body)
