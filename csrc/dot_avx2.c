@@ -357,8 +357,8 @@ static void vec_dot_q5_0_avx2(float *s, const void *w, const void *a, int n) {
 /* ---- several activation rows at once (sm_kernels.vec_dot_n) ----
  *
  * The AVX2 table itself reaches the 32-block types through the tile kernels further down
- * (matmul.c prefers them); these remain for tables that keep vec_dot_n but not the tile
- * entry (dispatch.c: the AVX-512 table).
+ * (matmul.c prefers them, and dispatch.c takes a type's dot kernels from one unit
+ * together, so no table has these without the tile entry); the K-quants use theirs.
  *
  * The per-pair integer work (sign, maddubs, madd) cannot shrink, so what is cut is what
  * surrounds it: reducing each block's 8 partial sums to a total, and forming the scale
