@@ -50,6 +50,14 @@ def _open_gguf(path: str):
         raise ConfigError(f"model path is a directory: {path}") from None
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from smallmind import isa_bench
+
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
+    return isa_bench.run(rounds=args.rounds)
+
+
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from smallmind.engine.tokenizer import Tokenizer
 
@@ -194,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(and, with -m, a model file's format and tensors)")
     info.add_argument("-m", "--model", help="GGUF or .smq file to describe")
     info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="--isa: time every kernel-table entry of every instruction set "
+                                         "this CPU runs and print which is faster (exit 1 where the "
+                                         "default table runs a clearly slower one)")
+    bench.add_argument("--isa", action="store_true", required=True, help="time the kernel-table entries")
+    bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    bench.set_defaults(func=cmd_bench)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text as a JSON list")
     tok.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
