@@ -111,17 +111,19 @@ static void take_unit(built_table *b, int isa, uint32_t dot_types, uint32_t dequ
  *   types' lone vec_dot 1.4-3.5x slower than AVX2's kernels at 8 tokens (Q4_K, Q5_K,
  *   Q6_K: a tie or up to 15% faster at 1 token); dequant 8-60% slower.
  * Unmeasured classes keep AVX2's entries: the same kernels as the avx2 table.
- * An emulated build (tests) takes every entry, so that the whole extension runs them. */
+ * An emulated build (tests) takes the dots some class takes and every dequant, so that
+ * the whole extension runs them (tests/test_isa_emulated.py compares each of the unit's
+ * kernels with the scalar ones, the quantized types' lone vec_dots included). */
 typedef struct {
     uint32_t dot_types, dequant_types;
 } unit_choice;
 
 static unit_choice avx512_choices(void) {
-    if (sm_isa_emulated(SM_ISA_AVX512)) return (unit_choice){ALL_TYPES, ALL_TYPES};
+    const uint32_t floats = TYPE_BIT(SM_TYPE_F32) | TYPE_BIT(SM_TYPE_F16) | TYPE_BIT(SM_TYPE_BF16);
+    if (sm_isa_emulated(SM_ISA_AVX512)) return (unit_choice){floats, ALL_TYPES};
     switch (sm_cpu_class()) {
     case SM_CPU_AMD: return (unit_choice){TYPE_BIT(SM_TYPE_F32) | TYPE_BIT(SM_TYPE_F16), 0};
-    case SM_CPU_INTEL_AMX:
-        return (unit_choice){TYPE_BIT(SM_TYPE_F32) | TYPE_BIT(SM_TYPE_F16) | TYPE_BIT(SM_TYPE_BF16), 0};
+    case SM_CPU_INTEL_AMX: return (unit_choice){floats, 0};
     default: return (unit_choice){0, 0};
     }
 }

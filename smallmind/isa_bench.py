@@ -5,7 +5,7 @@ which unit is faster per entry beside the unit the default table runs
 The entries chosen per weight type (kernels.h sm_entry): "dot" (vec_dot with its batched
 kernels, which always come from one unit) timed as a matmul of 1 token (decode) and of 8
 tokens (a batch, and the token groups of a prefill), single-threaded, on the default
-model's FFN size (1.3M weights, cache-resident, so the kernels' own speed shows); and
+model's FFN size (at most 1 MiB of weights: in L2, so the kernels' own speed shows); and
 "dequant" (the row decoder).  Each unit runs in its own table (kernels.select_isa
 unit_only: for the avx512 unit, its vec_dot with no batched kernels beside it, as the
 AVX-512 table would run it if it took that entry).
@@ -35,16 +35,10 @@ DOT_SHAPES = {"K": (1280, 1024), "other": (2048, 640)}
 DOT_BYTES = 1 << 20
 DOT_TOKENS = (1, 8)
 DEQUANT_ROWS = 256  # rows per dequant call: long enough that the call's overhead does not hide it
+# weight type -> (values, bytes) per block, as the kernels define them
 BLOCKS = {
-    "F32": (1, 4),
-    "F16": (1, 2),
-    "BF16": (1, 2),
-    "Q4_0": (32, 18),
-    "Q5_0": (32, 22),
-    "Q8_0": (32, 34),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
+    name: (_kernels.block_size(tid), kernels.row_size(tid, _kernels.block_size(tid)))
+    for name, tid in kernels.TYPE_IDS.items()
 }
 # byte offsets of the fp16 scales in a block: kept finite so the data is a real block
 SCALE_OFFSETS = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
