@@ -19,6 +19,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     emulated = set(kernels.emulated_isas())
     shown = [f"{name} (emulated)" if name in emulated else name for name in kernels.available_isas()]
     print(f"available isas: {', '.join(shown)}")
+    # per weight type, the unit the table took the dot kernels from (dispatch.c's choice)
+    print("dot kernels: " + ", ".join(f"{t} {kernels.entry_unit('dot', t)}" for t in kernels.TYPE_IDS))
     print(f"threads: {kernels.get_threads()} (usable cores: {kernels.usable_cores()})")
     if args.model:
         with _open_gguf(args.model) as f:

@@ -127,6 +127,15 @@ def test_bench_isa_prints_a_line_per_entry_and_says_where_the_table_disagrees():
     assert (r.returncode == 1) == any(line.startswith("! ") for line in lines), r.stdout
 
 
+def test_info_names_the_unit_of_each_types_dot_kernels():
+    r = run_cli("info")
+    assert r.returncode == 0, r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("dot kernels: "))
+    shown = dict(item.split() for item in line.removeprefix("dot kernels: ").split(", "))
+    assert shown == {t: kernels.entry_unit("dot", t) for t in kernels.TYPE_IDS}
+    assert set(shown.values()) <= set(kernels.available_isas())
+
+
 def test_bench_needs_isa_and_a_positive_round_count():
     for args in (["bench"], ["bench", "--isa", "--rounds", "0"]):
         r = run_cli(*args)
