@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="--isa: time every kernel-table entry of every instruction set "
                                          "this CPU runs and print which is faster (exit 1 where the "
-                                         "default table runs a clearly slower one)")
+                                         "automatic table runs a clearly slower one)")
     bench.add_argument("--isa", action="store_true", required=True, help="time the kernel-table entries")
     bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
     bench.set_defaults(func=cmd_bench)

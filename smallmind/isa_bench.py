@@ -1,6 +1,6 @@
 """Time every kernel-table entry of every instruction set this CPU runs natively, and say
-which unit is faster per entry beside the unit the default table runs
-(`python -m smallmind bench --isa`).
+which unit is faster per entry beside the unit the automatic table runs (the one chosen
+without SMALLMIND_ISA; `python -m smallmind bench --isa`).
 
 The entries chosen per weight type (kernels.h sm_entry): "dot" (vec_dot with its batched
 kernels, which always come from one unit) timed as a matmul of 1 token (decode) and of 8
@@ -53,7 +53,7 @@ class EntryTiming:
     entry: str  # "dot" or "dequant"
     shapes: list[str]  # e.g. ["1 tok", "8 tok"]
     seconds: dict[str, dict[str, float]]  # unit -> shape -> best seconds per call
-    table_unit: str  # the unit whose kernel the default table runs
+    table_unit: str  # the unit whose kernel the automatic table runs
     fallback: str  # the unit kept where no unit wins at every shape
 
 
@@ -86,6 +86,11 @@ def cache_line_aligned(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def automatic_isa() -> str:
+    """The table dispatch chooses when SMALLMIND_ISA does not force one."""
+    return _kernels.isa_name(_kernels.isa_best())
+
+
 def candidate_units() -> list[str]:
     """The instruction sets this CPU runs natively (emulated ones are not timed)."""
     emulated = set(kernels.emulated_isas())
@@ -95,7 +100,7 @@ def candidate_units() -> list[str]:
 def fallback_unit(units: list[str]) -> str:
     """The unit an entry keeps unless another wins it: AVX2's on x86 (the table the AVX-512
     one must never be slower than), else the best table's own."""
-    return "avx2" if "avx2" in units else _kernels.isa_name(_kernels.isa_best())
+    return "avx2" if "avx2" in units else automatic_isa()
 
 
 def _calls(wtype: str, entry: str, rng: np.random.Generator) -> dict[str, Callable[[], object]]:
@@ -156,20 +161,20 @@ def measure(
     """Every entry of `types` (default: all) on every native unit; the selected table and
     the thread count are restored afterwards.  Entries only one unit has are left out."""
     units = candidate_units()
-    default_isa, threads = kernels.current_isa(), kernels.get_threads()
+    selected, threads = kernels.current_isa(), kernels.get_threads()
     rng = np.random.default_rng(0)
     timings = []
     try:
         kernels.set_threads(1)
         for wtype in types or list(BLOCKS):
             for entry in entries:
-                kernels.select_isa(default_isa)
+                kernels.select_isa(automatic_isa())
                 table_unit = kernels.entry_unit(entry, wtype)
                 timing = _time_entry(wtype, entry, units, table_unit, rounds, rng)
                 if len(timing.seconds) > 1:
                     timings.append(timing)
     finally:
-        kernels.select_isa(default_isa)
+        kernels.select_isa(selected)
         kernels.set_threads(threads)
     return timings
 
@@ -195,7 +200,7 @@ def faster_unit(t: EntryTiming) -> str:
 
 
 def table_disagreement(t: EntryTiming, margin: float) -> str | None:
-    """Why the default table's unit for this entry contradicts the timing by more than
+    """Why the automatic table's unit for this entry contradicts the timing by more than
     `margin`, or None: another unit faster at every shape, or a unit other than the
     fallback taken although slower than the fallback at some shape.  Closer calls are
     ties, where either choice is right."""
@@ -231,7 +236,7 @@ def cpu_description() -> str:
 
 def report(timings: list[EntryTiming], margin: float) -> str:
     """A table: microseconds per call per unit and shape; on each entry's last line the
-    faster unit and the default table's, `!` where they differ by more than `margin`."""
+    faster unit and the automatic table's, `!` where they differ by more than `margin`."""
     units = [u for u in kernels.available_isas() if any(u in t.seconds for t in timings)]
     head = f"{'type':5} {'entry':8} {'shape':>8} " + " ".join(f"{u + ' us':>11}" for u in units)
     lines = [head + f" {'faster':>7} {'table':>7}"]
@@ -249,13 +254,13 @@ def report(timings: list[EntryTiming], margin: float) -> str:
 
 
 def run(rounds: int = 15, margin: float = 0.10) -> int:
-    """`smallmind bench --isa`: print the timings; exit status 1 where the default table
+    """`smallmind bench --isa`: print the timings; exit status 1 where the automatic table
     contradicts them by more than `margin`."""
     t0 = time.perf_counter()
     timings = measure(rounds=rounds)
     print(f"cpu: {cpu_description()}")
     print(
-        f"default table: {kernels.current_isa()}; units timed: {', '.join(candidate_units())}; "
+        f"automatic table: {automatic_isa()}; units timed: {', '.join(candidate_units())}; "
         f"1 thread, fastest of {rounds} interleaved rounds"
     )
     print(report(timings, margin))
