@@ -108,6 +108,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_bench_isa_prints_a_line_per_entry_and_says_where_the_table_disagrees():
     r = run_cli("bench", "--isa", "--rounds", "3")
     assert r.returncode in (0, 1), r.stderr
@@ -128,6 +129,7 @@ def test_bench_isa_prints_a_line_per_entry_and_says_where_the_table_disagrees():
     assert (r.returncode == 1) == any(line.startswith("! ") for line in lines), r.stdout
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_info_names_the_unit_of_each_types_dot_kernels():
     r = run_cli("info")
     assert r.returncode == 0, r.stderr
@@ -142,6 +144,7 @@ def test_info_names_the_unit_of_each_types_dot_kernels():
     assert set(shown.values()) <= set(kernels.available_isas())
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_bench_needs_isa_and_a_positive_round_count():
     for args in (["bench"], ["bench", "--isa", "--rounds", "0"]):
         r = run_cli(*args)

@@ -1,5 +1,6 @@
 """The engine thread: concurrent jobs batch together, cancel frees slots, stop strings end
 sequences, embeddings run between steps.  On a tiny reference model (fast)."""
+
 import asyncio
 
 import numpy as np
@@ -71,13 +72,13 @@ def test_late_job_joins_running_batch(parts):
     async def main():
         long_job = GenerationJob(tokenizer.encode("A long one"), [greedy(60)])
         scheduler.submit(long_job)
-        await long_job.updates.get()           # the long job is generating
+        await long_job.updates.get()  # the long job is generating
         short_job = GenerationJob(tokenizer.encode("Short"), [greedy(3)])
         scheduler.submit(short_job)
         await drain(short_job)
         return long_job.done()
 
-    assert asyncio.run(main()) is False        # the short job did not wait for the long one
+    assert asyncio.run(main()) is False  # the short job did not wait for the long one
 
 
 def test_cancel_frees_the_slot(parts):
@@ -101,7 +102,7 @@ def test_stop_string_ends_the_sequence(parts):
     model, tokenizer, engine, scheduler = parts
     prompt = tokenizer.encode("Stop strings")
     full = solo_text(model, tokenizer, prompt, 16)
-    stop = full[len(full) // 2: len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     if not stop.strip():
         stop = full[-3:]
 
@@ -111,7 +112,7 @@ def test_stop_string_ends_the_sequence(parts):
         return await drain(job)
 
     texts, reasons = asyncio.run(main())
-    assert texts[0] == full[:full.index(stop)] and reasons[0] == "stop"
+    assert texts[0] == full[: full.index(stop)] and reasons[0] == "stop"
     assert len(engine.free_slots) == 2
 
 

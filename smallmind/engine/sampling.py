@@ -31,21 +31,25 @@ walking thresholds down from the max and bisecting the last band.  Drawing from 
 few thousand candidates uses block sums instead of a full cumulative sum.  The results are
 exact (no tail is dropped).
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import numbers
 import threading
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from smallmind.errors import RequestValidationError
+from smallmind.values import Range, is_int, shown
 
 __all__ = [
     "SamplingParams",
+    "RANGES",
+    "BIAS_RANGE",
     "Sampler",
     "log_softmax",
     "logsumexp",
@@ -64,17 +68,28 @@ _SORT_MAX = 4096
 # Parameters
 # --------------------------------------------------------------------------------------------
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+# The one range table of the sampling parameters, in request-field order.  The HTTP parser,
+# the server's Default* settings and the CLI all judge values against it.
+RANGES: dict[str, Range] = {
+    "temperature": Range(False, 0, 2),
+    "top_p": Range(False, 0, 1, low_exclusive=True),
+    "top_k": Range(True, 0, note="0 disables it"),
+    "min_p": Range(False, 0, 1),
+    "seed": Range(True, nullable=True),
+    "presence_penalty": Range(False, -2, 2),
+    "frequency_penalty": Range(False, -2, 2),
+    "repetition_penalty": Range(False, 0, low_exclusive=True, note="1 disables it"),
+    "penalty_last_n": Range(True, -1, note="-1 = whole context"),
+    "max_tokens": Range(True, 1),
+    "logprobs": Range(True, 0, 20, nullable=True),
+}
+BIAS_RANGE = Range(False, -100, 100)  # each logit_bias value
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling settings (llama.cpp defaults).
+    """Per-request sampling settings; the field defaults are the only defaults (llama.cpp's,
+    as the product description gives them), RANGES the only ranges.
 
     ``top_k`` <= 0, ``top_p`` == 1, ``min_p`` == 0 and ``repetition_penalty`` == 1 switch the
     respective stage off.  ``penalty_last_n``: how many recent tokens the penalties look at
@@ -82,6 +97,7 @@ class SamplingParams:
     bias (-100 effectively bans, +100 forces); decimal-string keys, as OpenAI sends them, are
     converted to ints.  ``stop_token_ids``: generation ends when one is sampled (the caller's
     job; the token is not part of the output).  ``seed`` None draws one from OS entropy.
+    ``max_tokens``: the tokens to generate at most, before the context's room cuts it.
     """
 
     temperature: float = 0.8
@@ -97,7 +113,7 @@ class SamplingParams:
     max_tokens: int = 100
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
-    logprobs: int | None = None     # None: off; k >= 0: chosen token's and the k most likely
+    logprobs: int | None = None  # None: off; k >= 0: chosen token's and the k most likely
 
     def __post_init__(self) -> None:
         bias = self.logit_bias
@@ -112,8 +128,11 @@ class SamplingParams:
                 norm[key] = value
             object.__setattr__(self, "logit_bias", norm)
         stops = self.stop_token_ids
-        if not isinstance(stops, frozenset) and isinstance(stops, Iterable) \
-                and not isinstance(stops, (str, bytes)):
+        if (
+            not isinstance(stops, frozenset)
+            and isinstance(stops, Iterable)
+            and not isinstance(stops, (str, bytes))
+        ):
             object.__setattr__(self, "stop_token_ids", frozenset(stops))
 
     @property
@@ -121,80 +140,104 @@ class SamplingParams:
         """True when sampling is deterministic argmax (temperature 0)."""
         return self.temperature == 0
 
+    def with_values(
+        self, given: Mapping[str, object], aliases: Mapping[str, str] | None = None
+    ) -> SamplingParams:
+        """These settings with ``given`` (values as a client or a setting sent them) put in:
+        each judged against RANGES, the one validation of a parameter's value, and floats
+        made float.  ``aliases``: another name a field may come under (OpenAI's
+        max_completion_tokens for max_tokens), judged under that name and winning over the
+        field's own.  A RequestValidationError names every bad one (the first in ``param``)."""
+        aliases = aliases or {}
+        found = [
+            (name, _problem(name, value, RANGES[aliases.get(name, name)]))
+            for name, value in given.items()
+            if not RANGES[aliases.get(name, name)].accepts(value)
+        ]
+        _raise_if(found)
+        values = {name: value for name, value in given.items() if name not in aliases}
+        values.update((aliases[name], value) for name, value in given.items() if name in aliases)
+        return replace(
+            self,
+            **{
+                name: value if RANGES[name].integer or value is None else float(value)
+                for name, value in values.items()
+            },
+        )
+
     def problems(self, vocab_size: int) -> list[tuple[str, str]]:
-        """Every invalid setting as ``(parameter, message)``, in request-field order."""
-        out: list[tuple[str, str]] = []
-
-        def bad(name: str, msg: str) -> None:
-            out.append((name, f"{name} {msg}"))
-
-        t = self.temperature
-        if not _is_real(t) or not 0.0 <= t <= 2.0:
-            bad("temperature", f"must be a number between 0 and 2, got {t!r}")
-        p = self.top_p
-        if not _is_real(p) or not 0.0 < p <= 1.0:
-            bad("top_p", f"must be a number greater than 0 and at most 1, got {p!r}")
-        k = self.top_k
-        if not _is_int(k) or k < 0:
-            bad("top_k", f"must be an integer >= 0 (0 disables it), got {k!r}")
-        mp = self.min_p
-        if not _is_real(mp) or not 0.0 <= mp <= 1.0:
-            bad("min_p", f"must be a number between 0 and 1, got {mp!r}")
-        s = self.seed
-        if s is not None and not _is_int(s):
-            bad("seed", f"must be an integer or null, got {s!r}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            v = getattr(self, name)
-            if not _is_real(v) or not -2.0 <= v <= 2.0:
-                bad(name, f"must be a number between -2 and 2, got {v!r}")
-        r = self.repetition_penalty
-        if not _is_real(r) or r <= 0.0:
-            bad("repetition_penalty", f"must be a number greater than 0 (1 disables it), got {r!r}")
-        n = self.penalty_last_n
-        if not _is_int(n) or n < -1:
-            bad("penalty_last_n", f"must be an integer >= -1 (-1 = whole context), got {n!r}")
+        """Every invalid setting as ``(parameter, message)``, in field order: values outside
+        RANGES, then token ids outside the vocabulary."""
+        out = [
+            (name, _problem(name, getattr(self, name), rule))
+            for name, rule in RANGES.items()
+            if not rule.accepts(getattr(self, name))
+        ]
         lb = self.logit_bias
         if not isinstance(lb, Mapping):
-            bad("logit_bias", f"must be a mapping of token id to bias, got {type(lb).__name__}")
+            out.append(
+                ("logit_bias", f"logit_bias must be a mapping of token id to bias, got {type(lb).__name__}")
+            )
         else:
-            for tok, v in lb.items():
-                if not _is_int(tok) or not 0 <= tok < vocab_size:
-                    bad("logit_bias", f"has token id {tok!r} outside the vocabulary "
-                                      f"(0..{vocab_size - 1})")
-                elif not _is_real(v) or not -100.0 <= v <= 100.0:
-                    bad("logit_bias", f"value for token {tok} must be a number between "
-                                      f"-100 and 100, got {v!r}")
-        m = self.max_tokens
-        if not _is_int(m) or m < 1:
-            bad("max_tokens", f"must be an integer >= 1, got {m!r}")
-        st = self.stop_token_ids
-        if not isinstance(st, frozenset):
-            bad("stop_token_ids", f"must be a set of token ids, got {type(st).__name__}")
-        else:
-            for tok in sorted(st, key=repr):
-                if not _is_int(tok) or not 0 <= tok < vocab_size:
-                    bad("stop_token_ids", f"has token id {tok!r} outside the vocabulary "
-                                          f"(0..{vocab_size - 1})")
-        lp = self.logprobs
-        if lp is not None and (not _is_int(lp) or not 0 <= lp <= 20):
-            bad("logprobs", f"must be null or an integer between 0 and 20, got {lp!r}")
+            out += [
+                (
+                    "logit_bias",
+                    f"logit_bias value for token {tok} must be {BIAS_RANGE.requirement}, got {shown(v)}",
+                )
+                for tok, v in lb.items()
+                if not BIAS_RANGE.accepts(v)
+            ]
+        if not isinstance(self.stop_token_ids, frozenset):
+            out.append(
+                (
+                    "stop_token_ids",
+                    f"stop_token_ids must be a set of token ids, got {type(self.stop_token_ids).__name__}",
+                )
+            )
         if not isinstance(self.ignore_eos, (bool, np.bool_)):
-            bad("ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
+            out.append(("ignore_eos", f"ignore_eos must be a boolean, got {shown(self.ignore_eos)}"))
+        return out + self._vocabulary_problems(vocab_size)
+
+    def _vocabulary_problems(self, vocab_size: int) -> list[tuple[str, str]]:
+        out = []
+        for name, ids in (
+            ("logit_bias", self.logit_bias),
+            ("stop_token_ids", sorted(self.stop_token_ids, key=repr)),
+        ):
+            if isinstance(ids, (Mapping, list)):
+                out += [
+                    (name, f"{name} has token id {shown(tok)} outside the vocabulary (0..{vocab_size - 1})")
+                    for tok in ids
+                    if not is_int(tok) or not 0 <= tok < vocab_size
+                ]
         return out
 
     def validate(self, vocab_size: int) -> None:
-        """Raise ``RequestValidationError`` naming every bad setting (first one in ``.param``)."""
-        found = self.problems(vocab_size)
-        if found:
-            err = RequestValidationError("; ".join(msg for _, msg in found))
-            err.param = found[0][0]  # type: ignore[attr-defined]  # for OpenAI's error.param
-            err.params = [name for name, _ in found]  # type: ignore[attr-defined]
-            raise err
+        """Raise ``RequestValidationError`` naming every bad setting (first one in ``.param``):
+        for settings built in code; values from outside come in through ``with_values``."""
+        _raise_if(self.problems(vocab_size))
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Raise ``RequestValidationError`` if a logit_bias key or stop token id lies outside
+        the vocabulary: what ``with_values`` cannot know, and the sampler must."""
+        _raise_if(self._vocabulary_problems(vocab_size))
+
+
+def _problem(name: str, value: object, rule: Range) -> str:
+    return f"{name} must be {rule.requirement}, got {shown(value)}"
+
+
+def _raise_if(found: list[tuple[str, str]]) -> None:
+    if found:
+        err = RequestValidationError("; ".join(msg for _, msg in found), param=found[0][0])
+        err.params = [name for name, _ in found]  # type: ignore[attr-defined]
+        raise err
 
 
 # --------------------------------------------------------------------------------------------
 # Scratch buffers (per thread, per vocabulary size): no 1 MB allocation per token.
 # --------------------------------------------------------------------------------------------
+
 
 class _Scratch:
     __slots__ = ("logits", "work")
@@ -258,7 +301,7 @@ def _ids_at_least(x: np.ndarray, bm: np.ndarray, thr: float) -> np.ndarray:
         pos = np.flatnonzero(rows >= t)  # (2-D np.nonzero is several times slower)
         ids.append(fb[pos // _BLOCK] * _BLOCK + pos % _BLOCK)
     if blocks.size and blocks[-1] == nfull and nfull * _BLOCK < n:
-        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK:] >= t))
+        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK :] >= t))
     if not ids:
         return np.empty(0, np.intp)
     return ids[0] if len(ids) == 1 else np.concatenate(ids)
@@ -286,14 +329,16 @@ def _top_k_ids(x: np.ndarray, bm: np.ndarray, k: int) -> np.ndarray:
     return idx[order]
 
 
-def _mass_prefix(x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None,
-                 target: float, m: float) -> np.ndarray:
+def _mass_prefix(
+    x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None, target: float, m: float
+) -> np.ndarray:
     """Smallest set of ids (within ``cand``, or all) whose weights ``e`` reach ``target`` when
     taken by descending ``x`` (ties -> lower id): the top-p prefix without a full sort.
 
     Walks thresholds m-1, m-2, m-4, ... down until the mass reaches ``target``; everything above
     the previous threshold is taken, and the cut inside the last band is found by bisecting on
     the logit value until at most _SORT_MAX entries are left to sort."""
+
     def at_least(thr: float) -> np.ndarray:
         if cand is None:
             return _ids_at_least(x, bm, thr)
@@ -350,7 +395,7 @@ def _pick(w: np.ndarray, u: float) -> int:
         b -= 1
     before = cs[b - 1] if b else 0.0
     lo = b * _BLOCK
-    inner = np.cumsum(w[lo: lo + _BLOCK], dtype=np.float64)
+    inner = np.cumsum(w[lo : lo + _BLOCK], dtype=np.float64)
     j = min(int(np.searchsorted(inner, target - before, side="right")), inner.shape[0] - 1)
     while j > 0 and w[lo + j] == 0.0:
         j -= 1
@@ -361,19 +406,34 @@ def _pick(w: np.ndarray, u: float) -> int:
 # Sampler
 # --------------------------------------------------------------------------------------------
 
+
 class Sampler:
     """Samples the next token of one sequence.  Not thread-safe; one per sequence.
 
     ``eog_token_ids``: end-of-generation ids that ``ignore_eos`` bans (llama.cpp's EOG bias).
-    The constructor validates ``params`` (``RequestValidationError``).
+    ``params``' values were judged where they came in (``with_values``); the constructor
+    checks its token ids against this vocabulary (``RequestValidationError``).
     """
 
-    __slots__ = ("params", "vocab_size", "rng", "_bias_ids", "_bias_vals", "_pen", "_rep",
-                 "_freq", "_pres", "_last_n", "_temp", "_top_k", "_top_p", "_log_min_p")
+    __slots__ = (
+        "params",
+        "vocab_size",
+        "rng",
+        "_bias_ids",
+        "_bias_vals",
+        "_pen",
+        "_rep",
+        "_freq",
+        "_pres",
+        "_last_n",
+        "_temp",
+        "_top_k",
+        "_top_p",
+        "_log_min_p",
+    )
 
-    def __init__(self, params: SamplingParams, vocab_size: int, *,
-                 eog_token_ids: Iterable[int] = ()) -> None:
-        params.validate(vocab_size)
+    def __init__(self, params: SamplingParams, vocab_size: int, *, eog_token_ids: Iterable[int] = ()) -> None:
+        params.check_vocabulary(vocab_size)
         self.params = params
         self.vocab_size = v = int(vocab_size)
         seed = params.seed
@@ -393,8 +453,7 @@ class Sampler:
         self._freq = float(params.frequency_penalty)
         self._pres = float(params.presence_penalty)
         self._last_n = int(params.penalty_last_n)
-        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0
-                                            or self._pres != 0.0)
+        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0 or self._pres != 0.0)
         self._temp = float(params.temperature)
         k = int(params.top_k)
         self._top_k = k if 0 < k < v else 0
@@ -420,8 +479,7 @@ class Sampler:
             return None
         return arr
 
-    def apply_logit_processors(self, logits: np.ndarray,
-                               recent_tokens: Sequence[int] = ()) -> np.ndarray:
+    def apply_logit_processors(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> np.ndarray:
         """Logits after logit_bias and penalties.  Returns ``logits`` itself when nothing
         applies, else a per-thread scratch array (valid until the next call on this thread)."""
         x = _as_logits(logits)
@@ -468,8 +526,9 @@ class Sampler:
             ids, vals = self._filter_no_top_k(x, bm, m)
         return ids, vals, m
 
-    def distribution(self, logits: np.ndarray,
-                     recent_tokens: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The distribution ``sample`` draws from: ``(ids int64, probs float64)`` of the tokens
         surviving every filter, by descending probability (ties -> lower id).  No draw."""
         x = self.apply_logit_processors(logits, recent_tokens)
@@ -485,8 +544,7 @@ class Sampler:
         w = np.exp((vals.astype(np.float64) - m) / self._temp)
         return ids, w / w.sum()
 
-    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray,
-                      m: float) -> tuple[np.ndarray, np.ndarray]:
+    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray]:
         """top_k -> top_p -> min_p; returns (ids, logits) by descending logit."""
         ids = _top_k_ids(x, bm, self._top_k)
         vals = x[ids]
@@ -500,8 +558,9 @@ class Sampler:
             ids, vals = ids[:keep], vals[:keep]
         return ids, vals
 
-    def _filter_no_top_k(self, x: np.ndarray, bm: np.ndarray,
-                         m: float) -> tuple[np.ndarray | None, np.ndarray]:
+    def _filter_no_top_k(
+        self, x: np.ndarray, bm: np.ndarray, m: float
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         """top_p -> min_p over the whole vocabulary; returns (ids, logits), any order
         (ids None: every token)."""
         lmp, top_p = self._log_min_p, self._top_p
@@ -547,6 +606,7 @@ class Sampler:
 # --------------------------------------------------------------------------------------------
 # Log-probabilities (the server's logprobs feature)
 # --------------------------------------------------------------------------------------------
+
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable log-softmax along ``axis``; float32 in -> float32 out, else float64."""

@@ -1,22 +1,33 @@
 """The Tornado application: the server's shared state and its routes.
 
-Handlers (`handlers.py`, `completions.py`) parse with `protocol`, build prompts with
+Handlers (`handlers.py`, `completions.py`) parse with `openai.requests`, build prompts with
 `ServedModel`, pass admission, and hand generation to the engine thread (`Scheduler`); they
 only await and write.  Every failure becomes an OpenAI-style JSON error through
-`protocol.error_response`, the one place statuses are decided."""
+`openai.errors.error_response`, the one place statuses are decided."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import tornado.web
 
-from smallmind.server import protocol
 from smallmind.server.admission import Admission
-from smallmind.server.completions import (ChatHandler, CompletionHandler, DetokenizeHandler, EmbeddingHandler,
-                                          TokenizeHandler)
+from smallmind.server.completions import (
+    ChatHandler,
+    CompletionHandler,
+    DetokenizeHandler,
+    EmbeddingHandler,
+    TokenizeHandler,
+)
 from smallmind.server.config import ServerOptions
-from smallmind.server.handlers import (HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler,
-                                       OpenApiHandler, ReadyHandler)
+from smallmind.server.handlers import (
+    HealthHandler,
+    MetricsHandler,
+    ModelsHandler,
+    NotFoundHandler,
+    OpenApiHandler,
+    ReadyHandler,
+)
 from smallmind.server.metrics import ServerMetrics
 from smallmind.server.runtime import ServedModel
 from smallmind.server.tracing import Tracer
@@ -29,9 +40,9 @@ class ServerState:
 
     options: ServerOptions
     served: ServedModel | None = None
-    status: str = "loading"             # loading | ready | failed | draining
+    status: str = "loading"  # loading | ready | failed | draining
     reason: str = "the model is loading"
-    active_requests: int = 0            # POST requests being handled (drain waits for 0)
+    active_requests: int = 0  # POST requests being handled (drain waits for 0)
     admission: Admission = None
     metrics: ServerMetrics = None
     tracer: Tracer = None
@@ -51,11 +62,6 @@ class ServerState:
     def set_status(self, status: str, reason: str = "") -> None:
         self.status, self.reason = status, reason
         self.metrics.set_ready(self.ready)
-
-    def defaults(self) -> protocol.Defaults:
-        o = self.options
-        return protocol.Defaults(max_tokens=o.default_max_tokens, temperature=o.default_temperature,
-                                 top_p=o.default_top_p, top_k=o.default_top_k)
 
     def refresh_gauges(self) -> None:
         self.metrics.set_queue_depth(self.admission.waiting)
@@ -78,5 +84,9 @@ def make_app(state: ServerState) -> tornado.web.Application:
         (r"/openapi.json", OpenApiHandler, kw),
     ]
     # The access log is ours (one structured line per request, written in on_finish).
-    return tornado.web.Application(routes, default_handler_class=NotFoundHandler,
-                                   default_handler_args=kw, log_function=lambda handler: None)
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kw,
+        log_function=lambda handler: None,
+    )

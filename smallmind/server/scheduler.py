@@ -58,6 +58,8 @@ class GenerationJob:
 
     prompt_ids: list[int]
     params: list[SamplingParams]  # one per choice
+    max_tokens: int | None = None  # every choice's budget, fitted to the context by
+    # the caller (None: the engine fits params.max_tokens)
     stop: list[str] = field(default_factory=list)
     updates: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
@@ -187,7 +189,7 @@ class Scheduler:
                 )
                 job.choices.append(choice)
                 constraint = job.constraints[index] if job.constraints else None
-                choice.seq = self.engine.submit(job.prompt_ids, params, constraint)
+                choice.seq = self.engine.submit(job.prompt_ids, params, constraint, max_tokens=job.max_tokens)
                 self._owner[choice.seq.id] = (job, choice)
         except Exception as e:
             self._cancel(job)
