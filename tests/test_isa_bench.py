@@ -2,15 +2,12 @@
 choice, per weight type and kernel-table entry, on the CPU the tests run on."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from smallmind import isa_bench, kernels
-from tests.conftest import REPO
+from tests.test_cli import run
 
 # Closer calls than this are ties, where either unit is a right choice: the timing of one
 # entry moves by a few percent from run to run on a machine shared with other work.
@@ -96,21 +93,9 @@ def test_every_unit_table_the_tool_times_keeps_the_batch_contract(unit):
         kernels.select_isa(before)
 
 
-def run_cli(*args):
-    env = {k: v for k, v in os.environ.items() if k != "SMALLMIND_ISA"}
-    return subprocess.run(
-        [sys.executable, "-m", "smallmind", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.e2e  # runs `python -m smallmind`
 def test_bench_isa_prints_a_line_per_entry_and_says_where_the_table_disagrees():
-    r = run_cli("bench", "--isa", "--rounds", "3")
+    r = run("bench", "--isa", "--rounds", "3")
     assert r.returncode in (0, 1), r.stderr
     assert "Traceback" not in r.stderr
     lines = r.stdout.splitlines()
@@ -131,22 +116,18 @@ def test_bench_isa_prints_a_line_per_entry_and_says_where_the_table_disagrees():
 
 @pytest.mark.e2e  # runs `python -m smallmind`
 def test_info_names_the_unit_of_each_types_dot_kernels():
-    r = run_cli("info")
+    r = run("info")
     assert r.returncode == 0, r.stderr
     line = next(line for line in r.stdout.splitlines() if line.startswith("dot kernels: "))
     shown = dict(item.split() for item in line.removeprefix("dot kernels: ").split(", "))
-    before = kernels.current_isa()  # the CLI runs without SMALLMIND_ISA, this process may not
-    try:
-        kernels.select_isa(isa_bench.automatic_isa())
-        assert shown == {t: kernels.entry_unit("dot", t) for t in kernels.TYPE_IDS}
-    finally:
-        kernels.select_isa(before)
+    # the CLI runs under this process's SMALLMIND_ISA, so on the same table
+    assert shown == {t: kernels.entry_unit("dot", t) for t in kernels.TYPE_IDS}
     assert set(shown.values()) <= set(kernels.available_isas())
 
 
 @pytest.mark.e2e  # runs `python -m smallmind`
 def test_bench_needs_isa_and_a_positive_round_count():
     for args in (["bench"], ["bench", "--isa", "--rounds", "0"]):
-        r = run_cli(*args)
+        r = run(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) in (1, 2), r.stderr  # argparse adds its usage line
