@@ -20,19 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.timing import median_seconds
 from smallmind import _kernels, kernels
+from smallmind.isa_bench import BLOCKS as BLOCK, cache_line_aligned, random_weights
 
-BLOCK = {
-    "F32": (1, 4),
-    "F16": (1, 2),
-    "BF16": (1, 2),
-    "Q4_0": (32, 18),
-    "Q5_0": (32, 22),
-    "Q8_0": (32, 34),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
-SCALE_OFFSETS = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
 SHAPES = {"lm_head": (262144, 640), "ffn": (2048, 640)}
 
 
@@ -41,25 +30,6 @@ def shape_for(wtype, shape):
     if BLOCK[wtype][0] == 256:
         return rows * cols // 1024, 1024
     return rows, cols
-
-
-def make_weights(wtype, rows, cols, rng):
-    """Random blocks with finite fp16 scales (the kernels' speed does not depend on values)."""
-    block, nbytes = BLOCK[wtype]
-    n_blocks = rows * cols // block
-    if wtype == "F32":
-        return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
-    if wtype == "F16":
-        return rng.standard_normal((rows, cols), dtype=np.float32).astype(np.float16).view(np.uint8)
-    if wtype == "BF16":
-        f = rng.standard_normal((rows, cols), dtype=np.float32)
-        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
-    raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
-    for off in SCALE_OFFSETS[wtype]:
-        raw[:, off : off + 2] = (
-            (rng.random(n_blocks, dtype=np.float32) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
-        )
-    return raw.reshape(rows, -1)
 
 
 def memory_bandwidth(threads, repeat):
@@ -86,7 +56,7 @@ def batch_table(types, isas, threads, repeat, rng):
     for wtype, rows, cols in BATCH_SHAPES:
         if wtype not in types:
             continue
-        w = make_weights(wtype, rows, cols, rng)
+        w = cache_line_aligned(random_weights(wtype, rows, cols, rng))  # as GGUF tensors: aligned
         # small matrices: repeat inside one timing so each sample is well above timer noise
         inner = max(1, int(2e7 // w.nbytes))
         for isa in isas:
@@ -141,7 +111,7 @@ def main():
     for wtype in args.types.split(","):
         for shape_name in args.shapes.split(","):
             rows, cols = shape_for(wtype, SHAPES[shape_name])
-            w = make_weights(wtype, rows, cols, rng)
+            w = cache_line_aligned(random_weights(wtype, rows, cols, rng))  # as GGUF tensors: aligned
             x = rng.standard_normal((1, cols), dtype=np.float32)
             xq = kernels.quantize_activation(x, wtype)
             out = np.empty((1, rows), dtype=np.float32)

@@ -10,6 +10,7 @@ cdef extern from "kernels.h" nogil:
     int SM_OK, SM_E_TYPE, SM_E_SHAPE, SM_E_ISA, SM_E_NOMEM, SM_E_ARG
     int SM_ISA_SCALAR, SM_ISA_AVX2, SM_ISA_AVX512, SM_ISA_NEON, SM_ISA_COUNT
     int SM_TYPE_F32, SM_TYPE_Q8_0, SM_TYPE_Q8_K
+    int SM_ENTRY_DOT, SM_ENTRY_DEQUANT
 
     int sm_type_supported(int type)
     int64_t sm_block_size(int type)
@@ -22,6 +23,8 @@ cdef extern from "kernels.h" nogil:
     const char *sm_isa_name(int isa)
     int sm_isa_best()
     int sm_isa_select(int isa)
+    int sm_isa_select_unit(int isa)
+    int sm_entry_unit(int entry, int type)
     int sm_isa_current()
 
     void sm_set_threads(int n)

@@ -56,8 +56,25 @@ def isa_select(int isa):
     check(sm_isa_select(isa), f"select ISA {sm_isa_name(isa).decode()}")
 
 
+def isa_select_unit(int isa):
+    """The table of every entry isa's unit has, the per-CPU choices not applied (timing)."""
+    check(sm_isa_select_unit(isa), f"select ISA unit {sm_isa_name(isa).decode()}")
+
+
 def isa_current():
     return sm_isa_current()
+
+
+ENTRY_DOT = SM_ENTRY_DOT
+ENTRY_DEQUANT = SM_ENTRY_DEQUANT
+
+
+def entry_unit(int entry, int t):
+    """The unit (an ISA id) the current table took the entry (ENTRY_*) of weight type t from."""
+    cdef int unit = sm_entry_unit(entry, t)
+    if unit < 0:
+        raise NativeError(unit, f"entry {entry} of type {t}")
+    return unit
 
 
 def set_threads(int n):

@@ -20,6 +20,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     emulated = set(kernels.emulated_isas())
     shown = [f"{name} (emulated)" if name in emulated else name for name in kernels.available_isas()]
     print(f"available isas: {', '.join(shown)}")
+    # per weight type, the unit the table took the dot kernels from (dispatch.c's choice)
+    print("dot kernels: " + ", ".join(f"{t} {kernels.entry_unit('dot', t)}" for t in kernels.TYPE_IDS))
     print(f"threads: {kernels.get_threads()} (usable cores: {kernels.usable_cores()})")
     if args.model:
         with _open_gguf(args.model) as f:
@@ -53,6 +55,14 @@ def _open_gguf(path: str):
         raise ConfigError(f"model file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"model path is a directory: {path}") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from smallmind import isa_bench
+
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
+    return isa_bench.run(rounds=args.rounds)
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -221,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("-m", "--model", help="GGUF or .smq file to describe")
     info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser(
+        "bench",
+        help="--isa: time every kernel-table entry of every instruction set "
+        "this CPU runs and print which is faster (exit 1 where the "
+        "automatic table runs a clearly slower one)",
+    )
+    bench.add_argument("--isa", action="store_true", required=True, help="time the kernel-table entries")
+    bench.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    bench.set_defaults(func=cmd_bench)
 
     tok = sub.add_parser("tokenize", help="print the token ids of a text as a JSON list")
     tok.add_argument("-m", "--model", required=True, help="GGUF or .smq file")
