@@ -12,6 +12,7 @@ Figures (medians):
   decode tok/s    Engine.step on the default model at batch 1 and 8 with the default
                   sampling settings, numpy sampler vs native (skipped with --no-engine)
 Machine load matters on a shared machine: `uptime` is printed before and after."""
+
 import argparse
 import statistics
 import subprocess
@@ -29,9 +30,15 @@ from smallmind.engine.sampling import Sampler, SamplingParams
 SETTINGS = {
     "greedy": dict(temperature=0.0),
     "top-k 40 + top-p 0.95 + min-p 0.05": dict(top_k=40, top_p=0.95, min_p=0.05),
-    "same + penalties + logit bias": dict(top_k=40, top_p=0.95, min_p=0.05, repetition_penalty=1.1,
-                                         frequency_penalty=0.3, presence_penalty=0.2,
-                                         logit_bias={10: 2.0, 200: -100.0, 3000: 5.0, 40000: -1.5}),
+    "same + penalties + logit bias": dict(
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        frequency_penalty=0.3,
+        presence_penalty=0.2,
+        logit_bias={10: 2.0, 200: -100.0, 3000: 5.0, 40000: -1.5},
+    ),
 }
 
 
@@ -73,18 +80,20 @@ def bench_decode(batch_sizes: list[int], n_new: int, rounds: int) -> None:
 
     model = Model.load(default_model_path(), n_ctx=2048, n_slots=max(batch_sizes))
     native = Sampler.sample
-    print(f"\ndecode tok/s through Engine.step, default sampling settings (seeded), {n_new} new tokens, "
-          f"median of {rounds} rounds, {kernels.get_threads()} threads, ISA {kernels.current_isa()}")
+    print(
+        f"\ndecode tok/s through Engine.step, default sampling settings (seeded), {n_new} new tokens, "
+        f"median of {rounds} rounds, {kernels.get_threads()} threads, ISA {kernels.current_isa()}"
+    )
     print(f"{'batch':>5} {'numpy':>8} {'native':>8} {'ratio':>6}")
     for batch in batch_sizes:
         figures: dict[str, list[float]] = {"numpy": [], "native": []}
-        for _ in range(rounds):   # alternated, so both see the same machine load
+        for _ in range(rounds):  # alternated, so both see the same machine load
             for name, method in (("numpy", Sampler.sample_numpy), ("native", native)):
-                Sampler.sample = method   # type: ignore[method-assign]
+                Sampler.sample = method  # type: ignore[method-assign]
                 try:
                     figures[name].append(decode_rate(model, batch, n_new, 1, sampling={}))
                 finally:
-                    Sampler.sample = native   # type: ignore[method-assign]
+                    Sampler.sample = native  # type: ignore[method-assign]
         old, new = statistics.median(figures["numpy"]), statistics.median(figures["native"])
         print(f"{batch:5d} {old:8.1f} {new:8.1f} {new / old:6.2f}")
 
