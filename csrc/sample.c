@@ -85,23 +85,32 @@ static int block_max(float *bmax, const float *x, int64_t n) {
         int64_t i = i0;
         float m = -INFINITY;
 #if defined(__SSE2__)
-        if (end - i0 == BLOCK) {   /* four independent maxima: max is latency-bound */
-            __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
-            __m128 n0 = _mm_setzero_ps(), n1 = n0;
-            for (; i < end; i += 16) {
+        if (end - i0 == BLOCK) {   /* eight independent maxima: max is latency-bound */
+            __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0, m4 = m0, m5 = m0, m6 = m0, m7 = m0;
+            __m128 nn = _mm_setzero_ps();
+            for (; i < end; i += 32) {
                 __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
                 __m128 c = _mm_loadu_ps(x + i + 8), d = _mm_loadu_ps(x + i + 12);
+                __m128 e = _mm_loadu_ps(x + i + 16), f = _mm_loadu_ps(x + i + 20);
+                __m128 g = _mm_loadu_ps(x + i + 24), h = _mm_loadu_ps(x + i + 28);
                 m0 = _mm_max_ps(m0, a);
                 m1 = _mm_max_ps(m1, b);
                 m2 = _mm_max_ps(m2, c);
                 m3 = _mm_max_ps(m3, d);
-                n0 = _mm_or_ps(n0, _mm_or_ps(_mm_cmpunord_ps(a, a), _mm_cmpunord_ps(b, b)));
-                n1 = _mm_or_ps(n1, _mm_or_ps(_mm_cmpunord_ps(c, c), _mm_cmpunord_ps(d, d)));
+                m4 = _mm_max_ps(m4, e);
+                m5 = _mm_max_ps(m5, f);
+                m6 = _mm_max_ps(m6, g);
+                m7 = _mm_max_ps(m7, h);
+                /* cmpunord(p, q): a lane is set when p or q is NaN */
+                nn = _mm_or_ps(nn, _mm_or_ps(_mm_or_ps(_mm_cmpunord_ps(a, b), _mm_cmpunord_ps(c, d)),
+                                             _mm_or_ps(_mm_cmpunord_ps(e, f), _mm_cmpunord_ps(g, h))));
             }
+            m0 = _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3));
+            m4 = _mm_max_ps(_mm_max_ps(m4, m5), _mm_max_ps(m6, m7));
             float lanes[4];
-            _mm_storeu_ps(lanes, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+            _mm_storeu_ps(lanes, _mm_max_ps(m0, m4));
             for (int j = 0; j < 4; j++) m = lanes[j] > m ? lanes[j] : m;
-            nan |= _mm_movemask_ps(_mm_or_ps(n0, n1)) != 0;
+            nan |= _mm_movemask_ps(nn) != 0;
         }
 #endif
         for (; i < end; i++) {
