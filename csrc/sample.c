@@ -27,9 +27,9 @@ static inline int goes_before(cand_t a, cand_t b) { return a.v > b.v || (a.v == 
 static int64_t n_blocks(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
 
 int64_t sm_sample_scratch_floats(int64_t n_vocab) {
-    /* processed logits (n) | block maxima and their copy (2 nb) | candidates (2 n) |
-       two float64 buffers (4 n) | alignment */
-    return 7 * n_vocab + 2 * n_blocks(n_vocab) + 4;
+    /* processed logits (n) | block maxima (nb) and a copy as candidates (2 nb) |
+       candidates (2 n) | two float64 buffers (4 n) | alignment */
+    return 7 * n_vocab + 3 * n_blocks(n_vocab) + 4;
 }
 
 /* ---- logit processors ---------------------------------------------------------------- */
@@ -124,26 +124,7 @@ static int block_max(float *bmax, const float *x, int64_t n) {
 
 /* ---- selection and sorting ------------------------------------------------------------ */
 
-static void swap_f(float *a, float *b) { float t = *a; *a = *b; *b = t; }
 static void swap_c(cand_t *a, cand_t *b) { cand_t t = *a; *a = *b; *b = t; }
-
-/* The k-th largest of v[0:n] (1 <= k <= n); reorders v. */
-static float kth_largest(float *v, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        float pivot = v[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] > pivot) i++;
-            while (v[j] < pivot) j--;
-            if (i <= j) swap_f(&v[i++], &v[j--]);
-        }
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else break;
-    }
-    return v[want];
-}
 
 /* Reorders c[0:n] so that c[0:k] are its k first in the sampler's order (0 < k < n). */
 static void select_first(cand_t *c, int64_t n, int64_t k) {
@@ -194,12 +175,17 @@ static void sort_cands(cand_t *c, int64_t n) {
 
 /* c[0:k] = the k first tokens in the sampler's order (-inf ones included, lowest ids first,
  * as a full sort would have them); returns k. */
-static int64_t top_k(cand_t *c, float *bsel, const float *bmax, const float *x, int64_t n, int64_t k) {
+static int64_t top_k(cand_t *c, cand_t *bsel, const float *bmax, const float *x, int64_t n, int64_t k) {
     int64_t nb = n_blocks(n);
-    float thr = -INFINITY;
-    if (k <= nb) {
-        memcpy(bsel, bmax, (size_t)nb * sizeof(float));
-        thr = kth_largest(bsel, nb, k);
+    float thr = -INFINITY;   /* the k-th largest block maximum */
+    if (k < nb) {
+        for (int64_t b = 0; b < nb; b++) bsel[b] = (cand_t){bmax[b], (int32_t)b};
+        select_first(bsel, nb, k);
+        thr = bsel[0].v;
+        for (int64_t b = 1; b < k; b++) thr = bsel[b].v < thr ? bsel[b].v : thr;
+    } else if (k == nb) {
+        thr = INFINITY;
+        for (int64_t b = 0; b < nb; b++) thr = bmax[b] < thr ? bmax[b] : thr;
     }
     int64_t nc = 0;
     for (int64_t b = 0; b < nb; b++) {
@@ -254,8 +240,8 @@ int64_t sm_sample(const float *logits, int64_t n_vocab, const uint32_t *allowed,
         || (n_bias && (!bias_ids || !bias_vals)) || (n_window && !window))
         return SM_SAMPLE_ARG;
     int64_t nb = n_blocks(n_vocab);
-    float *w = scratch, *bmax = scratch + n_vocab, *bsel = bmax + nb;
-    cand_t *cand = (cand_t *)(bsel + nb);
+    float *w = scratch, *bmax = scratch + n_vocab;
+    cand_t *bsel = (cand_t *)(bmax + nb), *cand = bsel + nb;
     double *cum = (double *)(((uintptr_t)(cand + n_vocab) + 7) & ~(uintptr_t)7);
     double *tmp = cum + n_vocab;
 

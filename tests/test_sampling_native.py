@@ -28,6 +28,8 @@ SETTINGS = [
     dict(top_k=0, top_p=1.0, min_p=0.0),  # no filter at all
     dict(top_k=BIG_V + 5, top_p=1.0, min_p=0.0, temperature=1.0),  # top-k beyond the vocabulary
     dict(top_k=40, top_p=1.0, min_p=0.0),
+    dict(top_k=1024, top_p=1.0, min_p=0.0),  # k = the number of 256-token blocks of BIG_V
+    dict(top_k=4, top_p=1.0, min_p=0.0),  # k = the number of blocks of SMALL_V
     dict(top_k=1, temperature=1.3),
     dict(top_k=5000, top_p=1.0, min_p=0.0),  # a draw over more than 4096 tokens
     dict(top_k=100_000, top_p=0.99, min_p=0.0, temperature=2.0),
