@@ -55,13 +55,13 @@ def bench_prefill(model: Model, n_prompt: int, repeat: int) -> float:
     return n_prompt / median_seconds(lambda: model.forward(ids, slots, pos, out), repeat)
 
 
-def bench_decode(model: Model, batch: int, n_new: int, repeat: int) -> float:
+def bench_decode(model: Model, batch: int, n_new: int, repeat: int, sampling: dict = GREEDY) -> float:
     def run():
         engine = Engine(model)
         seqs = [
             engine.submit(
                 prompt_ids(model.vocab_size, 16, seed=i),
-                SamplingParams(**GREEDY, max_tokens=n_new + 1, ignore_eos=True),
+                SamplingParams(**sampling, seed=i, max_tokens=n_new + 1, ignore_eos=True),
             )
             for i in range(batch)
         ]

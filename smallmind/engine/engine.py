@@ -260,11 +260,12 @@ class Engine:
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> StepEvent:
         params = seq.params
-        raw_logits = logits
-        if seq.constraint is not None:
-            logits = np.array(logits, np.float32)  # the raw row stays for logprobs
+        allowed = seq.constraint.mask_words() if seq.constraint is not None else None
+        token = seq.sampler.sample(logits, seq.all_ids, allowed)  # the sampler cuts its penalty window
+        if params.logprobs is not None and seq.constraint is not None:
+            # logprobs are reported under the grammar, as before the sampler moved to C
+            logits = np.array(logits, np.float32)
             seq.constraint.mask_logits(logits)
-        token = seq.sampler.sample(logits, seq.all_ids)  # the sampler cuts its penalty window
         if seq.constraint is not None and token not in self.eog_ids:
             seq.constraint.advance(token)
         stop_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eog_ids)
@@ -273,7 +274,7 @@ class Engine:
             self._release(seq)
             return StepEvent(seq, None, True)
         seq.output_ids.append(token)
-        logprob = None if params.logprobs is None else token_logprob(raw_logits, token, params.logprobs)
+        logprob = None if params.logprobs is None else token_logprob(logits, token, params.logprobs)
         if seq.constraint is not None and seq.constraint.complete:
             # the grammar allows nothing but end of generation: end now, saving a step
             seq.finish_reason = "stop"

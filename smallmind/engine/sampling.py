@@ -22,7 +22,12 @@ The pipeline follows llama.cpp's default sampler chain (``common/sampling.cpp`` 
 * the survivors are divided by the temperature, soft-maxed and one token is drawn with the
   sequence's own ``numpy.random.Generator`` (exactly one uniform double per non-greedy sample).
 
-Speed: the full vocabulary (262,144 for Gemma 3) is never sorted.  Every filter keeps a prefix
+Speed: ``Sampler.sample`` is one native call (csrc/sample.c) that applies the grammar mask,
+the bias, the penalties and every filter and draws, bit-identical to the numpy chain kept
+as ``Sampler.sample_numpy`` (the reference of tests/test_sampling.py and
+scripts/bench_sampling.py, and the path for what C leaves to numpy: top_p without top_k and
+draws over more than _SORT_MAX tokens, whose float32 exponentials are numpy's).  In both, the
+full vocabulary (262,144 for Gemma 3) is never sorted.  Every filter keeps a prefix
 of the descending order, so candidates come from block maxima (the k-th largest block maximum
 is a value at least k tokens reach, so only the blocks reaching it are read) and vectorised
 thresholds; only the few survivors are partitioned and sorted.  Without top_k, top_p needs the
@@ -44,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from smallmind import kernels
 from smallmind.errors import RequestValidationError
 from smallmind.values import Range, is_int, shown
 
@@ -239,14 +245,16 @@ def _raise_if(found: list[tuple[str, str]]) -> None:
 
 
 class _Scratch:
-    __slots__ = ("logits", "work")
+    __slots__ = ("logits", "work", "native")
 
     def __init__(self, n: int) -> None:
         self.logits = np.empty(n, np.float32)
         self.work = np.empty(n, np.float32)
+        self.native = kernels.sample_scratch(n)
 
 
 _tls = threading.local()
+_NO_TOKENS = np.empty(0, np.int64)  # an empty penalty window (nothing to sort)
 
 
 def _scratch(n: int) -> _Scratch:
@@ -268,11 +276,15 @@ def _as_logits(logits: np.ndarray) -> np.ndarray:
     return x
 
 
+_NAN = "logits contain NaN"
+_ALL_INF = "every token has logit -inf: nothing can be sampled"
+
+
 def _check_max(m: float) -> None:
     if math.isnan(m):
-        raise FloatingPointError("logits contain NaN")
+        raise FloatingPointError(_NAN)
     if m == -math.inf:
-        raise FloatingPointError("every token has logit -inf: nothing can be sampled")
+        raise FloatingPointError(_ALL_INF)
 
 
 def _block_max(x: np.ndarray) -> np.ndarray:
@@ -429,6 +441,7 @@ class Sampler:
         "_top_k",
         "_top_p",
         "_log_min_p",
+        "_native",
     )
 
     def __init__(self, params: SamplingParams, vocab_size: int, *, eog_token_ids: Iterable[int] = ()) -> None:
@@ -445,7 +458,7 @@ class Sampler:
                 if 0 <= int(t) < v:
                     bias[int(t)] = -math.inf
         ids = sorted(bias)
-        self._bias_ids = np.array(ids, dtype=np.intp)
+        self._bias_ids = np.array(ids, dtype=np.int64)
         self._bias_vals = np.array([bias[t] for t in ids], dtype=np.float32)
 
         self._rep = float(params.repetition_penalty)
@@ -458,6 +471,16 @@ class Sampler:
         self._top_k = k if 0 < k < v else 0
         self._top_p = float(params.top_p) if params.top_p < 1.0 else None
         self._log_min_p = math.log(params.min_p) if params.min_p > 0.0 else None
+        self._native = kernels.SampleSettings(
+            self._temp,
+            self._top_k,
+            self._top_p if self._top_p is not None else 1.0,
+            self._log_min_p is not None,
+            self._log_min_p or 0.0,
+            self._rep,
+            self._freq,
+            self._pres,
+        )
 
     # -- stages --------------------------------------------------------------------------
 
@@ -473,7 +496,7 @@ class Sampler:
                 win = recent[start:]
             except TypeError:  # e.g. a deque
                 win = list(itertools.islice(recent, start, None))
-        arr = np.asarray(win, dtype=np.int64)
+        arr = np.array(win, dtype=np.int64)  # a copy: the native sampler sorts it
         if arr.size == 0:
             return None
         return arr
@@ -502,16 +525,52 @@ class Sampler:
                 buf[ids] = vals
         return buf
 
-    def sample(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> int:
-        """Next token id.  ``logits``: float32 (vocab,) raw model output (not modified);
-        ``recent_tokens``: the sequence so far (prompt + generated), oldest first."""
+    def sample(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = (), allowed: np.ndarray | None = None
+    ) -> int:
+        """Next token id, in one native call (csrc/sample.c).  ``logits``: float32 (vocab,)
+        raw model output (not modified); ``recent_tokens``: the sequence so far (prompt +
+        generated), oldest first; ``allowed``: a grammar's bit mask (uint32 words, bit i of
+        word i // 32 for token i; ConstraintState.mask_words()) or None.
+
+        The same token as ``sample_numpy`` from the same generator state, bit for bit."""
+        x = _as_logits(logits)
+        if x.shape[0] != self.vocab_size:
+            raise ValueError(f"expected {self.vocab_size} logits, got {x.shape[0]}")
+        win = self._window(recent_tokens) if self._pen else None
+        if win is None:
+            win = _NO_TOKENS  # (ids outside the vocabulary C skips, as numpy did)
+        u = self.rng.random() if self._temp > 0.0 else 0.0
+        scratch = _scratch(self.vocab_size).native
+        token = kernels.sample(self._native, x, allowed, self._bias_ids, self._bias_vals, win, u, scratch)
+        if token >= 0:
+            return token
+        if token == kernels.SAMPLE_NAN:
+            raise FloatingPointError(_NAN)
+        if token == kernels.SAMPLE_ALL_INF:
+            raise FloatingPointError(_ALL_INF)
+        # the paths numpy keeps (float32 exponentials), on the logits C processed
+        if allowed is not None or self._bias_ids.size or win.size:
+            x = scratch[: self.vocab_size]
+        ids, vals, m = self._candidates(x)
+        return self._draw(ids, vals, m, u)
+
+    def sample_numpy(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = (), allowed: np.ndarray | None = None
+    ) -> int:
+        """``sample`` as numpy did it before csrc/sample.c: the reference the tests and
+        scripts/bench_sampling.py hold the native sampler to (same arguments, same draw)."""
+        if allowed is not None:
+            bits = np.unpackbits(np.asarray(allowed).view(np.uint8), bitorder="little")
+            logits = np.array(logits, np.float32)
+            np.putmask(logits, ~bits[: logits.shape[0]].view(bool), -np.inf)
         x = self.apply_logit_processors(logits, recent_tokens)
         if self._temp <= 0.0:
             i = int(np.argmax(x))
             _check_max(float(x[i]))
             return i
         ids, vals, m = self._candidates(x)
-        return self._draw(ids, vals, m)
+        return self._draw(ids, vals, m, self.rng.random())
 
     def _candidates(self, x: np.ndarray):
         """top-k (or top-p/min-p) survivors of processed logits x: (ids, vals, max logit);
@@ -583,10 +642,9 @@ class Sampler:
         ids = _mass_prefix(x, bm, e, cand, target, m)
         return ids, x[ids]
 
-    def _draw(self, ids: np.ndarray | None, vals: np.ndarray, m: float) -> int:
-        """Temperature, softmax and one draw (always consumes exactly one uniform).
+    def _draw(self, ids: np.ndarray | None, vals: np.ndarray, m: float, u: float) -> int:
+        """Temperature, softmax and one draw with the uniform ``u``.
         ``ids`` None: ``vals`` is the whole vocabulary."""
-        u = self.rng.random()
         n = vals.shape[0]
         if n == 1:
             return 0 if ids is None else int(ids[0])
