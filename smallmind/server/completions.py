@@ -267,10 +267,11 @@ class PostHandler(BaseHandler):
             self.write_event(event)
         await self.flush()
         async for updates in self.updates(n_choices):
-            for u in updates:
-                for event in shape.chunks(u):
-                    self.write_event(event)
-            await self.flush_in_time()
+            # one write and one flush per engine step, whatever it brought
+            events = "".join(f"data: {event}\n\n" for u in updates for event in shape.encoded_chunks(u))
+            if events:
+                self.write(events)
+                await self.flush_in_time()
         if include_usage:
             usage = responses.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
             self.write_event(shape.usage_chunk(usage))
