@@ -23,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,13 +97,14 @@ def main() -> None:
     kernels.set_threads(args.threads)
     model = Model.load(path, n_ctx=N_CTX, n_slots=1, max_batch_tokens=512)
     tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
-    print(f"model: {path}\nisa: {kernels.current_isa()}  threads: {args.threads}  new: {args.new}", flush=True)
+    print(f"model: {path}\nisa: {kernels.current_isa()}  threads: {args.threads}  new: {args.new}",
+          flush=True)
     trees = {"server": REPO, **({"baseline": Path(args.baseline).resolve()} if args.baseline else {})}
     servers = {}
     for name, tree in trees.items():
         bench_server.REPO = tree      # the server runs from (and imports) that tree
         servers[name] = ServerProcess(ours_spec(path, args.threads, args.server_arg, name=name))
-    figures: dict = {}
+    figures: dict = defaultdict(list)
     try:
         for server in servers.values():
             server.wait_ready()
@@ -111,20 +113,21 @@ def main() -> None:
         for r in range(args.rounds):
             for mode in MODES:
                 number = 1 + r * len(MODES) + MODES.index(mode)
-                line = [f"round {r + 1} {mode:8}"]
-                figures.setdefault(("engine", mode), []).append(engine_tok_s(model, tokenizer, mode, args.new, number))
-                line.append(f"engine {figures['engine', mode][-1]:6.1f}")
+                figures["engine", mode].append(engine_tok_s(model, tokenizer, mode, args.new, number))
+                line = [f"round {r + 1} {mode:8} engine {figures['engine', mode][-1]:6.1f}"]
                 for name, server in servers.items():
                     cpu = loop_cpu_s(server.proc.pid)
-                    figures.setdefault((name, mode), []).append(server_tok_s(server.port, mode, args.new, number))
-                    figures.setdefault((name + " loop", mode), []).append(
-                        (loop_cpu_s(server.proc.pid) - cpu) / args.new * 1000)
-                    line.append(f"{name} {figures[name, mode][-1]:6.1f} (loop {figures[name + ' loop', mode][-1]:.2f} ms/tok)")
+                    figures[name, mode].append(server_tok_s(server.port, mode, args.new, number))
+                    loop_ms = (loop_cpu_s(server.proc.pid) - cpu) / args.new * 1000
+                    figures[name + " loop", mode].append(loop_ms)
+                    line.append(f"{name} {figures[name, mode][-1]:6.1f} "
+                                f"(loop {figures[name + ' loop', mode][-1]:.2f} ms/tok)")
                 print("  ".join(line), flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    print(f"{'sampling':10} {'server':10} {'engine b=1':>11} {'server 1 cl':>12} {'ratio':>6} {'loop ms/tok':>12}")
+    print(f"{'sampling':10} {'server':10} {'engine b=1':>11} {'server 1 cl':>12} {'ratio':>6} "
+          f"{'loop ms/tok':>12}")
     for mode in MODES:
         engine = statistics.median(figures["engine", mode])
         for name in servers:

@@ -607,7 +607,8 @@ def _stream_updates():
     from smallmind.server.scheduler import Update
 
     lp = [TokenLogprob(5, -0.5, [5, 6], [-0.5, -1.0])]
-    texts = ["Hi", ' "quoted" \\ back\nslash\t', "☃ snow, 𝄞 clef", "\x00\x1f ctl", "", "\u2028 sep", "</script>"]
+    texts = ["Hi", ' "quoted" \\ back\nslash\t', "☃ snow, 𝄞 clef", "\x00\x1f ctl", "", "\u2028 sep",
+             "</script>"]
     updates = [Update(i % 2, t, None, i + 1, lp, 3) for i, t in enumerate(texts)]
     return updates + [Update(0, "end", "stop", 9, lp, 3), Update(1, "", "length", 9, [], 3)]
 

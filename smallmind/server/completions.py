@@ -199,7 +199,8 @@ class PostHandler(BaseHandler):
         self._updates = asyncio.Queue()
         # One timer for the whole generation, not an asyncio.wait_for per update: that builds
         # a task and a timer per token, a good part of the event loop's work per token.
-        self._deadline = asyncio.get_running_loop().call_later(max(self.remaining_s(), 0), self._out_of_time)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(max(self.remaining_s(), 0), self._out_of_time)
         scheduler = self.state.served.scheduler
         for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
             params = [choice_params(req, j) for j in range(req.n)]

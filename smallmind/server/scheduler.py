@@ -284,8 +284,8 @@ class Scheduler:
 
 
 def _put_each(posts: list[tuple[asyncio.Queue, Any]]) -> None:
-    for queue, item in posts:
-        queue.put_nowait(item)
+    for updates, item in posts:
+        updates.put_nowait(item)
 
 
 def _set_result(future: asyncio.Future, value: Any) -> None:
