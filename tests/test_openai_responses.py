@@ -4,6 +4,7 @@ import base64
 import json
 
 import numpy as np
+import pytest
 from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -134,3 +135,64 @@ def test_model_list_shape():
         ("other", 5, "me", "model"),
     ]
     assert Model.model_validate(responses.model_entry("a", 1, "b")).id == "a"
+
+
+def _stream_updates():
+    """Updates of two choices as the engine thread posts them: text that needs escaping,
+    empty steps (text held back), log-probabilities, and the finishing updates."""
+    from smallmind.engine.engine import TokenLogprob
+    from smallmind.server.scheduler import Update
+
+    lp = [TokenLogprob(5, -0.5, [5, 6], [-0.5, -1.0])]
+    texts = [
+        "Hi",
+        ' "quoted" \\ back\nslash\t',
+        "☃ snow, 𝄞 clef",
+        "\x00\x1f ctl",
+        "",
+        "\u2028 sep",
+        "</script>",
+    ]
+    updates = [Update(i % 2, t, None, i + 1, lp, 3) for i, t in enumerate(texts)]
+    return updates + [Update(0, "end", "stop", 9, lp, 3), Update(1, "", "length", 9, [], 3)]
+
+
+def _shapes(make):
+    """The same shape twice, fresh: the reference encoding and the fast one keep state apart."""
+    return make(), make()
+
+
+@pytest.mark.parametrize("model", ["gemma", 'od"d\\m☃del', "\x00text\x00"])
+@pytest.mark.parametrize("logprobs", [False, True])
+@pytest.mark.parametrize("include_usage", [False, True])
+@pytest.mark.parametrize("kind", ["chat", "chat auto tools", "completion"])
+def test_encoded_chunks_are_json_dumps_of_chunks(kind, include_usage, logprobs, model):
+    piece = lambda i: b"tok%d" % i  # noqa: E731
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+    def make():
+        if kind == "completion":
+            return responses.CompletionShape(
+                "cmpl-1", 7, model, piece, logprobs, include_usage, echoes=["", ""], echo_logprobs=[[], []]
+            )
+        mode = "auto" if "tools" in kind else "off"
+        return responses.ChatShape(
+            "chatcmpl-1",
+            7,
+            model,
+            piece,
+            logprobs,
+            include_usage,
+            tools=tools if mode == "auto" else [],
+            tool_mode=mode,
+        )
+
+    reference, fast = _shapes(make)
+    expected = [json.dumps(c, ensure_ascii=False) for u in _stream_updates() for c in reference.chunks(u)]
+    got = [e for u in _stream_updates() for e in fast.encoded_chunks(u)]
+    assert got == expected
+    assert len(expected) >= 6
+    if not logprobs and model == "gemma":
+        assert fast.templates  # the fast path ran
+    if model == "\x00text\x00":
+        assert not fast.templates  # a model name holding the mark: no template, still right

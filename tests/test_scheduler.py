@@ -129,3 +129,30 @@ def test_embeddings_between_steps(parts):
     a, b = asyncio.run(main())
     assert a.shape == (256,) and abs(np.linalg.norm(a) - 1) < 1e-5
     np.testing.assert_array_equal(a, b)
+
+
+def test_one_wake_up_per_step_for_all_jobs_of_a_loop(parts):
+    """Jobs batched together get a step's updates in one call_soon_threadsafe (one write to
+    the loop's wake-up socket), not one per job."""
+    _, tokenizer, _, scheduler = parts
+    deliveries = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):
+            deliveries.append(args)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting
+        jobs = [GenerationJob(tokenizer.encode(t), [greedy(12)]) for t in ("Hello there", "Once upon a time")]
+        for job in jobs:
+            scheduler.submit(job)
+        return [await drain(job) for job in jobs]
+
+    results = asyncio.run(main())
+    assert [r[1][0] for r in results] == ["length", "length"]
+    # 12 tokens each: 24 wake-ups when each job had its own; one step may hold only one job
+    # (the second was submitted after the first's prefill began), so 12 or 13
+    assert 12 <= len(deliveries) <= 13, deliveries

@@ -81,6 +81,7 @@ class PostHandler(BaseHandler):
         self._jobs: list[GenerationJob] = []
         self._ticket = None
         self._updates: asyncio.Queue | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # puts the timeout in _updates
         self.grammar = None  # the grammar every choice decodes under, if any
         self.vocabulary = None
         self.cached_tokens = 0  # prompt tokens the prefix cache supplied
@@ -158,6 +159,8 @@ class PostHandler(BaseHandler):
         for job in self._jobs:
             if not job.done():
                 self.state.served.scheduler.cancel(job)
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._ticket is not None:
             self.state.admission.abandon(self._ticket)
             self._ticket = None
@@ -218,6 +221,10 @@ class PostHandler(BaseHandler):
     def submit(self, prompts: list[list[int]], budgets: list[int], req) -> None:
         """One job per prompt, n choices each, all feeding one queue of updates."""
         self._updates = asyncio.Queue()
+        # One timer for the whole generation, not an asyncio.wait_for per update: that builds
+        # a task and a timer per token, a good part of the event loop's work per token.
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(max(self.remaining_s(), 0), self._out_of_time)
         scheduler = self.state.served.scheduler
         for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
             params = [choice_params(req, j) for j in range(req.n)]
@@ -246,12 +253,7 @@ class PostHandler(BaseHandler):
         queue = self._updates
         assert queue is not None, "submit() makes the queue before updates are read"
         while open_choices:
-            remaining = self.remaining_s()
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout=max(remaining, 0))
-            except asyncio.TimeoutError:
-                self.end_generation(None)
-                raise RequestTimeoutError(self.timeout_s) from None
+            item = await queue.get()
             if isinstance(item, Exception):
                 self.end_generation(None)
                 raise item
@@ -265,6 +267,10 @@ class PostHandler(BaseHandler):
             # a prompt's tokens count once in usage, so do its cached ones (its first choice's)
             self.cached_tokens = sum(n_cached[::n_per_prompt])
             yield item
+
+    def _out_of_time(self) -> None:
+        if self._updates is not None:  # the timer is only set once submit() made the queue
+            self._updates.put_nowait(RequestTimeoutError(self.timeout_s))
 
     async def collect(self, n_choices: int) -> tuple[list[str], list[str], list[list]]:
         """Per choice: its text, finish reason and TokenLogprob entries (if asked for)."""
@@ -297,10 +303,11 @@ class PostHandler(BaseHandler):
             self.write_event(event)
         await self.flush()
         async for updates in self.updates(n_choices):
-            for u in updates:
-                for event in shape.chunks(u):
-                    self.write_event(event)
-            await self.flush_in_time()
+            # one write and one flush per engine step, whatever it brought
+            events = "".join(f"data: {event}\n\n" for u in updates for event in shape.encoded_chunks(u))
+            if events:
+                self.write(events)
+                await self.flush_in_time()
         if include_usage:
             usage = responses.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
             self.write_event(shape.usage_chunk(usage))
@@ -309,8 +316,11 @@ class PostHandler(BaseHandler):
 
     async def flush_in_time(self) -> None:
         """A client that stops reading must not hold its slot past the deadline."""
+        flushed = self.flush()
+        if flushed.done():  # the socket took it all: nothing to wait for (no task, no timer)
+            return flushed.result()
         try:
-            await asyncio.wait_for(self.flush(), timeout=max(self.remaining_s(), 0))
+            await asyncio.wait_for(flushed, timeout=max(self.remaining_s(), 0))
         except asyncio.TimeoutError:
             self.end_generation(None)
             raise RequestTimeoutError(self.timeout_s) from None

@@ -5,6 +5,7 @@ endpoint's stream chunks or final answer.  No I/O: the handlers write what these
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -311,6 +312,10 @@ def model_list(models: Iterable[tuple[str, int, str]]) -> dict:
 # Stream shapers
 # ============================================================================================
 
+# Stands for the text in a chunk encoded once per choice; JSON escapes its NULs, so no id or
+# model name can hold its encoding by accident (and a template that would is not used).
+_TEXT_MARK = json.dumps("\x00text\x00")
+
 
 @dataclass
 class Shape(ABC):
@@ -326,6 +331,7 @@ class Shape(ABC):
     logprobs: bool = False
     include_usage: bool = False
     pending: dict = field(default_factory=dict)  # choice -> entries not sent yet
+    templates: dict = field(default_factory=dict)  # choice -> (before, after) its text in a plain chunk
 
     @abstractmethod
     def opening(self, n_choices: int) -> Iterator[dict]:
@@ -342,6 +348,33 @@ class Shape(ABC):
     @abstractmethod
     def response(self, texts: list[str], reasons: list[str], usage: dict, logprobs: list[list]) -> dict:
         """The whole answer, when not streamed: per choice its text, finish reason and entries."""
+
+    def encoded_chunks(self, u: Update) -> list[str]:
+        """``chunks(u)`` as JSON texts (``json.dumps``, ``ensure_ascii=False``).  A plain piece
+        of text (no log-probabilities, not the last, nothing held back), nearly every chunk of
+        a stream, is its choice's chunk encoded once around a mark: per token only the text is
+        encoded, and the bytes are json.dumps' own."""
+        if u.text and u.finish_reason is None and self.plain(u):
+            template = self.templates.get(u.index) or self._template(u.index)
+            if template:
+                return [template[0] + json.dumps(u.text, ensure_ascii=False) + template[1]]
+        return [json.dumps(chunk, ensure_ascii=False) for chunk in self.chunks(u)]
+
+    def _template(self, index: int) -> tuple[str, str] | None:
+        encoded = json.dumps(self.text_chunk(index, json.loads(_TEXT_MARK)), ensure_ascii=False)
+        if encoded.count(_TEXT_MARK) != 1:
+            return None
+        before, _, after = encoded.partition(_TEXT_MARK)
+        self.templates[index] = (before, after)
+        return before, after
+
+    @abstractmethod
+    def plain(self, u: Update) -> bool:
+        """Whether ``chunks(u)`` of an unfinished update with text is one ``text_chunk``."""
+
+    @abstractmethod
+    def text_chunk(self, index: int, text: str) -> dict:
+        """The chunk of a plain piece of text."""
 
     def take_logprobs(self, u: Update, flush: bool) -> list | None:
         if not self.logprobs:
@@ -387,6 +420,12 @@ class ChatShape(Shape):
             yield self._chunk(u.index, delta, None, None)
         if u.finish_reason:
             yield self._chunk(u.index, {}, self._finish_reason(u.finish_reason, calls), logprobs)
+
+    def plain(self, u: Update) -> bool:
+        return not self.logprobs and (self.tool_mode == "off" or u.index in self.released)
+
+    def text_chunk(self, index: int, text: str) -> dict:
+        return self._chunk(index, {"content": text}, None, None)
 
     def _chunk(self, index, delta, finish_reason, logprobs):
         return chat_chunk(
@@ -482,6 +521,14 @@ class CompletionShape(Shape):
                 include_usage=self.include_usage,
                 logprobs=logprobs,
             )
+
+    def plain(self, u: Update) -> bool:
+        return not self.logprobs
+
+    def text_chunk(self, index: int, text: str) -> dict:
+        return completion_chunk(
+            self.rid, self.created, self.model, index, text, include_usage=self.include_usage
+        )
 
     def _legacy(self, index: int, pairs: list) -> dict | None:
         if not self.logprobs:
