@@ -30,7 +30,7 @@ from scripts.timing import median_seconds
 from smallmind import kernels
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
 

@@ -25,7 +25,8 @@ import numpy as np
 # Benchmark the tree this script sits in, not whatever smallmind is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from smallmind.engine.sampling import Sampler, SamplingParams
+from smallmind.engine.sampling import Sampler
+from smallmind.engine.sampling_params import SamplingParams
 
 SETTINGS = {
     "greedy": dict(temperature=0.0),

@@ -78,7 +78,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from smallmind.engine.engine import Engine
     from smallmind.engine.model import Model
-    from smallmind.engine.sampling import SamplingParams
+    from smallmind.engine.sampling_params import SamplingParams
     from smallmind.engine.tokenizer import StreamDecoder, Tokenizer
 
     given = {

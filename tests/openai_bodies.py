@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
 from smallmind.server.openai import requests
 

@@ -78,7 +78,7 @@ def test_generate_streams_only_the_text():
     """stdout is exactly the greedy continuation the engine produces in-process, plus a newline."""
     from smallmind.engine.engine import Engine
     from smallmind.engine.model import Model
-    from smallmind.engine.sampling import SamplingParams
+    from smallmind.engine.sampling_params import SamplingParams
     from smallmind.engine.tokenizer import Tokenizer
     from tests.conftest import reference_path
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import ConfigError
 from smallmind.server.config import SETTINGS, ServerOptions, describe, load_options, usage
 

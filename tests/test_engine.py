@@ -5,7 +5,7 @@ import pytest
 
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
 from tests.conftest import reference_path
 

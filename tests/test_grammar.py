@@ -351,7 +351,7 @@ def test_constrained_and_free_sequences_share_a_batch(tokenizer, vocab):
     together, and each constrained answer is complete and valid."""
     from smallmind.engine.engine import Engine
     from smallmind.engine.model import Model
-    from smallmind.engine.sampling import SamplingParams
+    from smallmind.engine.sampling_params import SamplingParams
 
     model = Model.load(default_model_path(), n_ctx=256, n_slots=3)
     engine = Engine(model, eog_ids=tokenizer.eog_ids)

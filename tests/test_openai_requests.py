@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
 from smallmind.server.config import ServerOptions
 from smallmind.server.openai import errors, requests

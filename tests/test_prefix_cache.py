@@ -7,7 +7,7 @@ import pytest
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from tests.conftest import reference_path
 
 pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 
 from smallmind.engine.sampling import (
-    RANGES,
     Sampler,
-    SamplingParams,
     log_softmax,
     logsumexp,
     token_logprobs,
     top_logprobs,
 )
+from smallmind.engine.sampling_params import RANGES, SamplingParams
 from smallmind.errors import RequestValidationError
 
 pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smallmind.engine.sampling import Sampler, SamplingParams
+from smallmind.engine.sampling import Sampler
+from smallmind.engine.sampling_params import SamplingParams
 
 BIG_V = 262_144  # the default model's vocabulary
 SMALL_V = 1000  # small enough for a draw over the whole vocabulary in float64

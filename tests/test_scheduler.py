@@ -9,7 +9,7 @@ import pytest
 from conftest import reference_path
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.server.scheduler import GenerationJob, Scheduler
 

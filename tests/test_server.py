@@ -41,7 +41,7 @@ def engine_greedy():
     """Greedy text straight from the engine (no server), for comparison."""
     from smallmind.engine.engine import Engine
     from smallmind.engine.model import Model
-    from smallmind.engine.sampling import SamplingParams
+    from smallmind.engine.sampling_params import SamplingParams
     from smallmind.engine.tokenizer import Tokenizer
 
     model = Model.load(default_model_path(), n_ctx=N_CTX, n_slots=1)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
-from smallmind.engine.sampling import Sampler, SamplingParams, token_and_top_logprobs
+from smallmind.engine.sampling import Sampler, token_and_top_logprobs
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
 from smallmind.values import check_token_ids
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from smallmind.engine.sampling import RANGES, SamplingParams
+from smallmind.engine.sampling_params import RANGES, SamplingParams
 from smallmind.errors import ConfigError
 from smallmind.values import Range, clip, json_type
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import smallmind
-from smallmind.engine.sampling import BIAS_RANGE, RANGES
+from smallmind.engine.sampling_params import BIAS_RANGE, RANGES
 from smallmind.server.openai.requests import MAX_EMBEDDING_INPUTS, MAX_N, MAX_PROMPTS, MAX_STOP
 
 __all__ = ["openapi_document"]

@@ -25,7 +25,7 @@ from smallmind.engine.grammar import (
     compile_response_format,
 )
 from smallmind.engine.model import Model, read_model_config
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
 from smallmind.server.chat import tool_calls

@@ -23,7 +23,7 @@ import numpy as np
 
 from smallmind.engine.detokenize import StreamDecoder
 from smallmind.engine.engine import Engine, Sequence
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.engine.stop_strings import StopMatcher
 
 log = logging.getLogger("smallmind.server.scheduler")

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from smallmind.engine.sampling import BIAS_RANGE, RANGES, SamplingParams
+from smallmind.engine.sampling_params import BIAS_RANGE, RANGES, SamplingParams
 from smallmind.server.openai.errors import ContextLengthError, LimitExceededError
 from smallmind.server.openai.fields import (
     NumberField,
