@@ -93,9 +93,9 @@ class RecordingSampler:
     def __init__(self, inner):
         self.inner, self.seen = inner, []
 
-    def sample(self, logits, window):
+    def sample(self, logits, window, allowed=None):
         self.seen.append(np.array(logits))
-        return self.inner.sample(logits, window)
+        return self.inner.sample(logits, window, allowed)
 
 
 def capture_logits(seq) -> list:
