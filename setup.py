@@ -148,7 +148,14 @@ extension = Extension(
     define_macros=[(macro, "1") for _, _, macro in ISA_UNITS]
     + [(EMULATED_UNITS[name][2], "1") for name in EMULATE]
     + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    depends=["csrc/quants.h", "csrc/kernels.h", "csrc/forward.h", "csrc/model.h", "csrc/sample.h", "smallmind/_engine.pxi"]
+    depends=[
+        "csrc/quants.h",
+        "csrc/kernels.h",
+        "csrc/forward.h",
+        "csrc/model.h",
+        "csrc/sample.h",
+        "smallmind/_engine.pxi",
+    ]
     + BASE_SOURCES
     + [SAMPLE_SOURCE]
     + [u[0] for u in ISA_UNITS],
