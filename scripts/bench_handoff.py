@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_server  # noqa: E402
-from bench_server import ServerProcess, chat_body, ours_spec, stream_chat, throughput_prompt  # noqa: E402
+from bench_server import ServerProcess, ours_spec  # noqa: E402
+from bench_server_client import chat_body, stream_chat, throughput_prompt  # noqa: E402
 
 from smallmind import kernels  # noqa: E402
 from smallmind.engine.engine import Engine  # noqa: E402
