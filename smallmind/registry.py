@@ -100,6 +100,33 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _check_digest(source: str, digest: str, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise RegistryError(
+            f"sha256 mismatch for {source}: got {digest}, expected {expected}; nothing was registered"
+        )
+
+
+def _new_entry(
+    model_id: str, summary, file: str, source: str, size: int, digest: str, *, linked: bool, path: Path
+) -> ModelEntry:
+    """The entry of a file just hashed and inspected (``summary``: what inspect_model found)."""
+    return ModelEntry(
+        id=model_id,
+        file=file,
+        source=source,
+        size=size,
+        sha256=digest,
+        format=summary.format,
+        architecture=summary.architecture,
+        quant_type=summary.quant_type,
+        n_params=summary.n_params,
+        added=_now(),
+        linked=linked,
+        path=path,
+    )
+
+
 # ====================================================================== registry
 class Registry:
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None):
@@ -325,26 +352,10 @@ class Registry:
     def _finish(
         self, part: str, model_id: str, source: str, digest: str, size: int, expected: str | None, force: bool
     ) -> ModelEntry:
-        if expected is not None and digest != expected:
-            raise RegistryError(
-                f"sha256 mismatch for {source}: got {digest}, expected {expected}; nothing was registered"
-            )
+        _check_digest(source, digest, expected)
         summary = inspect_model(part, source)
         final = self.final_path(model_id, summary.format)
-        entry = ModelEntry(
-            id=model_id,
-            file=final.name,
-            source=source,
-            size=size,
-            sha256=digest,
-            format=summary.format,
-            architecture=summary.architecture,
-            quant_type=summary.quant_type,
-            n_params=summary.n_params,
-            added=_now(),
-            linked=False,
-            path=final,
-        )
+        entry = _new_entry(model_id, summary, final.name, source, size, digest, linked=False, path=final)
         return self._register(part, entry, force)
 
     def add(self, source: str, model_id: str | None = None, **kw: Any) -> ModelEntry:
@@ -423,10 +434,7 @@ class Registry:
         size = os.path.getsize(src)
         with _progress(f"hash {model_id}", size, progress) as bar:
             digest = sha256_file(src, bar)
-        if expected is not None and digest != expected:
-            raise RegistryError(
-                f"sha256 mismatch for {src}: got {digest}, expected {expected}; nothing was registered"
-            )
+        _check_digest(src, digest, expected)
         summary = inspect_model(src)
         self._mkdir()
         final = self.final_path(model_id, summary.format)
@@ -434,20 +442,7 @@ class Registry:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         os.symlink(src, tmp)
-        entry = ModelEntry(
-            id=model_id,
-            file=src,
-            source=src,
-            size=size,
-            sha256=digest,
-            format=summary.format,
-            architecture=summary.architecture,
-            quant_type=summary.quant_type,
-            n_params=summary.n_params,
-            added=_now(),
-            linked=True,
-            path=Path(src),
-        )
+        entry = _new_entry(model_id, summary, src, src, size, digest, linked=True, path=Path(src))
         try:
             return self._register(tmp, entry, force)
         except BaseException:
