@@ -337,22 +337,29 @@ class PostHandler(BaseHandler):
             pass
         self.finish()
 
+    def shape_fields(self, id_prefix: str, req) -> tuple[str, int, str, Callable[[int], bytes], bool, bool]:
+        """What every answer shape starts with: a new id, the time, the model, how token ids
+        become bytes, whether log-probabilities and a usage chunk were asked for."""
+        served = self.served()
+        return (
+            responses.new_id(id_prefix),
+            int(time.time()),
+            served.model_id,
+            served.tokenizer.token_bytes,
+            req.logprobs is not None,
+            req.include_usage,
+        )
+
 
 class ChatHandler(PostHandler):
     ROUTE = "/v1/chat/completions"
 
     async def handle(self) -> None:
         req, prompt_ids, grammar = await self.off_loop(self.prepare_request, self.body)
-        served = self.served()
         tools = req.tools if req.tool_choice != "none" else []
         mode = "off" if not tools else "auto" if req.tool_choice == "auto" else "forced"
         shape = responses.ChatShape(
-            responses.new_id(responses.CHAT_ID_PREFIX),
-            int(time.time()),
-            served.model_id,
-            served.tokenizer.token_bytes,
-            req.logprobs is not None,
-            req.include_usage,
+            *self.shape_fields(responses.CHAT_ID_PREFIX, req),
             tools=tools,
             tool_mode=mode,
             legacy=req.legacy_functions,
@@ -379,15 +386,9 @@ class CompletionHandler(PostHandler):
 
     async def handle(self) -> None:
         req, prompts, echoes, grammar = await self.off_loop(self.prepare_request, self.body)
-        served = self.served()
         echo_logprobs = [await self.echo_logprobs(ids, req) for ids in prompts]
         shape = responses.CompletionShape(
-            responses.new_id(responses.COMPLETION_ID_PREFIX),
-            int(time.time()),
-            served.model_id,
-            served.tokenizer.token_bytes,
-            req.logprobs is not None,
-            req.include_usage,
+            *self.shape_fields(responses.COMPLETION_ID_PREFIX, req),
             echoes=[e for e in echoes for _ in range(req.n)],
             echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)],
         )
