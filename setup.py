@@ -83,7 +83,9 @@ BASE_SOURCES = [
     "csrc/membench.c",
     "csrc/dot_scalar.c",
     "csrc/forward.c",
+    "csrc/model.c",
 ]
+SAMPLE_SOURCE = "csrc/sample.c"
 
 
 def openmp_flags(compiler_cmd):
@@ -121,6 +123,13 @@ class BuildWithIsaUnits(build_ext):
             include_dirs=["csrc"],
             extra_postargs=COMMON_FLAGS + CSRC_WARNING_FLAGS + omp,
         )
+        # the sampler repeats numpy's float64 arithmetic bit for bit: no fused multiply-adds
+        objects += self.compiler.compile(
+            [SAMPLE_SOURCE],
+            output_dir=self.build_temp,
+            include_dirs=["csrc"],
+            extra_postargs=COMMON_FLAGS + CSRC_WARNING_FLAGS + ["-ffp-contract=off"],
+        )
         for src, flags, _ in ISA_UNITS:
             objects += self.compiler.compile(
                 [src],
@@ -140,8 +149,16 @@ extension = Extension(
     define_macros=[(macro, "1") for _, _, macro in ISA_UNITS]
     + [(EMULATED_UNITS[name][2], "1") for name in EMULATE]
     + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    depends=["csrc/quants.h", "csrc/kernels.h", "csrc/forward.h", "smallmind/_engine.pxi"]
+    depends=[
+        "csrc/quants.h",
+        "csrc/kernels.h",
+        "csrc/forward.h",
+        "csrc/model.h",
+        "csrc/sample.h",
+        "smallmind/_engine.pxi",
+    ]
     + BASE_SOURCES
+    + [SAMPLE_SOURCE]
     + [u[0] for u in ISA_UNITS],
 )
 

@@ -22,10 +22,15 @@ static int x86_has_avx2(void) {
     return (b >> 5) & 1;
 }
 
-static int x86_is_amd(void) {
+static int x86_class(void) {
     unsigned a, b, c, d;
-    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
-    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* "Auth" "enti" "cAMD" */
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return SM_CPU_OTHER;
+    if (b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u) return SM_CPU_AMD; /* "AuthenticAMD" */
+    if (b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu) {                    /* "GenuineIntel" */
+        /* AMX-TILE, which Sapphire Rapids brought; the model number is no guide in VMs */
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1)) return SM_CPU_INTEL_AMX;
+    }
+    return SM_CPU_OTHER;
 }
 
 /* Only the native AVX-512 unit asks the CPU; an emulated one needs AVX2 alone. */
@@ -62,11 +67,11 @@ static int arm_has_dotprod(void) { return 0; }
 #endif
 #endif
 
-int sm_cpu_is_amd(void) {
+int sm_cpu_class(void) {
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-    return x86_is_amd();
+    return x86_class();
 #else
-    return 0;
+    return SM_CPU_OTHER;
 #endif
 }
 

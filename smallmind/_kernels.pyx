@@ -3,7 +3,7 @@
 here, all O(n) work in C with the GIL released.  Use smallmind.kernels, not this module."""
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from smallmind._kernels cimport *
 
@@ -56,8 +56,25 @@ def isa_select(int isa):
     check(sm_isa_select(isa), f"select ISA {sm_isa_name(isa).decode()}")
 
 
+def isa_select_unit(int isa):
+    """The table of every entry isa's unit has, the per-CPU choices not applied (timing)."""
+    check(sm_isa_select_unit(isa), f"select ISA unit {sm_isa_name(isa).decode()}")
+
+
 def isa_current():
     return sm_isa_current()
+
+
+ENTRY_DOT = SM_ENTRY_DOT
+ENTRY_DEQUANT = SM_ENTRY_DEQUANT
+
+
+def entry_unit(int entry, int t):
+    """The unit (an ISA id) the current table took the entry (ENTRY_*) of weight type t from."""
+    cdef int unit = sm_entry_unit(entry, t)
+    if unit < 0:
+        raise NativeError(unit, f"entry {entry} of type {t}")
+    return unit
 
 
 def set_threads(int n):
@@ -236,6 +253,78 @@ def read_memory(cnp.ndarray buf not None, int n_threads):
     with nogil:
         total = sm_read_memory(p, n, n_threads)
     return total
+
+
+# ---- sampling (csrc/sample.c) ----
+
+SAMPLE_NAN = SM_SAMPLE_NAN
+SAMPLE_ALL_INF = SM_SAMPLE_ALL_INF
+SAMPLE_FALLBACK = SM_SAMPLE_FALLBACK
+
+# numpy.exp's own float64 loop: the sampler's exponentials must be numpy's, bit for bit (on
+# CPUs with AVX-512F numpy uses its own kernel, which differs from libm's in the last bit).
+cdef sm_exp _numpy_exp
+
+
+cdef void _find_numpy_exp() except *:
+    cdef cnp.ufunc uf = np.exp
+    cdef int i
+    for i in range(uf.ntypes):
+        if uf.types[2 * i] == cnp.NPY_DOUBLE and uf.types[2 * i + 1] == cnp.NPY_DOUBLE:
+            _numpy_exp.exp_f64 = <sm_exp_loop><void *>uf.functions[i]
+            _numpy_exp.exp_f64_data = uf.data[i]
+            return
+    raise ImportError("numpy.exp has no float64 -> float64 loop")
+
+
+_find_numpy_exp()
+
+
+def sample_scratch_floats(int64_t n_vocab):
+    """float32 entries of scratch that sample() needs for this vocabulary."""
+    return sm_sample_scratch_floats(n_vocab)
+
+
+cdef class SampleSettings:
+    """One sequence's sampling settings as sm_sample takes them (built once per sequence)."""
+    cdef sm_sampling p
+
+    def __init__(self, double temperature, int64_t top_k, double top_p, bint has_min_p, double log_min_p,
+                 double repetition_penalty, double frequency_penalty, double presence_penalty):
+        self.p.temperature = temperature
+        self.p.top_k = top_k
+        self.p.top_p = top_p
+        self.p.has_min_p = has_min_p
+        self.p.log_min_p = log_min_p
+        self.p.repetition_penalty = repetition_penalty
+        self.p.frequency_penalty = frequency_penalty
+        self.p.presence_penalty = presence_penalty
+
+
+def sample(SampleSettings settings not None, const float[::1] logits, const uint32_t[::1] allowed,
+           const int64_t[::1] bias_ids, const float[::1] bias_vals, int64_t[::1] window, double u,
+           float[::1] scratch):
+    """A token id, or SAMPLE_NAN / SAMPLE_ALL_INF / SAMPLE_FALLBACK (see csrc/sample.h).
+    ``allowed`` None: no grammar mask; ``window`` is sorted in place."""
+    cdef int64_t n = logits.shape[0]
+    if allowed is not None and allowed.shape[0] * 32 < n:
+        raise ValueError(f"the grammar mask covers {allowed.shape[0] * 32} tokens, the logits {n}")
+    if bias_ids.shape[0] != bias_vals.shape[0]:
+        raise ValueError("bias_ids and bias_vals differ in length")
+    if scratch.shape[0] < sm_sample_scratch_floats(n):
+        raise ValueError("sampling scratch too small")
+    cdef const uint32_t *mask = &allowed[0] if allowed is not None else NULL
+    cdef const int64_t *bid = &bias_ids[0] if bias_ids.shape[0] else NULL
+    cdef const float *bval = &bias_vals[0] if bias_vals.shape[0] else NULL
+    cdef int64_t *win = &window[0] if window.shape[0] else NULL
+    cdef int processed
+    cdef int64_t token
+    with nogil:
+        token = sm_sample(&logits[0], n, mask, bid, bval, bias_ids.shape[0], win, window.shape[0],
+                          &settings.p, u, &_numpy_exp, &scratch[0], &processed)
+    if token == SM_SAMPLE_ARG:
+        raise NativeError(-5, "sample")
+    return token
 
 
 include "_engine.pxi"

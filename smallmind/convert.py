@@ -42,7 +42,8 @@ import numpy as np
 from smallmind import _kernels
 from smallmind.download import Progress
 from smallmind.errors import ConfigError, ModelFormatError
-from smallmind.gguf import GGML_BLOCK_SIZES, GGMLType, GGUFFile, GGUFValue, write_gguf
+from smallmind.gguf import GGML_BLOCK_SIZES, GGMLType, GGUFFile
+from smallmind.gguf_writer import GGUFValue, write_gguf
 from smallmind.smq import (
     ENTRY,
     GGUF_SCHEME_BASE,
@@ -333,26 +334,19 @@ def _compatible_tensor(gguf: GGUFFile, name: str, requantized: list[str]) -> SMQ
             requantized.append(f"{name}: {info.type_name} -> F32 (exact)")
         return SMQTensor(name, Scheme.F32, info.ne, 0, 4 * n, 0, lambda: (_dequantized(gguf, name), None))
     n_scales = -(-n // SMALLMIND_BLOCK)
-    if info.type == GGMLType.Q4_0:
-        requantized.append(f"{name}: Q4_0 -> SMQ Q4_0/{SMALLMIND_BLOCK} (re-quantized)")
-        return SMQTensor(
-            name,
-            Scheme.Q4_0,
-            _matrix_dims(info.ne, n),
-            SMALLMIND_BLOCK,
-            -(-n // 2),
-            4 * n_scales,
-            lambda: quantize_q4(_dequantized(gguf, name)),
-        )
-    requantized.append(f"{name}: {info.type_name} -> SMQ Q8_0/{SMALLMIND_BLOCK} (re-quantized)")
+    if info.type == GGMLType.Q4_0:  # stays 4-bit, re-blocked to SmallMind's block size
+        scheme, scheme_name, data_len, quantize = Scheme.Q4_0, "Q4_0", -(-n // 2), quantize_q4
+    else:  # every other type becomes 8-bit
+        scheme, scheme_name, data_len, quantize = Scheme.Q8_0, "Q8_0", n, quantize_q8
+    requantized.append(f"{name}: {info.type_name} -> SMQ {scheme_name}/{SMALLMIND_BLOCK} (re-quantized)")
     return SMQTensor(
         name,
-        Scheme.Q8_0,
+        scheme,
         _matrix_dims(info.ne, n),
         SMALLMIND_BLOCK,
-        n,
+        data_len,
         4 * n_scales,
-        lambda: quantize_q8(_dequantized(gguf, name)),
+        lambda: quantize(_dequantized(gguf, name)),
     )
 
 

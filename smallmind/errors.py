@@ -23,7 +23,12 @@ class ConfigError(SmallMindError):
 
 
 class RequestValidationError(SmallMindError):
-    """A request's body or parameters are invalid."""
+    """A request's body or parameters are invalid; ``param`` names the offending request
+    field (OpenAI's error.param), None when it is the body as a whole."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class RegistryError(SmallMindError):

@@ -60,7 +60,9 @@ def current_isa() -> str:
     return _kernels.isa_name(_kernels.isa_current())
 
 
-def select_isa(name: str) -> None:
+def select_isa(name: str, unit_only: bool = False) -> None:
+    """Run the kernels of instruction set `name`.  unit_only: every entry its unit has from
+    that unit, without dispatch.c's measured per-CPU choices (what the timing tool compares)."""
     if name not in ISA_IDS:
         raise IsaError(f"unknown instruction set {name!r}; known: {', '.join(ISA_IDS)}")
     if not _kernels.isa_available(ISA_IDS[name]):
@@ -68,7 +70,17 @@ def select_isa(name: str) -> None:
             f"instruction set {name!r} is not available on this CPU "
             f"(available: {', '.join(available_isas())})"
         )
-    _kernels.isa_select(ISA_IDS[name])
+    (_kernels.isa_select_unit if unit_only else _kernels.isa_select)(ISA_IDS[name])
+
+
+# Entries of the kernel table chosen per weight type (kernels.h sm_entry): "dot" is vec_dot
+# with its batched kernels (always from one unit), "dequant" the row decoder.
+ENTRIES = {"dot": _kernels.ENTRY_DOT, "dequant": _kernels.ENTRY_DEQUANT}
+
+
+def entry_unit(entry: str, wtype) -> str:
+    """The unit (ISA name) whose kernel the current table runs for `entry` of `wtype`."""
+    return _kernels.isa_name(_call(_kernels.entry_unit, ENTRIES[entry], type_id(wtype)))
 
 
 def set_threads(n: int) -> None:
@@ -157,3 +169,35 @@ def matmul_q(
 
 
 configure_from_env()
+
+
+# ---- sampling (csrc/sample.c) ----
+
+# What sample() returns instead of a token id: NaN logits, every logit -inf, or a path that
+# stays with numpy (its float32 exponentials; see csrc/sample.h).
+SAMPLE_NAN = _kernels.SAMPLE_NAN
+SAMPLE_ALL_INF = _kernels.SAMPLE_ALL_INF
+SAMPLE_FALLBACK = _kernels.SAMPLE_FALLBACK
+SampleSettings = _kernels.SampleSettings
+
+
+def sample_scratch(n_vocab: int) -> np.ndarray:
+    """The float32 scratch sample() works in; its first n_vocab entries hold the processed
+    logits after a call that applied a mask, a bias or penalties."""
+    return np.empty(_kernels.sample_scratch_floats(n_vocab), np.float32)
+
+
+def sample(
+    settings: SampleSettings,
+    logits: np.ndarray,
+    allowed: np.ndarray | None,
+    bias_ids: np.ndarray,
+    bias_vals: np.ndarray,
+    window: np.ndarray,
+    u: float,
+    scratch: np.ndarray,
+) -> int:
+    """One token from float32 ``logits`` (one native call, the GIL released): ``allowed``
+    the grammar's uint32 bit mask or None, ``window`` the penalty window (int64, sorted in
+    place), ``u`` the uniform draw.  A token id >= 0 or one of the SAMPLE_* codes."""
+    return _call(_kernels.sample, settings, logits, allowed, bias_ids, bias_vals, window, u, scratch)

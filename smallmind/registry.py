@@ -35,9 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,79 +43,14 @@ from typing import Any
 from smallmind.default_model import DefaultModelError, default_model
 from smallmind.download import DEFAULT_TIMEOUT, Progress, download, is_url, remove_sidecar
 from smallmind.errors import ModelFormatError, ModelNotFoundError, RegistryError
+from smallmind.model_entry import ModelEntry, check_sha, inspect_model, validate_id
 
-__all__ = [
-    "Registry",
-    "ModelEntry",
-    "resolve_cache_dir",
-    "validate_id",
-    "sha256_file",
-    "format_table",
-    "format_info",
-]
+__all__ = ["Registry", "resolve_cache_dir", "sha256_file"]
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "manifest.lock"
 MANIFEST_VERSION = 1
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _CHUNK = 1 << 20
-
-# llama.cpp's LLAMA_FTYPE values as stored in general.file_type
-_FILE_TYPES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    19: "IQ2_XXS",
-    20: "IQ2_XS",
-    21: "Q2_K_S",
-    22: "IQ3_XS",
-    23: "IQ3_XXS",
-    24: "IQ1_S",
-    25: "IQ4_NL",
-    26: "IQ3_S",
-    27: "IQ3_M",
-    28: "IQ2_S",
-    29: "IQ2_M",
-    30: "IQ4_XS",
-    31: "IQ1_M",
-    32: "BF16",
-    36: "TQ1_0",
-    37: "TQ2_0",
-}
-_FILE_TYPE_GUESSED = 1024
-
-
-# ====================================================================== helpers
-def validate_id(model_id: Any) -> str:
-    """Returns the id if it is valid, else raises RegistryError."""
-    if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
-        raise RegistryError(
-            f"invalid model id {model_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit, without '..'"
-        )
-    return model_id
-
-
-def _check_sha(sha: str | None) -> str | None:
-    if sha is None:
-        return None
-    if not _SHA_RE.match(sha):
-        raise RegistryError(f"invalid --sha256 {sha!r}: expected 64 hexadecimal digits")
-    return sha.lower()
 
 
 def resolve_cache_dir(
@@ -167,99 +100,31 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass(frozen=True)
-class _Summary:
-    architecture: str | None
-    quant_type: str | None
-    n_params: int
-    format: str
+def _check_digest(source: str, digest: str, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise RegistryError(
+            f"sha256 mismatch for {source}: got {digest}, expected {expected}; nothing was registered"
+        )
 
 
-def _inspect(path: str | os.PathLike[str], source: str | None = None) -> _Summary:
-    """Opens the file as GGUF or .smq (header, metadata, tensor table, tensor data within the
-    file) and returns what the manifest records.  RegistryError if it is not readable."""
-    from smallmind.modelfile import open_model_file
-
-    try:
-        with open_model_file(path) as g:
-            by_elems: collections.Counter[str] = collections.Counter()
-            for t in g.tensors.values():
-                by_elems[t.type_name] += t.n_elements
-            ftype = g.metadata.get("general.file_type")
-            quant = None
-            if isinstance(ftype, int) and not isinstance(ftype, bool):
-                quant = _FILE_TYPES.get(ftype & ~_FILE_TYPE_GUESSED)
-            if quant is None and by_elems:
-                quant = by_elems.most_common(1)[0][0]
-            arch = g.architecture
-            return _Summary(arch if isinstance(arch, str) else None, quant, sum(by_elems.values()), g.format)
-    except ModelFormatError as e:
-        msg = str(e)
-        if source is not None:
-            msg = msg.replace(os.fspath(path), source)
-        raise RegistryError(f"not a valid GGUF or .smq model: {msg}") from None
-
-
-# ====================================================================== entries
-@dataclass(frozen=True)
-class ModelEntry:
-    """One registered model.  ``file`` is relative to the cache dir (a file we own) or
-    absolute (``linked``: the user's file, never deleted by us); ``path`` is absolute."""
-
-    id: str
-    file: str
-    source: str
-    size: int
-    sha256: str
-    format: str
-    architecture: str | None
-    quant_type: str | None
-    n_params: int
-    added: str
-    linked: bool = False
-    path: Path = field(default=Path(), compare=False, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["path"]
-        return d
-
-    @classmethod
-    def from_json(cls, key: str, d: Any, cache_dir: Path) -> ModelEntry:
-        """Raises ValueError describing what is wrong with an entry's shape."""
-        if not isinstance(d, dict):
-            raise ValueError(f"entry {key!r} is not an object")
-        types: dict[str, Any] = {
-            "id": str,
-            "file": str,
-            "source": str,
-            "size": int,
-            "sha256": str,
-            "format": str,
-            "architecture": (str, type(None)),
-            "quant_type": (str, type(None)),
-            "n_params": int,
-            "added": str,
-            "linked": bool,
-        }
-        for name, typ in types.items():
-            if name not in d:
-                raise ValueError(f"entry {key!r} lacks {name!r}")
-            v = d[name]
-            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-                raise ValueError(f"entry {key!r} has a bad {name!r}: {v!r}")
-        if d["id"] != key or not _ID_RE.match(key) or ".." in key:
-            raise ValueError(f"entry {key!r} has a bad id {d['id']!r}")
-        if not _SHA_RE.match(d["sha256"]):
-            raise ValueError(f"entry {key!r} has a bad sha256")
-        file = d["file"]
-        if os.path.isabs(file):
-            path = Path(file)
-        elif file and os.sep not in file and "/" not in file and file not in (".", ".."):
-            path = cache_dir / file
-        else:
-            raise ValueError(f"entry {key!r} has a bad file {file!r}")
-        return cls(**{k: d[k] for k in types}, path=path)
+def _new_entry(
+    model_id: str, summary, file: str, source: str, size: int, digest: str, *, linked: bool, path: Path
+) -> ModelEntry:
+    """The entry of a file just hashed and inspected (``summary``: what inspect_model found)."""
+    return ModelEntry(
+        id=model_id,
+        file=file,
+        source=source,
+        size=size,
+        sha256=digest,
+        format=summary.format,
+        architecture=summary.architecture,
+        quant_type=summary.quant_type,
+        n_params=summary.n_params,
+        added=_now(),
+        linked=linked,
+        path=path,
+    )
 
 
 # ====================================================================== registry
@@ -487,26 +352,10 @@ class Registry:
     def _finish(
         self, part: str, model_id: str, source: str, digest: str, size: int, expected: str | None, force: bool
     ) -> ModelEntry:
-        if expected is not None and digest != expected:
-            raise RegistryError(
-                f"sha256 mismatch for {source}: got {digest}, expected {expected}; nothing was registered"
-            )
-        summary = _inspect(part, source)
+        _check_digest(source, digest, expected)
+        summary = inspect_model(part, source)
         final = self.final_path(model_id, summary.format)
-        entry = ModelEntry(
-            id=model_id,
-            file=final.name,
-            source=source,
-            size=size,
-            sha256=digest,
-            format=summary.format,
-            architecture=summary.architecture,
-            quant_type=summary.quant_type,
-            n_params=summary.n_params,
-            added=_now(),
-            linked=False,
-            path=final,
-        )
+        entry = _new_entry(model_id, summary, final.name, source, size, digest, linked=False, path=final)
         return self._register(part, entry, force)
 
     def add(self, source: str, model_id: str | None = None, **kw: Any) -> ModelEntry:
@@ -539,7 +388,7 @@ class Registry:
     ) -> ModelEntry:
         """Copies (or, with ``link``, symlinks) a local GGUF or .smq file into the registry."""
         validate_id(model_id)
-        expected = _check_sha(sha256)
+        expected = check_sha(sha256)
         src = os.path.abspath(os.path.expanduser(os.fspath(path)))
         if not os.path.exists(src):
             raise RegistryError(f"no such file: {src}")
@@ -585,31 +434,15 @@ class Registry:
         size = os.path.getsize(src)
         with _progress(f"hash {model_id}", size, progress) as bar:
             digest = sha256_file(src, bar)
-        if expected is not None and digest != expected:
-            raise RegistryError(
-                f"sha256 mismatch for {src}: got {digest}, expected {expected}; nothing was registered"
-            )
-        summary = _inspect(src)
+        _check_digest(src, digest, expected)
+        summary = inspect_model(src)
         self._mkdir()
         final = self.final_path(model_id, summary.format)
         tmp = f"{final}.link.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         os.symlink(src, tmp)
-        entry = ModelEntry(
-            id=model_id,
-            file=src,
-            source=src,
-            size=size,
-            sha256=digest,
-            format=summary.format,
-            architecture=summary.architecture,
-            quant_type=summary.quant_type,
-            n_params=summary.n_params,
-            added=_now(),
-            linked=True,
-            path=Path(src),
-        )
+        entry = _new_entry(model_id, summary, src, src, size, digest, linked=True, path=Path(src))
         try:
             return self._register(tmp, entry, force)
         except BaseException:
@@ -629,7 +462,7 @@ class Registry:
     ) -> ModelEntry:
         """Downloads (resuming an interrupted ``.part``), verifies and registers."""
         validate_id(model_id)
-        expected = _check_sha(sha256)
+        expected = check_sha(sha256)
         if not is_url(url):
             raise RegistryError(f"not an http(s) URL: {url!r}")
         self._refuse_duplicate(model_id, force)
@@ -679,61 +512,3 @@ class Registry:
             with _progress(f"verify {model_id}", size, progress) as bar:
                 digest = sha256_file(part, bar)
             return self._finish(part, model_id, model.source, digest, size, expected, force)
-
-
-# ====================================================================== formatting
-def _human_count(n: int) -> str:
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
-def _human_size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]  # bytes, then fractional units
-    return str(n)  # pragma: no cover
-
-
-def format_table(entries: list[ModelEntry]) -> str:
-    rows = [("ID", "FORMAT", "ARCHITECTURE", "PARAMS", "QUANT", "SIZE", "ADDED")]
-    for e in entries:
-        added = e.added.replace("T", " ")[:16]
-        rows.append(
-            (
-                e.id + (" (link)" if e.linked else ""),
-                e.format,
-                e.architecture or "?",
-                _human_count(e.n_params),
-                e.quant_type or "?",
-                _human_size(e.size),
-                added,
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def format_info(d: dict[str, Any]) -> str:
-    e: ModelEntry = d["entry"]
-    types = ", ".join(f"{k} {v}" for k, v in d["tensor_types"].items())
-    lines = [
-        ("id", e.id),
-        ("name", d["name"]),
-        ("file", str(e.path) + (" (linked, not owned)" if e.linked else "")),
-        ("source", e.source),
-        ("format", e.format),
-        ("architecture", d["architecture"]),
-        ("context length", d["context_length"]),
-        ("vocabulary size", d["vocab_size"]),
-        ("chat template", "yes" if d["chat_template"] else "no"),
-        ("parameters", f"{e.n_params} ({_human_count(e.n_params)})"),
-        ("quant type", e.quant_type),
-        ("size", f"{e.size} bytes ({_human_size(e.size)})"),
-        ("sha256", e.sha256),
-        ("added", e.added),
-        ("tensors", f"{d['n_tensors']} ({types})"),
-    ]
-    return "\n".join(f"{k}: {'?' if v is None else v}" for k, v in lines)

@@ -1,7 +1,9 @@
-"""Shared test fixtures: where the reference oracles and the default model are.
+"""Shared test fixtures: where the reference oracles and the default model are, and
+server_fixture(), the one way a test module gets a live server of its own.
 
 The reference folder (../shared/reference) is skipped with a reason only when absent on a
 developer machine; under CI (CI=true) its absence is a failure."""
+
 import importlib.util
 import os
 from pathlib import Path
@@ -37,3 +39,38 @@ def default_model_path() -> Path:
 @pytest.fixture(scope="session")
 def default_model() -> Path:
     return default_model_path()
+
+
+# ------------------------------------------------------------------ live servers and markers
+
+
+@pytest.fixture(scope="session")
+def server_launcher():
+    """running_server from tests/server_process.py: every fixture that starts a server
+    requests this one, which is how conftest knows to mark its tests e2e."""
+    from server_process import running_server
+
+    return running_server
+
+
+def server_fixture(*settings: str):
+    """A module-scoped fixture: `python -m smallmind.server` with `settings`, started once the
+    default model is assembled, ready when the module's first test runs, stopped after its last.
+
+        server = server_fixture("--ServerOptions:MaxContextTokens=512")
+    """
+
+    @pytest.fixture(scope="module")
+    def server(server_launcher):
+        default_model_path()
+        with server_launcher(*settings) as proc:
+            yield proc
+
+    return server
+
+
+def pytest_collection_modifyitems(items):
+    # Tests on a live server are end-to-end whether or not their module says so.
+    for item in items:
+        if "server_launcher" in item.fixturenames:
+            item.add_marker(pytest.mark.e2e)

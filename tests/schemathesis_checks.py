@@ -6,6 +6,7 @@ answer the API documents rather than a fault: 504 `timeout_error` when a request
 ran out (the fuzzer sends `timeout_ms` of 1 ms, which no generation meets).  Those pass, and
 are written to $SMALLMIND_FUZZ_TIMEOUTS so the test can report how many there were; any
 other status >= 500 fails the run."""
+
 import json
 import os
 

@@ -1,12 +1,10 @@
-"""Starting the real server (`python -m smallmind.server`) on a free port for end-to-end tests."""
+"""End-to-end test helpers: the real server (`python -m smallmind.server`, started by
+smallmind/server/launcher.py) from this checkout, and HTTP, SSE and /metrics helpers."""
+
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -14,17 +12,40 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from smallmind.server import launcher
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerProcess(launcher.ServerProcess):
+    """The launcher's server, started from the checkout that holds tests/: `-m` imports the
+    smallmind/ there (or, in the wheel check's copy without one, the installed wheel)."""
+
+    def __init__(self, *args: str, **kwargs):
+        super().__init__(*args, cwd=REPO, **kwargs)
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
-         timeout: float = 60) -> tuple[int, dict, bytes]:
+def running_server(*args: str, **kwargs):
+    """A ServerProcess started with ``args``, ready; stopped when the block ends."""
+    return launcher.running_server(*args, cwd=REPO, **kwargs)
+
+
+def start_and_expect_exit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs the server with ``args`` on a free port; it must end by itself (for settings or
+    models it refuses): one still running after ``timeout`` seconds fails the test."""
+    port = str(launcher.free_port())
+    command = [a.replace("{port}", port) for a in launcher.smallmind_command(*args)]
+    try:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server was still running after {timeout} s: {args}")
+
+
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+) -> tuple[int, dict, bytes]:
     """(status, headers, body) without raising on 4xx/5xx."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -32,60 +53,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
-
-
-class ServerProcess:
-    """The server as a child process; `url` once /readyz says ready."""
-
-    def __init__(self, *args: str, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"smallmind-server-{self.port}.log"
-        self.log = open(self.log_path, "w+b")
-        full_env = dict(os.environ, **(env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smallmind.server", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            cwd=REPO, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                status, _, body = http("GET", self.url + "/readyz", timeout=5)
-                if status == 200:
-                    return self
-                if json.loads(body).get("reason", "").startswith("loading the model failed"):
-                    raise RuntimeError(f"server failed to load:\n{self.output()}")
-            except (ConnectionError, OSError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-@contextlib.contextmanager
-def running_server(*args: str):
-    """A ServerProcess started with ``args``, ready; stopped when the block ends."""
-    proc = ServerProcess(*args).wait_ready()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 class RawStream:
@@ -97,8 +64,9 @@ class RawStream:
 
         u = urlparse(base_url)
         self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-        self.conn.request("POST", path, json.dumps(body).encode(),
-                          {"Content-Type": "application/json", **(headers or {})})
+        self.conn.request(
+            "POST", path, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
+        )
         self.response = self.conn.getresponse()
         self.status = self.response.status
 
@@ -139,8 +107,9 @@ class Pace:
     """How fast a server generates, measured on it.  End-to-end time budgets follow this
     rather than assume native kernels: forced scalar ones are ~5x slower per token and ~30x
     slower in prefill, and a loaded machine slows either down several times more."""
-    first_token_s: float   # request sent -> first token on an idle slot: prefill and one step
-    per_token_s: float     # each further token of a running stream
+
+    first_token_s: float  # request sent -> first token on an idle slot: prefill and one step
+    per_token_s: float  # each further token of a running stream
 
     def request_s(self, n_tokens: int) -> float:
         """A whole request of n_tokens at this pace."""
@@ -165,8 +134,10 @@ def measure_pace(base_url: str, body: dict, n_tokens: int = 16, streams: int = 1
     a sequence's time per token grows with the batch it shares the CPU with."""
     results: list = []
     request = dict(body, max_tokens=n_tokens, temperature=0)
-    workers = [threading.Thread(target=lambda: results.append(timed_stream(base_url, request)))
-               for _ in range(streams)]
+    workers = [
+        threading.Thread(target=lambda: results.append(timed_stream(base_url, request)))
+        for _ in range(streams)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -177,7 +148,7 @@ def measure_pace(base_url: str, body: dict, n_tokens: int = 16, streams: int = 1
     return Pace(first_token_s=max(first for first, _ in results), per_token_s=max(per_token))
 
 
-DEFAULT_DRAIN_S = 30.0   # DrainTimeoutMs when not set
+DEFAULT_DRAIN_S = 30.0  # DrainTimeoutMs when not set
 
 
 def drain_fitting_tokens(per_token_s: float, native_tokens: int = 48) -> int:

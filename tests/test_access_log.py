@@ -1,12 +1,21 @@
 """access_line / log_access: one line of valid JSON per request, keys in a fixed order."""
+
 import json
 import logging
 
 from smallmind.server.access_log import FIELDS, access_line, log_access
 
-ARGS = dict(request_id="abc123", method="POST", route="/v1/chat/completions",
-            path="/v1/chat/completions", status=200, duration_ms=12.34567,
-            prompt_tokens=10, completion_tokens=20, remote_ip="127.0.0.1")
+ARGS = dict(
+    request_id="abc123",
+    method="POST",
+    route="/v1/chat/completions",
+    path="/v1/chat/completions",
+    status=200,
+    duration_ms=12.34567,
+    prompt_tokens=10,
+    completion_tokens=20,
+    remote_ip="127.0.0.1",
+)
 
 
 def test_line_is_one_json_object_with_every_field():
@@ -21,16 +30,17 @@ def test_keys_come_in_a_stable_order():
 
 
 def test_weird_paths_stay_on_one_line():
-    path = "/v1/x\n\r\tinjected\u2028\u2029\x00\udc80\"quoted\"\\"
+    path = '/v1/x\n\r\tinjected\u2028\u2029\x00\udc80"quoted"\\'
     line = access_line(**{**ARGS, "path": path})
-    assert len(line.splitlines()) == 1        # splitlines also breaks on U+2028/2029
+    assert len(line.splitlines()) == 1  # splitlines also breaks on U+2028/2029
     assert line.isascii()
     assert json.loads(line)["path"] == path
 
 
 def test_missing_token_counts_and_ip_are_null():
-    line = access_line(**{**ARGS, "route": "/healthz", "prompt_tokens": None,
-                          "completion_tokens": None, "remote_ip": None})
+    line = access_line(
+        **{**ARGS, "route": "/healthz", "prompt_tokens": None, "completion_tokens": None, "remote_ip": None}
+    )
     record = json.loads(line)
     assert record["prompt_tokens"] is None and record["completion_tokens"] is None
     assert record["remote_ip"] is None

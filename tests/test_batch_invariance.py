@@ -10,6 +10,7 @@ emulated build also the SIMDe ones: tests/test_isa_emulated_suite.py) computes t
 prompts in one call, in chunks, one token at a time, batched with another sequence and on
 one thread, and all of it must be equal bit for bit: on the tiny reference models and on
 the first two layers of the default model (its real Q5_0 / Q4_K / Q6_K / Q8_0 weights)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,18 @@ import pytest
 
 from smallmind import kernels
 from smallmind.engine.model import Model
-from smallmind.gguf import GGUFFile, GGUFValue, write_gguf
+from smallmind.gguf import GGUFFile
+from smallmind.gguf_writer import GGUFValue, write_gguf
 from tests.conftest import default_model_path, reference_path
 
-TINY_MODELS = ["tiny-llama-q4_k_m.gguf", "tiny-llama-q8_0.gguf", "tiny-qwen2-q4_k_m.gguf", "tiny-qwen3-q4_k_m.gguf"]
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
+TINY_MODELS = [
+    "tiny-llama-q4_k_m.gguf",
+    "tiny-llama-q8_0.gguf",
+    "tiny-qwen2-q4_k_m.gguf",
+    "tiny-qwen3-q4_k_m.gguf",
+]
 PROMPT_LEN = 37  # crosses the 16-row attention blocks and an 8-token kernel group unevenly
 CHUNK = 7
 
@@ -36,6 +45,7 @@ def isa(request):
 @pytest.fixture
 def one_thread():
     """Run the body on one OpenMP thread, then restore the thread count."""
+
     def run(fn):
         before = kernels.get_threads()
         kernels.set_threads(1)
@@ -43,6 +53,7 @@ def one_thread():
             return fn()
         finally:
             kernels.set_threads(before)
+
     return run
 
 
@@ -58,9 +69,11 @@ def two_layer_copy(src: Path, dst: Path) -> Path:
             else:
                 meta[key] = GGUFValue(vtype, value)
         meta[f"{arch}.block_count"] = GGUFValue(f.metadata_types[f"{arch}.block_count"], 2)
-        tensors = {name: (t.type, t.ne, bytes(f.tensor_bytes(name)))
-                   for name, t in f.tensors.items()
-                   if not name.startswith("blk.") or name.split(".")[1] in ("0", "1")}
+        tensors = {
+            name: (t.type, t.ne, bytes(f.tensor_bytes(name)))
+            for name, t in f.tensors.items()
+            if not name.startswith("blk.") or name.split(".")[1] in ("0", "1")
+        }
     write_gguf(dst, meta, tensors, alignment=32)
     return dst
 
@@ -72,35 +85,51 @@ def gemma_two_layers(tmp_path_factory) -> Path:
 
 def forward_rows(model, ids, slot, start):
     n = len(ids)
-    return model.forward(np.asarray(ids, np.int32), np.full(n, slot, np.int32),
-                         np.arange(start, start + n, dtype=np.int32), np.arange(n, dtype=np.int32))
+    return model.forward(
+        np.asarray(ids, np.int32),
+        np.full(n, slot, np.int32),
+        np.arange(start, start + n, dtype=np.int32),
+        np.arange(n, dtype=np.int32),
+    )
 
 
 def ways_to_compute(model, ids, other, one_thread):
     """The logits of `ids` (from position 0) computed five ways, each in a fresh slot."""
     n = len(ids)
     whole = forward_rows(model, ids, slot=0, start=0)
-    chunks = np.concatenate([forward_rows(model, ids[a:a + CHUNK], slot=1, start=a) for a in range(0, n, CHUNK)])
+    chunks = np.concatenate(
+        [forward_rows(model, ids[a : a + CHUNK], slot=1, start=a) for a in range(0, n, CHUNK)]
+    )
     single = np.concatenate([forward_rows(model, [t], slot=2, start=p) for p, t in enumerate(ids)])
     # together with another sequence's prompt in the same calls, in uneven pieces
     together, done, done_other = [], 0, 0
     for step in (5, 9, 1, 16, n):
-        mine = ids[done:done + step]
+        mine = ids[done : done + step]
         if not mine:
             break
-        theirs = other[done_other:done_other + 3]
+        theirs = other[done_other : done_other + 3]
         tokens = list(mine) + list(theirs)
         slots = [3] * len(mine) + [0] * len(theirs)
-        positions = list(range(done, done + len(mine))) + list(range(n + done_other, n + done_other + len(theirs)))
-        logits = model.forward(np.asarray(tokens, np.int32), np.asarray(slots, np.int32),
-                               np.asarray(positions, np.int32), np.arange(len(mine), dtype=np.int32))
+        positions = list(range(done, done + len(mine))) + list(
+            range(n + done_other, n + done_other + len(theirs))
+        )
+        logits = model.forward(
+            np.asarray(tokens, np.int32),
+            np.asarray(slots, np.int32),
+            np.asarray(positions, np.int32),
+            np.arange(len(mine), dtype=np.int32),
+        )
         together.append(logits)
         done += len(mine)
         done_other += len(theirs)
     together = np.concatenate(together)
     alone_one_thread = one_thread(lambda: forward_rows(model, ids, slot=0, start=0))
-    return {"chunks of 7": chunks, "one token at a time": single, "batched with another sequence": together,
-            "one thread": alone_one_thread}, whole
+    return {
+        "chunks of 7": chunks,
+        "one token at a time": single,
+        "batched with another sequence": together,
+        "one thread": alone_one_thread,
+    }, whole
 
 
 def check_invariance(model, isa, one_thread, seed):
@@ -115,7 +144,8 @@ def check_invariance(model, isa, one_thread, seed):
         differ = np.flatnonzero((logits != whole).any(axis=1))
         assert differ.size == 0, (
             f"{isa}: logits computed {how} differ from one call at positions {differ.tolist()} "
-            f"(max |diff| {np.abs(logits - whole).max():.3g})")
+            f"(max |diff| {np.abs(logits - whole).max():.3g})"
+        )
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)

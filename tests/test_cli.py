@@ -1,4 +1,5 @@
 """`python -m smallmind` as a user runs it: real processes, exit codes, one-line errors."""
+
 import json
 import os
 import subprocess
@@ -9,12 +10,20 @@ import pytest
 from smallmind import kernels
 from tests.conftest import REPO
 
+pytestmark = [pytest.mark.e2e, pytest.mark.wheel]  # runs `python -m smallmind`; against the wheel too
+
 
 def run(*args, env=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "smallmind", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "smallmind", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_info_prints_version_isa_and_threads():
@@ -69,7 +78,7 @@ def test_generate_streams_only_the_text():
     """stdout is exactly the greedy continuation the engine produces in-process, plus a newline."""
     from smallmind.engine.engine import Engine
     from smallmind.engine.model import Model
-    from smallmind.engine.sampling import SamplingParams
+    from smallmind.engine.sampling_params import SamplingParams
     from smallmind.engine.tokenizer import Tokenizer
     from tests.conftest import reference_path
 
@@ -80,7 +89,9 @@ def test_generate_streams_only_the_text():
     model = Model.load(path, n_ctx=256, n_slots=1)
     tokenizer = Tokenizer.from_gguf(model.gguf.metadata)
     prompt = tokenizer.encode("Once upon a time", add_special=True, parse_special=True)
-    ids = list(Engine(model, eog_ids=tokenizer.eog_ids).generate(prompt, SamplingParams(temperature=0, max_tokens=8)))
+    ids = list(
+        Engine(model, eog_ids=tokenizer.eog_ids).generate(prompt, SamplingParams(temperature=0, max_tokens=8))
+    )
     model.close()
     assert ids and r.stdout == tokenizer.decode(ids, skip_special=True) + "\n"
 

@@ -1,5 +1,6 @@
 """`convert`: GGUF -> .smq -> GGUF without loss, and --smallmind-compatible output that is
 what SmallMind's own importer writes (../shared/reference/smq/tiny-llama-q8_0.smq)."""
+
 import json
 import re
 import subprocess
@@ -8,7 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from smallmind.convert import SMQTensor, convert, quantize_q4, quantize_q8, smallmind_reader_problems, write_smq
+from smallmind.convert import (
+    SMQTensor,
+    convert,
+    quantize_q4,
+    quantize_q8,
+    smallmind_reader_problems,
+    write_smq,
+)
 from smallmind.engine.model import Model
 from smallmind.errors import ModelFormatError
 from smallmind.gguf import GGUFFile
@@ -20,15 +28,20 @@ PROMPT = [2, 818, 5279, 529, 1032, 7, 99, 1000, 4, 17]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "smallmind", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "smallmind", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
 
 
 def logits(path):
     model = Model.load(path, n_ctx=64, n_slots=1, max_batch_tokens=16)
     n = len(PROMPT)
-    out = model.forward(np.array(PROMPT, np.int32), np.zeros(n, np.int32),
-                        np.arange(n, dtype=np.int32), np.arange(n, dtype=np.int32))
+    out = model.forward(
+        np.array(PROMPT, np.int32),
+        np.zeros(n, np.int32),
+        np.arange(n, dtype=np.int32),
+        np.arange(n, dtype=np.int32),
+    )
     model.close()
     return out
 
@@ -63,12 +76,13 @@ def assert_round_trip(src, tmp_path):
 # lossless
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_gguf_round_trip_is_bit_identical(name, tmp_path):
     smq = assert_round_trip(reference_path("tiny", name), tmp_path)
     with SMQFile(smq) as f:
         schemes = {e.scheme for e in f.entries.values()}
-        if "q8_0" in name:   # SMQ's own scheme, block 32, rebuilt into GGUF blocks at load
+        if "q8_0" in name:  # SMQ's own scheme, block 32, rebuilt into GGUF blocks at load
             assert schemes == {Scheme.F32, Scheme.Q8_0}
             assert {e.block_size for e in f.entries.values() if e.scheme == Scheme.Q8_0} == {32}
             assert {i.type_name for i in f.tensors.values()} == {"F32", "Q8_0"}
@@ -80,7 +94,7 @@ def test_tiny_gguf_round_trip_is_bit_identical(name, tmp_path):
     problems = smallmind_reader_problems(smq)
     if "q8_0" in name:
         assert problems == []
-    else:   # SmallMind cannot read the extension, and the check says so
+    else:  # SmallMind cannot read the extension, and the check says so
         assert len(problems) == 16 and "GGUF:Q4_K" in " ".join(problems)
 
 
@@ -94,7 +108,8 @@ def test_default_model_round_trip_is_bit_identical(tmp_path):
 def test_q4_0_converts_to_smq_signed_nibbles_and_back(tmp_path):
     """GGUF Q4_0 (nibble + 8, halves of a block in low/high nibbles) <-> SMQ Q4_0."""
     from smallmind import _kernels
-    from smallmind.gguf import GGMLType, write_gguf
+    from smallmind.gguf import GGMLType
+    from smallmind.gguf_writer import write_gguf
 
     rng = np.random.default_rng(0)
     n_rows, n_cols = 3, 64
@@ -116,6 +131,7 @@ def test_q4_0_converts_to_smq_signed_nibbles_and_back(tmp_path):
 # --smallmind-compatible
 # ---------------------------------------------------------------------------------------
 
+
 def test_quantizers_match_smallmind():
     expected = json.loads(reference_path("smq", "synthetic_all_schemes.expected.json").read_text())
     for t in expected["tensors"]:
@@ -136,6 +152,7 @@ def convert_compatible(tmp_path, tiny_name):
     return out, result.stdout
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_compatible_output_equals_smallminds_own_import(tmp_path):
     out, stdout = convert_compatible(tmp_path, "tiny-llama-q8_0.gguf")
     assert stdout.count("Q8_0 -> SMQ Q8_0/64") == 16
@@ -145,21 +162,24 @@ def test_compatible_output_equals_smallminds_own_import(tmp_path):
             b = theirs.entries[name]
             fields = ("scheme", "rank", "dims", "block_size", "data_length", "aux_length")
             assert [getattr(a, k) for k in fields] == [getattr(b, k) for k in fields], name
-            for off_a, off_b, length in ((a.data_offset, b.data_offset, a.data_length),
-                                         (a.aux_offset, b.aux_offset, a.aux_length)):
+            for off_a, off_b, length in (
+                (a.data_offset, b.data_offset, a.data_length),
+                (a.aux_offset, b.aux_offset, a.aux_length),
+            ):
                 assert ours._blob(off_a, length).tobytes() == theirs._blob(off_b, length).tobytes(), name
         # back to back, as SmallMind packs them
         assert ours.file_size - ours.data_offset == theirs.file_size - theirs.data_offset
         for key, value in theirs.metadata.items():
             if key == "conversion_date":
                 assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z", ours.metadata[key])
-            elif isinstance(value, float):   # SmallMind writes float32 in its shortest form
+            elif isinstance(value, float):  # SmallMind writes float32 in its shortest form
                 assert np.float32(value) == np.float32(ours.metadata[key]), key
             else:
                 assert same_value(ours.metadata[key], value) or np.array_equal(ours.metadata[key], value), key
     assert smallmind_reader_problems(out) == []
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_compatible_requantizes_k_quants_and_serves(tmp_path):
     out, stdout = convert_compatible(tmp_path, "tiny-qwen2-q4_k_m.gguf")
     assert stdout.count("Q4_K -> SMQ Q8_0/64") == 13
@@ -167,10 +187,11 @@ def test_compatible_requantizes_k_quants_and_serves(tmp_path):
     with SMQFile(out) as f:
         assert {e.scheme for e in f.entries.values()} == {Scheme.F32, Scheme.Q8_0}
     # re-quantized 8-bit weights of a 4-bit model: the same greedy choice almost everywhere
-    agree = (logits(out).argmax(-1) == logits(reference_path("tiny", "tiny-qwen2-q4_k_m.gguf")).argmax(-1))
+    agree = logits(out).argmax(-1) == logits(reference_path("tiny", "tiny-qwen2-q4_k_m.gguf")).argmax(-1)
     assert agree.mean() >= 0.8
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_smallmind_smq_to_gguf(tmp_path):
     """SmallMind's own file -> GGUF: the same blocks, hence the same logits."""
     src = reference_path("smq", "tiny-llama-q8_0.smq")
@@ -185,6 +206,7 @@ def test_smallmind_smq_to_gguf(tmp_path):
 # ---------------------------------------------------------------------------------------
 # failures
 # ---------------------------------------------------------------------------------------
+
 
 def test_failed_write_leaves_the_old_output_and_no_temp_file(tmp_path):
     out = tmp_path / "keep.smq"
@@ -202,13 +224,17 @@ def test_long_tensor_name_is_refused(tmp_path):
         write_smq(tmp_path / "x.smq", None, [t])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{tiny}", "{tmp}/x.gguf"], "already GGUF"),
-    (["{tiny}", "{tmp}/x.bin"], "must end in .smq or .gguf"),
-    (["{tmp}/missing.gguf", "{tmp}/x.smq"], "not found"),
-    (["{tmp}/bad.gguf", "{tmp}/x.smq"], "bad magic"),
-    (["{tiny}", "{tmp}/no/such/dir/x.smq"], "cannot write"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tiny}", "{tmp}/x.gguf"], "already GGUF"),
+        (["{tiny}", "{tmp}/x.bin"], "must end in .smq or .gguf"),
+        (["{tmp}/missing.gguf", "{tmp}/x.smq"], "not found"),
+        (["{tmp}/bad.gguf", "{tmp}/x.smq"], "bad magic"),
+        (["{tiny}", "{tmp}/no/such/dir/x.smq"], "cannot write"),
+    ],
+)
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_cli_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "bad.gguf").write_bytes(b"NOPE" + bytes(64))
     tiny = str(reference_path("tiny", "tiny-llama-q8_0.gguf"))

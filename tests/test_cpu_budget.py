@@ -1,4 +1,5 @@
 """The default thread count: affinity, physical cores, cgroup quota (on fake sysfs trees)."""
+
 from pathlib import Path
 
 from smallmind import cpu_budget
@@ -28,7 +29,7 @@ def test_cgroup_v2_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path) == 2
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cgroup_cpu_limit(tmp_path) is None
-    (tmp_path / "cpu.max").write_text("5000 100000\n")     # a tenth of a CPU still gets a thread
+    (tmp_path / "cpu.max").write_text("5000 100000\n")  # a tenth of a CPU still gets a thread
     assert cgroup_cpu_limit(tmp_path) == 1
 
 

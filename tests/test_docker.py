@@ -8,6 +8,7 @@
   become ready, and the HEALTHCHECK command, run as Docker would run it, must exit 0 -- and
   non-zero once the server is gone.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.server_process import free_port, http
+from smallmind.server.launcher import free_port
+from tests.server_process import http
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
 ENTRYPOINT = ["python", "-m", "smallmind.server"]
 PORT = 8080
-DRAIN_SECONDS = 30   # the server's default DrainTimeoutMs: in-flight requests may finish
+DRAIN_SECONDS = 30  # the server's default DrainTimeoutMs: in-flight requests may finish
 
 
 # ------------------------------------------------------------------ Dockerfile parsing
@@ -38,7 +40,7 @@ def instructions(text: str) -> list[tuple[str, str]]:
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#") or (not stripped and not buf):
-            continue   # comment lines may also sit inside a continued instruction
+            continue  # comment lines may also sit inside a continued instruction
         if stripped.endswith("\\"):
             buf += stripped[:-1] + " "
             continue
@@ -68,7 +70,7 @@ def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
         tokens = shlex.split(args)
         if all("=" in t for t in tokens):
             env.update(t.split("=", 1) for t in tokens)
-        else:   # legacy form: ENV key value with spaces
+        else:  # legacy form: ENV key value with spaces
             env[tokens[0]] = " ".join(tokens[1:])
     return env
 
@@ -123,9 +125,14 @@ def hadolint_path() -> str:
     return exe
 
 
+@pytest.mark.e2e  # runs hadolint
 def test_dockerfile_passes_hadolint():
-    res = subprocess.run([hadolint_path(), "--no-color", str(DOCKER / "Dockerfile")],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [hadolint_path(), "--no-color", str(DOCKER / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -162,16 +169,20 @@ def test_dockerfile_shape(dockerfile_text, runtime):
 
 def test_build_stage_copies_exist_and_are_not_dockerignored(dockerfile_text):
     """Every COPY source of the build stage exists, and .dockerignore keeps it in the context."""
-    ignored = [p.strip().rstrip("/") for p in (REPO / ".dockerignore").read_text().splitlines()
-               if p.strip() and not p.startswith("#")]
+    ignored = [
+        p.strip().rstrip("/")
+        for p in (REPO / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     for word, args in stages(dockerfile_text)[0]:
         if word != "COPY" or args.startswith("--from"):
             continue
         for src in args.split()[:-1]:
             src = src.rstrip("/")
             assert (REPO / src).exists(), src
-            assert not any(Path(src).match(p) or src == p for p in ignored if not p.startswith("!")), \
+            assert not any(Path(src).match(p) or src == p for p in ignored if not p.startswith("!")), (
                 f"{src} is excluded by .dockerignore"
+            )
 
 
 def test_compose_file():
@@ -229,6 +240,7 @@ def test_kubernetes_manifests(runtime):
 
 
 # ------------------------------------------------------------------ the image's command, run
+@pytest.mark.e2e  # starts the image's command line as a server
 def test_image_command_serves_and_passes_its_healthcheck(runtime, tmp_path):
     """ENTRYPOINT + CMD with the Dockerfile's ENV, on a free port of 127.0.0.1; ready, the
     probes answer, the HEALTHCHECK command exits 0, and exits non-zero after shutdown."""
@@ -242,12 +254,13 @@ def test_image_command_serves_and_passes_its_healthcheck(runtime, tmp_path):
     image_env.update(ServerOptions__Host="127.0.0.1", ServerOptions__Port=str(port))
     env = dict(os.environ, **image_env)
     for key in [k for k in env if k.lower().startswith("serveroptions__") and k not in image_env]:
-        del env[key]   # an outer setting must not leak into the image's configuration
+        del env[key]  # an outer setting must not leak into the image's configuration
 
-    log = open(tmp_path / "server.log", "w+b")
+    log = open(tmp_path / "server.log", "w+b")  # noqa: SIM115 (the container's output; closed at the end)
     # cwd: an empty folder, as the image's WORKDIR (no appsettings.json to pick up).
-    proc = subprocess.Popen(runnable(entry + cmd), cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        runnable(entry + cmd), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
 
     def output() -> str:
@@ -259,8 +272,9 @@ def test_image_command_serves_and_passes_its_healthcheck(runtime, tmp_path):
     compose_check = compose["services"]["smallmind"]["healthcheck"]["test"][1:]
 
     def run_check(argv: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(runnable(argv), env=env, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(
+            runnable(argv), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
 
     try:
         deadline = time.monotonic() + 180
@@ -274,13 +288,13 @@ def test_image_command_serves_and_passes_its_healthcheck(runtime, tmp_path):
                 pass
             time.sleep(0.3)
 
-        for path in ("/healthz", "/readyz"):   # what the k8s probes ask
+        for path in ("/healthz", "/readyz"):  # what the k8s probes ask
             assert http("GET", base + path)[0] == 200, path
         for argv in (check, compose_check):
             res = run_check(argv)
             assert res.returncode == 0, f"{argv}: {res.stdout}{res.stderr}\n{output()}"
     finally:
-        proc.terminate()   # SIGTERM, as `docker stop` sends
+        proc.terminate()  # SIGTERM, as `docker stop` sends
         try:
             code = proc.wait(30)
         except subprocess.TimeoutExpired:

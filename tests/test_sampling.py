@@ -1,4 +1,5 @@
 """Token sampler: parameters/validation, greedy, determinism, filters, penalties, bias, logprobs."""
+
 import math
 
 import numpy as np
@@ -6,13 +7,15 @@ import pytest
 
 from smallmind.engine.sampling import (
     Sampler,
-    SamplingParams,
     log_softmax,
     logsumexp,
     token_logprobs,
     top_logprobs,
 )
+from smallmind.engine.sampling_params import RANGES, SamplingParams
 from smallmind.errors import RequestValidationError
+
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
 
 V = 1000
 BIG_V = 262_144  # the default model's vocabulary: exercises the block/threshold code paths
@@ -49,6 +52,7 @@ def chi_square(counts, probs):
 
 # ---------------------------------------------------------------------------------- greedy
 
+
 def test_greedy_is_argmax():
     for seed in range(5):
         x = random_logits(seed)
@@ -81,11 +85,15 @@ def test_greedy_big_vocab_and_logits_not_modified():
 
 # ----------------------------------------------------------------------------- determinism
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(seed=1234, temperature=1.0),
-    SamplingParams(seed=1234, temperature=1.5, top_k=0, top_p=0.9),
-    SamplingParams(seed=1234, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
-])
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(seed=1234, temperature=1.0),
+        SamplingParams(seed=1234, temperature=1.5, top_k=0, top_p=0.9),
+        SamplingParams(seed=1234, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
+    ],
+)
 def test_same_seed_same_sequence(params):
     x = random_logits(7, scale=1.0)
     hist = [1, 2, 3, 2]
@@ -133,6 +141,7 @@ def test_negative_seed_is_deterministic():
 
 # --------------------------------------------------------------------------------- filters
 
+
 def test_top_k_1_is_greedy():
     for seed in range(5):
         x = random_logits(seed)
@@ -151,8 +160,7 @@ def test_top_k_keeps_only_k_largest():
 def test_top_p_tiny_keeps_only_top_token():
     x = random_logits(2, scale=0.5)
     for top_k in (0, 40):
-        s = Sampler(SamplingParams(seed=1, temperature=2.0, top_k=top_k, top_p=1e-6,
-                                   min_p=0.0), V)
+        s = Sampler(SamplingParams(seed=1, temperature=2.0, top_k=top_k, top_p=1e-6, min_p=0.0), V)
         assert set(draws(s, x, 100)) == {int(np.argmax(x))}
 
 
@@ -160,8 +168,7 @@ def test_top_p_keeps_smallest_prefix_reaching_p():
     x = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
     # cumulative 0.5, 0.8, 0.95, 1.0: top_p 0.8 keeps exactly the first two
     for top_k in (0, 4):
-        s = Sampler(SamplingParams(seed=4, temperature=1.0, top_k=top_k, top_p=0.8,
-                                   min_p=0.0), 4)
+        s = Sampler(SamplingParams(seed=4, temperature=1.0, top_k=top_k, top_p=0.8, min_p=0.0), 4)
         counts = np.bincount(draws(s, x, 4000), minlength=4)
         assert counts[2] == counts[3] == 0
         assert abs(counts[0] / counts[:2].sum() - 0.5 / 0.8) < 0.03
@@ -170,8 +177,7 @@ def test_top_p_keeps_smallest_prefix_reaching_p():
 def test_min_p_one_keeps_only_max():
     x = random_logits(3, scale=0.2)
     for top_k in (0, 40):
-        s = Sampler(SamplingParams(seed=2, temperature=2.0, top_k=top_k, top_p=1.0,
-                                   min_p=1.0), V)
+        s = Sampler(SamplingParams(seed=2, temperature=2.0, top_k=top_k, top_p=1.0, min_p=1.0), V)
         assert set(draws(s, x, 100)) == {int(np.argmax(x))}
 
 
@@ -179,8 +185,7 @@ def test_min_p_threshold():
     # p relative to max: 1, 0.5, 0.2, 0.09 -> min_p 0.1 drops only the last
     x = np.log(np.array([1.0, 0.5, 0.2, 0.09], np.float32))
     for top_k in (0, 4):
-        s = Sampler(SamplingParams(seed=9, temperature=1.0, top_k=top_k, top_p=1.0,
-                                   min_p=0.1), 4)
+        s = Sampler(SamplingParams(seed=9, temperature=1.0, top_k=top_k, top_p=1.0, min_p=0.1), 4)
         assert set(draws(s, x, 3000)) == {0, 1, 2}
 
 
@@ -195,11 +200,11 @@ def test_min_p_applies_before_temperature():
 X5 = np.array([1.0, 0.5, 0.0, -0.5, -1.5], np.float32)
 
 
-@pytest.mark.parametrize("temperature,expected", [(1.0, softmax(X5)), (0.5, softmax(2 * X5)),
-                                                  (2.0, softmax(X5 / 2))])
+@pytest.mark.parametrize(
+    "temperature,expected", [(1.0, softmax(X5)), (0.5, softmax(2 * X5)), (2.0, softmax(X5 / 2))]
+)
 def test_distribution_matches_softmax(temperature, expected):
-    s = Sampler(SamplingParams(seed=2024, temperature=temperature, top_k=0, top_p=1.0,
-                               min_p=0.0), 5)
+    s = Sampler(SamplingParams(seed=2024, temperature=temperature, top_k=0, top_p=1.0, min_p=0.0), 5)
     counts = np.bincount(draws(s, X5, 20_000), minlength=5)
     # 4 degrees of freedom: P(chi2 > 18.5) ~ 0.001
     assert chi_square(counts, expected) < 18.5, (counts / counts.sum(), expected)
@@ -231,8 +236,7 @@ def test_top_p_distribution_big_vocab_matches_reference():
         keep = order[:cut]
         if min_p:
             keep = keep[x[keep] >= x.max() + math.log(min_p)]
-        s = Sampler(SamplingParams(seed=3, temperature=1.0, top_k=0, top_p=top_p,
-                                   min_p=min_p), BIG_V)
+        s = Sampler(SamplingParams(seed=3, temperature=1.0, top_k=0, top_p=top_p, min_p=min_p), BIG_V)
         out = set(draws(s, x, 400))
         assert out <= set(keep.tolist())
         assert len(out) >= min(len(keep), 3)
@@ -265,6 +269,7 @@ def test_flat_top_p_only_big_vocab():
 
 # ------------------------------------------------------------------------------- penalties
 
+
 def processed(params, logits, recent):
     return Sampler(params, len(logits)).apply_logit_processors(logits, recent).copy()
 
@@ -279,8 +284,7 @@ def test_presence_and_frequency_exact():
     x = np.array([1.0, 1.0, 1.0, 1.0, 1.0], np.float32)
     p = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
     out = processed(p, x, [1, 2, 2, 3, 3, 3])
-    np.testing.assert_allclose(out, [1.0, 1 - 0.5 - 0.25, 1 - 0.5 - 0.5, 1 - 0.5 - 0.75, 1.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(out, [1.0, 1 - 0.5 - 0.25, 1 - 0.5 - 0.5, 1 - 0.5 - 0.75, 1.0], rtol=1e-6)
 
 
 def test_negative_presence_frequency_encourage():
@@ -300,19 +304,16 @@ def test_penalty_last_n_window():
     x = np.ones(4, np.float32)
     recent = [0, 0, 1, 2]
     p = dict(presence_penalty=1.0, frequency_penalty=0.0)
-    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=2, **p), x, recent),
-                               [1, 0, 0, 1])
-    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=-1, **p), x, recent),
-                               [0, 0, 0, 1])
-    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=0, **p), x, recent),
-                               [1, 1, 1, 1])
+    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=2, **p), x, recent), [1, 0, 0, 1])
+    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=-1, **p), x, recent), [0, 0, 0, 1])
+    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=0, **p), x, recent), [1, 1, 1, 1])
     # a longer window than the history is the whole history
-    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=64, **p), x, recent),
-                               [0, 0, 0, 1])
+    np.testing.assert_allclose(processed(SamplingParams(penalty_last_n=64, **p), x, recent), [0, 0, 0, 1])
 
 
 def test_penalty_window_accepts_deque_and_array():
     from collections import deque
+
     x = np.ones(4, np.float32)
     p = SamplingParams(penalty_last_n=2, frequency_penalty=1.0)
     want = [1, 0, 0, 1]
@@ -337,23 +338,26 @@ def test_processors_do_not_modify_input():
 
 # ------------------------------------------------------------------------------ logit bias
 
+
 def test_logit_bias_minus_100_bans_argmax():
     x = random_logits(4)
     top = int(np.argmax(x))
     s = Sampler(SamplingParams(temperature=0, logit_bias={top: -100}), V)
     assert s.sample(x) != top
-    s = Sampler(SamplingParams(seed=1, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
-                               logit_bias={top: -100}), V)
+    s = Sampler(
+        SamplingParams(seed=1, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, logit_bias={top: -100}), V
+    )
     assert top not in draws(s, x, 500)
 
 
 def test_logit_bias_plus_100_forces():
     x = random_logits(5)
     low = int(np.argmin(x))
-    for params in (SamplingParams(temperature=0, logit_bias={low: 100}),
-                   SamplingParams(seed=3, temperature=2.0, logit_bias={low: 100}),
-                   SamplingParams(seed=3, temperature=2.0, top_k=0, top_p=1.0, min_p=0.0,
-                                  logit_bias={low: 100})):
+    for params in (
+        SamplingParams(temperature=0, logit_bias={low: 100}),
+        SamplingParams(seed=3, temperature=2.0, logit_bias={low: 100}),
+        SamplingParams(seed=3, temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, logit_bias={low: 100}),
+    ):
         assert set(draws(Sampler(params, V), x, 100)) == {low}
 
 
@@ -373,51 +377,90 @@ def test_ignore_eos_bans_eog_tokens():
 
 # ------------------------------------------------------------------------------ validation
 
-@pytest.mark.parametrize("kwargs,param", [
-    (dict(temperature=-0.1), "temperature"),
-    (dict(temperature=2.5), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(temperature="hot"), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.01), "top_p"),
-    (dict(top_k=-1), "top_k"),
-    (dict(top_k=2.5), "top_k"),
-    (dict(top_k=True), "top_k"),
-    (dict(min_p=-0.01), "min_p"),
-    (dict(min_p=1.5), "min_p"),
-    (dict(seed=1.5), "seed"),
-    (dict(presence_penalty=2.5), "presence_penalty"),
-    (dict(presence_penalty=-2.01), "presence_penalty"),
-    (dict(frequency_penalty=3), "frequency_penalty"),
-    (dict(frequency_penalty=-3), "frequency_penalty"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(repetition_penalty=-1.0), "repetition_penalty"),
-    (dict(penalty_last_n=-2), "penalty_last_n"),
-    (dict(logit_bias={V: 1.0}), "logit_bias"),
-    (dict(logit_bias={-1: 1.0}), "logit_bias"),
-    (dict(logit_bias={"abc": 1.0}), "logit_bias"),
-    (dict(logit_bias={3: 101.0}), "logit_bias"),
-    (dict(logit_bias={3: -100.5}), "logit_bias"),
-    (dict(max_tokens=0), "max_tokens"),
-    (dict(max_tokens=1.5), "max_tokens"),
-    (dict(stop_token_ids=frozenset({V + 5})), "stop_token_ids"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=2.5), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature="hot"), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.01), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_k=2.5), "top_k"),
+        (dict(top_k=True), "top_k"),
+        (dict(min_p=-0.01), "min_p"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(seed=1.5), "seed"),
+        (dict(presence_penalty=2.5), "presence_penalty"),
+        (dict(presence_penalty=-2.01), "presence_penalty"),
+        (dict(frequency_penalty=3), "frequency_penalty"),
+        (dict(frequency_penalty=-3), "frequency_penalty"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty=-1.0), "repetition_penalty"),
+        (dict(penalty_last_n=-2), "penalty_last_n"),
+        (dict(logit_bias={V: 1.0}), "logit_bias"),
+        (dict(logit_bias={-1: 1.0}), "logit_bias"),
+        (dict(logit_bias={"abc": 1.0}), "logit_bias"),
+        (dict(logit_bias={3: 101.0}), "logit_bias"),
+        (dict(logit_bias={3: -100.5}), "logit_bias"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_tokens=1.5), "max_tokens"),
+        (dict(stop_token_ids=frozenset({V + 5})), "stop_token_ids"),
+    ],
+)
 def test_validate_rejects(kwargs, param):
     p = SamplingParams(**kwargs)
     with pytest.raises(RequestValidationError) as ei:
         p.validate(V)
     assert param in str(ei.value)
     assert ei.value.param == param
-    with pytest.raises(RequestValidationError):
-        Sampler(p, V)
+    value = kwargs[param]
+    if param in RANGES:  # a value from outside is judged where it comes in
+        with pytest.raises(RequestValidationError) as ei:
+            SamplingParams().with_values({param: value})
+        assert ei.value.param == param
+    elif param == "stop_token_ids" or (param == "logit_bias" and set(value.values()) == {1.0}):
+        with pytest.raises(RequestValidationError):  # ids the sampler's vocabulary lacks
+            Sampler(p, V)
+
+
+def test_with_values_judges_by_ranges_and_makes_floats():
+    p = SamplingParams().with_values({"temperature": 0, "top_k": 3, "seed": None})
+    assert p.temperature == 0.0 and isinstance(p.temperature, float) and p.top_k == 3
+    with pytest.raises(RequestValidationError) as ei:
+        SamplingParams().with_values({"temperature": 5, "top_p": 0})
+    assert ei.value.params == ["temperature", "top_p"]
+    assert str(ei.value).startswith("temperature must be a number between 0 and 2, got 5; top_p")
+    # another name of a field is judged under that name and wins over the field's own
+    aliases = {"max_completion_tokens": "max_tokens"}
+    assert (
+        SamplingParams().with_values({"max_tokens": 3, "max_completion_tokens": 9}, aliases).max_tokens == 9
+    )
+    with pytest.raises(RequestValidationError) as ei:
+        SamplingParams().with_values({"max_completion_tokens": 0}, aliases)
+    assert ei.value.param == "max_completion_tokens"
 
 
 def test_validate_accepts_edges():
-    for kw in (dict(temperature=0), dict(temperature=2), dict(top_p=1.0), dict(top_p=1e-9),
-               dict(top_k=0), dict(min_p=0), dict(min_p=1), dict(presence_penalty=-2),
-               dict(frequency_penalty=2), dict(penalty_last_n=-1), dict(penalty_last_n=0),
-               dict(logit_bias={0: -100, V - 1: 100}), dict(max_tokens=1), dict(seed=0),
-               dict(stop_token_ids=[1, 2])):
+    for kw in (
+        dict(temperature=0),
+        dict(temperature=2),
+        dict(top_p=1.0),
+        dict(top_p=1e-9),
+        dict(top_k=0),
+        dict(min_p=0),
+        dict(min_p=1),
+        dict(presence_penalty=-2),
+        dict(frequency_penalty=2),
+        dict(penalty_last_n=-1),
+        dict(penalty_last_n=0),
+        dict(logit_bias={0: -100, V - 1: 100}),
+        dict(max_tokens=1),
+        dict(seed=0),
+        dict(stop_token_ids=[1, 2]),
+    ):
         SamplingParams(**kw).validate(V)
     SamplingParams().validate(V)
 
@@ -453,6 +496,7 @@ def test_bad_logits():
 
 
 # -------------------------------------------------------------------------------- logprobs
+
 
 def test_log_softmax_stable_and_normalised():
     x = np.array([1000.0, 999.0, -1000.0], np.float32)
@@ -502,6 +546,7 @@ def test_logsumexp_and_token_logprobs():
 
 # --------------------------------------------------- against a brute-force llama.cpp chain
 
+
 def reference_distribution(x, p):
     """llama.cpp's chain on a fully sorted vocabulary (bias/penalties not involved here)."""
     x = x.astype(np.float64)
@@ -522,13 +567,21 @@ def reference_distribution(x, p):
 @pytest.mark.parametrize("n", [5, V, BIG_V])
 def test_distribution_matches_brute_force_chain(n):
     rng = np.random.default_rng(n)
-    settings = [dict(), dict(top_k=0), dict(top_k=0, min_p=0.0), dict(top_k=0, top_p=1.0),
-                dict(top_k=5, top_p=0.5, min_p=0.0), dict(top_k=100, top_p=0.99, min_p=0.01),
-                dict(top_k=0, top_p=0.3, min_p=0.0, temperature=1.7),
-                dict(top_k=0, top_p=1.0, min_p=0.0, temperature=0.3)]
-    shapes = [lambda: (rng.standard_normal(n) * 3).astype(np.float32),
-              lambda: (rng.standard_normal(n) * 0.3).astype(np.float32),
-              lambda: np.round(rng.standard_normal(n) * 2).astype(np.float32)]  # many ties
+    settings = [
+        dict(),
+        dict(top_k=0),
+        dict(top_k=0, min_p=0.0),
+        dict(top_k=0, top_p=1.0),
+        dict(top_k=5, top_p=0.5, min_p=0.0),
+        dict(top_k=100, top_p=0.99, min_p=0.01),
+        dict(top_k=0, top_p=0.3, min_p=0.0, temperature=1.7),
+        dict(top_k=0, top_p=1.0, min_p=0.0, temperature=0.3),
+    ]
+    shapes = [
+        lambda: (rng.standard_normal(n) * 3).astype(np.float32),
+        lambda: (rng.standard_normal(n) * 0.3).astype(np.float32),
+        lambda: np.round(rng.standard_normal(n) * 2).astype(np.float32),
+    ]  # many ties
     if n == BIG_V:
         shapes.append(lambda: peaked_logits(int(rng.integers(1 << 30))))
     for make in shapes:

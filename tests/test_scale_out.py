@@ -2,6 +2,7 @@
 server processes.  Streams spread over both; SIGTERM to one makes it drain while nginx keeps
 serving through the other; no request is lost.  The in-flight streams' length follows the
 pace measured on the first streams, so that the drain can finish them at any kernel speed."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,10 @@ import time
 import pytest
 
 from conftest import REPO, default_model_path
-from server_process import RawStream, ServerProcess, drain_fitting_tokens, free_port, http, metric
+from server_process import RawStream, ServerProcess, drain_fitting_tokens, http, metric
+from smallmind.server.launcher import free_port
+
+pytestmark = pytest.mark.e2e  # two servers behind nginx
 
 SNIPPET = REPO / "docker" / "nginx-smallmind.conf"
 SERVED = {"endpoint": "/v1/completions", "status": "200"}
@@ -27,12 +31,16 @@ def nginx_config(prefix, listen: int, upstreams: list[int]) -> str:
     servers = iter(upstreams)
     snippet = re.sub(r"server 127\.0\.0\.1:\d+", lambda m: f"server 127.0.0.1:{next(servers)}", snippet)
     snippet = snippet.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{listen};")
-    temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind};" for kind in
-                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     user = "user root;\n" if os.geteuid() == 0 else ""
-    return (f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 512; }}\n"
-            f"http {{\n    access_log {prefix}/access.log;\n{temp}\n{snippet}\n}}\n")
+    return (
+        f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\nevents {{ worker_connections 512; }}\n"
+        f"http {{\n    access_log {prefix}/access.log;\n{temp}\n{snippet}\n}}\n"
+    )
 
 
 @pytest.fixture()
@@ -89,8 +97,11 @@ def test_replicas_behind_nginx_drain_without_losing_requests(tmp_path, nginx_bin
         port = free_port()
         conf = tmp_path / "nginx.conf"
         conf.write_text(nginx_config(tmp_path, port, [r.port for r in replicas]))
-        nginx = subprocess.Popen([nginx_binary, "-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        nginx = subprocess.Popen(
+            [nginx_binary, "-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -111,8 +122,10 @@ def test_replicas_behind_nginx_drain_without_losing_requests(tmp_path, nginx_bin
         draining, survivor = replicas
         in_flight: list = []
         started = [threading.Event() for _ in range(4)]
-        threads = [threading.Thread(target=stream_through, args=(url, in_flight_tokens, in_flight, ev))
-                   for ev in started]
+        threads = [
+            threading.Thread(target=stream_through, args=(url, in_flight_tokens, in_flight, ev))
+            for ev in started
+        ]
         for t in threads:
             t.start()
         for ev in started:
@@ -130,7 +143,7 @@ def test_replicas_behind_nginx_drain_without_losing_requests(tmp_path, nginx_bin
         assert all(complete(r) for r in in_flight), in_flight
         assert all(complete(r) for r in later), later
         assert len(in_flight) == 4 and len(later) == 6
-        assert draining_before >= 2          # it had streams of its own to finish (+ /metrics)
+        assert draining_before >= 2  # it had streams of its own to finish (+ /metrics)
         assert http("GET", url + "/healthz")[0] == 200
     finally:
         if nginx is not None:

@@ -1,5 +1,6 @@
 """The engine thread: concurrent jobs batch together, cancel frees slots, stop strings end
 sequences, embeddings run between steps.  On a tiny reference model (fast)."""
+
 import asyncio
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from conftest import reference_path
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.server.scheduler import GenerationJob, Scheduler
 
@@ -71,13 +72,13 @@ def test_late_job_joins_running_batch(parts):
     async def main():
         long_job = GenerationJob(tokenizer.encode("A long one"), [greedy(60)])
         scheduler.submit(long_job)
-        await long_job.updates.get()           # the long job is generating
+        await long_job.updates.get()  # the long job is generating
         short_job = GenerationJob(tokenizer.encode("Short"), [greedy(3)])
         scheduler.submit(short_job)
         await drain(short_job)
         return long_job.done()
 
-    assert asyncio.run(main()) is False        # the short job did not wait for the long one
+    assert asyncio.run(main()) is False  # the short job did not wait for the long one
 
 
 def test_cancel_frees_the_slot(parts):
@@ -101,7 +102,7 @@ def test_stop_string_ends_the_sequence(parts):
     model, tokenizer, engine, scheduler = parts
     prompt = tokenizer.encode("Stop strings")
     full = solo_text(model, tokenizer, prompt, 16)
-    stop = full[len(full) // 2: len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     if not stop.strip():
         stop = full[-3:]
 
@@ -111,7 +112,7 @@ def test_stop_string_ends_the_sequence(parts):
         return await drain(job)
 
     texts, reasons = asyncio.run(main())
-    assert texts[0] == full[:full.index(stop)] and reasons[0] == "stop"
+    assert texts[0] == full[: full.index(stop)] and reasons[0] == "stop"
     assert len(engine.free_slots) == 2
 
 
@@ -128,3 +129,30 @@ def test_embeddings_between_steps(parts):
     a, b = asyncio.run(main())
     assert a.shape == (256,) and abs(np.linalg.norm(a) - 1) < 1e-5
     np.testing.assert_array_equal(a, b)
+
+
+def test_one_wake_up_per_step_for_all_jobs_of_a_loop(parts):
+    """Jobs batched together get a step's updates in one call_soon_threadsafe (one write to
+    the loop's wake-up socket), not one per job."""
+    _, tokenizer, _, scheduler = parts
+    deliveries = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):
+            deliveries.append(args)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting
+        jobs = [GenerationJob(tokenizer.encode(t), [greedy(12)]) for t in ("Hello there", "Once upon a time")]
+        for job in jobs:
+            scheduler.submit(job)
+        return [await drain(job) for job in jobs]
+
+    results = asyncio.run(main())
+    assert [r[1][0] for r in results] == ["length", "length"]
+    # 12 tokens each: 24 wake-ups when each job had its own; one step may hold only one job
+    # (the second was submitted after the first's prefill began), so 12 or 13
+    assert 12 <= len(deliveries) <= 13, deliveries

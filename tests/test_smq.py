@@ -8,8 +8,8 @@ Measured (float64 numpy forward over each file's own dequantized weights, every 
 of the three prompts, max |logit error| over the whole vocabulary): the GGUF path max 0.196,
 mean 0.156; the .smq path max 0.168, mean 0.148.  The error is the kernels' 8-bit rounding of
 activations (llama.cpp's, too, is 0.06-0.13 from the same float64 forward)."""
+
 import json
-import struct
 import subprocess
 import sys
 
@@ -24,8 +24,8 @@ from smallmind.modelfile import open_model_file
 from smallmind.smq import ENTRY, HEADER, SMQFile, Scheme
 from tests.conftest import REPO, reference_path
 
-F64_RATIO_TOL = 1.25    # .smq error vs float64 may exceed the GGUF path's by at most 25%
-F64_MAX_TOL = 0.25      # max |logit error| vs float64 either path may have (measured 0.196)
+F64_RATIO_TOL = 1.25  # .smq error vs float64 may exceed the GGUF path's by at most 25%
+F64_MAX_TOL = 0.25  # max |logit error| vs float64 either path may have (measured 0.196)
 
 
 def smq_ref(name):
@@ -35,6 +35,7 @@ def smq_ref(name):
 # ---------------------------------------------------------------------------------------
 # SmallMind's own files
 # ---------------------------------------------------------------------------------------
+
 
 def test_synthetic_tensors_bit_match_smallmind_dequantize():
     expected = json.loads(smq_ref("synthetic_all_schemes.expected.json").read_text())["tensors"]
@@ -80,7 +81,7 @@ def test_no_metadata_file():
         assert f.metadata == {} and f.data_offset == 32 + 156
         e = f.entries["w"]
         assert (e.scheme, e.dims, e.block_size) == (Scheme.Q8_0, (1, 64), 64)
-        assert f.tensors["w"].ne == (64,)   # SmallMind's [1, n] is a 1-D tensor
+        assert f.tensors["w"].ne == (64,)  # SmallMind's [1, n] is a 1-D tensor
 
 
 def test_tiny_llama_smq_directory():
@@ -95,6 +96,7 @@ def test_tiny_llama_smq_directory():
         assert "token_embd.weight" in json.dumps(report)
 
 
+@pytest.mark.isa  # through the kernel table: run again against the wheel under each ISA
 def test_smq_blocks_rebuilt_as_gguf_dequantize_to_smallmind_values():
     """The Q8_0 blocks the kernels get hold exactly SmallMind's dequantized values."""
     with SMQFile(smq_ref("tiny-llama-q8_0.smq")) as f:
@@ -108,6 +110,7 @@ def test_smq_blocks_rebuilt_as_gguf_dequantize_to_smallmind_values():
 # serving tiny-llama-q8_0.smq against a float64 forward pass
 # ---------------------------------------------------------------------------------------
 
+
 def dequantized64(f, name):
     info = f.tensors[name]
     if getattr(f, "format", "") == "smq":
@@ -120,9 +123,11 @@ def dequantized64(f, name):
 
 def llama_forward64(f, cfg, ids):
     """Logits (n, vocab) of a llama model in float64 numpy over the file's dequantized weights."""
-    W = lambda name: dequantized64(f, name)                            # noqa: E731
-    def norm(x, w):                                                    # noqa: E306
+    W = lambda name: dequantized64(f, name)  # noqa: E731
+
+    def norm(x, w):  # noqa: E306
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps) * w
+
     n, hd = len(ids), cfg.head_dim
     angles = np.arange(n)[:, None] * cfg.rope_base ** (-np.arange(0, hd, 2) / hd)
     cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
@@ -155,20 +160,24 @@ def llama_forward64(f, cfg, ids):
 
 
 def errors_vs_float64(path):
-    cases = json.loads(reference_path("tiny", "tiny-golden.json").read_text())["models"]["tiny-llama-q8_0.gguf"]
+    cases = json.loads(reference_path("tiny", "tiny-golden.json").read_text())["models"][
+        "tiny-llama-q8_0.gguf"
+    ]
     model = Model.load(path, n_ctx=256, n_slots=1, max_batch_tokens=64)
     errors = []
     with open_model_file(path) as f:
         for case in cases:
             ids = np.array(case["prompt_ids"], np.int32)
             n = len(ids)
-            logits = model.forward(ids, np.zeros(n, np.int32), np.arange(n, dtype=np.int32),
-                                   np.arange(n, dtype=np.int32))
+            logits = model.forward(
+                ids, np.zeros(n, np.int32), np.arange(n, dtype=np.int32), np.arange(n, dtype=np.int32)
+            )
             errors.append(np.abs(logits - llama_forward64(f, model.config, ids)).max(-1))
     model.close()
     return np.concatenate(errors)
 
 
+@pytest.mark.isa  # through the kernel table: run again against the wheel under each ISA
 def test_smallmind_smq_logits_within_the_gguf_bounds():
     gguf = errors_vs_float64(reference_path("tiny", "tiny-llama-q8_0.gguf"))
     smq = errors_vs_float64(smq_ref("tiny-llama-q8_0.smq"))
@@ -178,10 +187,12 @@ def test_smallmind_smq_logits_within_the_gguf_bounds():
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "smallmind", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "smallmind", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_generate_and_info_on_smallmind_smq():
     path = str(smq_ref("tiny-llama-q8_0.smq"))
     out = run_cli("generate", "-m", path, "--max-tokens", "8", "--seed", "1", "Hello")
@@ -193,6 +204,7 @@ def test_generate_and_info_on_smallmind_smq():
     assert "token_embd.weight: Q8_0 dims [256, 32000] block 64 -> Q8_0 [256, 32000]" in info.stdout
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_smq_without_tokenizer_is_one_line_error():
     out = run_cli("generate", "-m", str(smq_ref("synthetic_all_schemes.smq")), "x")
     assert out.returncode == 2 and out.stderr.count("\n") == 1
@@ -216,13 +228,23 @@ def test_dropped_architecture_keys_are_explained(tmp_path):
 # hostile files
 # ---------------------------------------------------------------------------------------
 
+
 def entry(name, scheme, dims, block, data_len, aux_len=0, data_off=None, aux_off=None):
-    return dict(name=name, scheme=scheme, dims=dims, block=block, data_len=data_len,
-                aux_len=aux_len, data_off=data_off, aux_off=aux_off)
+    return dict(
+        name=name,
+        scheme=scheme,
+        dims=dims,
+        block=block,
+        data_len=data_len,
+        aux_len=aux_len,
+        data_off=data_off,
+        aux_off=aux_off,
+    )
 
 
-def smq_bytes(entries, meta=None, blob_bytes=0, version=1, header_size=32, count=None,
-              meta_len=None, rank=None):
+def smq_bytes(
+    entries, meta=None, blob_bytes=0, version=1, header_size=32, count=None, meta_len=None, rank=None
+):
     """A hand-made .smq: blobs laid back to back unless an entry gives its own offsets."""
     js = json.dumps(meta).encode() if meta else b""
     start = 32 + len(js) + 156 * len(entries)
@@ -233,10 +255,28 @@ def smq_bytes(entries, meta=None, blob_bytes=0, version=1, header_size=32, count
         a_off = e["aux_off"] if e["aux_off"] is not None else (pos if e["aux_len"] else 0)
         pos = max(pos, a_off + e["aux_len"])
         dims = list(e["dims"]) + [0] * (8 - len(e["dims"]))
-        out.append(ENTRY.pack(e["name"].encode(), e["scheme"], len(e["dims"]) if rank is None else rank, *dims,
-                              e["block"], d_off, e["data_len"], a_off, e["aux_len"], b""))
-    head = HEADER.pack(b"SMQv0001", version, header_size, len(entries) if count is None else count,
-                       len(js) if meta_len is None else meta_len, 0)
+        out.append(
+            ENTRY.pack(
+                e["name"].encode(),
+                e["scheme"],
+                len(e["dims"]) if rank is None else rank,
+                *dims,
+                e["block"],
+                d_off,
+                e["data_len"],
+                a_off,
+                e["aux_len"],
+                b"",
+            )
+        )
+    head = HEADER.pack(
+        b"SMQv0001",
+        version,
+        header_size,
+        len(entries) if count is None else count,
+        len(js) if meta_len is None else meta_len,
+        0,
+    )
     return head + js + b"".join(out) + bytes(max(blob_bytes, min(pos - start, 1 << 16)))
 
 
@@ -248,11 +288,15 @@ HOSTILE = {
     "header size": (lambda: smq_bytes([GOOD], header_size=64), "header size"),
     "count": (lambda: smq_bytes([GOOD], count=1 << 31), "tensor count"),
     "meta past end": (lambda: smq_bytes([GOOD], meta_len=1 << 30), "metadata length"),
-    "bad json": (lambda: smq_bytes([GOOD], {"a": 1})[:32] + b"{\"a\":]" + smq_bytes([GOOD], {"a": 1})[39:],
-                 "malformed"),
+    "bad json": (
+        lambda: smq_bytes([GOOD], {"a": 1})[:32] + b'{"a":]' + smq_bytes([GOOD], {"a": 1})[39:],
+        "malformed",
+    ),
     "json list": (lambda: smq_bytes([GOOD], [1, 2]), "not an object"),
-    "deep json": (lambda: HEADER.pack(b"SMQv0001", 1, 32, 0, 200000, 0) + b"[" * 100000 + b"]" * 100000,
-                  "malformed"),
+    "deep json": (
+        lambda: HEADER.pack(b"SMQv0001", 1, 32, 0, 200000, 0) + b"[" * 100000 + b"]" * 100000,
+        "malformed",
+    ),
     "rank 9": (lambda: smq_bytes([GOOD], rank=9), "rank 9"),
     "rank 0": (lambda: smq_bytes([GOOD], rank=0), "rank 0"),
     "dim 0": (lambda: smq_bytes([entry("w", Scheme.F32, (0, 2), 0, 0)]), "dimension <= 0"),
@@ -264,9 +308,16 @@ HOSTILE = {
     "aux length": (lambda: smq_bytes([entry("w", Scheme.Q8_0, (64, 2), 64, 128, 4)]), "lengths"),
     "past end": (lambda: smq_bytes([entry("w", Scheme.F32, (4,), 0, 16, data_off=1 << 40)]), "outside"),
     "into dir": (lambda: smq_bytes([entry("w", Scheme.F32, (4,), 0, 16, data_off=40)]), "outside"),
-    "overlap": (lambda: smq_bytes([entry("a", Scheme.F32, (4,), 0, 16, data_off=344),
-                                   entry("b", Scheme.F32, (4,), 0, 16, data_off=352)], blob_bytes=32),
-                "overlap"),
+    "overlap": (
+        lambda: smq_bytes(
+            [
+                entry("a", Scheme.F32, (4,), 0, 16, data_off=344),
+                entry("b", Scheme.F32, (4,), 0, 16, data_off=352),
+            ],
+            blob_bytes=32,
+        ),
+        "overlap",
+    ),
     "duplicate": (lambda: smq_bytes([entry("a", Scheme.F32, (4,), 0, 16)] * 2), "duplicate"),
     "name": (lambda: smq_bytes([entry("\udcff", Scheme.F32, (4,), 0, 16)]), "malformed"),
 }
@@ -278,7 +329,7 @@ def test_hostile_files_are_one_line_model_format_errors(tmp_path, case):
     path = tmp_path / "bad.smq"
     try:
         data = make()
-    except UnicodeEncodeError:   # a name that is not UTF-8: write its raw bytes
+    except UnicodeEncodeError:  # a name that is not UTF-8: write its raw bytes
         data = smq_bytes([entry("x", Scheme.F32, (4,), 0, 16)]).replace(b"x\0", b"\xff\0", 1)
     path.write_bytes(data)
     with pytest.raises(ModelFormatError, match=message) as err:
@@ -286,6 +337,7 @@ def test_hostile_files_are_one_line_model_format_errors(tmp_path, case):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.e2e  # runs `python -m smallmind`
 def test_hostile_file_through_the_cli(tmp_path):
     path = tmp_path / "bad.smq"
     path.write_bytes(smq_bytes([entry("w", Scheme.F32, (4,), 0, 16, data_off=1 << 40)]))
@@ -299,15 +351,15 @@ def test_well_formed_hand_made_file_reads(tmp_path):
     path.write_bytes(smq_bytes([GOOD], {"general.architecture": "llama"}))
     with SMQFile(path) as f:
         assert f.architecture == "llama"
-        assert f.tensors["w"].type == GGMLType.Q8_0   # all-zero scales are float16-exact
+        assert f.tensors["w"].type == GGMLType.Q8_0  # all-zero scales are float16-exact
         assert f.tensor("w").shape == (2, 68)
 
 
 def test_unaligned_f32_blob_is_copied_aligned_blob_is_a_view(tmp_path):
     values = np.arange(8, dtype=np.float32)
-    for off, is_view in ((32 + 156 + 4, True), (32 + 156 + 20, False)):   # 192 % 32 == 0
+    for off, is_view in ((32 + 156 + 4, True), (32 + 156 + 20, False)):  # 192 % 32 == 0
         data = bytearray(smq_bytes([entry("w", Scheme.F32, (8,), 0, 32, data_off=off)]))
-        data[off:off + 32] = values.tobytes()
+        data[off : off + 32] = values.tobytes()
         path = tmp_path / f"f{off}.smq"
         path.write_bytes(bytes(data))
         with SMQFile(path) as f:
@@ -320,6 +372,8 @@ def test_unaligned_f32_blob_is_copied_aligned_blob_is_a_view(tmp_path):
 # serving
 # ---------------------------------------------------------------------------------------
 
+
+@pytest.mark.e2e  # starts the server
 def test_server_serves_smallmind_smq_and_a_converted_default_model(tmp_path):
     """ModelPath=x.smq: SmallMind's tiny import, and the default model converted to .smq
     (whose greedy completion is the GGUF's, token for token, as its logits are identical)."""
@@ -337,8 +391,9 @@ def test_server_serves_smallmind_smq_and_a_converted_default_model(tmp_path):
         try:
             proc.wait_ready()
             client = OpenAI(base_url=proc.url + "/v1", api_key="x")
-            reply = client.completions.create(model="m", prompt="The capital of France is", max_tokens=12,
-                                              temperature=0)
+            reply = client.completions.create(
+                model="m", prompt="The capital of France is", max_tokens=12, temperature=0
+            )
             assert reply.choices[0].text and reply.usage.completion_tokens > 0
             texts[path] = reply.choices[0].text
         finally:

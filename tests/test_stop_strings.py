@@ -1,4 +1,5 @@
 """StopMatcher: stop strings split across streamed pieces never leak, text before them is exact."""
+
 import random
 
 from smallmind.engine.stop_strings import StopMatcher
@@ -46,7 +47,7 @@ def stream_oracle(pieces, stops):
         seen += piece
         hits = [i for i in (seen.find(s) for s in stops) if i >= 0]
         if hits:
-            return seen[:min(hits)], True
+            return seen[: min(hits)], True
     return seen, False
 
 
@@ -55,13 +56,15 @@ def test_random_streams_match_search_after_each_piece():
     alphabet = "ab \n"
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
-        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        stops = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))
+        ]
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
         pieces = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
         out, stopped = run(pieces, stops)
         expected, hit = stream_oracle(pieces, stops)
         assert "".join(out) == expected and stopped == hit, (text, stops, pieces, out)
         emitted = ""
-        for piece in out:   # nothing emitted is ever the start of a stop that then completes
+        for piece in out:  # nothing emitted is ever the start of a stop that then completes
             emitted += piece
-            assert emitted == expected[:len(emitted)]
+            assert emitted == expected[: len(emitted)]

@@ -1,22 +1,24 @@
 """Tokenizer tests: llama.cpp's own tokenizer vectors, the Gemma 3 reference prompts, round
 trips, streaming decode, special tokens and broken metadata."""
+
 import functools
 import json
 
 import numpy as np
 import pytest
 
-from smallmind.errors import ModelFormatError
-from smallmind.gguf import GGUFFile
 from smallmind.engine import tokenizer as tokmod
 from smallmind.engine.tokenizer import StreamDecoder, Tokenizer
-
+from smallmind.errors import ModelFormatError
+from smallmind.gguf import GGUFFile
 from tests.conftest import default_model_path, reference_path
+
+pytestmark = pytest.mark.isa  # run again against the wheel under each ISA (scripts/check_wheel.sh)
 
 VOCABS = ["llama-spm", "llama-bpe", "qwen2"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _metadata(name: str) -> dict:
     if name == "gemma3":
         path = default_model_path()
@@ -28,7 +30,7 @@ def _metadata(name: str) -> dict:
     return md
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tok(name: str) -> Tokenizer:
     return Tokenizer.from_gguf(_metadata(name))
 
@@ -44,7 +46,7 @@ def _read_vectors(name):
     texts = inp.split("\n__ggml_vocab_test__\n")
     assert texts[-1] == "", "the .inp file should end with a separator line"
     texts = texts[:-1]
-    lines = out.split("\n")[:len(texts)]
+    lines = out.split("\n")[: len(texts)]
     assert len(lines) == len(texts)
     return texts, [[int(x) for x in line.split()] for line in lines]
 
@@ -76,8 +78,7 @@ def test_gemma3_reference_prompts():
         # leading space is real: no stripping for a continuation)
         text = t.decode(c["greedy_ids"])
         if text != c["greedy_text"]:
-            bad.append(f"decode {c['greedy_ids']}:\n   expected {c['greedy_text']!r}\n"
-                       f"   got {text!r}")
+            bad.append(f"decode {c['greedy_ids']}:\n   expected {c['greedy_text']!r}\n   got {text!r}")
         sd = StreamDecoder(t)
         streamed = "".join(sd.push(i) for i in c["greedy_ids"]) + sd.flush()
         if streamed != c["greedy_text"]:
@@ -136,8 +137,7 @@ def test_round_trip(name):
             back = t.decode(ids, skip_special=True, strip_leading_space=True)
             if back != s:
                 bad.append((s, add_special, ids, back))
-    assert not bad, "\n".join(f"{s!r} add_special={a}: {ids} -> {b!r}"
-                              for s, a, ids, b in bad)
+    assert not bad, "\n".join(f"{s!r} add_special={a}: {ids} -> {b!r}" for s, a, ids, b in bad)
 
 
 @pytest.mark.parametrize("name", VOCABS + ["gemma3"])
@@ -200,7 +200,8 @@ def test_special_tokens_gemma():
     # user-defined tokens are split out even without parse_special (as llama.cpp does)
     assert t.encode("<table>", add_special=False) == [168]
     assert t.encode("a\n\n\nb", add_special=False) == (
-        t.encode("a", add_special=False) + [109] + t.encode("b", add_special=False))
+        t.encode("a", add_special=False) + [109] + t.encode("b", add_special=False)
+    )
     assert t.encode("   ", add_special=False) == [139]  # three spaces
     # longest match first
     assert t.encode("\n" * 31, add_special=False) == [137]
@@ -211,7 +212,8 @@ def test_special_tokens_bpe():
     t = tok("llama-bpe")
     s = "<|begin_of_text|>hi<|eot_id|>"
     assert t.encode(s, add_special=False, parse_special=True) == (
-        [128000] + t.encode("hi", add_special=False) + [128009])
+        [128000] + t.encode("hi", add_special=False) + [128009]
+    )
     plain = t.encode(s, add_special=False)
     assert 128000 not in plain and 128009 not in plain
     assert t.decode(plain) == s
@@ -230,8 +232,8 @@ def test_spm_space_prefix_after_special():
 
 def test_bos_eos_behaviour():
     assert tok("llama-spm").encode("hi")[0] == 1
-    assert tok("llama-bpe").encode("hi")[0] == 128000      # llama3 pre: add_bos default
-    assert tok("qwen2").encode("hi")[0] != 151643          # no BOS for qwen2
+    assert tok("llama-bpe").encode("hi")[0] == 128000  # llama3 pre: add_bos default
+    assert tok("qwen2").encode("hi")[0] != 151643  # no BOS for qwen2
     assert tok("gemma3").encode("") == [2]
     assert tok("gemma3").encode("", add_special=False) == []
     md = dict(_metadata("llama-spm"))
@@ -274,8 +276,7 @@ def _spm_unchunked(t: Tokenizer, text: str) -> list[int]:
         syms = t._spm_merge_long(f.replace(" ", tokmod.SPACE))
         for s in syms:
             i = t.token_to_id(s)
-            out.extend([i] if i is not None else
-                       [t._byte_token(b) for b in s.encode("utf-8")])
+            out.extend([i] if i is not None else [t._byte_token(b) for b in s.encode("utf-8")])
     return out
 
 
@@ -303,8 +304,19 @@ def test_spm_word_cuts_are_exact(name):
 def test_heap_and_compiled_merges_agree(name):
     """Long words take the heap loop, short ones the compiled loop: both give one answer."""
     t = tok(name)
-    words = ["▁tokenization", "▁" * 7 + "x", "abcabcabc", "▁日本語", "ĠHello", "ĠĠĠĠ",
-             "12345", "ĠtokenizationĠisĠfun", "a" * 20, "▁a>▁</b>▁", "ĊĊĠĠĠ"]
+    words = [
+        "▁tokenization",
+        "▁" * 7 + "x",
+        "abcabcabc",
+        "▁日本語",
+        "ĠHello",
+        "ĠĠĠĠ",
+        "12345",
+        "ĠtokenizationĠisĠfun",
+        "a" * 20,
+        "▁a>▁</b>▁",
+        "ĊĊĠĠĠ",
+    ]
     rng = np.random.default_rng(1)
     letters = list("abcdeĠ▁>.日é")
     words += ["".join(rng.choice(letters, size=rng.integers(2, 40))) for _ in range(300)]
@@ -342,17 +354,20 @@ def _broken(**changes):
     return md
 
 
-@pytest.mark.parametrize("changes,match", [
-    ({"tokens": None}, "tokens"),
-    ({"model": None}, "tokenizer.ggml.model"),
-    ({"model": "t5x"}, "unsupported tokenizer model"),
-    ({"tokens": []}, "empty"),
-    ({"tokens": [1, 2, 3]}, "array of strings"),
-    ({"scores": np.zeros(5, dtype=np.float32)}, "scores"),
-    ({"token_type": np.zeros(7, dtype=np.int32)}, "token_type"),
-    ({"bos_token_id": "one"}, "bos_token_id"),
-    ({"add_bos_token": "yes"}, "add_bos_token"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"tokens": None}, "tokens"),
+        ({"model": None}, "tokenizer.ggml.model"),
+        ({"model": "t5x"}, "unsupported tokenizer model"),
+        ({"tokens": []}, "empty"),
+        ({"tokens": [1, 2, 3]}, "array of strings"),
+        ({"scores": np.zeros(5, dtype=np.float32)}, "scores"),
+        ({"token_type": np.zeros(7, dtype=np.int32)}, "token_type"),
+        ({"bos_token_id": "one"}, "bos_token_id"),
+        ({"add_bos_token": "yes"}, "add_bos_token"),
+    ],
+)
 def test_broken_metadata(changes, match):
     with pytest.raises(ModelFormatError, match=match):
         Tokenizer.from_gguf(_broken(**changes))

@@ -2,6 +2,7 @@
 
 The SDK tests need opentelemetry-sdk, which is optional for smallmind; they are skipped
 (not failed) where it is not installed."""
+
 import sys
 
 import pytest
@@ -27,6 +28,7 @@ def exercise(tracer: Tracer) -> None:
 
 # -- no-op mode ------------------------------------------------------------------------------
 
+
 def test_disabled_tracer_yields_noop_spans():
     tracer = Tracer(use_otel=False)
     assert not tracer.enabled
@@ -46,9 +48,8 @@ def test_missing_opentelemetry_means_noop_not_an_error(monkeypatch):
 
 def test_noop_span_lets_handler_exceptions_through():
     tracer = Tracer(use_otel=False)
-    with pytest.raises(ZeroDivisionError):
-        with tracer.request_span({}, "/v1/completions", "POST"):
-            1 / 0
+    with pytest.raises(ZeroDivisionError), tracer.request_span({}, "/v1/completions", "POST"):
+        raise ZeroDivisionError("the handler's own error")
 
 
 class BrokenProvider:
@@ -79,6 +80,7 @@ def test_span_that_fails_to_start_degrades_to_noop():
 
 
 # -- real spans (needs opentelemetry-sdk) -------------------------------------------------------
+
 
 @pytest.fixture
 def recorded():
@@ -140,9 +142,8 @@ def test_handler_exception_is_recorded_and_reraised(recorded):
     from opentelemetry.trace import StatusCode
 
     tracer, exporter = recorded
-    with pytest.raises(ValueError):
-        with tracer.request_span({}, "/v1/completions", "POST"):
-            raise ValueError("bad request")
+    with pytest.raises(ValueError), tracer.request_span({}, "/v1/completions", "POST"):
+        raise ValueError("bad request")
     request = spans_by_name(exporter)["request"]
     assert request.status.status_code == StatusCode.ERROR
     assert [event.name for event in request.events] == ["exception"]

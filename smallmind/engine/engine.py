@@ -4,18 +4,25 @@ One `step()` is one call into C: every running sequence contributes its next tok
 or a chunk of its prompt (prefill), bounded by `max_batch_tokens`, and the logits of each
 sequence's newest position come back for sampling.  The engine knows nothing of HTTP and
 is not thread-safe: one thread owns it (the server runs it in its own thread)."""
+
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
-from smallmind.engine.sampling import Sampler, SamplingParams, token_and_top_logprobs
+from smallmind.engine.sampling import Sampler, token_and_top_logprobs
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
+from smallmind.values import check_token_ids
+
+if TYPE_CHECKING:
+    from smallmind.engine.grammar.state import ConstraintState
 
 
 @dataclass
@@ -26,12 +33,13 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     sampler: Sampler
+    max_tokens: int  # tokens it may generate: fits the context with the prompt
     slot: int = -1
-    n_cached: int = 0               # positions of this sequence already in the KV cache
-    n_reused: int = 0               # prompt positions it found cached (prefix cache) when it started
+    n_cached: int = 0  # positions of this sequence already in the KV cache
+    n_reused: int = 0  # prompt positions it found cached (prefix cache) when it started
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
-    constraint: object = None         # grammar state: mask_logits(row) / advance(id) / complete (engine.grammar)
+    constraint: ConstraintState | None = None  # the grammar it samples under, if any
 
     @property
     def finished(self) -> bool:
@@ -71,7 +79,7 @@ class _Batch:
     slots: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     out_rows: list[int] = field(default_factory=list)
-    sampled: list[Sequence] = field(default_factory=list)          # owner of each out row
+    sampled: list[Sequence] = field(default_factory=list)  # owner of each out row
     advances: list[tuple[Sequence, int]] = field(default_factory=list)
 
     def add(self, seq: Sequence, ids: list[int], sample: bool) -> None:
@@ -90,9 +98,16 @@ def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
 
 
 class Engine:
-    def __init__(self, model, eog_ids: frozenset[int] | set[int] = frozenset(), max_batch_tokens: int | None = None,
-                 n_slots: int | None = None, max_running: int | None = None, prefix_cache: bool = True,
-                 prefill_chunk: int = 128):
+    def __init__(
+        self,
+        model,
+        eog_ids: frozenset[int] | set[int] = frozenset(),
+        max_batch_tokens: int | None = None,
+        n_slots: int | None = None,
+        max_running: int | None = None,
+        prefix_cache: bool = True,
+        prefill_chunk: int = 128,
+    ):
         """n_slots: how many of the model's KV slots (the first ones) this engine may use; the
         rest stay free for other work of the same thread (the server embeds in the last one).
         max_running: sequences that generate at once (default n_slots); slots beyond it only
@@ -114,7 +129,7 @@ class Engine:
         self.pool = SlotPool(list(range(n_slots)), reuse=prefix_cache)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.reused_tokens = 0          # prompt positions taken from the prefix cache, in total
+        self.reused_tokens = 0  # prompt positions taken from the prefix cache, in total
         self._ids = itertools.count(1)
 
     @property
@@ -123,20 +138,26 @@ class Engine:
 
     # ---- admission ----
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, constraint=None) -> Sequence:
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, constraint=None, max_tokens: int | None = None
+    ) -> Sequence:
         """Queue a sequence; it starts at the next step that has a free slot.  ``constraint``
-        (a grammar state) limits every token it samples to what the grammar allows."""
+        (a grammar state) limits every token it samples to what the grammar allows.
+        ``max_tokens``: its budget, already fitted to the context by the caller; None fits
+        ``params.max_tokens`` to the room the prompt leaves."""
         if not prompt_ids:
-            raise RequestValidationError("the prompt is empty")
-        params.validate(self.model.vocab_size)
-        if len(prompt_ids) >= self.model.n_ctx:
+            raise RequestValidationError("the prompt is empty", "prompt")
+        check_token_ids(prompt_ids, self.model.vocab_size, "prompt")
+        room = self.model.n_ctx - len(prompt_ids)
+        budget = min(params.max_tokens, room) if max_tokens is None else max_tokens
+        if not 1 <= budget <= room:
             raise RequestValidationError(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.model.n_ctx}")
-        bad = [t for t in prompt_ids if not 0 <= t < self.model.vocab_size]
-        if bad:
-            raise RequestValidationError(f"token id {bad[0]} is outside the vocabulary (0..{self.model.vocab_size - 1})")
+                f"the prompt has {len(prompt_ids)} tokens and asks for {budget} more; the context "
+                f"holds {self.model.n_ctx}",
+                "prompt",
+            )
         sampler = Sampler(params, self.model.vocab_size, eog_token_ids=self.eog_ids)
-        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler, constraint=constraint)
+        seq = Sequence(next(self._ids), list(prompt_ids), params, sampler, budget, constraint=constraint)
         self.waiting.append(seq)
         return seq
 
@@ -166,13 +187,13 @@ class Engine:
         sequence that shares more of the prompt."""
         slot, n_held = self.pool.take(prompt_ids)
         donor, n_shared = self._running_prefix(prompt_ids)
-        if n_shared > n_held:
+        if donor is not None and n_shared > n_held:
             try:
                 self.model.copy_slot(donor.slot, slot, n_shared)
                 return slot, n_shared
-            except ValueError:   # the donor's sliding-window ring has moved past the prefix
+            except ValueError:  # the donor's sliding-window ring has moved past the prefix
                 pass
-        try:   # drop what the slot holds beyond the shared part (refused like the copy above)
+        try:  # drop what the slot holds beyond the shared part (refused like the copy above)
             self.model.copy_slot(slot, slot, n_held)
         except ValueError:
             n_held = 0
@@ -184,7 +205,7 @@ class Engine:
         best, best_n = None, 0
         if self.pool.reuse:
             for seq in self.running:
-                n = common_prefix_len(seq.all_ids[:seq.n_cached], prompt_ids)
+                n = common_prefix_len(seq.all_ids[: seq.n_cached], prompt_ids)
                 if n > best_n and n >= MIN_REUSE:
                     best, best_n = seq, n
         return best, min(best_n, len(prompt_ids) - 1)
@@ -193,12 +214,12 @@ class Engine:
         if seq in self.running:
             self.running.remove(seq)
         if seq.slot >= 0:
-            self.pool.release(seq.slot, seq.all_ids[:seq.n_cached])
+            self.pool.release(seq.slot, seq.all_ids[: seq.n_cached])
             seq.slot = -1
 
     # ---- one step ----
 
-    def _plan(self) -> "_Batch":
+    def _plan(self) -> _Batch:
         """Tokens for this step: decode tokens first (they keep streams flowing), then prompt
         chunks in arrival order within what is left of the token budget, which is at most
         prefill_chunk prompt tokens while anything decodes."""
@@ -216,7 +237,7 @@ class Engine:
         for seq in prefilling:
             if budget == 0:
                 break
-            chunk = seq.prompt_ids[seq.n_cached:seq.n_cached + budget]
+            chunk = seq.prompt_ids[seq.n_cached : seq.n_cached + budget]
             # Only a chunk that completes the prompt yields logits to sample the first token.
             batch.add(seq, chunk, sample=seq.n_cached + len(chunk) == len(seq.prompt_ids))
             budget -= len(chunk)
@@ -228,21 +249,24 @@ class Engine:
         if not self.running:
             return []
         batch = self._plan()
-        logits = self.model.forward(np.asarray(batch.tokens, np.int32), np.asarray(batch.slots, np.int32),
-                                    np.asarray(batch.positions, np.int32), np.asarray(batch.out_rows, np.int32))
+        logits = self.model.forward(
+            np.asarray(batch.tokens, np.int32),
+            np.asarray(batch.slots, np.int32),
+            np.asarray(batch.positions, np.int32),
+            np.asarray(batch.out_rows, np.int32),
+        )
         for seq, n_new in batch.advances:
             seq.n_cached += n_new
         return [self._sample(seq, logits[row]) for row, seq in enumerate(batch.sampled)]
 
     def _sample(self, seq: Sequence, logits: np.ndarray) -> StepEvent:
         params = seq.params
-        last_n = params.penalty_last_n
-        window = seq.all_ids if last_n < 0 else seq.all_ids[-last_n:] if last_n > 0 else []
-        raw_logits = logits
-        if seq.constraint is not None:
-            logits = np.array(logits, np.float32)      # the raw row stays for logprobs
+        allowed = seq.constraint.mask_words() if seq.constraint is not None else None
+        token = seq.sampler.sample(logits, seq.all_ids, allowed)  # the sampler cuts its penalty window
+        if params.logprobs is not None and seq.constraint is not None:
+            # logprobs are reported under the grammar, as before the sampler moved to C
+            logits = np.array(logits, np.float32)
             seq.constraint.mask_logits(logits)
-        token = seq.sampler.sample(logits, window)
         if seq.constraint is not None and token not in self.eog_ids:
             seq.constraint.advance(token)
         stop_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self.eog_ids)
@@ -251,13 +275,13 @@ class Engine:
             self._release(seq)
             return StepEvent(seq, None, True)
         seq.output_ids.append(token)
-        logprob = None if params.logprobs is None else token_logprob(raw_logits, token, params.logprobs)
+        logprob = None if params.logprobs is None else token_logprob(logits, token, params.logprobs)
         if seq.constraint is not None and seq.constraint.complete:
             # the grammar allows nothing but end of generation: end now, saving a step
             seq.finish_reason = "stop"
             self._release(seq)
             return StepEvent(seq, token, True, logprob)
-        if len(seq.output_ids) >= params.max_tokens or len(seq.all_ids) >= self.model.n_ctx:
+        if len(seq.output_ids) >= seq.max_tokens:
             seq.finish_reason = "length"
             self._release(seq)
             return StepEvent(seq, token, True, logprob)
@@ -274,10 +298,13 @@ class Engine:
             end = min(start + rows_per_call, n - 1)
             # positions start..end-1 go into the cache; their rows predict tokens start+1..end
             tokens = np.asarray(prompt_ids[start:end], np.int32)
-            logits = self.model.forward(tokens, np.full(len(tokens), slot, np.int32),
-                                        np.arange(start, end, dtype=np.int32),
-                                        np.arange(len(tokens), dtype=np.int32))
-            for row, target in zip(logits, prompt_ids[start + 1:end + 1]):
+            logits = self.model.forward(
+                tokens,
+                np.full(len(tokens), slot, np.int32),
+                np.arange(start, end, dtype=np.int32),
+                np.arange(len(tokens), dtype=np.int32),
+            )
+            for row, target in zip(logits, prompt_ids[start + 1 : end + 1]):
                 out.append(token_logprob(row, target, k))
         return out
 

@@ -1,4 +1,4 @@
-"""Token sampling: request parameters, their validation, and a fast per-sequence sampler.
+"""Token sampling: a fast per-sequence sampler (its parameters: engine/sampling_params.py).
 
 The pipeline follows llama.cpp's default sampler chain (``common/sampling.cpp`` building on
 ``src/llama-sampling.cpp``)::
@@ -22,7 +22,12 @@ The pipeline follows llama.cpp's default sampler chain (``common/sampling.cpp`` 
 * the survivors are divided by the temperature, soft-maxed and one token is drawn with the
   sequence's own ``numpy.random.Generator`` (exactly one uniform double per non-greedy sample).
 
-Speed: the full vocabulary (262,144 for Gemma 3) is never sorted.  Every filter keeps a prefix
+Speed: ``Sampler.sample`` is one native call (csrc/sample.c) that applies the grammar mask,
+the bias, the penalties and every filter and draws, bit-identical to the numpy chain kept
+as ``Sampler.sample_numpy`` (the reference of tests/test_sampling.py and
+scripts/bench_sampling.py, and the path for what C leaves to numpy: top_p without top_k and
+draws over more than _SORT_MAX tokens, whose float32 exponentials are numpy's).  In both, the
+full vocabulary (262,144 for Gemma 3) is never sorted.  Every filter keeps a prefix
 of the descending order, so candidates come from block maxima (the k-th largest block maximum
 is a value at least k tokens reach, so only the blocks reaching it are read) and vectorised
 thresholds; only the few survivors are partitioned and sorted.  Without top_k, top_p needs the
@@ -31,21 +36,21 @@ walking thresholds down from the max and bisecting the last band.  Drawing from 
 few thousand candidates uses block sums instead of a full cumulative sum.  The results are
 exact (no tail is dropped).
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import numbers
 import threading
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from smallmind.errors import RequestValidationError
+from smallmind import kernels
+from smallmind.engine.sampling_params import SamplingParams
 
 __all__ = [
-    "SamplingParams",
     "Sampler",
     "log_softmax",
     "logsumexp",
@@ -61,150 +66,21 @@ _SORT_MAX = 4096
 
 
 # --------------------------------------------------------------------------------------------
-# Parameters
-# --------------------------------------------------------------------------------------------
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request sampling settings (llama.cpp defaults).
-
-    ``top_k`` <= 0, ``top_p`` == 1, ``min_p`` == 0 and ``repetition_penalty`` == 1 switch the
-    respective stage off.  ``penalty_last_n``: how many recent tokens the penalties look at
-    (0 = none, -1 = all of ``recent_tokens``).  ``logit_bias`` maps token ids to an additive
-    bias (-100 effectively bans, +100 forces); decimal-string keys, as OpenAI sends them, are
-    converted to ints.  ``stop_token_ids``: generation ends when one is sampled (the caller's
-    job; the token is not part of the output).  ``seed`` None draws one from OS entropy.
-    """
-
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    penalty_last_n: int = 64
-    logit_bias: Mapping[int, float] = field(default_factory=dict, hash=False)
-    max_tokens: int = 100
-    stop_token_ids: frozenset[int] = frozenset()
-    ignore_eos: bool = False
-    logprobs: int | None = None     # None: off; k >= 0: chosen token's and the k most likely
-
-    def __post_init__(self) -> None:
-        bias = self.logit_bias
-        if isinstance(bias, Mapping):
-            norm = {}
-            for key, value in bias.items():
-                if isinstance(key, str):
-                    try:
-                        key = int(key.strip())
-                    except ValueError:
-                        pass  # left as is: validate() names it
-                norm[key] = value
-            object.__setattr__(self, "logit_bias", norm)
-        stops = self.stop_token_ids
-        if not isinstance(stops, frozenset) and isinstance(stops, Iterable) \
-                and not isinstance(stops, (str, bytes)):
-            object.__setattr__(self, "stop_token_ids", frozenset(stops))
-
-    @property
-    def greedy(self) -> bool:
-        """True when sampling is deterministic argmax (temperature 0)."""
-        return self.temperature == 0
-
-    def problems(self, vocab_size: int) -> list[tuple[str, str]]:
-        """Every invalid setting as ``(parameter, message)``, in request-field order."""
-        out: list[tuple[str, str]] = []
-
-        def bad(name: str, msg: str) -> None:
-            out.append((name, f"{name} {msg}"))
-
-        t = self.temperature
-        if not _is_real(t) or not 0.0 <= t <= 2.0:
-            bad("temperature", f"must be a number between 0 and 2, got {t!r}")
-        p = self.top_p
-        if not _is_real(p) or not 0.0 < p <= 1.0:
-            bad("top_p", f"must be a number greater than 0 and at most 1, got {p!r}")
-        k = self.top_k
-        if not _is_int(k) or k < 0:
-            bad("top_k", f"must be an integer >= 0 (0 disables it), got {k!r}")
-        mp = self.min_p
-        if not _is_real(mp) or not 0.0 <= mp <= 1.0:
-            bad("min_p", f"must be a number between 0 and 1, got {mp!r}")
-        s = self.seed
-        if s is not None and not _is_int(s):
-            bad("seed", f"must be an integer or null, got {s!r}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            v = getattr(self, name)
-            if not _is_real(v) or not -2.0 <= v <= 2.0:
-                bad(name, f"must be a number between -2 and 2, got {v!r}")
-        r = self.repetition_penalty
-        if not _is_real(r) or r <= 0.0:
-            bad("repetition_penalty", f"must be a number greater than 0 (1 disables it), got {r!r}")
-        n = self.penalty_last_n
-        if not _is_int(n) or n < -1:
-            bad("penalty_last_n", f"must be an integer >= -1 (-1 = whole context), got {n!r}")
-        lb = self.logit_bias
-        if not isinstance(lb, Mapping):
-            bad("logit_bias", f"must be a mapping of token id to bias, got {type(lb).__name__}")
-        else:
-            for tok, v in lb.items():
-                if not _is_int(tok) or not 0 <= tok < vocab_size:
-                    bad("logit_bias", f"has token id {tok!r} outside the vocabulary "
-                                      f"(0..{vocab_size - 1})")
-                elif not _is_real(v) or not -100.0 <= v <= 100.0:
-                    bad("logit_bias", f"value for token {tok} must be a number between "
-                                      f"-100 and 100, got {v!r}")
-        m = self.max_tokens
-        if not _is_int(m) or m < 1:
-            bad("max_tokens", f"must be an integer >= 1, got {m!r}")
-        st = self.stop_token_ids
-        if not isinstance(st, frozenset):
-            bad("stop_token_ids", f"must be a set of token ids, got {type(st).__name__}")
-        else:
-            for tok in sorted(st, key=repr):
-                if not _is_int(tok) or not 0 <= tok < vocab_size:
-                    bad("stop_token_ids", f"has token id {tok!r} outside the vocabulary "
-                                          f"(0..{vocab_size - 1})")
-        lp = self.logprobs
-        if lp is not None and (not _is_int(lp) or not 0 <= lp <= 20):
-            bad("logprobs", f"must be null or an integer between 0 and 20, got {lp!r}")
-        if not isinstance(self.ignore_eos, (bool, np.bool_)):
-            bad("ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
-        return out
-
-    def validate(self, vocab_size: int) -> None:
-        """Raise ``RequestValidationError`` naming every bad setting (first one in ``.param``)."""
-        found = self.problems(vocab_size)
-        if found:
-            err = RequestValidationError("; ".join(msg for _, msg in found))
-            err.param = found[0][0]  # type: ignore[attr-defined]  # for OpenAI's error.param
-            err.params = [name for name, _ in found]  # type: ignore[attr-defined]
-            raise err
-
-
-# --------------------------------------------------------------------------------------------
 # Scratch buffers (per thread, per vocabulary size): no 1 MB allocation per token.
 # --------------------------------------------------------------------------------------------
 
+
 class _Scratch:
-    __slots__ = ("logits", "work")
+    __slots__ = ("logits", "work", "native")
 
     def __init__(self, n: int) -> None:
         self.logits = np.empty(n, np.float32)
         self.work = np.empty(n, np.float32)
+        self.native = kernels.sample_scratch(n)
 
 
 _tls = threading.local()
+_NO_TOKENS = np.empty(0, np.int64)  # an empty penalty window (nothing to sort)
 
 
 def _scratch(n: int) -> _Scratch:
@@ -226,11 +102,15 @@ def _as_logits(logits: np.ndarray) -> np.ndarray:
     return x
 
 
+_NAN = "logits contain NaN"
+_ALL_INF = "every token has logit -inf: nothing can be sampled"
+
+
 def _check_max(m: float) -> None:
     if math.isnan(m):
-        raise FloatingPointError("logits contain NaN")
+        raise FloatingPointError(_NAN)
     if m == -math.inf:
-        raise FloatingPointError("every token has logit -inf: nothing can be sampled")
+        raise FloatingPointError(_ALL_INF)
 
 
 def _block_max(x: np.ndarray) -> np.ndarray:
@@ -258,7 +138,7 @@ def _ids_at_least(x: np.ndarray, bm: np.ndarray, thr: float) -> np.ndarray:
         pos = np.flatnonzero(rows >= t)  # (2-D np.nonzero is several times slower)
         ids.append(fb[pos // _BLOCK] * _BLOCK + pos % _BLOCK)
     if blocks.size and blocks[-1] == nfull and nfull * _BLOCK < n:
-        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK:] >= t))
+        ids.append(nfull * _BLOCK + np.flatnonzero(x[nfull * _BLOCK :] >= t))
     if not ids:
         return np.empty(0, np.intp)
     return ids[0] if len(ids) == 1 else np.concatenate(ids)
@@ -286,14 +166,16 @@ def _top_k_ids(x: np.ndarray, bm: np.ndarray, k: int) -> np.ndarray:
     return idx[order]
 
 
-def _mass_prefix(x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None,
-                 target: float, m: float) -> np.ndarray:
+def _mass_prefix(
+    x: np.ndarray, bm: np.ndarray, e: np.ndarray, cand: np.ndarray | None, target: float, m: float
+) -> np.ndarray:
     """Smallest set of ids (within ``cand``, or all) whose weights ``e`` reach ``target`` when
     taken by descending ``x`` (ties -> lower id): the top-p prefix without a full sort.
 
     Walks thresholds m-1, m-2, m-4, ... down until the mass reaches ``target``; everything above
     the previous threshold is taken, and the cut inside the last band is found by bisecting on
     the logit value until at most _SORT_MAX entries are left to sort."""
+
     def at_least(thr: float) -> np.ndarray:
         if cand is None:
             return _ids_at_least(x, bm, thr)
@@ -350,7 +232,7 @@ def _pick(w: np.ndarray, u: float) -> int:
         b -= 1
     before = cs[b - 1] if b else 0.0
     lo = b * _BLOCK
-    inner = np.cumsum(w[lo: lo + _BLOCK], dtype=np.float64)
+    inner = np.cumsum(w[lo : lo + _BLOCK], dtype=np.float64)
     j = min(int(np.searchsorted(inner, target - before, side="right")), inner.shape[0] - 1)
     while j > 0 and w[lo + j] == 0.0:
         j -= 1
@@ -361,19 +243,35 @@ def _pick(w: np.ndarray, u: float) -> int:
 # Sampler
 # --------------------------------------------------------------------------------------------
 
+
 class Sampler:
     """Samples the next token of one sequence.  Not thread-safe; one per sequence.
 
     ``eog_token_ids``: end-of-generation ids that ``ignore_eos`` bans (llama.cpp's EOG bias).
-    The constructor validates ``params`` (``RequestValidationError``).
+    ``params``' values were judged where they came in (``with_values``); the constructor
+    checks its token ids against this vocabulary (``RequestValidationError``).
     """
 
-    __slots__ = ("params", "vocab_size", "rng", "_bias_ids", "_bias_vals", "_pen", "_rep",
-                 "_freq", "_pres", "_last_n", "_temp", "_top_k", "_top_p", "_log_min_p")
+    __slots__ = (
+        "params",
+        "vocab_size",
+        "rng",
+        "_bias_ids",
+        "_bias_vals",
+        "_pen",
+        "_rep",
+        "_freq",
+        "_pres",
+        "_last_n",
+        "_temp",
+        "_top_k",
+        "_top_p",
+        "_log_min_p",
+        "_native",
+    )
 
-    def __init__(self, params: SamplingParams, vocab_size: int, *,
-                 eog_token_ids: Iterable[int] = ()) -> None:
-        params.validate(vocab_size)
+    def __init__(self, params: SamplingParams, vocab_size: int, *, eog_token_ids: Iterable[int] = ()) -> None:
+        params.check_vocabulary(vocab_size)
         self.params = params
         self.vocab_size = v = int(vocab_size)
         seed = params.seed
@@ -386,20 +284,29 @@ class Sampler:
                 if 0 <= int(t) < v:
                     bias[int(t)] = -math.inf
         ids = sorted(bias)
-        self._bias_ids = np.array(ids, dtype=np.intp)
+        self._bias_ids = np.array(ids, dtype=np.int64)
         self._bias_vals = np.array([bias[t] for t in ids], dtype=np.float32)
 
         self._rep = float(params.repetition_penalty)
         self._freq = float(params.frequency_penalty)
         self._pres = float(params.presence_penalty)
         self._last_n = int(params.penalty_last_n)
-        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0
-                                            or self._pres != 0.0)
+        self._pen = self._last_n != 0 and (self._rep != 1.0 or self._freq != 0.0 or self._pres != 0.0)
         self._temp = float(params.temperature)
         k = int(params.top_k)
         self._top_k = k if 0 < k < v else 0
         self._top_p = float(params.top_p) if params.top_p < 1.0 else None
         self._log_min_p = math.log(params.min_p) if params.min_p > 0.0 else None
+        self._native = kernels.SampleSettings(
+            self._temp,
+            self._top_k,
+            self._top_p if self._top_p is not None else 1.0,
+            self._log_min_p is not None,
+            self._log_min_p or 0.0,
+            self._rep,
+            self._freq,
+            self._pres,
+        )
 
     # -- stages --------------------------------------------------------------------------
 
@@ -415,13 +322,12 @@ class Sampler:
                 win = recent[start:]
             except TypeError:  # e.g. a deque
                 win = list(itertools.islice(recent, start, None))
-        arr = np.asarray(win, dtype=np.int64)
+        arr = np.array(win, dtype=np.int64)  # a copy: the native sampler sorts it
         if arr.size == 0:
             return None
         return arr
 
-    def apply_logit_processors(self, logits: np.ndarray,
-                               recent_tokens: Sequence[int] = ()) -> np.ndarray:
+    def apply_logit_processors(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> np.ndarray:
         """Logits after logit_bias and penalties.  Returns ``logits`` itself when nothing
         applies, else a per-thread scratch array (valid until the next call on this thread)."""
         x = _as_logits(logits)
@@ -445,16 +351,52 @@ class Sampler:
                 buf[ids] = vals
         return buf
 
-    def sample(self, logits: np.ndarray, recent_tokens: Sequence[int] = ()) -> int:
-        """Next token id.  ``logits``: float32 (vocab,) raw model output (not modified);
-        ``recent_tokens``: the sequence so far (prompt + generated), oldest first."""
+    def sample(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = (), allowed: np.ndarray | None = None
+    ) -> int:
+        """Next token id, in one native call (csrc/sample.c).  ``logits``: float32 (vocab,)
+        raw model output (not modified); ``recent_tokens``: the sequence so far (prompt +
+        generated), oldest first; ``allowed``: a grammar's bit mask (uint32 words, bit i of
+        word i // 32 for token i; ConstraintState.mask_words()) or None.
+
+        The same token as ``sample_numpy`` from the same generator state, bit for bit."""
+        x = _as_logits(logits)
+        if x.shape[0] != self.vocab_size:
+            raise ValueError(f"expected {self.vocab_size} logits, got {x.shape[0]}")
+        win = self._window(recent_tokens) if self._pen else None
+        if win is None:
+            win = _NO_TOKENS  # (ids outside the vocabulary C skips, as numpy did)
+        u = self.rng.random() if self._temp > 0.0 else 0.0
+        scratch = _scratch(self.vocab_size).native
+        token = kernels.sample(self._native, x, allowed, self._bias_ids, self._bias_vals, win, u, scratch)
+        if token >= 0:
+            return token
+        if token == kernels.SAMPLE_NAN:
+            raise FloatingPointError(_NAN)
+        if token == kernels.SAMPLE_ALL_INF:
+            raise FloatingPointError(_ALL_INF)
+        # the paths numpy keeps (float32 exponentials), on the logits C processed
+        if allowed is not None or self._bias_ids.size or win.size:
+            x = scratch[: self.vocab_size]
+        ids, vals, m = self._candidates(x)
+        return self._draw(ids, vals, m, u)
+
+    def sample_numpy(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = (), allowed: np.ndarray | None = None
+    ) -> int:
+        """``sample`` as numpy did it before csrc/sample.c: the reference the tests and
+        scripts/bench_sampling.py hold the native sampler to (same arguments, same draw)."""
+        if allowed is not None:
+            bits = np.unpackbits(np.asarray(allowed).view(np.uint8), bitorder="little")
+            logits = np.array(logits, np.float32)
+            np.putmask(logits, ~bits[: logits.shape[0]].view(bool), -np.inf)
         x = self.apply_logit_processors(logits, recent_tokens)
         if self._temp <= 0.0:
             i = int(np.argmax(x))
             _check_max(float(x[i]))
             return i
         ids, vals, m = self._candidates(x)
-        return self._draw(ids, vals, m)
+        return self._draw(ids, vals, m, self.rng.random())
 
     def _candidates(self, x: np.ndarray):
         """top-k (or top-p/min-p) survivors of processed logits x: (ids, vals, max logit);
@@ -462,14 +404,16 @@ class Sampler:
         bm = _block_max(x)
         m = float(bm.max())
         _check_max(m)
+        ids: np.ndarray | None
         if self._top_k:
             ids, vals = self._filter_top_k(x, bm, m)
         else:
             ids, vals = self._filter_no_top_k(x, bm, m)
         return ids, vals, m
 
-    def distribution(self, logits: np.ndarray,
-                     recent_tokens: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(
+        self, logits: np.ndarray, recent_tokens: Sequence[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The distribution ``sample`` draws from: ``(ids int64, probs float64)`` of the tokens
         surviving every filter, by descending probability (ties -> lower id).  No draw."""
         x = self.apply_logit_processors(logits, recent_tokens)
@@ -485,8 +429,7 @@ class Sampler:
         w = np.exp((vals.astype(np.float64) - m) / self._temp)
         return ids, w / w.sum()
 
-    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray,
-                      m: float) -> tuple[np.ndarray, np.ndarray]:
+    def _filter_top_k(self, x: np.ndarray, bm: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray]:
         """top_k -> top_p -> min_p; returns (ids, logits) by descending logit."""
         ids = _top_k_ids(x, bm, self._top_k)
         vals = x[ids]
@@ -500,8 +443,9 @@ class Sampler:
             ids, vals = ids[:keep], vals[:keep]
         return ids, vals
 
-    def _filter_no_top_k(self, x: np.ndarray, bm: np.ndarray,
-                         m: float) -> tuple[np.ndarray | None, np.ndarray]:
+    def _filter_no_top_k(
+        self, x: np.ndarray, bm: np.ndarray, m: float
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         """top_p -> min_p over the whole vocabulary; returns (ids, logits), any order
         (ids None: every token)."""
         lmp, top_p = self._log_min_p, self._top_p
@@ -524,10 +468,9 @@ class Sampler:
         ids = _mass_prefix(x, bm, e, cand, target, m)
         return ids, x[ids]
 
-    def _draw(self, ids: np.ndarray | None, vals: np.ndarray, m: float) -> int:
-        """Temperature, softmax and one draw (always consumes exactly one uniform).
+    def _draw(self, ids: np.ndarray | None, vals: np.ndarray, m: float, u: float) -> int:
+        """Temperature, softmax and one draw with the uniform ``u``.
         ``ids`` None: ``vals`` is the whole vocabulary."""
-        u = self.rng.random()
         n = vals.shape[0]
         if n == 1:
             return 0 if ids is None else int(ids[0])
@@ -547,6 +490,7 @@ class Sampler:
 # --------------------------------------------------------------------------------------------
 # Log-probabilities (the server's logprobs feature)
 # --------------------------------------------------------------------------------------------
+
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable log-softmax along ``axis``; float32 in -> float32 out, else float64."""

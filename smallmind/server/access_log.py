@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec
 
 __all__ = ["access_line", "log_access", "ACCESS_LOGGER", "FIELDS"]
 
 ACCESS_LOGGER = logging.getLogger("smallmind.access")
+P = ParamSpec("P")
 
 # The keys of every line, in order.
 FIELDS = (
@@ -72,23 +74,16 @@ def access_line(
     return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
-def log_access(
-    request_id: str,
-    method: str,
-    route: str,
-    path: str,
-    status: int,
-    duration_ms: float,
-    prompt_tokens: int | None,
-    completion_tokens: int | None,
-    remote_ip: str | None,
-) -> None:
-    """Write the request's `access_line` to the "smallmind.access" logger at INFO."""
-    if not ACCESS_LOGGER.isEnabledFor(logging.INFO):
-        return  # skip building the JSON when nobody listens
-    ACCESS_LOGGER.info(
-        "%s",
-        access_line(
-            request_id, method, route, path, status, duration_ms, prompt_tokens, completion_tokens, remote_ip
-        ),
-    )
+def _logged_at_info(line: Callable[P, str]) -> Callable[P, None]:
+    """A function that takes `line`'s arguments and writes its result to ACCESS_LOGGER at INFO."""
+
+    def log(*args: P.args, **kwargs: P.kwargs) -> None:
+        if ACCESS_LOGGER.isEnabledFor(logging.INFO):  # skip building the JSON when nobody listens
+            ACCESS_LOGGER.info("%s", line(*args, **kwargs))
+
+    log.__doc__ = f'Write the `{line.__name__}` record to the "smallmind.access" logger at INFO.'
+    return log
+
+
+# The same arguments as access_line, so the two signatures cannot drift apart.
+log_access = _logged_at_info(access_line)

@@ -5,18 +5,19 @@ at once (429) without reaching the engine.
 It all happens on the event loop thread, so the counts are exact: a request holds its
 sequences from admission until its handler releases them, after the engine has let go of
 them (finished, or cancelled before any new job is handed over)."""
+
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from smallmind.server.protocol import QueueFullError, RequestTimeoutError
+from smallmind.server.openai.errors import QueueFullError, RequestTimeoutError
 
 
 @dataclass(eq=False)
 class Ticket:
-    weight: int                         # sequences it will run (n choices x prompts, capped)
+    weight: int  # sequences it will run (n choices x prompts, capped)
     admitted: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     released: bool = False
 
@@ -26,9 +27,8 @@ class Admission:
         self.capacity = capacity
         self.depth = depth
         self.retry_after_s = retry_after_s
-        self.active = 0                     # sequences of admitted requests
+        self.active = 0  # sequences of admitted requests
         self.queue: deque[Ticket] = deque()
-        self.rejected = 0
 
     @property
     def waiting(self) -> int:
@@ -42,10 +42,11 @@ class Admission:
             self._admit(ticket)
             return ticket
         if len(self.queue) >= self.depth:
-            self.rejected += 1
-            raise QueueFullError(f"the server is busy: {self.active} sequences are running and "
-                                 f"{len(self.queue)} requests are queued; retry later",
-                                 retry_after=self.retry_after_s)
+            raise QueueFullError(
+                f"the server is busy: {self.active} sequences are running and "
+                f"{len(self.queue)} requests are queued; retry later",
+                retry_after=self.retry_after_s,
+            )
         self.queue.append(ticket)
         return ticket
 
@@ -59,7 +60,7 @@ class Admission:
             await asyncio.wait_for(asyncio.shield(ticket.admitted), timeout=max(timeout_s, 0))
         except asyncio.TimeoutError:
             if ticket.admitted.done() and not ticket.admitted.cancelled():
-                return                     # admitted at the very last moment
+                return  # admitted at the very last moment
             self.abandon(ticket)
             raise RequestTimeoutError(timeout_s) from None
 
@@ -69,7 +70,7 @@ class Admission:
         if ticket in self.queue:
             self.queue.remove(ticket)
             ticket.admitted.cancel()
-            self._admit_waiting()          # those behind it may fit now
+            self._admit_waiting()  # those behind it may fit now
         else:
             self.release(ticket)
 

@@ -1,22 +1,33 @@
 """The Tornado application: the server's shared state and its routes.
 
-Handlers (`handlers.py`, `completions.py`) parse with `protocol`, build prompts with
+Handlers (`handlers.py`, `completions.py`) parse with `openai.requests`, build prompts with
 `ServedModel`, pass admission, and hand generation to the engine thread (`Scheduler`); they
 only await and write.  Every failure becomes an OpenAI-style JSON error through
-`protocol.error_response`, the one place statuses are decided."""
+`openai.errors.error_response`, the one place statuses are decided."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import tornado.web
 
-from smallmind.server import protocol
 from smallmind.server.admission import Admission
-from smallmind.server.completions import (ChatHandler, CompletionHandler, DetokenizeHandler, EmbeddingHandler,
-                                          TokenizeHandler)
+from smallmind.server.completions import (
+    ChatHandler,
+    CompletionHandler,
+    DetokenizeHandler,
+    EmbeddingHandler,
+    TokenizeHandler,
+)
 from smallmind.server.config import ServerOptions
-from smallmind.server.handlers import (HealthHandler, MetricsHandler, ModelsHandler, NotFoundHandler,
-                                       OpenApiHandler, ReadyHandler)
+from smallmind.server.handlers import (
+    HealthHandler,
+    MetricsHandler,
+    ModelsHandler,
+    NotFoundHandler,
+    OpenApiHandler,
+    ReadyHandler,
+)
 from smallmind.server.metrics import ServerMetrics
 from smallmind.server.runtime import ServedModel
 from smallmind.server.tracing import Tracer
@@ -29,20 +40,15 @@ class ServerState:
 
     options: ServerOptions
     served: ServedModel | None = None
-    status: str = "loading"             # loading | ready | failed | draining
+    status: str = "loading"  # loading | ready | failed | draining
     reason: str = "the model is loading"
-    active_requests: int = 0            # POST requests being handled (drain waits for 0)
-    admission: Admission = None
-    metrics: ServerMetrics = None
-    tracer: Tracer = None
+    active_requests: int = 0  # POST requests being handled (drain waits for 0)
+    admission: Admission = field(init=False)  # sized by options, so made in __post_init__
+    metrics: ServerMetrics = field(init=False, default_factory=ServerMetrics)
+    tracer: Tracer = field(init=False, default_factory=Tracer)
 
     def __post_init__(self) -> None:
-        if self.admission is None:
-            self.admission = Admission(self.options.max_concurrent_requests, self.options.max_queue_depth)
-        if self.metrics is None:
-            self.metrics = ServerMetrics()
-        if self.tracer is None:
-            self.tracer = Tracer()
+        self.admission = Admission(self.options.max_concurrent_requests, self.options.max_queue_depth)
 
     @property
     def ready(self) -> bool:
@@ -51,11 +57,6 @@ class ServerState:
     def set_status(self, status: str, reason: str = "") -> None:
         self.status, self.reason = status, reason
         self.metrics.set_ready(self.ready)
-
-    def defaults(self) -> protocol.Defaults:
-        o = self.options
-        return protocol.Defaults(max_tokens=o.default_max_tokens, temperature=o.default_temperature,
-                                 top_p=o.default_top_p, top_k=o.default_top_k)
 
     def refresh_gauges(self) -> None:
         self.metrics.set_queue_depth(self.admission.waiting)
@@ -78,5 +79,9 @@ def make_app(state: ServerState) -> tornado.web.Application:
         (r"/openapi.json", OpenApiHandler, kw),
     ]
     # The access log is ours (one structured line per request, written in on_finish).
-    return tornado.web.Application(routes, default_handler_class=NotFoundHandler,
-                                   default_handler_args=kw, log_function=lambda handler: None)
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=kw,
+        log_function=lambda handler: None,
+    )

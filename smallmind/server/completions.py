@@ -4,23 +4,42 @@ A generation request goes: parse -> prompt tokens -> context check -> admission 
 queue is full) -> [stream headers] -> wait for room (RequestTimeoutMs covers the wait and the
 generation) -> jobs on the engine thread -> updates written as they come.  Whatever ends it
 (done, client gone, timeout, error) releases its room and its KV slots."""
+
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
+import tornado.http1connection
 import tornado.iostream
 import tornado.web
 
-from smallmind.server.chat import tool_calls
-from smallmind.errors import RequestValidationError, SmallMindError
-from smallmind.server.scheduler import GenerationJob, Update
-from smallmind.server import protocol
+from smallmind.errors import SmallMindError
 from smallmind.server.handlers import BaseHandler
+from smallmind.server.openai import responses
+from smallmind.server.openai.errors import (
+    BodyTooLargeError,
+    QueueFullError,
+    RequestTimeoutError,
+    error_response,
+)
+from smallmind.server.openai.requests import (
+    check_vocabulary,
+    choice_index,
+    choice_params,
+    fit_max_tokens,
+    parse_chat,
+    parse_completion,
+    parse_detokenize,
+    parse_embedding,
+    parse_tokenize,
+)
 from smallmind.server.runtime import grammar_of_request
+from smallmind.server.scheduler import GenerationJob
+from smallmind.values import check_token_ids
 
 # Bodies up to this many times the limit are read and dropped so the client, still sending,
 # gets its 413; larger ones are cut off at once.
@@ -37,8 +56,13 @@ def dumps_in_pieces(value) -> str:
     one call over a 4,000-embedding answer stalled the IOLoop for 650 ms; between the pieces
     the loop gets the GIL back.  Lists of plain values (an embedding) stay one call."""
     if isinstance(value, dict):
-        return "{" + ", ".join(json.dumps(str(k), ensure_ascii=False) + ": " + dumps_in_pieces(v)
-                               for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(
+                json.dumps(str(k), ensure_ascii=False) + ": " + dumps_in_pieces(v) for k, v in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
         return "[" + ", ".join(dumps_in_pieces(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)
@@ -50,16 +74,17 @@ class PostHandler(BaseHandler):
 
     def initialize(self, state) -> None:
         super().initialize(state)
-        self._counted = False               # in state.active_requests (the drain waits for 0)
+        self._counted = False  # in state.active_requests (the drain waits for 0)
         self._chunks: list[bytes] = []
         self._size = 0
-        self._body_received = False         # post() began: Tornado will finish this request
+        self._body_received = False  # post() began: Tornado will finish this request
         self._jobs: list[GenerationJob] = []
         self._ticket = None
         self._updates: asyncio.Queue | None = None
-        self.grammar = None                 # the grammar every choice decodes under, if any
+        self._deadline: asyncio.TimerHandle | None = None  # puts the timeout in _updates
+        self.grammar = None  # the grammar every choice decodes under, if any
         self.vocabulary = None
-        self.cached_tokens = 0              # prompt tokens the prefix cache supplied
+        self.cached_tokens = 0  # prompt tokens the prefix cache supplied
 
     def prepare(self) -> None:
         self.state.active_requests += 1
@@ -70,7 +95,10 @@ class PostHandler(BaseHandler):
         declared = int(length) if length.isdigit() else 0
         if declared > limit * _DRAIN_FACTOR:
             raise self._too_large()
-        self.request.connection.set_max_body_size(max(declared, limit) + 1)
+        # Tornado's HTTPServer serves every request over an HTTP1Connection; the request's
+        # type names only the interface, which has no set_max_body_size.
+        connection = cast(tornado.http1connection.HTTP1Connection, self.request.connection)
+        connection.set_max_body_size(max(declared, limit) + 1)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -80,7 +108,7 @@ class PostHandler(BaseHandler):
             self._chunks = []
 
     def _too_large(self) -> Exception:
-        return protocol.BodyTooLargeError(self.state.options.max_body_bytes)
+        return BodyTooLargeError(self.state.options.max_body_bytes)
 
     @property
     def body(self) -> bytes:
@@ -131,6 +159,8 @@ class PostHandler(BaseHandler):
         for job in self._jobs:
             if not job.done():
                 self.state.served.scheduler.cancel(job)
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._ticket is not None:
             self.state.admission.abandon(self._ticket)
             self._ticket = None
@@ -145,22 +175,22 @@ class PostHandler(BaseHandler):
         self.grammar = grammar
         if grammar is not None:
             self.vocabulary = await self.served().vocabulary()
-            await self.off_loop(grammar.prepare, self.vocabulary)   # grows with the grammar
+            await self.off_loop(grammar.prepare, self.vocabulary)  # grows with the grammar
 
     def remaining_s(self) -> float:
         return self.timeout_s - (time.perf_counter() - self.started)
 
-    async def generate(self, prompts: list[list[int]], req, shape: "_Shape") -> None:
+    async def generate(self, prompts: list[list[int]], req, shape: responses.Shape) -> None:
         if self.client_gone:
-            return      # it left while its request was being prepared: nothing to start
+            return  # it left while its request was being prepared: nothing to start
         served = self.served()
         limit_ms = self.state.options.request_timeout_ms
         self.timeout_s = min(req.timeout_ms or limit_ms, limit_ms) / 1000
-        budgets = [protocol.fit_max_tokens(req, len(ids), served.n_ctx) for ids in prompts]
+        budgets = [fit_max_tokens(req, len(ids), served.n_ctx) for ids in prompts]
         self.prompt_tokens = sum(len(ids) for ids in prompts)
         try:
             self._ticket = self.state.admission.enter(req.n * len(prompts))
-        except protocol.QueueFullError:
+        except QueueFullError:
             self.state.metrics.rejected()
             raise
         try:
@@ -173,12 +203,12 @@ class PostHandler(BaseHandler):
                     await self.stream(shape, req.include_usage)
                 else:
                     texts, reasons, logprobs = await self.collect(len(prompts) * req.n)
-                    usage = protocol.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+                    usage = responses.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
                     await self.send_built(lambda: shape.response(texts, reasons, usage, logprobs))
         except (ClientGone, tornado.iostream.StreamClosedError):
             self.end_generation(None)
         except Exception as e:
-            if isinstance(e, protocol.RequestTimeoutError):
+            if isinstance(e, RequestTimeoutError):
                 self.state.metrics.timed_out()
             if not req.stream:
                 raise
@@ -191,16 +221,27 @@ class PostHandler(BaseHandler):
     def submit(self, prompts: list[list[int]], budgets: list[int], req) -> None:
         """One job per prompt, n choices each, all feeding one queue of updates."""
         self._updates = asyncio.Queue()
+        # One timer for the whole generation, not an asyncio.wait_for per update: that builds
+        # a task and a timer per token, a good part of the event loop's work per token.
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(max(self.remaining_s(), 0), self._out_of_time)
         scheduler = self.state.served.scheduler
         for i, (prompt_ids, max_tokens) in enumerate(zip(prompts, budgets)):
-            params = [dataclasses.replace(protocol.choice_params(req, j), max_tokens=max_tokens)
-                      for j in range(req.n)]
+            params = [choice_params(req, j) for j in range(req.n)]
             constraints = [self.grammar.start(self.vocabulary) for _ in params] if self.grammar else None
             # Stop strings never cut constrained output: only max_tokens may end it unfinished.
             stop = [] if self.grammar else req.stop
-            self._jobs.append(GenerationJob(prompt_ids, params, stop=stop, updates=self._updates,
-                                            index_base=protocol.choice_index(i, 0, req.n),
-                                            constraints=constraints))
+            self._jobs.append(
+                GenerationJob(
+                    prompt_ids,
+                    params,
+                    max_tokens=max_tokens,
+                    stop=stop,
+                    updates=self._updates,
+                    index_base=choice_index(i, 0, req.n),
+                    constraints=constraints,
+                )
+            )
         for job in self._jobs:
             scheduler.submit(job)
 
@@ -209,13 +250,10 @@ class PostHandler(BaseHandler):
         open_choices, first = n_choices, True
         n_tokens, n_cached = [0] * n_choices, [0] * n_choices
         n_per_prompt = len(self._jobs[0].params)
+        queue = self._updates
+        assert queue is not None, "submit() makes the queue before updates are read"
         while open_choices:
-            remaining = self.remaining_s()
-            try:
-                item = await asyncio.wait_for(self._updates.get(), timeout=max(remaining, 0))
-            except asyncio.TimeoutError:
-                self.end_generation(None)
-                raise protocol.RequestTimeoutError(self.timeout_s) from None
+            item = await queue.get()
             if isinstance(item, Exception):
                 self.end_generation(None)
                 raise item
@@ -230,11 +268,15 @@ class PostHandler(BaseHandler):
             self.cached_tokens = sum(n_cached[::n_per_prompt])
             yield item
 
+    def _out_of_time(self) -> None:
+        if self._updates is not None:  # the timer is only set once submit() made the queue
+            self._updates.put_nowait(RequestTimeoutError(self.timeout_s))
+
     async def collect(self, n_choices: int) -> tuple[list[str], list[str], list[list]]:
         """Per choice: its text, finish reason and TokenLogprob entries (if asked for)."""
-        texts = [[] for _ in range(n_choices)]
+        texts: list[list[str]] = [[] for _ in range(n_choices)]
         reasons = [""] * n_choices
-        logprobs = [[] for _ in range(n_choices)]
+        logprobs: list[list] = [[] for _ in range(n_choices)]
         async for updates in self.updates(n_choices):
             for u in updates:
                 texts[u.index].append(u.text)
@@ -248,42 +290,46 @@ class PostHandler(BaseHandler):
     async def begin_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")   # nginx: pass events through at once
+        self.set_header("X-Accel-Buffering", "no")  # nginx: pass events through at once
         await self.flush()
 
     def write_event(self, payload: dict | str) -> None:
         data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
         self.write(f"data: {data}\n\n")
 
-    async def stream(self, shape: "_Shape", include_usage: bool) -> None:
+    async def stream(self, shape: responses.Shape, include_usage: bool) -> None:
         n_choices = len(self._jobs) * len(self._jobs[0].params)
         for event in shape.opening(n_choices):
             self.write_event(event)
         await self.flush()
         async for updates in self.updates(n_choices):
-            for u in updates:
-                for event in shape.chunks(u):
-                    self.write_event(event)
-            await self.flush_in_time()
+            # one write and one flush per engine step, whatever it brought
+            events = "".join(f"data: {event}\n\n" for u in updates for event in shape.encoded_chunks(u))
+            if events:
+                self.write(events)
+                await self.flush_in_time()
         if include_usage:
-            usage = protocol.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+            usage = responses.usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
             self.write_event(shape.usage_chunk(usage))
         self.write_event("[DONE]")
         self.finish()
 
     async def flush_in_time(self) -> None:
         """A client that stops reading must not hold its slot past the deadline."""
+        flushed = self.flush()
+        if flushed.done():  # the socket took it all: nothing to wait for (no task, no timer)
+            return flushed.result()
         try:
-            await asyncio.wait_for(self.flush(), timeout=max(self.remaining_s(), 0))
+            await asyncio.wait_for(flushed, timeout=max(self.remaining_s(), 0))
         except asyncio.TimeoutError:
             self.end_generation(None)
-            raise protocol.RequestTimeoutError(self.timeout_s) from None
+            raise RequestTimeoutError(self.timeout_s) from None
 
     async def stream_error(self, error: Exception) -> None:
         """Headers are gone: the error travels as an event, then the stream ends."""
         if self._finished:
             return
-        _, body = protocol.error_response(error, request_id=self.request_id)
+        _, body = error_response(error, request_id=self.request_id)
         self.write_event(body)
         try:
             await self.flush()
@@ -291,150 +337,18 @@ class PostHandler(BaseHandler):
             pass
         self.finish()
 
-
-@dataclasses.dataclass
-class _Shape:
-    """How one endpoint's answers look: ids, builders, and log-probabilities when asked for
-    (``piece(id)`` gives a token's bytes).  In a stream, log-probabilities of tokens whose
-    text is still held back (half a character, a possible stop string) ride with the next
-    piece of text.  ``include_usage``: every chunk carries ``"usage": null`` before the last."""
-
-    rid: str
-    created: int
-    model: str
-    piece: Callable[[int], bytes]
-    logprobs: bool = False
-    include_usage: bool = False
-    pending: dict = dataclasses.field(default_factory=dict)   # choice -> entries not sent yet
-
-    def take_logprobs(self, u: Update, flush: bool) -> list | None:
-        if not self.logprobs:
-            return None
-        entries = self.pending.setdefault(u.index, [])
-        entries.extend(u.logprobs)
-        if not (u.text or flush):
-            return None
-        self.pending[u.index] = []
-        return entries
-
-
-@dataclasses.dataclass
-class _ChatShape(_Shape):
-    """Chat answers, with function calling: in "forced" mode (tool_choice required or named)
-    the whole answer is a call (one cut short by max_tokens still comes back as a call, with
-    the arguments so far); in "auto" mode text that may still become a call is held back
-    until it cannot, and a finished call goes out as tool_calls deltas.  ``legacy``: the
-    request used ``functions``, so calls come back as ``function_call``."""
-
-    tools: list = dataclasses.field(default_factory=list)
-    tool_mode: str = "off"                                     # off | auto | forced
-    legacy: bool = False
-    held: dict = dataclasses.field(default_factory=dict)       # choice -> text not yet sent
-    released: set = dataclasses.field(default_factory=set)     # auto choices known to be text
-
-    def opening(self, n_choices: int):
-        # a forced call has no text: content is null from the start, as OpenAI sends it
-        content = None if self.tool_mode == "forced" else ""
-        for j in range(n_choices):
-            yield self._chunk(j, {"role": "assistant", "content": content}, None, None)
-
-    def chunks(self, u: Update):
-        text, calls = self._route(u)
-        entries = self.take_logprobs(Update(u.index, text, u.finish_reason, u.n_tokens, u.logprobs),
-                                     flush=bool(u.finish_reason))
-        logprobs = None if entries is None else protocol.chat_logprobs(entries, self.piece)
-        if text:
-            yield self._chunk(u.index, {"content": text}, None, logprobs)
-            logprobs = None
-        for delta in protocol.tool_call_deltas(calls or [], self.legacy):
-            yield self._chunk(u.index, delta, None, None)
-        if u.finish_reason:
-            yield self._chunk(u.index, {}, self._finish_reason(u.finish_reason, calls), logprobs)
-
-    def _chunk(self, index, delta, finish_reason, logprobs):
-        return protocol.chat_chunk(self.rid, self.created, self.model, index, delta, finish_reason,
-                                   include_usage=self.include_usage, logprobs=logprobs)
-
-    def _finish_reason(self, reason: str, calls: list | None) -> str:
-        if not calls or reason == "length":
-            return reason
-        return "function_call" if self.legacy else "tool_calls"
-
-    def _calls(self, text: str, reason: str) -> list | None:
-        """The calls in a finished choice's text: complete ones, or in forced mode one that
-        max_tokens cut short."""
-        calls = tool_calls.find_tool_calls(text, self.tools) if reason in ("stop", "length") else None
-        if calls is None and self.tool_mode == "forced" and reason == "length":
-            calls = tool_calls.truncated_call(text, self.tools)
-        return calls
-
-    def _route(self, u: Update) -> tuple[str, list | None]:
-        """(text to send now, calls found at the end) for this update."""
-        if self.tool_mode == "off" or u.index in self.released:
-            return u.text, None
-        held = self.held.get(u.index, "") + u.text
-        if self.tool_mode == "auto" and not tool_calls.could_become_call(held):
-            self.released.add(u.index)
-            self.held[u.index] = ""
-            return held, None
-        self.held[u.index] = held
-        if not u.finish_reason:
-            return "", None
-        calls = self._calls(held, u.finish_reason)
-        return ("" if calls else held), calls
-
-    def usage_chunk(self, usage: dict) -> dict:
-        return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=True)
-
-    def response(self, texts, reasons, usage, logprobs) -> dict:
-        lps = [protocol.chat_logprobs(e, self.piece) for e in logprobs] if self.logprobs else None
-        calls = [None] * len(texts)
-        if self.tool_mode != "off":
-            calls = [self._calls(t, r) for t, r in zip(texts, reasons)]
-            reasons = [self._finish_reason(r, c) for c, r in zip(calls, reasons)]
-        return protocol.chat_completion(self.rid, self.created, self.model, list(zip(texts, reasons)),
-                                        usage, lps, calls, legacy=self.legacy)
-
-
-@dataclasses.dataclass
-class _CompletionShape(_Shape):
-    echoes: list[str] = dataclasses.field(default_factory=list)        # per choice, "" without echo
-    echo_logprobs: list[list] = dataclasses.field(default_factory=list)  # per choice: (token, entry)
-    offsets: dict = dataclasses.field(default_factory=dict)            # choice -> text offset so far
-
-    def opening(self, n_choices: int):
-        for i, echo in enumerate(self.echoes):
-            if echo:
-                yield protocol.completion_chunk(self.rid, self.created, self.model, i, echo,
-                                                include_usage=self.include_usage,
-                                                logprobs=self._legacy(i, self.echo_logprobs[i]))
-
-    def chunks(self, u: Update):
-        if u.text or u.finish_reason:
-            entries = self.take_logprobs(u, flush=bool(u.finish_reason))
-            logprobs = None if entries is None else self._legacy(u.index, [(e.token, e) for e in entries])
-            yield protocol.completion_chunk(self.rid, self.created, self.model, u.index, u.text,
-                                            u.finish_reason, include_usage=self.include_usage,
-                                            logprobs=logprobs)
-
-    def _legacy(self, index: int, pairs: list) -> dict | None:
-        if not self.logprobs:
-            return None
-        start = self.offsets.get(index, 0)
-        out = protocol.completion_logprobs(pairs, self.piece, text_start=start)
-        self.offsets[index] = start + sum(len(t) for t in out["tokens"])
-        return out
-
-    def usage_chunk(self, usage: dict) -> dict:
-        return protocol.usage_chunk(self.rid, self.created, self.model, usage, chat=False)
-
-    def response(self, texts, reasons, usage, logprobs) -> dict:
-        texts = [echo + text for echo, text in zip(self.echoes, texts)]
-        lps = None
-        if self.logprobs:
-            lps = [protocol.completion_logprobs(prefix + [(e.token, e) for e in entries], self.piece)
-                   for prefix, entries in zip(self.echo_logprobs, logprobs)]
-        return protocol.completion(self.rid, self.created, self.model, list(zip(texts, reasons)), usage, lps)
+    def shape_fields(self, id_prefix: str, req) -> tuple[str, int, str, Callable[[int], bytes], bool, bool]:
+        """What every answer shape starts with: a new id, the time, the model, how token ids
+        become bytes, whether log-probabilities and a usage chunk were asked for."""
+        served = self.served()
+        return (
+            responses.new_id(id_prefix),
+            int(time.time()),
+            served.model_id,
+            served.tokenizer.token_bytes,
+            req.logprobs is not None,
+            req.include_usage,
+        )
 
 
 class ChatHandler(PostHandler):
@@ -442,25 +356,27 @@ class ChatHandler(PostHandler):
 
     async def handle(self) -> None:
         req, prompt_ids, grammar = await self.off_loop(self.prepare_request, self.body)
-        served = self.served()
         tools = req.tools if req.tool_choice != "none" else []
         mode = "off" if not tools else "auto" if req.tool_choice == "auto" else "forced"
-        shape = _ChatShape(protocol.new_id(protocol.CHAT_ID_PREFIX), int(time.time()), served.model_id,
-                           served.tokenizer.token_bytes, req.logprobs is not None, req.include_usage,
-                           tools=tools, tool_mode=mode, legacy=req.legacy_functions)
+        shape = responses.ChatShape(
+            *self.shape_fields(responses.CHAT_ID_PREFIX, req),
+            tools=tools,
+            tool_mode=mode,
+            legacy=req.legacy_functions,
+        )
         await self.constrain(grammar)
         await self.generate([prompt_ids], req, shape)
 
     def prepare_request(self, body: bytes):
         """(request, prompt ids, grammar or None), in a worker thread.  Cheap bounds come
         first: schema sizes before compiling, the rendered prompt's bytes before tokenizing."""
-        req = protocol.parse_chat(body, self.state.defaults())
+        req = parse_chat(body, self.state.options.sampling_defaults())
         served = self.served()
-        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        check_vocabulary(req, served.tokenizer.vocab_size)
         served.check_schemas(req.response_format, req.tools)
         tools = req.tools if req.tool_choice != "none" else []
         text = served.chat_text(req.messages, tools)
-        protocol.fit_max_tokens(req, served.min_tokens(text), served.n_ctx, at_least=True)
+        fit_max_tokens(req, served.min_tokens(text), served.n_ctx, at_least=True)
         prompt_ids = served.encode_chat(text)
         return req, prompt_ids, served.grammar_for(req, tools)
 
@@ -470,12 +386,12 @@ class CompletionHandler(PostHandler):
 
     async def handle(self) -> None:
         req, prompts, echoes, grammar = await self.off_loop(self.prepare_request, self.body)
-        served = self.served()
         echo_logprobs = [await self.echo_logprobs(ids, req) for ids in prompts]
-        shape = _CompletionShape(protocol.new_id(protocol.COMPLETION_ID_PREFIX), int(time.time()),
-                                 served.model_id, served.tokenizer.token_bytes, req.logprobs is not None,
-                                 req.include_usage, echoes=[e for e in echoes for _ in range(req.n)],
-                                 echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)])
+        shape = responses.CompletionShape(
+            *self.shape_fields(responses.COMPLETION_ID_PREFIX, req),
+            echoes=[e for e in echoes for _ in range(req.n)],
+            echo_logprobs=[e for e in echo_logprobs for _ in range(req.n)],
+        )
         await self.constrain(grammar)
         await self.generate(prompts, req, shape)
 
@@ -483,13 +399,13 @@ class CompletionHandler(PostHandler):
         """(request, prompts' ids, echoed texts, grammar or None), in a worker thread; a text
         prompt that cannot fit is refused from its bytes before it is tokenized, a schema
         over the limits before it is compiled."""
-        req = protocol.parse_completion(body, self.state.defaults())
+        req = parse_completion(body, self.state.options.sampling_defaults())
         served = self.served()
-        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        check_vocabulary(req, served.tokenizer.vocab_size)
         served.check_schemas(req.response_format, [])
         for p in req.prompts:
             if isinstance(p, str):
-                protocol.fit_max_tokens(req, served.min_tokens(p), served.n_ctx, at_least=True)
+                fit_max_tokens(req, served.min_tokens(p), served.n_ctx, at_least=True)
         prompts = [served.text_prompt(p) for p in req.prompts]
         echoes = [self.echo_text(p, ids) if req.echo else "" for p, ids in zip(req.prompts, prompts)]
         return req, prompts, echoes, grammar_of_request(req)
@@ -517,15 +433,18 @@ class EmbeddingHandler(PostHandler):
         self.prompt_tokens = sum(len(ids) for ids in inputs)
         vectors = await served.scheduler.embed(inputs)
         self.state.metrics.tokens(self.prompt_tokens, 0)
-        await self.send_built(lambda: protocol.embedding_list(served.model_id, vectors, req.encoding_format,
-                                                              self.prompt_tokens))
+        await self.send_built(
+            lambda: responses.embedding_list(
+                served.model_id, vectors, req.encoding_format, self.prompt_tokens
+            )
+        )
 
     def prepare_request(self, body: bytes):
         """(request, inputs' ids), in a worker thread; inputs too long are refused before
         they are tokenized where their bytes already tell."""
-        req = protocol.parse_embedding(body)
+        req = parse_embedding(body)
         served = self.served()
-        protocol.check_vocabulary(req, served.tokenizer.vocab_size)
+        check_vocabulary(req, served.tokenizer.vocab_size)
         for item in req.inputs:
             served.check_embedding_input(item)
         inputs = [served.text_prompt(item, param="input") for item in req.inputs]
@@ -544,11 +463,11 @@ class TokenizeHandler(PostHandler):
         await self.send_built(lambda: self.tokenize(body))
 
     def tokenize(self, body: bytes) -> dict:
-        req = protocol.parse_tokenize(body, self.state.options.max_tokenize_bytes)
+        req = parse_tokenize(body, self.state.options.max_tokenize_bytes)
         tokenizer = self.served().tokenizer
         ids = tokenizer.encode(req.content, add_special=req.add_special, parse_special=req.parse_special)
         if req.with_pieces:
-            tokens = [{"id": i, "piece": protocol.token_piece(tokenizer.token_bytes(i))} for i in ids]
+            tokens = [{"id": i, "piece": responses.token_piece(tokenizer.token_bytes(i))} for i in ids]
         else:
             tokens = ids
         return {"tokens": tokens}
@@ -564,12 +483,7 @@ class DetokenizeHandler(PostHandler):
         await self.send_built(lambda: self.detokenize(body))
 
     def detokenize(self, body: bytes) -> dict:
-        ids = protocol.parse_detokenize(body)
+        ids = parse_detokenize(body)
         tokenizer = self.served().tokenizer
-        bad = next((t for t in ids if t >= tokenizer.vocab_size), None)
-        if bad is not None:
-            err = RequestValidationError(f"tokens has token id {bad} outside the vocabulary "
-                                         f"(0..{tokenizer.vocab_size - 1})")
-            err.param = "tokens"
-            raise err
+        check_token_ids(ids, tokenizer.vocab_size, "tokens")
         return {"content": tokenizer.decode(ids, skip_special=False)}

@@ -14,6 +14,7 @@ value that a later source overrides is never looked at (as in .NET's binder).  E
 mistake -- a bad value, an unknown key or flag, broken JSON -- is a ``ConfigError`` with a
 one-line message naming the key and the source it came from.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +22,13 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
+from smallmind.engine.sampling_params import RANGES, SamplingParams
 from smallmind.errors import ConfigError
+from smallmind.values import Range, clip, json_type
 
 __all__ = ["ServerOptions", "load_options", "usage", "describe", "SETTINGS", "SECTION"]
 
@@ -48,10 +52,11 @@ class ServerOptions:
     max_queue_depth: int = 32
     request_timeout_ms: int = 300_000
     max_context_tokens: int = 4096
-    default_max_tokens: int = 100
-    default_temperature: float = 0.8
-    default_top_p: float = 0.95
-    default_top_k: int = 40
+    # SamplingParams holds the defaults of what a request may leave out
+    default_max_tokens: int = SamplingParams.max_tokens
+    default_temperature: float = SamplingParams.temperature
+    default_top_p: float = SamplingParams.top_p
+    default_top_k: int = SamplingParams.top_k
     threads: int = 0
     max_body_bytes: int = 10 * 1024 * 1024
     api_key: str | None = None
@@ -63,6 +68,16 @@ class ServerOptions:
     max_tokenize_bytes: int = 256 * 1024
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000
+
+    def sampling_defaults(self) -> SamplingParams:
+        """The sampling settings of a request that gives none: SamplingParams' own defaults
+        with the Default* settings put in (load_options judged those against RANGES)."""
+        return SamplingParams(
+            max_tokens=self.default_max_tokens,
+            temperature=self.default_temperature,
+            top_p=self.default_top_p,
+            top_k=self.default_top_k,
+        )
 
     @property
     def api_keys(self) -> list[str]:
@@ -78,16 +93,17 @@ class ServerOptions:
 class Setting:
     """One seed key: its field, its type and the range a value must lie in."""
 
-    key: str                      # spelled as the .NET product spells it
+    key: str  # spelled as the .NET product spells it
     field: str
-    kind: type                    # int, float or str
+    kind: type  # int, float or str
     help: str
     low: float | None = None
     high: float | None = None
-    low_exclusive: bool = False   # value must be > low rather than >= low
-    flag: bool = False            # also settable as --<field-with-dashes>
-    secret: bool = False          # never echoed in messages, masked by describe()
-    nonempty: bool = False        # a str that may not be empty (others: empty = unset)
+    low_exclusive: bool = False  # value must be > low rather than >= low
+    flag: bool = False  # also settable as --<field-with-dashes>
+    secret: bool = False  # never echoed in messages, masked by describe()
+    nonempty: bool = False  # a str that may not be empty (others: empty = unset)
+    sampling: str | None = None  # a sampling default: SamplingParams' RANGES judge it
 
     @property
     def name(self) -> str:
@@ -98,76 +114,168 @@ class Setting:
         return "--" + self.field.replace("_", "-")
 
     @property
+    def rule(self) -> Range:
+        """The range a number must lie in (a sampling default's is SamplingParams')."""
+        if self.sampling is not None:
+            return RANGES[self.sampling]
+        return Range(self.kind is int, self.low, self.high, self.low_exclusive)
+
+    @property
     def requirement(self) -> str:
         """What a valid value looks like, for error messages: 'an integer >= 1'."""
-        noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
-        if self.nonempty:
-            noun = "a non-empty string"
-        if self.low is not None and self.high is not None:
-            if self.low_exclusive:
-                return f"{noun} greater than {self.low} and at most {self.high}"
-            return f"{noun} between {self.low} and {self.high}"
-        if self.low is not None:
-            return f"{noun} {'>' if self.low_exclusive else '>='} {self.low}"
-        return noun
+        if self.kind is str:
+            return "a non-empty string" if self.nonempty else "a string"
+        return self.rule.requirement
 
 
 # The one table of seed keys; the dataclass above holds the defaults.
 SETTINGS: tuple[Setting, ...] = (
     Setting("ModelId", "model_id", str, "model id in the registry", flag=True),
     Setting("ModelPath", "model_path", str, "path to a .gguf or .smq file", flag=True),
-    Setting("CacheDir", "cache_dir", str,
-            "registry cache directory (unset: the registry's platform default)", flag=True),
+    Setting(
+        "CacheDir",
+        "cache_dir",
+        str,
+        "registry cache directory (unset: the registry's platform default)",
+        flag=True,
+    ),
     Setting("Host", "host", str, "interface to listen on", flag=True, nonempty=True),
-    Setting("Port", "port", int, "TCP port; 0 picks a free port", low=0, high=65535,
-            flag=True),
-    Setting("MaxConcurrentRequests", "max_concurrent_requests", int,
-            "requests generating at the same time", low=1, flag=True),
-    Setting("MaxQueueDepth", "max_queue_depth", int,
-            "requests waiting for a slot before new ones are refused", low=0, flag=True),
-    Setting("RequestTimeoutMs", "request_timeout_ms", int,
-            "time limit of one request, in milliseconds", low=1, flag=True),
-    Setting("MaxContextTokens", "max_context_tokens", int,
-            "context window (prompt + completion) in tokens", low=16, flag=True),
-    Setting("DefaultMaxTokens", "default_max_tokens", int,
-            "max_tokens when a request gives none", low=1),
-    Setting("DefaultTemperature", "default_temperature", float,
-            "temperature when a request gives none", low=0, high=2),
-    Setting("DefaultTopP", "default_top_p", float, "top_p when a request gives none",
-            low=0, high=1, low_exclusive=True),
-    Setting("DefaultTopK", "default_top_k", int, "top_k when a request gives none (0: off)",
-            low=0),
-    Setting("Threads", "threads", int, "compute threads (0: one per physical core, within the CPU quota)", low=0,
-            flag=True),
-    Setting("MaxBodyBytes", "max_body_bytes", int,
-            "largest request body accepted; larger ones get 413", low=1024),
-    Setting("ApiKey", "api_key", str,
-            "API key(s), comma-separated, that /v1/* and /metrics require as a Bearer token",
-            flag=True, secret=True),
-    Setting("CorsOrigins", "cors_origins", str,
-            "origins allowed by CORS, comma-separated, or * (unset: CORS off)", flag=True),
-    Setting("DrainTimeoutMs", "drain_timeout_ms", int,
-            "on SIGTERM, how long in-flight requests may finish before exit", low=0, flag=True),
-    Setting("PrefixCacheMiB", "prefix_cache_mib", int,
-            "memory (MiB) for the KV caches of finished requests, reused by new prompts that "
-            "start the same way (0: no reuse)", low=0, flag=True),
+    Setting("Port", "port", int, "TCP port; 0 picks a free port", low=0, high=65535, flag=True),
+    Setting(
+        "MaxConcurrentRequests",
+        "max_concurrent_requests",
+        int,
+        "requests generating at the same time",
+        low=1,
+        flag=True,
+    ),
+    Setting(
+        "MaxQueueDepth",
+        "max_queue_depth",
+        int,
+        "requests waiting for a slot before new ones are refused",
+        low=0,
+        flag=True,
+    ),
+    Setting(
+        "RequestTimeoutMs",
+        "request_timeout_ms",
+        int,
+        "time limit of one request, in milliseconds",
+        low=1,
+        flag=True,
+    ),
+    Setting(
+        "MaxContextTokens",
+        "max_context_tokens",
+        int,
+        "context window (prompt + completion) in tokens",
+        low=16,
+        flag=True,
+    ),
+    Setting(
+        "DefaultMaxTokens",
+        "default_max_tokens",
+        int,
+        "max_tokens when a request gives none",
+        sampling="max_tokens",
+    ),
+    Setting(
+        "DefaultTemperature",
+        "default_temperature",
+        float,
+        "temperature when a request gives none",
+        sampling="temperature",
+    ),
+    Setting("DefaultTopP", "default_top_p", float, "top_p when a request gives none", sampling="top_p"),
+    Setting(
+        "DefaultTopK", "default_top_k", int, "top_k when a request gives none (0: off)", sampling="top_k"
+    ),
+    Setting(
+        "Threads",
+        "threads",
+        int,
+        "compute threads (0: one per physical core, within the CPU quota)",
+        low=0,
+        flag=True,
+    ),
+    Setting(
+        "MaxBodyBytes", "max_body_bytes", int, "largest request body accepted; larger ones get 413", low=1024
+    ),
+    Setting(
+        "ApiKey",
+        "api_key",
+        str,
+        "API key(s), comma-separated, that /v1/* and /metrics require as a Bearer token",
+        flag=True,
+        secret=True,
+    ),
+    Setting(
+        "CorsOrigins",
+        "cors_origins",
+        str,
+        "origins allowed by CORS, comma-separated, or * (unset: CORS off)",
+        flag=True,
+    ),
+    Setting(
+        "DrainTimeoutMs",
+        "drain_timeout_ms",
+        int,
+        "on SIGTERM, how long in-flight requests may finish before exit",
+        low=0,
+        flag=True,
+    ),
+    Setting(
+        "PrefixCacheMiB",
+        "prefix_cache_mib",
+        int,
+        "memory (MiB) for the KV caches of finished requests, reused by new prompts that "
+        "start the same way (0: no reuse)",
+        low=0,
+        flag=True,
+    ),
     # Compiling a schema costs time and memory that grow faster than its size, and on deep
     # nesting, stack: each schema (response_format, a tool's parameters) is measured first.
-    Setting("MaxSchemaBytes", "max_schema_bytes", int,
-            "largest JSON schema (response_format or a tool's parameters, as compact JSON) "
-            "accepted; larger ones get 400", low=64),
-    Setting("MaxSchemaDepth", "max_schema_depth", int,
-            "deepest nesting of objects and arrays in a JSON schema accepted; deeper ones "
-            "get 400", low=4, high=200),
-    Setting("MaxTokenizeBytes", "max_tokenize_bytes", int,
-            "longest /tokenize content (UTF-8 bytes) accepted; longer ones get 400", low=1),
-    Setting("HeaderTimeoutMs", "header_timeout_ms", int,
-            "time a connection has to send a request's headers, then 408 and it is closed "
-            "(one that sent nothing, e.g. idle keep-alive, is closed without an answer)",
-            low=100, flag=True),
-    Setting("BodyTimeoutMs", "body_timeout_ms", int,
-            "time a client has to send a request's whole body; then 408 and the connection "
-            "is closed", low=100, flag=True),
+    Setting(
+        "MaxSchemaBytes",
+        "max_schema_bytes",
+        int,
+        "largest JSON schema (response_format or a tool's parameters, as compact JSON) "
+        "accepted; larger ones get 400",
+        low=64,
+    ),
+    Setting(
+        "MaxSchemaDepth",
+        "max_schema_depth",
+        int,
+        "deepest nesting of objects and arrays in a JSON schema accepted; deeper ones get 400",
+        low=4,
+        high=200,
+    ),
+    Setting(
+        "MaxTokenizeBytes",
+        "max_tokenize_bytes",
+        int,
+        "longest /tokenize content (UTF-8 bytes) accepted; longer ones get 400",
+        low=1,
+    ),
+    Setting(
+        "HeaderTimeoutMs",
+        "header_timeout_ms",
+        int,
+        "time a connection has to send a request's headers, then 408 and it is closed "
+        "(one that sent nothing, e.g. idle keep-alive, is closed without an answer)",
+        low=100,
+        flag=True,
+    ),
+    Setting(
+        "BodyTimeoutMs",
+        "body_timeout_ms",
+        int,
+        "time a client has to send a request's whole body; then 408 and the connection is closed",
+        low=100,
+        flag=True,
+    ),
 )
 
 _BY_KEY = {s.key.lower(): s for s in SETTINGS}
@@ -184,7 +292,7 @@ class RawValue(NamedTuple):
 
     setting: Setting
     value: Any
-    origin: str        # e.g. "environment ServerOptions__Port"
+    origin: str  # e.g. "environment ServerOptions__Port"
 
 
 class CommandLine(NamedTuple):
@@ -195,8 +303,10 @@ class CommandLine(NamedTuple):
 
 # ----------------------------------------------------------------------------- entry points
 
-def load_options(argv: list[str], environ: Mapping[str, str] | None = None,
-                 cwd: str | None = None) -> ServerOptions:
+
+def load_options(
+    argv: list[str], environ: Mapping[str, str] | None = None, cwd: str | None = None
+) -> ServerOptions:
     """Settings from file, environment and ``argv`` (without the program name).
 
     ``-h``/``--help`` prints :func:`usage` and raises ``SystemExit(0)``, as argparse does.
@@ -207,9 +317,11 @@ def load_options(argv: list[str], environ: Mapping[str, str] | None = None,
     if command_line.wants_help:
         print(usage())
         raise SystemExit(0)
-    layers = (read_settings_file(command_line.config_path, cwd),
-              read_environment(environ),
-              command_line.values)
+    layers = (
+        read_settings_file(command_line.config_path, cwd),
+        read_environment(environ),
+        command_line.values,
+    )
     merged: dict[str, RawValue] = {}
     for layer in layers:
         for raw in layer:
@@ -249,10 +361,8 @@ def usage() -> str:
     for setting in SETTINGS:
         default = getattr(defaults, setting.field)
         rule = "" if setting.requirement == "a string" else f"; {setting.requirement}"
-        lines.append(f"  {setting.key} ({setting.kind.__name__}, default {default!r}): "
-                     f"{setting.help}{rule}")
-        forms = [f"env {ENV_PREFIX}{setting.key}=VALUE",
-                 f"{'--' + CLI_PREFIX}{setting.key}=VALUE"]
+        lines.append(f"  {setting.key} ({setting.kind.__name__}, default {default!r}): {setting.help}{rule}")
+        forms = [f"env {ENV_PREFIX}{setting.key}=VALUE", f"{'--' + CLI_PREFIX}{setting.key}=VALUE"]
         if setting.flag:
             forms.append(f"{setting.flag_name} VALUE")
         lines.append("      " + "   ".join(forms))
@@ -260,6 +370,7 @@ def usage() -> str:
 
 
 # ----------------------------------------------------------------------------- sources
+
 
 def parse_command_line(argv: list[str]) -> CommandLine:
     values: list[RawValue] = []
@@ -295,7 +406,7 @@ def parse_command_line(argv: list[str]) -> CommandLine:
 def _setting_for_flag(flag: str) -> Setting:
     """The setting of ``--ServerOptions:Key`` (any case) or of an ordinary flag."""
     if flag[2:].lower().startswith(CLI_PREFIX.lower()):
-        return _setting_for(flag[2 + len(CLI_PREFIX):], f"command line {flag}")
+        return _setting_for(flag[2 + len(CLI_PREFIX) :], f"command line {flag}")
     if flag in _BY_FLAG:
         return _BY_FLAG[flag]
     raise ConfigError(f"unknown option {flag} on the command line (see --help)")
@@ -308,12 +419,14 @@ def read_environment(environ: Mapping[str, str]) -> list[RawValue]:
         if not name.lower().startswith(ENV_PREFIX.lower()):
             continue
         origin = f"environment {name}"
-        raw = RawValue(_setting_for(name[len(ENV_PREFIX):], origin), environ[name], origin)
+        raw = RawValue(_setting_for(name[len(ENV_PREFIX) :], origin), environ[name], origin)
         earlier = by_key.get(raw.setting.key)
         # On Linux PORT and Port can both be set; which one wins would be an accident.
         if earlier is not None and earlier.value != raw.value:
-            raise ConfigError(f"{raw.setting.name} is set twice with different values "
-                              f"(from environment {_variable(earlier)} and {name})")
+            raise ConfigError(
+                f"{raw.setting.name} is set twice with different values "
+                f"(from environment {_variable(earlier)} and {name})"
+            )
         by_key[raw.setting.key] = raw
     return list(by_key.values())
 
@@ -327,24 +440,22 @@ def read_settings_file(config_path: str | None, cwd: str) -> list[RawValue]:
     if config_path is None:
         path = os.path.join(cwd, DEFAULT_SETTINGS_FILE)
         if not os.path.exists(path):
-            return []           # the default file is optional
+            return []  # the default file is optional
     else:
         path = os.path.join(cwd, os.path.expanduser(config_path))
     document = _load_json(path, explicit=config_path is not None)
     if not isinstance(document, dict):
-        raise ConfigError(f"settings file {path} must hold a JSON object, "
-                          f"got {_json_type(document)}")
+        raise ConfigError(f"settings file {path} must hold a JSON object, got {_json_type(document)}")
     origin = f"file {path}"
     values = []
     for section_name, section in document.items():
         if section_name.lower() != SECTION.lower():
-            continue            # Logging, Kestrel, ...: not ours
+            continue  # Logging, Kestrel, ...: not ours
         if not isinstance(section, dict):
-            raise ConfigError(f"{SECTION} must be a JSON object, got {_json_type(section)} "
-                              f"(from {origin})")
+            raise ConfigError(f"{SECTION} must be a JSON object, got {_json_type(section)} (from {origin})")
         for key, value in section.items():
             setting = _setting_for(key, origin)
-            if value is not None:       # null leaves the default, as .NET's binder does
+            if value is not None:  # null leaves the default, as .NET's binder does
                 values.append(RawValue(setting, value, origin))
     return values
 
@@ -366,15 +477,18 @@ def _load_json(path: str, explicit: bool) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"invalid JSON in settings file {path}: {e.msg} "
-                          f"at line {e.lineno} column {e.colno}") from None
+        raise ConfigError(
+            f"invalid JSON in settings file {path}: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
 
 
 def _setting_for(key: str, origin: str) -> Setting:
     setting = _BY_KEY.get(key.lower())
     if setting is None:
-        raise ConfigError(f"unknown setting {SECTION}:{key} (from {origin}); "
-                          f"known keys: {', '.join(s.key for s in SETTINGS)}")
+        raise ConfigError(
+            f"unknown setting {SECTION}:{key} (from {origin}); "
+            f"known keys: {', '.join(s.key for s in SETTINGS)}"
+        )
     return setting
 
 
@@ -391,13 +505,14 @@ def convert(raw: RawValue) -> Any:
     converters = {int: _to_int, float: _to_float, str: _to_str}
     value = converters[setting.kind](raw.value, setting)
     if value is None or not _in_range(value, setting):
-        raise ConfigError(f"{setting.name} must be {setting.requirement}, "
-                          f"got {_shown(raw)} (from {raw.origin})")
+        raise ConfigError(
+            f"{setting.name} must be {setting.requirement}, got {_shown(raw)} (from {raw.origin})"
+        )
     return None if value == "" else value
 
 
 def _to_int(value: Any, setting: Setting) -> int | None:
-    if isinstance(value, bool):         # bool is an int subclass, but true is no port
+    if isinstance(value, bool):  # bool is an int subclass, but true is no port
         return None
     if isinstance(value, int):
         return value
@@ -409,9 +524,7 @@ def _to_int(value: Any, setting: Setting) -> int | None:
 def _to_float(value: Any, setting: Setting) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str) and _NUMBER.fullmatch(value):
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
         number = float(value)
     else:
         return None
@@ -428,26 +541,20 @@ def _to_str(value: Any, setting: Setting) -> str | None:
 
 
 def _in_range(value: Any, setting: Setting) -> bool:
-    if setting.kind is str:
-        return True
-    if setting.low is not None:
-        if value < setting.low or (setting.low_exclusive and value == setting.low):
-            return False
-    return setting.high is None or value <= setting.high
+    return setting.kind is str or setting.rule.accepts(value)
 
 
 def _shown(raw: RawValue) -> str:
     """The offending value for a message: one line, bounded, and never a secret."""
     if raw.setting.secret:
         return "<hidden>"
-    text = repr(raw.value) if isinstance(raw.value, str) else json.dumps(raw.value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clip(repr(raw.value) if isinstance(raw.value, str) else json.dumps(raw.value))
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    """'an object', 'an array', 'null', ...: the JSON type with its article."""
+    name = json_type(value)
+    return name if name == "null" else ("an " if name[0] in "aeiou" else "a ") + name
 
 
 # An origin as browsers send it: scheme://host[:port], nothing after.
@@ -460,26 +567,29 @@ def check_consistency(options: ServerOptions, merged: Mapping[str, RawValue]) ->
     # An empty or blank key ("ApiKey=", "ServerOptions__ApiKey=$UNSET_VAR", ",") is most
     # likely a secret that failed to arrive, not a wish to open the server.
     if "ApiKey" in merged and not options.api_keys:
-        raise ConfigError(f"{SECTION}:ApiKey holds no usable key (empty, or only commas and "
-                          f"blanks; from {merged['ApiKey'].origin}); give at least one key or "
-                          f"leave it unset")
+        raise ConfigError(
+            f"{SECTION}:ApiKey holds no usable key (empty, or only commas and "
+            f"blanks; from {merged['ApiKey'].origin}); give at least one key or "
+            f"leave it unset"
+        )
     if options.cors_origins is not None:
         _check_cors_origins(options, merged["CorsOrigins"].origin)
     if options.model_id is not None and options.model_path is not None:
         raise ConfigError(
             f"{SECTION}:ModelId and {SECTION}:ModelPath are both set "
             f"(ModelId from {merged['ModelId'].origin}, ModelPath from "
-            f"{merged['ModelPath'].origin}); set only one")
+            f"{merged['ModelPath'].origin}); set only one"
+        )
 
 
 def _check_cors_origins(options: ServerOptions, origin: str) -> None:
     entries = options.cors_origin_list
     if not entries:
-        raise ConfigError(f"{SECTION}:CorsOrigins lists no origin, only commas or blanks "
-                          f"(from {origin})")
+        raise ConfigError(f"{SECTION}:CorsOrigins lists no origin, only commas or blanks (from {origin})")
     for entry in entries:
         if entry != "*" and not _ORIGIN.fullmatch(entry):
-            raise ConfigError(f"{SECTION}:CorsOrigins entry {entry[:60]!r} is not an origin "
-                              f"(scheme://host[:port], e.g. https://app.example) or * "
-                              f"(from {origin})")
-
+            raise ConfigError(
+                f"{SECTION}:CorsOrigins entry {entry[:60]!r} is not an origin "
+                f"(scheme://host[:port], e.g. https://app.example) or * "
+                f"(from {origin})"
+            )

@@ -1,5 +1,6 @@
 """The base handler (request ids, API keys, CORS, errors, metrics, access log) and the small
 endpoints: probes, models, metrics, unknown routes."""
+
 from __future__ import annotations
 
 import hmac
@@ -11,8 +12,17 @@ import uuid
 import tornado.web
 
 from smallmind.errors import ModelNotFoundError, RequestValidationError, SmallMindError
-from smallmind.server import protocol
 from smallmind.server.access_log import log_access
+from smallmind.server.openai import responses
+from smallmind.server.openai.errors import (
+    AuthenticationError,
+    BodyTooLargeError,
+    MethodNotAllowedError,
+    NotReadyError,
+    QueueFullError,
+    RouteNotFoundError,
+    error_response,
+)
 from smallmind.server.openapi import openapi_document
 
 log = logging.getLogger("smallmind.server")
@@ -41,7 +51,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.client_gone = False
-        self._accounted = False             # on_finish ran (it may be reached twice)
+        self._accounted = False  # on_finish ran (it may be reached twice)
         state.metrics.request_started()
 
     def set_default_headers(self) -> None:
@@ -50,7 +60,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.request_id = _request_id(self.request.headers.get("X-Request-Id"))
         self.set_header("X-Request-Id", self.request_id)
         self.set_header("Content-Type", "application/json")
-        self.clear_header("Server")     # Tornado's names its version: no use to clients
+        self.clear_header("Server")  # Tornado's names its version: no use to clients
 
     def prepare(self) -> None:
         self.allow_cors()
@@ -69,7 +79,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # Compare against every key, always, so timing does not tell which one nearly matched.
         matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]
         if scheme.lower() != "bearer" or not any(matches):
-            raise protocol.AuthenticationError()
+            raise AuthenticationError()
 
     def allow_cors(self) -> None:
         origins = self.state.options.cors_origin_list
@@ -103,13 +113,13 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(exc, tornado.web.HTTPError) or exc is None:
             exc = self._typed_http_error(status_code, getattr(exc, "log_message", None))
         self.allow_cors()
-        if isinstance(exc, protocol.MethodNotAllowedError):
+        if isinstance(exc, MethodNotAllowedError):
             self.set_header("Allow", ", ".join(exc.allowed))
-        if isinstance(exc, protocol.QueueFullError) and exc.retry_after:
+        if isinstance(exc, QueueFullError) and exc.retry_after:
             self.set_header("Retry-After", str(exc.retry_after))
-        if isinstance(exc, protocol.AuthenticationError):
+        if isinstance(exc, AuthenticationError):
             self.set_header("WWW-Authenticate", 'Bearer realm="smallmind"')
-        status, body = protocol.error_response(exc, request_id=self.request_id)
+        status, body = error_response(exc, request_id=self.request_id)
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body, ensure_ascii=False))
@@ -119,13 +129,16 @@ class BaseHandler(tornado.web.RequestHandler):
         method, path = self.request.method, self.request.path
         if status == 405:
             base = tornado.web.RequestHandler
-            allowed = [m for m in ("GET", "HEAD", "POST")
-                       if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
-            return protocol.MethodNotAllowedError(method, path, allowed)
+            allowed = [
+                m
+                for m in ("GET", "HEAD", "POST")
+                if getattr(type(self), m.lower()) is not getattr(base, m.lower())
+            ]
+            return MethodNotAllowedError(method, path, allowed)
         if status == 404:
-            return protocol.RouteNotFoundError(path)
+            return RouteNotFoundError(path)
         if status == 413:
-            return protocol.BodyTooLargeError(self.state.options.max_body_bytes)
+            return BodyTooLargeError(self.state.options.max_body_bytes)
         if 400 <= status < 500:
             return RequestValidationError(message or f"bad request ({status})")
         return RuntimeError(message or f"HTTP {status}")
@@ -134,7 +147,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # Expected outcomes are answers, not faults: no traceback for client errors (4xx),
         # not-ready (503) or timeouts (504); only a 500 is a fault worth one.
         if isinstance(value, (SmallMindError, tornado.web.HTTPError)):
-            status = getattr(value, "status_code", None) or protocol.error_response(value)[0]
+            status = getattr(value, "status_code", None) or error_response(value)[0]
             if status < 500:
                 log.info("request %s: %d %s", self.request_id, status, value)
                 return
@@ -151,19 +164,28 @@ class BaseHandler(tornado.web.RequestHandler):
         # 499 (nginx's "client closed request"): nobody received what the status says.
         status = 499 if self.client_gone else self.get_status()
         self.state.metrics.request_finished(self.ROUTE, status, duration_ms)
-        log_access(self.request_id, self.request.method, self.ROUTE, self.request.path, status,
-                   duration_ms, self.prompt_tokens, self.completion_tokens, self.request.remote_ip)
+        log_access(
+            self.request_id,
+            self.request.method,
+            self.ROUTE,
+            self.request.path,
+            status,
+            duration_ms,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.request.remote_ip,
+        )
 
     def served(self):
         """The loaded model, or NotReadyError (loading, failed, draining)."""
         if not self.state.ready:
-            raise protocol.NotReadyError(f"the model is not ready: {self.state.reason}")
+            raise NotReadyError(f"the model is not ready: {self.state.reason}")
         return self.state.served
 
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
-        raise protocol.RouteNotFoundError(self.request.path)
+        raise RouteNotFoundError(self.request.path)
 
 
 class HealthHandler(BaseHandler):
@@ -172,7 +194,7 @@ class HealthHandler(BaseHandler):
     def get(self) -> None:
         self.send_json({"status": "healthy"})
 
-    head = get      # Tornado sends the headers of the GET answer without its body
+    head = get  # Tornado sends the headers of the GET answer without its body
 
 
 class ReadyHandler(BaseHandler):
@@ -184,10 +206,20 @@ class ReadyHandler(BaseHandler):
             self.send_json({"status": "not ready", "reason": st.reason}, 503)
             return
         served = st.served
-        self.send_json({"status": "ready", "capabilities": {
-            "model": served.model_id, "chat_completions": True, "completions": True,
-            "embeddings": True, "streaming": True, "context_length": served.n_ctx,
-            "max_concurrent_requests": st.options.max_concurrent_requests}})
+        self.send_json(
+            {
+                "status": "ready",
+                "capabilities": {
+                    "model": served.model_id,
+                    "chat_completions": True,
+                    "completions": True,
+                    "embeddings": True,
+                    "streaming": True,
+                    "context_length": served.n_ctx,
+                    "max_concurrent_requests": st.options.max_concurrent_requests,
+                },
+            }
+        )
 
     head = get
 
@@ -199,12 +231,13 @@ class ModelsHandler(BaseHandler):
     def get(self, model_id: str | None = None) -> None:
         served = self.served()
         if model_id is None:
-            self.send_json(protocol.model_list([(served.model_id, served.created, "smallmind")]))
+            self.send_json(responses.model_list([(served.model_id, served.created, "smallmind")]))
         elif model_id == served.model_id:
-            self.send_json(protocol.model_entry(served.model_id, served.created, "smallmind"))
+            self.send_json(responses.model_entry(served.model_id, served.created, "smallmind"))
         else:
-            raise ModelNotFoundError(f"the model {model_id!r} does not exist; this server "
-                                     f"serves {served.model_id!r}")
+            raise ModelNotFoundError(
+                f"the model {model_id!r} does not exist; this server serves {served.model_id!r}"
+            )
 
     head = get
 

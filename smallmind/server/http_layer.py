@@ -5,7 +5,7 @@ Tornado answers broken framing (a chunk size of ``zz``, ``Content-Length: -1``, 
 Content-Lengths, ``Transfer-Encoding: gzip``) with a bare ``400`` and no body, and closes the
 connection without a word on oversized header blocks, slow headers and slow bodies.
 `GuardedHTTPServer` makes each of those an OpenAI-style error through
-`protocol.error_response` (the one place statuses are decided):
+`openai.errors.error_response` (the one place statuses are decided):
 
 =====  ==========================================================================
 400    framing Tornado cannot read (``MalformedRequestError``)
@@ -39,7 +39,14 @@ from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
 
 from smallmind.errors import SmallMindError
-from smallmind.server import protocol
+from smallmind.server.openai.errors import (
+    BodyTooLargeError,
+    ClientTooSlowError,
+    HeadersTooLargeError,
+    MalformedRequestError,
+    UrlTooLongError,
+    error_response,
+)
 
 log = logging.getLogger("smallmind.server")
 
@@ -111,18 +118,16 @@ class GuardedConnection(HTTP1Connection):
         self._header_timer.cancel()
         request_line = data.lstrip(b"\r\n").split(b"\n", 1)[0]
         if len(request_line) > MAX_REQUEST_LINE_BYTES:
-            raise protocol.UrlTooLongError(f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes")
+            raise UrlTooLongError(f"the request line is longer than {MAX_REQUEST_LINE_BYTES} bytes")
         if len(data) > MAX_HEADER_BYTES:
-            raise protocol.HeadersTooLargeError(
-                f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
-            )
+            raise HeadersTooLargeError(f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
         if data.count(b"\n") - 2 > MAX_HEADERS:  # request line and blank line aside
-            raise protocol.HeadersTooLargeError(f"the request has more than {MAX_HEADERS} headers")
+            raise HeadersTooLargeError(f"the request has more than {MAX_HEADERS} headers")
         try:
             start_line, headers = super()._parse_headers(data)
             httputil.parse_request_start_line(start_line)
         except httputil.HTTPInputError as e:
-            raise protocol.MalformedRequestError(f"malformed request: {e}") from None
+            raise MalformedRequestError(f"malformed request: {e}") from None
         return start_line, headers
 
     def _read_body(self, code, headers, delegate):
@@ -138,7 +143,7 @@ class GuardedConnection(HTTP1Connection):
         except asyncio.TimeoutError:
             # The body read was cancelled mid-way: the stream cannot be read again.
             self.refuse(
-                protocol.ClientTooSlowError(
+                ClientTooSlowError(
                     f"the request body did not arrive within {self.limits.body_timeout_s:g} s"
                 ),
                 linger=False,
@@ -149,8 +154,8 @@ class GuardedConnection(HTTP1Connection):
 
     def _framing_error(self, error: httputil.HTTPInputError) -> Exception:
         if "too large" in str(error) or "too long" in str(error):
-            return protocol.BodyTooLargeError(self.limits.max_body_bytes)
-        return protocol.MalformedRequestError(f"malformed request: {error}")
+            return BodyTooLargeError(self.limits.max_body_bytes)
+        return MalformedRequestError(f"malformed request: {error}")
 
     def _headers_too_slow(self) -> None:
         if not getattr(self.stream, "_read_buffer_size", 1):
@@ -160,7 +165,7 @@ class GuardedConnection(HTTP1Connection):
             return
         # Tornado's header read is still pending: no lingering read beside it.
         self.refuse(
-            protocol.ClientTooSlowError(
+            ClientTooSlowError(
                 f"the request headers did not arrive within {self.limits.header_timeout_s:g} s"
             ),
             linger=False,
@@ -185,7 +190,7 @@ def _done() -> asyncio.Future:
 
 
 def _error_message(refusal: Exception) -> bytes:
-    status, body = protocol.error_response(refusal)
+    status, body = error_response(refusal)
     payload = json.dumps(body).encode()
     head = (
         f"HTTP/1.1 {status} {httputil.responses.get(status, 'Error')}\r\n"

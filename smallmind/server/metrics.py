@@ -71,6 +71,11 @@ def _non_negative(value: float) -> float:
     return value if value > 0 else 0
 
 
+def _latency_ms(name: str, documentation: str, registry: CollectorRegistry) -> Histogram:
+    """A latency histogram in milliseconds; every latency shares LATENCY_BUCKETS_MS."""
+    return Histogram(name, documentation, buckets=LATENCY_BUCKETS_MS, registry=registry)
+
+
 class ServerMetrics:
     """The server's metric objects, in a registry of their own, plus small recording methods.
 
@@ -92,11 +97,8 @@ class ServerMetrics:
             registry=reg,
         )
         self.inflight = Gauge("smallmind_requests_inflight", "HTTP requests being handled now.", registry=reg)
-        self.request_duration_ms = Histogram(
-            "smallmind_request_duration_ms",
-            "Time from request start to the last byte, in ms.",
-            buckets=LATENCY_BUCKETS_MS,
-            registry=reg,
+        self.request_duration_ms = _latency_ms(
+            "smallmind_request_duration_ms", "Time from request start to the last byte, in ms.", reg
         )
         self.completion_tokens = Counter(
             "smallmind_tokens_generated", "Completion tokens generated.", registry=reg
@@ -108,11 +110,8 @@ class ServerMetrics:
             registry=reg,
         )
         self.queue_depth = Gauge("smallmind_queue_depth", "Requests waiting for admission.", registry=reg)
-        self.time_to_first_token_ms = Histogram(
-            "smallmind_time_to_first_token_ms",
-            "Time from request start to the first token, in ms.",
-            buckets=LATENCY_BUCKETS_MS,
-            registry=reg,
+        self.time_to_first_token_ms = _latency_ms(
+            "smallmind_time_to_first_token_ms", "Time from request start to the first token, in ms.", reg
         )
         self.batch_size = Gauge(
             "smallmind_active_batch_size", "Sequences in the engine's last decoding step.", registry=reg

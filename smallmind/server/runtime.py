@@ -1,28 +1,38 @@
 """The model being served: where it comes from, loading it, and turning requests into prompt
 token ids that fit its context.  Holds no HTTP; the handlers call it."""
+
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smallmind import kernels
 from smallmind.default_model import DefaultModelError, default_model
-from smallmind.server.chat import tool_calls
-from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.engine.engine import Engine
-from smallmind.engine.grammar import (Grammar, GrammarError, Vocabulary, compile_gbnf, compile_json_schema,
-                                      compile_regex, compile_response_format)
+from smallmind.engine.grammar import (
+    Grammar,
+    GrammarError,
+    Vocabulary,
+    compile_gbnf,
+    compile_json_schema,
+    compile_regex,
+    compile_response_format,
+)
 from smallmind.engine.model import Model, read_model_config
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.engine.tokenizer import Tokenizer
 from smallmind.errors import ConfigError, RegistryError, RequestValidationError
-from smallmind.server.scheduler import Scheduler
+from smallmind.server.chat import tool_calls
+from smallmind.server.chat.template import ChatTemplate, normalize_messages
 from smallmind.server.config import ServerOptions
-from smallmind.server.protocol import ContextLengthError, check_schema_limits, min_prompt_tokens
+from smallmind.server.openai.errors import ContextLengthError, LimitExceededError
+from smallmind.server.scheduler import Scheduler
 
 log = logging.getLogger("smallmind.server")
 
@@ -66,8 +76,7 @@ def _compile(compile_fn, source, param: str) -> Grammar:
     try:
         return compile_fn(source)
     except GrammarError as e:
-        e.param = param
-        raise
+        raise GrammarError(str(e), e.keyword, param) from None
 
 
 def grammar_of_request(req) -> Grammar | None:
@@ -95,8 +104,12 @@ class ServedModel:
         n_active = options.max_concurrent_requests
         n_engine = n_active + self._prefix_cache_slots(source.path, options)
         # One slot beyond the engine's: embeddings run there between steps.
-        self.model = Model.load(source.path, n_ctx=options.max_context_tokens, n_slots=n_engine + 1,
-                                max_batch_tokens=MAX_BATCH_TOKENS)
+        self.model = Model.load(
+            source.path,
+            n_ctx=options.max_context_tokens,
+            n_slots=n_engine + 1,
+            max_batch_tokens=MAX_BATCH_TOKENS,
+        )
         metadata = self.model.gguf.metadata
         self.tokenizer = Tokenizer.from_gguf(metadata)
         self.chat_template = ChatTemplate.for_model(metadata, self.tokenizer.tokens)
@@ -104,10 +117,16 @@ class ServedModel:
         # Longest text one token stands for: prompts are measured against the context by
         # their bytes before anyone tokenizes them.  Computed here, at load, not per request.
         self.max_token_bytes = self.tokenizer.max_token_bytes
-        self.engine = Engine(self.model, eog_ids=self.tokenizer.eog_ids, n_slots=n_engine, max_running=n_active,
-                             prefix_cache=options.prefix_cache_mib > 0, prefill_chunk=PREFILL_CHUNK)
+        self.engine = Engine(
+            self.model,
+            eog_ids=self.tokenizer.eog_ids,
+            n_slots=n_engine,
+            max_running=n_active,
+            prefix_cache=options.prefix_cache_mib > 0,
+            prefill_chunk=PREFILL_CHUNK,
+        )
         self.scheduler = Scheduler(self.engine, self.tokenizer, embed_slot=n_engine)
-        self._vocabulary = None
+        self._vocabulary: Vocabulary | None = None
         self._vocabulary_lock = asyncio.Lock()
 
     @staticmethod
@@ -116,8 +135,12 @@ class ServedModel:
         requests' caches (the generating slots keep theirs too, while idle)."""
         slot_bytes = read_model_config(path).kv_bytes_per_slot(options.max_context_tokens, MAX_BATCH_TOKENS)
         n_slots = options.prefix_cache_mib * 2**20 // slot_bytes
-        log.info("prefix cache: %d slots beyond the %d generating ones (%.1f MiB each)",
-                 n_slots, options.max_concurrent_requests, slot_bytes / 2**20)
+        log.info(
+            "prefix cache: %d slots beyond the %d generating ones (%.1f MiB each)",
+            n_slots,
+            options.max_concurrent_requests,
+            slot_bytes / 2**20,
+        )
         return n_slots
 
     def check_schemas(self, response_format: dict | None, tools: list[dict]) -> None:
@@ -125,11 +148,21 @@ class ServedModel:
         parameters, before anything compiles or walks them."""
         o = self.options
         if response_format and response_format.get("type") == "json_schema":
-            check_schema_limits(response_format["json_schema"]["schema"], "response_format",
-                                "response_format.json_schema.schema", o.max_schema_bytes, o.max_schema_depth)
+            check_schema_limits(
+                response_format["json_schema"]["schema"],
+                "response_format",
+                "response_format.json_schema.schema",
+                o.max_schema_bytes,
+                o.max_schema_depth,
+            )
         for i, tool in enumerate(tools):
-            check_schema_limits(tool["function"]["parameters"], "tools", f"tools[{i}].function.parameters",
-                                o.max_schema_bytes, o.max_schema_depth)
+            check_schema_limits(
+                tool["function"]["parameters"],
+                "tools",
+                f"tools[{i}].function.parameters",
+                o.max_schema_bytes,
+                o.max_schema_depth,
+            )
 
     def grammar_for(self, req, tools: list[dict]) -> Grammar | None:
         """The grammar a chat answer must follow: a forced tool call's, else the requested
@@ -139,7 +172,9 @@ class ServedModel:
         if call is None:
             return grammar_of_request(req)
         for i in tool_calls.forced_tools(tools, req.tool_choice):
-            _compile(compile_json_schema, tools[i]["function"]["parameters"], f"tools[{i}].function.parameters")
+            _compile(
+                compile_json_schema, tools[i]["function"]["parameters"], f"tools[{i}].function.parameters"
+            )
         return _compile(compile_json_schema, call, "tools")
 
     async def vocabulary(self) -> Vocabulary:
@@ -183,8 +218,9 @@ class ServedModel:
         # tool turns into plain text, which would hide a malformed one); content as one string
         # first, so list-of-parts content reaches every message shape.
         messages = tool_calls.prepare_messages(normalize_messages(messages), tools or [], handles)
-        return self.chat_template.render(messages, add_generation_prompt=True,
-                                         tools=tools if handles else None)
+        return self.chat_template.render(
+            messages, add_generation_prompt=True, tools=tools if handles else None
+        )
 
     def encode_chat(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_id
@@ -198,15 +234,13 @@ class ServedModel:
 
     def text_prompt(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Token ids of a completion prompt or embedding input (ids pass through; the
-        protocol checked they lie in the vocabulary)."""
+        parser checked they lie in the vocabulary)."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special=True, parse_special=True)
         else:
             ids = list(prompt)
         if not ids:
-            err = RequestValidationError(f"{param} is empty")
-            err.param = param
-            raise err
+            raise RequestValidationError(f"{param} is empty", param)
         return ids
 
     def check_embedding_input(self, item: str | list[int]) -> None:
@@ -217,3 +251,46 @@ class ServedModel:
                 raise ContextLengthError(self.n_ctx, least, None, param="input", at_least=True)
         elif len(item) > self.n_ctx:
             raise ContextLengthError(self.n_ctx, len(item), None, param="input")
+
+
+def min_prompt_tokens(text: str, max_token_bytes: int) -> int:
+    """A lower bound on the tokens of ``text`` that needs no tokenizing: no token stands for
+    more than ``max_token_bytes`` bytes of text, so B bytes take at least ceil(B / max)."""
+    return -(-len(text.encode("utf-8")) // max_token_bytes)
+
+
+def check_schema_limits(schema: Any, param: str, where: str, max_bytes: int, max_depth: int) -> None:
+    """A LimitExceededError (naming ``param``) for a JSON schema nested deeper than
+    ``max_depth`` objects/arrays or longer than ``max_bytes`` as compact JSON: measured before
+    anything compiles it, since compiling costs more than linear time and memory and
+    recurses once per level."""
+    if _nesting_depth(schema, max_depth) > max_depth:
+        raise LimitExceededError(
+            f"{where} is nested more than {max_depth} levels deep (objects "
+            f"and arrays); this server's limit is {max_depth} (MaxSchemaDepth)",
+            param,
+        )
+    size = len(json.dumps(schema, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > max_bytes:
+        raise LimitExceededError(
+            f"{where} is {size} bytes as compact JSON; this server's limit "
+            f"is {max_bytes} bytes (MaxSchemaBytes)",
+            param,
+        )
+
+
+def _nesting_depth(value: Any, stop_after: int) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar: 0), counted no further than
+    one past ``stop_after``; iterative, so any depth is measured safely."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

@@ -4,7 +4,8 @@
 Requests never wait for each other: a job submitted while others generate joins the running
 batch at the next step.  Text is assembled on the engine thread (detokenizing, stop strings),
 so a stop string ends its sequence at once and the event loop only forwards finished pieces.
-Each step's results reach the loop in one ``call_soon_threadsafe`` per job.  The heavy work
+Each step's results reach each event loop in one ``call_soon_threadsafe``, whatever the
+number of jobs: every such call writes to the loop's wake-up socket.  The heavy work
 (the forward pass) runs in C with the GIL released, so the event loop stays responsive.
 Nothing here knows of HTTP."""
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from smallmind.engine.detokenize import StreamDecoder
 from smallmind.engine.engine import Engine, Sequence
-from smallmind.engine.sampling import SamplingParams
+from smallmind.engine.sampling_params import SamplingParams
 from smallmind.engine.stop_strings import StopMatcher
 
 log = logging.getLogger("smallmind.server.scheduler")
@@ -58,6 +59,8 @@ class GenerationJob:
 
     prompt_ids: list[int]
     params: list[SamplingParams]  # one per choice
+    max_tokens: int | None = None  # every choice's budget, fitted to the context by
+    # the caller (None: the engine fits params.max_tokens)
     stop: list[str] = field(default_factory=list)
     updates: asyncio.Queue = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop | None = None
@@ -187,7 +190,7 @@ class Scheduler:
                 )
                 job.choices.append(choice)
                 constraint = job.constraints[index] if job.constraints else None
-                choice.seq = self.engine.submit(job.prompt_ids, params, constraint)
+                choice.seq = self.engine.submit(job.prompt_ids, params, constraint, max_tokens=job.max_tokens)
                 self._owner[choice.seq.id] = (job, choice)
         except Exception as e:
             self._cancel(job)
@@ -210,8 +213,11 @@ class Scheduler:
             by_job.setdefault(id(job), (job, []))[1].append(update)
             if choice.finish_reason:
                 self._owner.pop(event.sequence.id, None)
+        by_loop: dict[int, list[tuple[GenerationJob, list[Update]]]] = {}
         for job, updates in by_job.values():
-            self._post(job, updates)
+            by_loop.setdefault(id(job.loop), []).append((job, updates))
+        for posts in by_loop.values():
+            self._post_all(posts)
 
     def _advance(self, choice: _Choice, event) -> Update:
         """Detokenize the new token, apply the stop strings, and finish the choice if due."""
@@ -262,12 +268,24 @@ class Scheduler:
         for job in jobs.values():
             self._post(job, error)
 
-    def _post(self, job: GenerationJob, item: Any) -> None:
-        assert job.loop is not None, "posted to a job that was never submitted"
+    def _post_all(self, posts: list[tuple[GenerationJob, Any]]) -> None:
+        """Each job's item (this step's updates, or an exception), to jobs that share one
+        event loop, in one call."""
+        loop = posts[0][0].loop
+        assert loop is not None, "posted to a job that was never submitted"
         try:
-            job.loop.call_soon_threadsafe(job.updates.put_nowait, item)
+            loop.call_soon_threadsafe(_put_each, [(job.updates, updates) for job, updates in posts])
         except RuntimeError:  # its event loop is closed: nobody will read, stop generating
-            self._cancel(job)
+            for job, _ in posts:
+                self._cancel(job)
+
+    def _post(self, job: GenerationJob, item: Any) -> None:
+        self._post_all([(job, item)])
+
+
+def _put_each(posts: list[tuple[asyncio.Queue, Any]]) -> None:
+    for updates, item in posts:
+        updates.put_nowait(item)
 
 
 def _set_result(future: asyncio.Future, value: Any) -> None:

@@ -8,21 +8,27 @@ import numpy as np
 
 
 class ConstraintState:
-    """``mask_logits(row)`` before sampling, ``advance(token)`` after; ``can_end``: the text
-    so far is a complete value; ``complete``: nothing but end of generation may follow."""
+    """``mask_words()`` (or ``mask_logits(row)``) before sampling, ``advance(token)`` after;
+    ``can_end``: the text so far is a complete value; ``complete``: nothing but end of
+    generation may follow."""
 
     __slots__ = ("matcher", "vocab", "_words")
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab):
         self.matcher = matcher
         self.vocab = vocab
-        self._words = np.empty(vocab.mask_words, dtype=np.int32)  # reused every step
+        self._words = np.empty(vocab.mask_words, dtype=np.uint32)  # reused every step
+
+    def mask_words(self) -> np.ndarray:
+        """The tokens allowed next as llguidance's bit mask: uint32 words, bit i % 32 of word
+        i // 32 for token i (what the native sampler takes; valid until the next call)."""
+        words = self._words
+        self.matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+        return words
 
     def allowed(self) -> np.ndarray:
         """Bool mask over the vocabulary of the tokens allowed next."""
-        words = self._words
-        self.matcher.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+        bits = np.unpackbits(self.mask_words().view(np.uint8), bitorder="little")
         return bits[: self.vocab.vocab_size].view(bool)
 
     def allowed_ids(self) -> np.ndarray:

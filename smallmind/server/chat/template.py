@@ -62,9 +62,7 @@ TEXT_PART_SEPARATOR = "\n"
 
 def _invalid(message: str) -> RequestValidationError:
     """A RequestValidationError about the ``messages`` parameter."""
-    error = RequestValidationError(message)
-    error.param = "messages"
-    return error
+    return RequestValidationError(message, param="messages")
 
 
 # --------------------------------------------------------------------------- messages

@@ -1,0 +1,1 @@
+"""The OpenAI wire protocol: errors and their statuses, request parsing, response shapes."""
