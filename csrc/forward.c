@@ -429,6 +429,7 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
         const int r = forward_team(m, &tm, tid, n_tokens, tokens, slots, positions, n_items, att_threads, n_out,
                                    out_rows, logits, hidden);
         if (tid == 0) rc = r;
+        sm_team_leave(&tm);
     }
     sm_team_learn(&tm);
     if (rc != SM_OK) return rc;

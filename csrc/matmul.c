@@ -163,10 +163,17 @@ static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_
     }
 }
 
+/* Weight bytes a chunk of tiles reads at most: ~10-30 us of memory traffic, so the threads
+ * of a large matmul (the output head: ~100 MB) finish within that of each other and the
+ * barrier after it passes while they spin, instead of sleeping. */
+#define CHUNK_MAX_BYTES (256 << 10)
+
 /* Tiles per dynamic-schedule chunk: ~16 chunks per thread, so a thread slowed by another
- * process (shared machines) does not hold the others back, at little overhead. */
-static int64_t tile_chunk(int64_t n_tiles, int n_thr) {
-    const int64_t chunk = n_tiles / ((int64_t)n_thr * 16);
+ * process (shared machines) does not hold the others back, at little overhead; and no
+ * more than CHUNK_MAX_BYTES of weights. */
+static int64_t tile_chunk(int64_t n_tiles, int n_thr, int64_t tile_bytes) {
+    int64_t chunk = n_tiles / ((int64_t)n_thr * 16);
+    if (tile_bytes > 0 && chunk * tile_bytes > CHUNK_MAX_BYTES) chunk = CHUNK_MAX_BYTES / tile_bytes;
     return chunk < 1 ? 1 : chunk;
 }
 
@@ -202,7 +209,7 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     (void)use_threads;
 
     const int n_thr = sm_get_threads();
-    const int64_t chunk = tile_chunk(n_tiles, n_thr);
+    const int64_t chunk = tile_chunk(n_tiles, n_thr, ROW_TILE * w_row);
     (void)chunk;
 
 #pragma omp parallel for schedule(dynamic, chunk) num_threads(n_thr) if (use_threads)
@@ -332,7 +339,8 @@ int sm_matmul_team(sm_team *tm, int tid, const sm_matmul_part *parts, int n_part
     const int64_t n_tiles = pl.first_tile[n_parts];
     const int n = (int)n_cols;
     if (pl.use_threads) {
-        const int64_t chunk = tile_chunk(n_tiles, atomic_load_explicit(&tm->n_threads, memory_order_relaxed));
+        const int64_t chunk = tile_chunk(n_tiles, atomic_load_explicit(&tm->n_threads, memory_order_relaxed),
+                                         ROW_TILE * pl.w_row[0]);
         for (int64_t c0; (c0 = sm_team_claim(tm, chunk, n_tiles)) < n_tiles;) {
             const int64_t c1 = c0 + chunk < n_tiles ? c0 + chunk : n_tiles;
             for (int64_t tile = c0; tile < c1; tile++) run_tile(&pl, parts, x, panels, n, n_tok, tile);

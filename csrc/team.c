@@ -7,6 +7,7 @@
 
 #ifdef __linux__
 #include <linux/futex.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -38,12 +39,30 @@ void sm_team_init(sm_team *tm, int n_threads) {
     atomic_init(&tm->next, 0);
     atomic_init(&tm->published, 0);
     atomic_init(&tm->sync_sleepers, 0);
-    atomic_init(&tm->long_waits, 0);
+    atomic_init(&tm->preempted, 0);
 }
+
+/* Times this thread was preempted (involuntary context switches), or 0 where unknown. */
+static long thread_preemptions(void) {
+#if defined(__linux__) && defined(RUSAGE_THREAD)
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) return ru.ru_nivcsw;
+#endif
+    return 0;
+}
+
+/* this thread's count when it entered the current region */
+static _Thread_local long preemptions_at_enter;
 
 void sm_team_enter(sm_team *tm, int n_threads) {
     /* every thread stores the same value before its first barrier */
     atomic_store_explicit(&tm->n_threads, n_threads, memory_order_relaxed);
+    if (n_threads > 1) preemptions_at_enter = thread_preemptions();
+}
+
+void sm_team_leave(sm_team *tm) {
+    if (atomic_load_explicit(&tm->n_threads, memory_order_relaxed) > 1 && thread_preemptions() != preemptions_at_enter)
+        atomic_fetch_add_explicit(&tm->preempted, 1, memory_order_relaxed);
 }
 
 static int64_t now_ns(void) {
@@ -73,24 +92,25 @@ static void wake_all(_Atomic unsigned *word) {
 }
 
 /* How long a thread spins at a barrier before it sleeps, learned from the steps before:
- * a step in which some thread waited longer than SM_TEAM_SPIN_MAX_NS (the thread it waited
- * for was preempted: the machine is shared) drops it to the minimum, a step without
- * doubles it up to the maximum.  On a quiet machine the barriers then pass without
- * sleeping; under load a spinning thread only delays the threads it waits for (the time
- * slice it burns is charged against it when it is woken), so it sleeps almost at once. */
+ * a step in which another process preempted one of the team's threads (the machine is
+ * shared) drops it to the minimum, a step without doubles it up to the maximum.  On a
+ * quiet machine the barriers then pass without sleeping; under load a spinning thread only
+ * delays the threads it waits for (the time slice it burns is charged against it when it
+ * is woken), so it sleeps almost at once.  Why preemptions and not long waits: a wait is
+ * also long when the thread waited for was asleep at the barrier before (a futex wake
+ * takes tens of microseconds), which would keep a quiet machine at the minimum. */
 static _Atomic int64_t spin_budget_ns = SM_TEAM_SPIN_MIN_NS;
 
 void sm_team_learn(sm_team *tm) {
     const int64_t budget = atomic_load_explicit(&spin_budget_ns, memory_order_relaxed);
     int64_t next = budget * 2 < SM_TEAM_SPIN_MAX_NS ? budget * 2 : SM_TEAM_SPIN_MAX_NS;
-    if (atomic_load_explicit(&tm->long_waits, memory_order_relaxed) > 0) next = SM_TEAM_SPIN_MIN_NS;
+    if (atomic_load_explicit(&tm->preempted, memory_order_relaxed) > 0) next = SM_TEAM_SPIN_MIN_NS;
     atomic_store_explicit(&spin_budget_ns, next, memory_order_relaxed);
 }
 
 /* Waits until *word >= target: spins for the learned budget, then sleeps (announced in
- * *sleepers, so that whoever moves the word on wakes it).  A wait that ends more than
- * SM_TEAM_SPIN_MAX_NS after it began counts as long (sm_team_learn). */
-static void wait_at_least(sm_team *tm, _Atomic unsigned *word, unsigned target, _Atomic int *sleepers) {
+ * *sleepers, so that whoever moves the word on wakes it). */
+static void wait_at_least(_Atomic unsigned *word, unsigned target, _Atomic int *sleepers) {
     const int64_t start = now_ns(), budget = atomic_load_explicit(&spin_budget_ns, memory_order_relaxed);
     for (;;) {
         for (int i = 0; i < 64; i++) {
@@ -104,7 +124,6 @@ static void wait_at_least(sm_team *tm, _Atomic unsigned *word, unsigned target, 
     atomic_fetch_add_explicit(sleepers, 1, memory_order_seq_cst);
     for (unsigned v; (v = atomic_load_explicit(word, memory_order_seq_cst)) < target;) sleep_while(word, v);
     atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
-    if (now_ns() - start >= SM_TEAM_SPIN_MAX_NS) atomic_fetch_add_explicit(&tm->long_waits, 1, memory_order_relaxed);
 }
 
 /* Moves *word on by one and wakes its sleepers; returns the new value. */
@@ -131,7 +150,7 @@ void sm_team_barrier(sm_team *tm) {
         advance(&tm->generation, &tm->sleepers);
         return;
     }
-    wait_at_least(tm, &tm->generation, seen + 1, &tm->sleepers);
+    wait_at_least(&tm->generation, seen + 1, &tm->sleepers);
 }
 
 void sm_team_publish(sm_team *tm, int tid, int64_t n_tok) {
@@ -140,5 +159,5 @@ void sm_team_publish(sm_team *tm, int tid, int64_t n_tok) {
     const int64_t groups = (n_tok + SM_VEC_DOT_N_MAX - 1) / SM_VEC_DOT_N_MAX;
     const unsigned owners = (unsigned)(groups < n ? groups : n);
     if ((unsigned)tid < owners && advance(&tm->published, &tm->sync_sleepers) == owners) return;
-    wait_at_least(tm, &tm->published, owners, &tm->sync_sleepers);
+    wait_at_least(&tm->published, owners, &tm->sync_sleepers);
 }

@@ -22,8 +22,9 @@
 #endif
 
 /* The spin at a barrier before sleeping adapts (team.c) between these bounds: the longest
- * is far longer than the imbalance of one operation of a step on a quiet machine (a few
- * microseconds), and far shorter than a step or a scheduler time slice (milliseconds). */
+ * is longer than the imbalance of one operation of a step on a quiet machine (a few to a
+ * few tens of microseconds) and than a futex wake, and far shorter than a step or a
+ * scheduler time slice (milliseconds). */
 #define SM_TEAM_SPIN_MIN_NS 5000
 #define SM_TEAM_SPIN_MAX_NS 100000
 
@@ -34,7 +35,7 @@ typedef struct sm_team {
     _Atomic int sleepers;         /* threads asleep (or about to be) at a barrier */
     _Atomic unsigned published;   /* owners done since the last barrier (sm_team_publish) */
     _Atomic int sync_sleepers;    /* threads asleep (or about to be) in sm_team_publish */
-    _Atomic int long_waits;       /* waits longer than SM_TEAM_SPIN_MAX_NS */
+    _Atomic int preempted;        /* threads another process preempted during the region */
     _Atomic int64_t next;         /* next unclaimed index of the current claimed loop */
 } sm_team;
 
@@ -42,6 +43,8 @@ typedef struct sm_team {
 void sm_team_init(sm_team *tm, int n_threads);
 /* Called by every thread when the region starts: the number of threads it really has. */
 void sm_team_enter(sm_team *tm, int n_threads);
+/* Called by every thread when it is done with the region's work (for sm_team_learn). */
+void sm_team_leave(sm_team *tm);
 /* Waits until every thread of the team has arrived; also rearms sm_team_claim. */
 void sm_team_barrier(sm_team *tm);
 /* After a per-token step over n_tok tokens: the threads that own some of them
