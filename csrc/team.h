@@ -7,8 +7,9 @@
  * counter (sm_team_claim); after a per-token step the owners publish (sm_team_publish)
  * and the others wait for them, after a shared-out one all meet at a barrier.  A thread
  * that has to wait spins for a bounded, learned time, then sleeps: on a quiet machine the
- * step's ~200 waits are meant to pass without a sleep or a wake, and on a shared one a
- * thread whose partner was preempted gives its core away instead of burning the slice. */
+ * step's ~200 waits pass with less than one sleep per step (scripts/bench_threads.py), and
+ * on a shared one a thread whose partner was preempted gives its core away instead of
+ * burning the slice. */
 #ifndef SMALLMIND_TEAM_H
 #define SMALLMIND_TEAM_H
 
