@@ -310,3 +310,15 @@ int64_t sm_sample(const float *logits, int64_t n_vocab, const uint32_t *allowed,
     while (j < n - 1 && !(cum[j] > target)) j++;
     return cand[j].id;
 }
+
+void sm_sample_batch(sm_sample_row *rows, int64_t n_rows, int64_t n_vocab, const sm_exp *ex, float *scratch) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        sm_sample_row *row = &rows[r];
+        int processed = 0;
+        row->token = sm_sample(row->logits, n_vocab, row->allowed, row->bias_ids, row->bias_vals, row->n_bias,
+                               row->window, row->n_window, row->p, row->u, ex, scratch, &processed);
+        /* the next row reuses the scratch: keep what numpy goes on from */
+        if (row->token == SM_SAMPLE_FALLBACK && processed && row->processed)
+            memcpy(row->processed, scratch, (size_t)n_vocab * sizeof(float));
+    }
+}

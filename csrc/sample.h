@@ -1,6 +1,7 @@
-/* Token sampling over one row of logits: logit bias, penalties, the grammar mask, top-k,
- * top-p, min-p, temperature and the draw, in the order and the arithmetic of
- * smallmind/engine/sampling.py (see its module docstring for the chain).
+/* Token sampling over one row of logits (sm_sample), or over every sequence of a step in one
+ * call (sm_sample_batch): logit bias, penalties, the grammar mask, top-k, top-p, min-p,
+ * temperature and the draw, in the order and the arithmetic of smallmind/engine/sampling.py
+ * (see its module docstring for the chain).
  *
  * The results are bit-identical to the numpy sampler it replaces: float32 where it works in
  * float32, float64 where it works in float64, cumulative sums in the same order, and numpy's
@@ -59,5 +60,25 @@ int64_t sm_sample(const float *logits, int64_t n_vocab, const uint32_t *allowed,
                   const int64_t *bias_ids, const float *bias_vals, int64_t n_bias,
                   int64_t *window, int64_t n_window, const sm_sampling *p, double u,
                   const sm_exp *ex, float *scratch, int *processed);
+
+/* One sequence's row of a batch (sm_sample_batch): sm_sample's arguments, and its result. */
+typedef struct {
+    const float *logits;         /* n_vocab logits (not modified) */
+    const uint32_t *allowed;     /* the grammar's bit mask or NULL */
+    const int64_t *bias_ids;
+    const float *bias_vals;
+    int64_t n_bias;
+    int64_t *window;             /* sorted in place */
+    int64_t n_window;
+    const sm_sampling *p;
+    double u;
+    float *processed;            /* n_vocab floats or NULL: on SM_SAMPLE_FALLBACK after a mask,
+                                    a bias or penalties, the processed logits are copied here */
+    int64_t token;               /* out: the token id or an SM_SAMPLE_* code */
+} sm_sample_row;
+
+/* Every row of the batch in turn, each exactly as sm_sample alone would sample it (a row's
+ * result depends on that row only), in one scratch of sm_sample_scratch_floats(n_vocab). */
+void sm_sample_batch(sm_sample_row *rows, int64_t n_rows, int64_t n_vocab, const sm_exp *ex, float *scratch);
 
 #endif

@@ -100,8 +100,19 @@ cdef extern from "sample.h" nogil:
 
     int SM_SAMPLE_NAN, SM_SAMPLE_ALL_INF, SM_SAMPLE_FALLBACK, SM_SAMPLE_ARG
 
+    ctypedef struct sm_sample_row:
+        const float *logits
+        const uint32_t *allowed
+        const int64_t *bias_ids
+        const float *bias_vals
+        int64_t n_bias
+        int64_t *window
+        int64_t n_window
+        const sm_sampling *p
+        double u
+        float *processed
+        int64_t token
+
     int64_t sm_sample_scratch_floats(int64_t n_vocab)
-    int64_t sm_sample(const float *logits, int64_t n_vocab, const uint32_t *allowed,
-                      const int64_t *bias_ids, const float *bias_vals, int64_t n_bias,
-                      int64_t *window, int64_t n_window, const sm_sampling *p, double u,
-                      const sm_exp *ex, float *scratch, int *processed)
+    void sm_sample_batch(sm_sample_row *rows, int64_t n_rows, int64_t n_vocab, const sm_exp *ex,
+                         float *scratch)

@@ -77,18 +77,19 @@ class SampleSettings:
         repetition_penalty: float,
         frequency_penalty: float,
         presence_penalty: float,
+        bias_ids: np.ndarray,
+        bias_vals: np.ndarray,
     ) -> None: ...
 
-def sample(
-    settings: SampleSettings,
+def sample_batch(
+    settings: list[SampleSettings],
     logits: np.ndarray,
-    allowed: np.ndarray | None,
-    bias_ids: np.ndarray,
-    bias_vals: np.ndarray,
-    window: np.ndarray,
-    u: float,
+    allowed: list[np.ndarray | None],
+    windows: list[np.ndarray],
+    u: list[float],
+    processed: np.ndarray,
     scratch: np.ndarray,
-) -> int: ...
+) -> list[int]: ...
 
 class NativeModel:
     vocab_size: int

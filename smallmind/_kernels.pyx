@@ -3,6 +3,7 @@
 here, all O(n) work in C with the GIL released.  Use smallmind.kernels, not this module."""
 import numpy as np
 cimport numpy as cnp
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from smallmind._kernels cimport *
@@ -286,11 +287,17 @@ def sample_scratch_floats(int64_t n_vocab):
 
 
 cdef class SampleSettings:
-    """One sequence's sampling settings as sm_sample takes them (built once per sequence)."""
+    """What stays fixed of one sequence's sampling: its settings as sm_sample takes them and
+    its logit bias (built once per sequence)."""
     cdef sm_sampling p
+    cdef const int64_t[::1] bias_ids
+    cdef const float[::1] bias_vals
 
     def __init__(self, double temperature, int64_t top_k, double top_p, bint has_min_p, double log_min_p,
-                 double repetition_penalty, double frequency_penalty, double presence_penalty):
+                 double repetition_penalty, double frequency_penalty, double presence_penalty,
+                 const int64_t[::1] bias_ids not None, const float[::1] bias_vals not None):
+        if bias_ids.shape[0] != bias_vals.shape[0]:
+            raise ValueError("bias_ids and bias_vals differ in length")
         self.p.temperature = temperature
         self.p.top_k = top_k
         self.p.top_p = top_p
@@ -299,32 +306,79 @@ cdef class SampleSettings:
         self.p.repetition_penalty = repetition_penalty
         self.p.frequency_penalty = frequency_penalty
         self.p.presence_penalty = presence_penalty
+        self.bias_ids = bias_ids
+        self.bias_vals = bias_vals
 
 
-def sample(SampleSettings settings not None, const float[::1] logits, const uint32_t[::1] allowed,
-           const int64_t[::1] bias_ids, const float[::1] bias_vals, int64_t[::1] window, double u,
-           float[::1] scratch):
-    """A token id, or SAMPLE_NAN / SAMPLE_ALL_INF / SAMPLE_FALLBACK (see csrc/sample.h).
-    ``allowed`` None: no grammar mask; ``window`` is sorted in place."""
-    cdef int64_t n = logits.shape[0]
-    if allowed is not None and allowed.shape[0] * 32 < n:
-        raise ValueError(f"the grammar mask covers {allowed.shape[0] * 32} tokens, the logits {n}")
-    if bias_ids.shape[0] != bias_vals.shape[0]:
-        raise ValueError("bias_ids and bias_vals differ in length")
+cdef int64_t _empty_vector = 0   # what an empty vector points to (sm_sample reads none of it)
+
+
+cdef void *_vector_data(object a, int typenum, bint writable, str what) except NULL:
+    """The data of a 1-D C-contiguous numpy array of `typenum` (a pointer the caller's
+    reference keeps valid); ValueError otherwise."""
+    if (not isinstance(a, cnp.ndarray) or cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_TYPE(a) != typenum
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+        raise ValueError(f"{what} must be a one-dimensional C-contiguous {'writable ' if writable else ''}"
+                         f"array of {cnp.PyArray_DescrFromType(typenum)}")
+    return cnp.PyArray_DATA(a) if cnp.PyArray_SIZE(a) else <void *>&_empty_vector
+
+
+cdef void _sample_row(sm_sample_row *row, SampleSettings settings, const float *logits, int64_t n,
+                      object allowed, object window, double u, float *processed) except *:
+    """Fills one row of sm_sample_batch; its arrays stay alive in the caller's lists."""
+    if settings is None:
+        raise TypeError("no SampleSettings")
+    row.logits = logits
+    row.allowed = NULL
+    if allowed is not None:
+        row.allowed = <const uint32_t *>_vector_data(allowed, cnp.NPY_UINT32, False, "a grammar mask")
+        if cnp.PyArray_SIZE(allowed) * 32 < n:
+            raise ValueError(f"the grammar mask covers {cnp.PyArray_SIZE(allowed) * 32} tokens, the logits {n}")
+    row.n_bias = settings.bias_ids.shape[0]
+    row.bias_ids = &settings.bias_ids[0] if row.n_bias else NULL
+    row.bias_vals = &settings.bias_vals[0] if row.n_bias else NULL
+    row.window = <int64_t *>_vector_data(window, cnp.NPY_INT64, True, "a penalty window")
+    row.n_window = cnp.PyArray_SIZE(window)
+    row.p = &settings.p
+    row.u = u
+    row.processed = processed
+    row.token = SM_SAMPLE_ARG
+
+
+def sample_batch(list settings not None, const float[:, ::1] logits not None, list allowed not None,
+                 list windows not None, list u not None, float[:, ::1] processed not None,
+                 float[::1] scratch not None):
+    """One token id per row of ``logits`` (a list), or SAMPLE_NAN / SAMPLE_ALL_INF /
+    SAMPLE_FALLBACK (see csrc/sample.h), in one call with the GIL released.  Per row:
+    ``settings`` a SampleSettings, ``allowed`` a uint32 grammar mask or None, ``windows`` an
+    int64 penalty window (sorted in place), ``u`` the uniform draw, ``processed`` where a
+    falling-back row's processed logits go."""
+    cdef Py_ssize_t n_rows = logits.shape[0], n = logits.shape[1], r
+    if not len(settings) == len(allowed) == len(windows) == len(u) == n_rows:
+        raise ValueError(f"{n_rows} rows of logits, {len(settings)} settings, {len(allowed)} masks, "
+                         f"{len(windows)} windows and {len(u)} draws")
+    if n == 0:
+        raise ValueError("the logits rows are empty")
+    if processed.shape[0] < n_rows or processed.shape[1] != n:
+        raise ValueError(f"processed logits must hold ({n_rows}, {n}) values")
     if scratch.shape[0] < sm_sample_scratch_floats(n):
         raise ValueError("sampling scratch too small")
-    cdef const uint32_t *mask = &allowed[0] if allowed is not None else NULL
-    cdef const int64_t *bid = &bias_ids[0] if bias_ids.shape[0] else NULL
-    cdef const float *bval = &bias_vals[0] if bias_vals.shape[0] else NULL
-    cdef int64_t *win = &window[0] if window.shape[0] else NULL
-    cdef int processed
-    cdef int64_t token
-    with nogil:
-        token = sm_sample(&logits[0], n, mask, bid, bval, bias_ids.shape[0], win, window.shape[0],
-                          &settings.p, u, &_numpy_exp, &scratch[0], &processed)
-    if token == SM_SAMPLE_ARG:
-        raise NativeError(-5, "sample")
-    return token
+    if n_rows == 0:
+        return []
+    cdef sm_sample_row *rows = <sm_sample_row *>PyMem_Malloc(n_rows * sizeof(sm_sample_row))
+    if rows == NULL:
+        raise MemoryError()
+    try:
+        for r in range(n_rows):
+            _sample_row(&rows[r], settings[r], &logits[r, 0], n, allowed[r], windows[r], u[r], &processed[r, 0])
+        with nogil:
+            sm_sample_batch(rows, n_rows, n, &_numpy_exp, &scratch[0])
+        tokens = [rows[r].token for r in range(n_rows)]
+    finally:
+        PyMem_Free(rows)
+    if SM_SAMPLE_ARG in tokens:
+        raise NativeError(-5, f"sample row {tokens.index(SM_SAMPLE_ARG)}")
+    return tokens
 
 
 include "_engine.pxi"

@@ -173,7 +173,7 @@ configure_from_env()
 
 # ---- sampling (csrc/sample.c) ----
 
-# What sample() returns instead of a token id: NaN logits, every logit -inf, or a path that
+# What sample_batch() returns instead of a token id: NaN logits, every logit -inf, or a path that
 # stays with numpy (its float32 exponentials; see csrc/sample.h).
 SAMPLE_NAN = _kernels.SAMPLE_NAN
 SAMPLE_ALL_INF = _kernels.SAMPLE_ALL_INF
@@ -182,22 +182,22 @@ SampleSettings = _kernels.SampleSettings
 
 
 def sample_scratch(n_vocab: int) -> np.ndarray:
-    """The float32 scratch sample() works in; its first n_vocab entries hold the processed
-    logits after a call that applied a mask, a bias or penalties."""
+    """The float32 scratch sample_batch() works in (one for the whole batch)."""
     return np.empty(_kernels.sample_scratch_floats(n_vocab), np.float32)
 
 
-def sample(
-    settings: SampleSettings,
+def sample_batch(
+    settings: list[SampleSettings],
     logits: np.ndarray,
-    allowed: np.ndarray | None,
-    bias_ids: np.ndarray,
-    bias_vals: np.ndarray,
-    window: np.ndarray,
-    u: float,
+    allowed: list[np.ndarray | None],
+    windows: list[np.ndarray],
+    u: list[float],
+    processed: np.ndarray,
     scratch: np.ndarray,
-) -> int:
-    """One token from float32 ``logits`` (one native call, the GIL released): ``allowed``
-    the grammar's uint32 bit mask or None, ``window`` the penalty window (int64, sorted in
-    place), ``u`` the uniform draw.  A token id >= 0 or one of the SAMPLE_* codes."""
-    return _call(_kernels.sample, settings, logits, allowed, bias_ids, bias_vals, window, u, scratch)
+) -> list[int]:
+    """One token per row of float32 ``logits`` (rows, n_vocab), every row in one native call
+    with the GIL released once.  Per row: its SampleSettings, the grammar's uint32 bit mask or
+    None, the penalty window (int64, sorted in place), the uniform draw.  A token id >= 0 or
+    one of the SAMPLE_* codes per row; a SAMPLE_FALLBACK row that applied a mask, a bias or
+    penalties leaves its processed logits in its row of ``processed`` (rows, n_vocab)."""
+    return _call(_kernels.sample_batch, settings, logits, allowed, windows, u, processed, scratch)

@@ -4,9 +4,11 @@ changes a result, on a tiny model and on the default model's sliding-window laye
 import numpy as np
 import pytest
 
+from smallmind.engine import engine as engine_module
 from smallmind.engine.engine import Engine
 from smallmind.engine.model import Model
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
+from smallmind.engine.sampling import sample_batch
 from smallmind.engine.sampling_params import SamplingParams
 from tests.conftest import reference_path
 
@@ -87,21 +89,17 @@ def fresh_logits(model, prompt):
     return logits[0]
 
 
-class RecordingSampler:
-    """Wraps a sequence's sampler, keeping every logits row it is given."""
+def capture_logits(monkeypatch, seq) -> list:
+    """The logits rows seq will be sampled from, in order (the engine's batched sampling,
+    watched)."""
+    seen = []
 
-    def __init__(self, inner):
-        self.inner, self.seen = inner, []
+    def recording(samplers, logits, recent_tokens, allowed):
+        seen.extend(np.array(row) for s, row in zip(samplers, logits) if s is seq.sampler)
+        return sample_batch(samplers, logits, recent_tokens, allowed)
 
-    def sample(self, logits, window, allowed=None):
-        self.seen.append(np.array(logits))
-        return self.inner.sample(logits, window, allowed)
-
-
-def capture_logits(seq) -> list:
-    """The logits rows seq's sampler will be given, in order."""
-    seq.sampler = RecordingSampler(seq.sampler)
-    return seq.sampler.seen
+    monkeypatch.setattr(engine_module, "sample_batch", recording)
+    return seen
 
 
 def run(engine, prompt, max_tokens):
@@ -125,12 +123,12 @@ def test_a_finished_sequence_prefix_is_reused_bit_for_bit(tiny):
     assert second.output_ids == cold.output_ids
 
 
-def test_reused_prefix_gives_the_same_logits(tiny):
+def test_reused_prefix_gives_the_same_logits(tiny, monkeypatch):
     engine = Engine(tiny, n_slots=2)
     run(engine, SYSTEM + [300, 301], 3)
     prompt = SYSTEM + [410, 411, 412]
     seq = engine.submit(prompt, SamplingParams(**GREEDY, max_tokens=1))
-    logits_seen = capture_logits(seq)
+    logits_seen = capture_logits(monkeypatch, seq)
     engine.step()
     assert engine.reused_tokens == len(SYSTEM)
     np.testing.assert_array_equal(logits_seen[0], fresh_logits(tiny, prompt))
@@ -216,7 +214,7 @@ def gemma(default_model):
     m.close()
 
 
-def test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it(gemma):
+def test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it(gemma, monkeypatch):
     """Sliding-window layers keep sliding_window + max_batch_tokens positions per slot: after a
     700-token prompt, a 690-token prefix is still in the ring (reuse); after the 692 tokens
     that reuse leaves in the slot, a 100-token prefix is gone from it (no reuse).  Both give
@@ -229,7 +227,7 @@ def test_sliding_window_prefix_is_reused_only_while_the_ring_holds_it(gemma):
     for n_shared, reused in ((690, 690), (100, 0)):
         prompt = long_prompt[:n_shared] + [3000, 3001]
         seq = engine.submit(prompt, SamplingParams(**GREEDY, max_tokens=1))
-        seen = capture_logits(seq)
+        seen = capture_logits(monkeypatch, seq)
         before = engine.reused_tokens
         while engine.has_work():
             engine.step()

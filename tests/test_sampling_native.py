@@ -1,5 +1,6 @@
-"""The native sampler (csrc/sample.c through Sampler.sample) against the numpy one it
-replaced: the same token, bit for bit, from the same generator state.
+"""The native sampler (csrc/sample.c through sample_batch and Sampler.sample) against the
+numpy one it replaced: the same token, bit for bit, from the same generator state, for one
+sequence and for every row of a mixed batch sampled in one native call.
 
 Synthetic logits are checked against the numpy chain kept as Sampler.sample_numpy; the
 default model's seeded generations against token ids recorded with the numpy sampler
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smallmind.engine.sampling import Sampler
+from smallmind import kernels
+from smallmind.engine.sampling import Sampler, sample_batch
 from smallmind.engine.sampling_params import SamplingParams
 
 BIG_V = 262_144  # the default model's vocabulary
@@ -123,6 +125,74 @@ def test_top_p_cut_on_the_last_bit_of_exp():
         assert_same_tokens(params, SMALL_V, [x], [], steps=8)
 
 
+# One batch mixing every kind of row: (settings, logits kind, grammar mask?, what C does).
+MIXED_BATCH = [
+    (dict(temperature=0.0), "normal", False, "native"),
+    ({}, "head", False, "native"),  # the defaults
+    (dict(repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.3), "ties", False, "native"),
+    (dict(logit_bias={5: 3.0, 100: -100.0, 7: 50.0}, temperature=1.4), "normal", False, "native"),
+    ({}, "head", True, "native"),
+    (dict(temperature=0.0, logit_bias={3: 100.0}), "-inf", True, "native"),
+    (dict(top_k=0, top_p=1.0), "normal", False, "native"),  # min-p alone
+    (dict(top_k=0, logit_bias={9: 2.0}), "head", True, "fallback"),  # top-p over the whole vocabulary
+    (dict(top_k=5000, top_p=1.0, min_p=0.0, repetition_penalty=1.2), "normal", False, "fallback"),  # > 4096
+    (dict(top_k=40), "+inf", False, "fallback"),
+    (dict(top_k=1, temperature=1.3), "few", False, "native"),
+]
+
+
+def mixed_rows(rng: np.random.Generator):
+    """A batch's logits (rows, BIG_V) and grammar masks, in MIXED_BATCH's order."""
+    rows, masks = [], []
+    for _, kind, masked, _ in MIXED_BATCH:
+        x = logits_of("normal" if kind == "+inf" else kind, BIG_V, rng)
+        if kind == "+inf":
+            x[rng.integers(0, BIG_V, 2)] = np.inf
+        rows.append(x)
+        masks.append(random_mask(BIG_V, rng, 3000) if masked else None)
+    return np.stack(rows), masks
+
+
+def test_a_mixed_batch_in_one_call_is_each_row_alone_in_numpy():
+    """Each row's token from the batched call is what its own sampler's numpy chain draws, so
+    a row depends on nothing else in the batch; the rows C leaves to numpy really do."""
+    rng = np.random.default_rng(18)
+    recent = rng.integers(0, BIG_V, 60).tolist() + [3, 3, 7, BIG_V + 2]
+    params = [SamplingParams(seed=i, **values) for i, (values, *_) in enumerate(MIXED_BATCH)]
+    batched = [Sampler(p, BIG_V, eog_token_ids=[1]) for p in params]
+    alone = [Sampler(p, BIG_V, eog_token_ids=[1]) for p in params]
+    for _ in range(4):
+        logits, masks = mixed_rows(rng)
+        with np.errstate(invalid="ignore"):  # +inf logits: numpy's weights are NaN, as before C
+            got = sample_batch(batched, logits, [recent] * len(params), masks)
+            want = [s.sample_numpy(x, recent, m) for s, x, m in zip(alone, logits, masks)]
+        assert got == want
+    for b, a in zip(batched, alone):  # and every sequence consumed the same draws
+        assert b.rng.random() == a.rng.random()
+    codes = kernels.sample_batch(
+        [s._native for s in batched],
+        logits,
+        masks,
+        [s._native_window(recent) for s in batched],
+        [0.5] * len(params),
+        np.empty_like(logits),
+        kernels.sample_scratch(BIG_V),
+    )
+    expected = [kernels.SAMPLE_FALLBACK if how == "fallback" else "token" for *_, how in MIXED_BATCH]
+    assert [c if c == kernels.SAMPLE_FALLBACK else "token" for c in codes] == expected
+
+
+def test_a_batch_row_s_error_is_the_numpy_sampler_error():
+    samplers = [Sampler(SamplingParams(seed=1), SMALL_V) for _ in range(3)]
+    logits = np.zeros((3, SMALL_V), np.float32)
+    logits[1] = np.nan
+    with pytest.raises(FloatingPointError, match="NaN"):
+        sample_batch(samplers, logits, [()] * 3, [None] * 3)
+    with pytest.raises(ValueError, match="expected 3 rows"):
+        sample_batch(samplers, logits[:2], [()] * 3, [None] * 3)
+    assert sample_batch([], np.zeros((0, SMALL_V), np.float32), [], []) == []
+
+
 def test_errors_are_the_numpy_sampler_errors():
     for values in ({}, dict(temperature=0.0)):
         sampler = Sampler(SamplingParams(**values), SMALL_V)
@@ -159,8 +229,9 @@ RUNS = {
 }
 
 
-def seeded_generations(model_path) -> dict[str, list[int]]:
-    """Each RUNS entry, 24 tokens from one prompt, all in one batch through Engine.step."""
+def seeded_generations(model_path, native_rows: list[int] | None = None) -> dict[str, list[int]]:
+    """Each RUNS entry, 24 tokens from one prompt, all in one batch through Engine.step.
+    native_rows: appended to, the rows of each native sampling call."""
     from smallmind.engine.engine import Engine
     from smallmind.engine.model import Model
 
@@ -172,12 +243,24 @@ def seeded_generations(model_path) -> dict[str, list[int]]:
         for name, values in RUNS.items()
     }
     while engine.has_work():
-        engine.step()
+        calls_before = 0 if native_rows is None else len(native_rows)
+        events = engine.step()
+        if native_rows is not None:  # one native call per step, for the whole batch
+            assert len(native_rows) - calls_before == 1 and native_rows[-1] == len(events)
     return {name: seq.output_ids for name, seq in seqs.items()}
 
 
-def test_default_model_seeded_generations_are_the_recorded_ones(default_model):
-    assert seeded_generations(default_model) == json.loads(RECORDED.read_text())
+def test_default_model_seeded_generations_are_the_recorded_ones(default_model, monkeypatch):
+    native_rows: list[int] = []
+    native = kernels.sample_batch
+
+    def counted(settings, *args):
+        native_rows.append(len(settings))
+        return native(settings, *args)
+
+    monkeypatch.setattr(kernels, "sample_batch", counted)
+    assert seeded_generations(default_model, native_rows) == json.loads(RECORDED.read_text())
+    assert native_rows[0] == len(RUNS)
 
 
 if __name__ == "__main__":  # records tests/data/sampling_seeded_gemma3.json (run on the numpy sampler)

@@ -1,9 +1,10 @@
 """Continuous batching over a Model: sequences join and leave the running batch at any step.
 
-One `step()` is one call into C: every running sequence contributes its next token (decode)
-or a chunk of its prompt (prefill), bounded by `max_batch_tokens`, and the logits of each
-sequence's newest position come back for sampling.  The engine knows nothing of HTTP and
-is not thread-safe: one thread owns it (the server runs it in its own thread)."""
+One `step()` is one forward call into C: every running sequence contributes its next token
+(decode) or a chunk of its prompt (prefill), bounded by `max_batch_tokens`, and the logits of
+each sequence's newest position come back, all sampled in one more call into C.  The engine
+knows nothing of HTTP and is not thread-safe: one thread owns it (the server runs it in its
+own thread)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from smallmind.engine.prefix_cache import MIN_REUSE, SlotPool, common_prefix_len
-from smallmind.engine.sampling import Sampler, token_and_top_logprobs
+from smallmind.engine.sampling import Sampler, sample_batch, token_and_top_logprobs
 from smallmind.engine.sampling_params import SamplingParams
 from smallmind.errors import RequestValidationError
 from smallmind.values import check_token_ids
@@ -257,12 +258,22 @@ class Engine:
         )
         for seq, n_new in batch.advances:
             seq.n_cached += n_new
-        return [self._sample(seq, logits[row]) for row, seq in enumerate(batch.sampled)]
+        tokens = self._sample(batch.sampled, logits)
+        return [
+            self._take(seq, logits[row], token) for row, (seq, token) in enumerate(zip(batch.sampled, tokens))
+        ]
 
-    def _sample(self, seq: Sequence, logits: np.ndarray) -> StepEvent:
+    def _sample(self, seqs: list[Sequence], logits: np.ndarray) -> list[int]:
+        """Each sequence's next token from its row of logits, the whole batch in one native
+        call; a grammar's mask limits its own sequence's row only."""
+        allowed = [seq.constraint.mask_words() if seq.constraint is not None else None for seq in seqs]
+        # each sampler cuts its own penalty window from the sequence so far
+        return sample_batch([seq.sampler for seq in seqs], logits, [seq.all_ids for seq in seqs], allowed)
+
+    def _take(self, seq: Sequence, logits: np.ndarray, token: int) -> StepEvent:
+        """What the sampled token does to its sequence: the grammar moves on, the token is
+        kept (with its logprobs) or ends the sequence."""
         params = seq.params
-        allowed = seq.constraint.mask_words() if seq.constraint is not None else None
-        token = seq.sampler.sample(logits, seq.all_ids, allowed)  # the sampler cuts its penalty window
         if params.logprobs is not None and seq.constraint is not None:
             # logprobs are reported under the grammar, as before the sampler moved to C
             logits = np.array(logits, np.float32)

@@ -22,9 +22,10 @@ The pipeline follows llama.cpp's default sampler chain (``common/sampling.cpp`` 
 * the survivors are divided by the temperature, soft-maxed and one token is drawn with the
   sequence's own ``numpy.random.Generator`` (exactly one uniform double per non-greedy sample).
 
-Speed: ``Sampler.sample`` is one native call (csrc/sample.c) that applies the grammar mask,
-the bias, the penalties and every filter and draws, bit-identical to the numpy chain kept
-as ``Sampler.sample_numpy`` (the reference of tests/test_sampling.py and
+Speed: ``sample_batch`` samples every sequence of an engine step in one native call
+(csrc/sample.c, the GIL released once; ``Sampler.sample`` is a batch of one) that applies each
+row's grammar mask, bias, penalties and filters and draws, bit-identical to the numpy chain
+kept as ``Sampler.sample_numpy`` (the reference of tests/test_sampling.py and
 scripts/bench_sampling.py, and the path for what C leaves to numpy: top_p without top_k and
 draws over more than _SORT_MAX tokens, whose float32 exponentials are numpy's).  In both, the
 full vocabulary (262,144 for Gemma 3) is never sorted.  Every filter keeps a prefix
@@ -52,6 +53,7 @@ from smallmind.engine.sampling_params import SamplingParams
 
 __all__ = [
     "Sampler",
+    "sample_batch",
     "log_softmax",
     "logsumexp",
     "top_logprobs",
@@ -71,12 +73,20 @@ _SORT_MAX = 4096
 
 
 class _Scratch:
-    __slots__ = ("logits", "work", "native")
+    __slots__ = ("logits", "work", "native", "fallback")
 
     def __init__(self, n: int) -> None:
         self.logits = np.empty(n, np.float32)
         self.work = np.empty(n, np.float32)
         self.native = kernels.sample_scratch(n)
+        self.fallback = np.empty((0, n), np.float32)
+
+    def fallback_rows(self, rows: int) -> np.ndarray:
+        """(rows, n) float32 for the processed logits of rows C leaves to numpy (written only
+        for those rows, so the pages of rows that never fall back are never touched)."""
+        if self.fallback.shape[0] < rows:
+            self.fallback = np.empty((rows, self.logits.shape[0]), np.float32)
+        return self.fallback
 
 
 _tls = threading.local()
@@ -306,6 +316,8 @@ class Sampler:
             self._rep,
             self._freq,
             self._pres,
+            self._bias_ids,
+            self._bias_vals,
         )
 
     # -- stages --------------------------------------------------------------------------
@@ -354,31 +366,33 @@ class Sampler:
     def sample(
         self, logits: np.ndarray, recent_tokens: Sequence[int] = (), allowed: np.ndarray | None = None
     ) -> int:
-        """Next token id, in one native call (csrc/sample.c).  ``logits``: float32 (vocab,)
+        """Next token id (``sample_batch`` of this one sequence).  ``logits``: float32 (vocab,)
         raw model output (not modified); ``recent_tokens``: the sequence so far (prompt +
         generated), oldest first; ``allowed``: a grammar's bit mask (uint32 words, bit i of
         word i // 32 for token i; ConstraintState.mask_words()) or None.
 
         The same token as ``sample_numpy`` from the same generator state, bit for bit."""
-        x = _as_logits(logits)
-        if x.shape[0] != self.vocab_size:
-            raise ValueError(f"expected {self.vocab_size} logits, got {x.shape[0]}")
+        return sample_batch([self], _as_logits(logits)[None], [recent_tokens], [allowed])[0]
+
+    def _native_window(self, recent_tokens: Sequence[int]) -> np.ndarray:
+        """The penalty window as the native sampler takes it (a copy it may sort; empty when
+        the penalties are off; ids outside the vocabulary C skips, as numpy did)."""
         win = self._window(recent_tokens) if self._pen else None
-        if win is None:
-            win = _NO_TOKENS  # (ids outside the vocabulary C skips, as numpy did)
-        u = self.rng.random() if self._temp > 0.0 else 0.0
-        scratch = _scratch(self.vocab_size).native
-        token = kernels.sample(self._native, x, allowed, self._bias_ids, self._bias_vals, win, u, scratch)
-        if token >= 0:
-            return token
-        if token == kernels.SAMPLE_NAN:
+        return _NO_TOKENS if win is None else win
+
+    def _draw_u(self) -> float:
+        """This step's uniform draw: exactly one per non-greedy sample, none when greedy."""
+        return self.rng.random() if self._temp > 0.0 else 0.0
+
+    def _finish_in_numpy(self, code: int, x: np.ndarray, processed: np.ndarray | None, u: float) -> int:
+        """A row the native sampler did not finish: its error, or the paths numpy keeps (float32
+        exponentials) on ``processed`` (the logits C masked, biased and penalised) when it
+        wrote them, else on the raw ``x``."""
+        if code == kernels.SAMPLE_NAN:
             raise FloatingPointError(_NAN)
-        if token == kernels.SAMPLE_ALL_INF:
+        if code == kernels.SAMPLE_ALL_INF:
             raise FloatingPointError(_ALL_INF)
-        # the paths numpy keeps (float32 exponentials), on the logits C processed
-        if allowed is not None or self._bias_ids.size or win.size:
-            x = scratch[: self.vocab_size]
-        ids, vals, m = self._candidates(x)
+        ids, vals, m = self._candidates(x if processed is None else processed)
         return self._draw(ids, vals, m, u)
 
     def sample_numpy(
@@ -485,6 +499,42 @@ class Sampler:
         cum = np.cumsum(np.exp((vals.astype(np.float64) - m) / self._temp))
         j = min(int(np.searchsorted(cum, u * cum[-1], side="right")), n - 1)
         return j if ids is None else int(ids[j])
+
+
+def sample_batch(
+    samplers: Sequence[Sampler],
+    logits: np.ndarray,
+    recent_tokens: Sequence[Sequence[int]],
+    allowed: Sequence[np.ndarray | None],
+) -> list[int]:
+    """The next token of every sequence of a batch: row i of ``logits`` (float32 (n, vocab),
+    not modified) with ``samplers[i]``, its ``recent_tokens[i]`` and grammar mask
+    ``allowed[i]`` (as ``Sampler.sample`` takes them), in one native call with the GIL released
+    once.  Each row's token is the one its sampler's ``sample_numpy`` draws, whatever else is
+    in the batch: each sequence draws its one uniform from its own generator before the call,
+    and the rows C leaves to numpy are finished here, one by one, in order."""
+    if not samplers:
+        return []
+    x = np.asarray(logits)
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] != len(samplers):
+        raise ValueError(f"expected {len(samplers)} rows of logits, got shape {x.shape}")
+    for s in samplers:
+        if s.vocab_size != x.shape[1]:
+            raise ValueError(f"expected {s.vocab_size} logits, got {x.shape[1]}")
+    windows = [s._native_window(recent) for s, recent in zip(samplers, recent_tokens, strict=True)]
+    draws = [s._draw_u() for s in samplers]
+    scratch = _scratch(x.shape[1])
+    fallback = scratch.fallback_rows(len(samplers))
+    native = [s._native for s in samplers]
+    tokens = kernels.sample_batch(native, x, list(allowed), windows, draws, fallback, scratch.native)
+    for i, token in enumerate(tokens):
+        if token < 0:
+            s = samplers[i]
+            processed = allowed[i] is not None or s._bias_ids.size or windows[i].size
+            tokens[i] = s._finish_in_numpy(token, x[i], fallback[i] if processed else None, draws[i])
+    return tokens
 
 
 # --------------------------------------------------------------------------------------------
