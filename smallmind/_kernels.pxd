@@ -104,3 +104,11 @@ cdef extern from "sample.h" nogil:
                       const int64_t *bias_ids, const float *bias_vals, int64_t n_bias,
                       int64_t *window, int64_t n_window, const sm_sampling *p, double u,
                       const sm_exp *ex, float *scratch, int *processed)
+
+
+# ---- load-time repacking prototype (csrc/repack.h, issue 18) ----
+cdef extern from "repack.h" nogil:
+    int SM_TYPE_Q4_K
+    int64_t sm_repack_q4_K_x8_size(int64_t n_rows, int64_t n_cols)
+    int sm_repack_q4_K_x8(void *dst, const void *W, int64_t n_rows, int64_t n_cols)
+    int sm_matmul_q4_K_x8(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok)

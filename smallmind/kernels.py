@@ -193,3 +193,18 @@ def sample(
     the grammar's uint32 bit mask or None, ``window`` the penalty window (int64, sorted in
     place), ``u`` the uniform draw.  A token id >= 0 or one of the SAMPLE_* codes."""
     return _call(_kernels.sample, settings, logits, allowed, bias_ids, bias_vals, window, u, scratch)
+
+
+# ---- load-time repacking prototype (csrc/repack.h, issue 18; not used by the model) ----
+
+
+def repack_q4_K_x8(raw_w: np.ndarray, n_cols: int) -> np.ndarray:
+    """Raw Q4_K rows -> a uint8 copy with rows interleaved in groups of 8 (csrc/repack.h)."""
+    return _call(_kernels.repack_q4_K_x8, np.ascontiguousarray(raw_w), n_cols)
+
+
+def matmul_q4_K_x8(repacked: np.ndarray, n_rows: int, n_cols: int, xq: np.ndarray, out=None) -> np.ndarray:
+    """As matmul_q for Q4_K weights, over their repack_q4_K_x8 copy, on one thread; the same
+    floats as matmul_q where the table's Q4_K kernels are the avx2 unit's.  KernelError
+    where the CPU lacks AVX2."""
+    return _call(_kernels.matmul_q4_K_x8, repacked, n_rows, n_cols, xq, out)
