@@ -79,6 +79,7 @@ BASE_SOURCES = [
     "csrc/dispatch.c",
     "csrc/cpu_features.c",
     "csrc/matmul.c",
+    "csrc/team.c",
     "csrc/membench.c",
     "csrc/dot_scalar.c",
     "csrc/forward.c",

@@ -23,10 +23,7 @@
 #include <string.h>
 
 #include "model.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "team.h"
 
 /* ---------------------------------------------------------------------------------- */
 /* Small kernels                                                                       */
@@ -97,18 +94,9 @@ static void glu_range(float *g, const float *u, int64_t i0, int64_t i1, int act,
     }
 }
 
-/* Below this many values one thread is quicker than waking the others. */
-#define GLU_PARALLEL_MIN 4096
-
-/* g (n) = act(g) * u (n), split over the threads for batches (each value on its own, so
- * the split changes no result). */
-static void glu(float *g, const float *u, int64_t n, int act, const float *gelu_table, int n_thr) {
-    const int64_t chunk = 1024;
-    const int64_t n_chunks = (n + chunk - 1) / chunk;
-    (void)n_thr;
-#pragma omp parallel for schedule(static) num_threads(n_thr) if (n >= GLU_PARALLEL_MIN)
-    for (int64_t c = 0; c < n_chunks; c++)
-        glu_range(g, u, c * chunk, (c + 1) * chunk < n ? (c + 1) * chunk : n, act, gelu_table);
+/* g (n) = act(g) * u (n) (one token's row: each value on its own) */
+static void glu(float *g, const float *u, int64_t n, int act, const float *gelu_table) {
+    glu_range(g, u, 0, n, act, gelu_table);
 }
 
 /* Attention of one work item: the query rows of nt consecutive tokens (positions p0..,
@@ -263,16 +251,16 @@ static int check_batch(sm_model *m, int n_tokens, const int32_t *tokens, const i
     return SM_OK;
 }
 
-int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
-               const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
-               float *hidden) {
-    if (!m) return SM_E_ARG;
-    int rc = check_batch(m, n_tokens, tokens, slots, positions, n_out, out_rows);
-    if (rc != SM_OK) return rc;
-    if (n_out > 0 && !logits) return SM_E_ARG;
-
+/* The step as run by thread tid of the team: every thread runs this code; per-token steps
+ * touch only the tokens the thread owns (sm_team_owns_token), matmuls and attention are
+ * shared out.  Wherever a thread reads what others wrote, a barrier follows a shared-out
+ * operation and sm_team_publish a per-token one (so that in decode the thread owning the
+ * token never waits for the others between a barrier and the next shared operation). */
+static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t *tokens, const int32_t *slots,
+                        const int32_t *positions, int n_items, int att_threads, int n_out,
+                        const int32_t *out_rows, float *logits, float *hidden) {
     const sm_config *c = &m->cfg;
-    const int T = n_tokens, dim = c->dim, hd = c->head_dim, half = hd / 2;
+    const int dim = c->dim, hd = c->head_dim, half = hd / 2;
     const int n_heads = c->n_heads, n_kv_heads = c->n_kv_heads, hidden_dim = c->hidden_dim;
     const int q_dim = n_heads * hd, kv_dim = n_kv_heads * hd;
     const int gemma = c->arch == SM_ARCH_GEMMA3;
@@ -282,44 +270,40 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
     const sm_kernels *kern = sm_kernels_current();
     float *x = m->x, *xb = m->xb, *xb2 = m->xb2;
     sm_workspace *ws = &m->ws;
+    int rc;
+
+    /* the tokens of this thread's per-token steps */
+#define MY_TOKENS(t, N) for (int t = 0; t < (N); t++) if (sm_team_owns_token(tm, tid, t))
 
 #define MATMUL(Y, W, X, N)                                                                 \
     do {                                                                                   \
-        rc = sm_matmul((Y), (W).data, (W).type, (W).n_rows, (W).n_cols, (X), (N), ws);     \
+        const sm_matmul_part part_ = {(Y), (W).data, (W).type, (W).n_rows};                \
+        rc = sm_matmul_team(tm, tid, &part_, 1, (W).n_cols, (X), (N), ws);                 \
         if (rc != SM_OK) return rc;                                                        \
     } while (0)
 
-    /* matmuls over the same input in one region when their activation types agree */
+    /* matmuls over the same input as one operation when their activation types agree */
 #define MATMUL_MULTI(P, NP, X)                                                             \
     do {                                                                                   \
         int same = 1;                                                                      \
         for (int p_ = 1; p_ < (NP); p_++)                                                  \
             same &= sm_vec_dot_type((P)[p_].wtype) == sm_vec_dot_type((P)[0].wtype);       \
-        if (same) {                                                                        \
-            rc = sm_matmul_multi((P), (NP), dim, (X), T, ws);                              \
+        for (int p_ = 0; p_ < (same ? 1 : (NP)); p_++) {                                   \
+            rc = sm_matmul_team(tm, tid, &(P)[p_], same ? (NP) : 1, dim, (X), T, ws);       \
             if (rc != SM_OK) return rc;                                                    \
-        } else {                                                                           \
-            for (int p_ = 0; p_ < (NP); p_++) {                                            \
-                rc = sm_matmul((P)[p_].Y, (P)[p_].W, (P)[p_].wtype, (P)[p_].n_rows, dim,    \
-                               (X), T, ws);                                                \
-                if (rc != SM_OK) return rc;                                                \
-            }                                                                              \
         }                                                                                  \
     } while (0)
 
-    /* embeddings: dequantized rows of token_embd, times embed_scale */
+    /* embeddings: dequantized rows of token_embd, times embed_scale; rope angles of every
+     * token, for global and sliding-window layers (the latter with their own base and
+     * without linear scaling, as llama.cpp's gemma3) */
     const sm_tensor *emb = &m->w.token_embd;
     const int64_t emb_row = sm_row_size(emb->type, dim);
-    for (int t = 0; t < T; t++) {
+    MY_TOKENS(t, T) {
         float *xt = x + (int64_t)t * dim;
         sm_dequantize_row(emb->type, (const uint8_t *)emb->data + tokens[t] * emb_row, xt, dim);
         if (c->embed_scale != 1.0f)
             for (int i = 0; i < dim; i++) xt[i] *= c->embed_scale;
-    }
-
-    /* rope angles of every token, for global and sliding-window layers (the latter
-     * with their own base and without linear scaling, as llama.cpp's gemma3) */
-    for (int t = 0; t < T; t++) {
         rope_angles(m->rope_cos + t * half, m->rope_sin + t * half, positions[t], hd,
                     c->rope_base, c->rope_freq_scale, m->rope_freqs);
         if (m->swa_cap)
@@ -327,37 +311,29 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
                         c->rope_base_swa, 1.0f, m->rope_freqs);
     }
 
-    /* attention work items (the same for every layer) */
-    int att_threads = sm_get_threads();
-    if (att_threads > m->n_att_threads) att_threads = m->n_att_threads;
-    const int n_items = attention_items(m, T, slots, positions, att_threads);
-    if (att_threads > n_items) att_threads = n_items;
-    (void)att_threads;
-
     for (int l = 0; l < c->n_layers; l++) {
         const sm_layer_weights *lw = &m->layers[l];
         const layer_vectors *lv = &m->vec[l];
         const kv_layer *kv = &m->kv[l];
 
         /* attention rmsnorm */
-        for (int t = 0; t < T; t++)
-            rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->attn_norm, dim, eps);
+        MY_TOKENS(t, T) rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->attn_norm, dim, eps);
 
-        /* q, k, v projections (+ qwen2 biases) */
+        /* q, k, v projections */
         {
             const sm_matmul_part parts[3] = {{m->q, lw->wq.data, lw->wq.type, lw->wq.n_rows},
                                              {m->k, lw->wk.data, lw->wk.type, lw->wk.n_rows},
                                              {m->v, lw->wv.data, lw->wv.type, lw->wv.n_rows}};
             MATMUL_MULTI(parts, 3, xb);
         }
-        for (int t = 0; t < T; t++) {
-            if (lv->bq) for (int i = 0; i < q_dim; i++) m->q[(int64_t)t * q_dim + i] += lv->bq[i];
-            if (lv->bk) for (int i = 0; i < kv_dim; i++) m->k[(int64_t)t * kv_dim + i] += lv->bk[i];
-            if (lv->bv) for (int i = 0; i < kv_dim; i++) m->v[(int64_t)t * kv_dim + i] += lv->bv[i];
-        }
 
-        for (int t = 0; t < T; t++) {
+        MY_TOKENS(t, T) {
             float *qt = m->q + (int64_t)t * q_dim, *kt = m->k + (int64_t)t * kv_dim;
+            float *vt = m->v + (int64_t)t * kv_dim;
+            /* qwen2 biases */
+            if (lv->bq) for (int i = 0; i < q_dim; i++) qt[i] += lv->bq[i];
+            if (lv->bk) for (int i = 0; i < kv_dim; i++) kt[i] += lv->bk[i];
+            if (lv->bv) for (int i = 0; i < kv_dim; i++) vt[i] += lv->bv[i];
             /* per-head q/k rmsnorm (qwen3, gemma3) */
             if (lv->q_norm) for (int h = 0; h < n_heads; h++) rmsnorm(qt + h * hd, qt + h * hd, lv->q_norm, hd, eps);
             if (lv->k_norm) for (int h = 0; h < n_kv_heads; h++) rmsnorm(kt + h * hd, kt + h * hd, lv->k_norm, hd, eps);
@@ -370,36 +346,31 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
             if (gemma) for (int i = 0; i < q_dim; i++) qt[i] *= c->attn_scale;
             /* k, v into the f16 cache at this position's cell */
             const int64_t cell = (int64_t)slots[t] * kv->cap + positions[t] % kv->cap;
-            const float *vt = m->v + (int64_t)t * kv_dim;
             for (int i = 0; i < kv_dim; i++) {
                 kv->k[cell * kv_dim + i] = sm_float_to_half(kt[i]);
                 kv->v[cell * kv_dim + i] = sm_float_to_half(vt[i]);
             }
         }
+        sm_team_publish(tm, tid, T); /* attention reads every token's q and cache rows */
 
-        /* attention, one work item (token block x heads of one kv head) per iteration */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(att_threads)
-        for (int i = 0; i < n_items; i++) {
-            const int *it = m->att_items + 4 * (int64_t)i;
-#ifdef _OPENMP
-            float *scratch = m->att + (int64_t)omp_get_thread_num() * m->att_stride;
-#else
-            float *scratch = m->att;
-#endif
-            attention_item(m, kv, slots, positions, it[0], it[1], it[2], it[3], kq_scale, scratch, kern);
-        }
+        /* attention, one work item (token block x heads of one kv head) per claim */
+        if (tid < att_threads)
+            for (int i; (i = (int)sm_team_claim(tm, 1, n_items)) < n_items;) {
+                const int *it = m->att_items + 4 * (int64_t)i;
+                attention_item(m, kv, slots, positions, it[0], it[1], it[2], it[3], kq_scale,
+                               m->att + (int64_t)tid * m->att_stride, kern);
+            }
+        sm_team_barrier(tm); /* the output projection reads every item's att_out rows */
 
         /* output projection, gemma's post-attention norm, residual */
         MATMUL(xb2, lw->wo, m->att_out, T);
-        for (int t = 0; t < T; t++) {
+        MY_TOKENS(t, T) {
             float *bt = xb2 + (int64_t)t * dim, *xt = x + (int64_t)t * dim;
             if (lv->post_attn_norm) rmsnorm(bt, bt, lv->post_attn_norm, dim, eps);
             for (int i = 0; i < dim; i++) xt[i] += bt[i];
+            /* ffn rmsnorm */
+            rmsnorm(xb + (int64_t)t * dim, xt, lv->ffn_norm, dim, eps);
         }
-
-        /* ffn rmsnorm */
-        for (int t = 0; t < T; t++)
-            rmsnorm(xb + (int64_t)t * dim, x + (int64_t)t * dim, lv->ffn_norm, dim, eps);
 
         /* gated ffn: w_down (act(w_gate x) * w_up x) */
         {
@@ -407,36 +378,68 @@ int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *
                                              {m->hb2, lw->w_up.data, lw->w_up.type, lw->w_up.n_rows}};
             MATMUL_MULTI(parts, 2, xb);
         }
-        glu(m->hb, m->hb2, (int64_t)T * hidden_dim, c->act, m->gelu_table, sm_get_threads());
+        MY_TOKENS(t, T) {
+            const int64_t row = (int64_t)t * hidden_dim;
+            glu(m->hb + row, m->hb2 + row, hidden_dim, c->act, m->gelu_table);
+        }
         MATMUL(xb2, lw->w_down, m->hb, T);
 
         /* gemma's post-ffn norm, residual */
-        for (int t = 0; t < T; t++) {
+        MY_TOKENS(t, T) {
             float *bt = xb2 + (int64_t)t * dim, *xt = x + (int64_t)t * dim;
             if (lv->post_ffn_norm) rmsnorm(bt, bt, lv->post_ffn_norm, dim, eps);
             for (int i = 0; i < dim; i++) xt[i] += bt[i];
         }
     }
 
-    /* the slots now hold these positions */
-    for (int t = 0; t < T; t++) {
-        m->slot_len[slots[t]] = positions[t] + 1;
-        if (m->swa_cap)
-            m->ring_pos[(int64_t)slots[t] * m->swa_cap + positions[t] % m->swa_cap] = positions[t];
-    }
-
     /* final rmsnorm: every row into hidden if asked, the out rows into xb */
-    if (hidden)
-        for (int t = 0; t < T; t++)
-            rmsnorm(hidden + (int64_t)t * dim, x + (int64_t)t * dim, m->output_norm, dim, eps);
-    for (int i = 0; i < n_out; i++)
-        rmsnorm(xb + (int64_t)i * dim, x + (int64_t)out_rows[i] * dim, m->output_norm, dim, eps);
+    if (hidden) MY_TOKENS(t, T) rmsnorm(hidden + (int64_t)t * dim, x + (int64_t)t * dim, m->output_norm, dim, eps);
+    sm_team_barrier(tm); /* an out row may be another thread's token */
+    MY_TOKENS(i, n_out) rmsnorm(xb + (int64_t)i * dim, x + (int64_t)out_rows[i] * dim, m->output_norm, dim, eps);
 
     /* logits of the out rows (tied: token_embd is the output matrix) */
     const sm_tensor *head = m->w.output.data ? &m->w.output : &m->w.token_embd;
     if (n_out > 0) MATMUL(logits, *head, xb, n_out);
+#undef MY_TOKENS
 #undef MATMUL
 #undef MATMUL_MULTI
+    return SM_OK;
+}
+
+int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
+               const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
+               float *hidden) {
+    if (!m) return SM_E_ARG;
+    int rc = check_batch(m, n_tokens, tokens, slots, positions, n_out, out_rows);
+    if (rc != SM_OK) return rc;
+    if (n_out > 0 && !logits) return SM_E_ARG;
+
+    /* attention work items (the same for every layer); threads with scratch only */
+    const int n_thr = sm_get_threads();
+    const int att_threads = n_thr < m->n_att_threads ? n_thr : m->n_att_threads;
+    const int n_items = attention_items(m, n_tokens, slots, positions, att_threads);
+
+    /* one fork of the threads for the whole step */
+    sm_team tm;
+    sm_team_init(&tm, n_thr);
+#pragma omp parallel num_threads(n_thr) if (n_thr > 1)
+    {
+        sm_team_enter(&tm, sm_team_region_size());
+        const int tid = sm_team_region_tid();
+        const int r = forward_team(m, &tm, tid, n_tokens, tokens, slots, positions, n_items, att_threads, n_out,
+                                   out_rows, logits, hidden);
+        if (tid == 0) rc = r;
+        sm_team_leave(&tm);
+    }
+    sm_team_learn(&tm);
+    if (rc != SM_OK) return rc;
+
+    /* the slots now hold these positions */
+    for (int t = 0; t < n_tokens; t++) {
+        m->slot_len[slots[t]] = positions[t] + 1;
+        if (m->swa_cap)
+            m->ring_pos[(int64_t)slots[t] * m->swa_cap + positions[t] % m->swa_cap] = positions[t];
+    }
     return SM_OK;
 }
 

@@ -129,6 +129,9 @@ void sm_fill_kernels_neon(sm_kernels *k);
 void sm_set_threads(int n);
 int sm_get_threads(void);
 int sm_max_threads(void);
+/* Since the process started: forks of more than one thread (a forward step forks once),
+ * barriers those threads passed, and waits at a barrier that ended in a sleep (team.c). */
+void sm_thread_counts(int64_t *forks, int64_t *barriers, int64_t *sleeps);
 
 /* ---- row and matrix operations (matmul.c) ---- */
 /* dst[0:n] = dequantized row.  */
@@ -145,7 +148,7 @@ void sm_workspace_free(sm_workspace *ws);
 
 /* Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T, W (n_rows, n_cols) of type wtype, rows
  * contiguous (row stride = sm_row_size(wtype, n_cols)).  Activations are quantized once per
- * row of X; output rows are split over OpenMP threads. */
+ * row of X; output rows are split over the threads. */
 int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
               const float *X, int64_t n_tok, sm_workspace *ws);
 /* The same with X already quantized into the vec_dot type (Xq rows of sm_row_size). */
@@ -160,7 +163,8 @@ int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int6
 /* Several matmuls over the same X in one parallel region: Y_p (n_tok, n_rows_p) =
  * X @ W_p^T for every part, all W_p with n_cols columns and the same vec_dot type (else
  * SM_E_TYPE).  X is quantized once (rows split over the threads), then the row tiles of
- * all parts are shared out as one list.  Same results as one sm_matmul per part. */
+ * all parts are shared out as one list.  Same results as one sm_matmul per part.  One
+ * fork of the threads per call: a forward step uses sm_matmul_team instead. */
 #define SM_MATMUL_MAX_PARTS 4
 typedef struct {
     float *Y;
@@ -170,6 +174,19 @@ typedef struct {
 } sm_matmul_part;
 int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, const float *X, int64_t n_tok,
                     sm_workspace *ws);
+
+/* Workspace bytes sm_matmul and sm_matmul_multi need for n_tok rows of n_cols (0 when the
+ * activations are used as they are). */
+size_t sm_matmul_workspace_bytes(int wtype, int64_t n_cols, int64_t n_tok);
+
+/* sm_matmul_multi as one operation of a step's team (team.h): called by every thread of
+ * the team with the same arguments, ws already holding sm_matmul_workspace_bytes (else
+ * SM_E_NOMEM, from every thread).  Each thread quantizes the rows of X it owns
+ * (sm_team_owns_token), which it must have written itself or before a barrier; returns
+ * after a barrier, with every Y complete. */
+struct sm_team;
+int sm_matmul_team(struct sm_team *tm, int tid, const sm_matmul_part *parts, int n_parts, int64_t n_cols,
+                   const float *X, int64_t n_tok, sm_workspace *ws);
 
 /* ---- benchmarks (membench.c) ---- */
 uint64_t sm_read_memory(const void *buf, size_t n_bytes, int n_threads);

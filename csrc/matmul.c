@@ -1,18 +1,20 @@
 /* Row and matrix operations over the current kernel table.
  *
  * Y (n_tok, n_rows) = X (n_tok, n_cols) @ W^T.  Each row of X is quantized once into W's
- * vec_dot type; output rows are split over OpenMP threads in tiles, and inside a tile every
- * token is dotted against the same few weight rows while they are still in L1, so a batch
- * of tokens streams the weights from memory once.  Where the kernel table has a tile
- * kernel (vec_dot_tile), a row tile meets each group of up to SM_VEC_DOT_N_MAX tokens in
- * one call, which decodes every weight block once per group and sums several weight rows
- * side by side (also for a single token); else, where it has a multi-row dot (vec_dot_n),
- * each weight row is decoded once per group of tokens instead of once per token.  Both
- * read Q8_0 activations with the groups' block scales (as floats) and quant sums laid out
- * once per call in a panel (fill_scale_panel).  Every path gives the floats of vec_dot. */
+ * vec_dot type; output rows are split over a team's threads (team.h) in tiles, and inside
+ * a tile every token is dotted against the same few weight rows while they are still in
+ * L1, so a batch of tokens streams the weights from memory once.  Where the kernel table
+ * has a tile kernel (vec_dot_tile), a row tile meets each group of up to SM_VEC_DOT_N_MAX
+ * tokens in one call, which decodes every weight block once per group and sums several
+ * weight rows side by side (also for a single token); else, where it has a multi-row dot
+ * (vec_dot_n), each weight row is decoded once per group of tokens instead of once per
+ * token.  Both read Q8_0 activations with the groups' block scales (as floats) and quant
+ * sums laid out once per call in a panel (fill_scale_panel).  Every path gives the floats
+ * of vec_dot. */
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "team.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -69,10 +71,6 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
     ws->cap = bytes;
     return p;
 }
-
-/* Activations of at most this many values (n_tok x n_cols) are quantized by the calling
- * thread before the parallel region (sm_matmul_multi). */
-#define PREP_SERIAL_MAX 16384
 
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
@@ -131,22 +129,6 @@ static void fill_scale_panel(float *panels, const uint8_t *xq, int64_t x_row, in
     }
 }
 
-/* The n_tok rows of X in the vec_dot type (xq; quantize is NULL for F32 weights, whose
- * activations are X itself) and their scale panels (when panels is not NULL).  The loops
- * are orphaned worksharing: split over the team when called inside a parallel region,
- * run by the caller alone outside one. */
-static void prepare_activations(sm_quantize_fn quantize, const float *X, int64_t n_cols, int64_t n_tok,
-                                uint8_t *xq, int64_t x_row, float *panels) {
-    if (quantize) {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < n_tok; t++) quantize(xq + t * x_row, X + t * n_cols, n_cols);
-    }
-    if (panels) {
-#pragma omp for schedule(static)
-        for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) fill_scale_panel(panels, xq, x_row, n_cols, n_tok, t0);
-    }
-}
-
 /* Rows [r0, r1) of Y = X @ W^T (X already in W's vec_dot type; panels as above, or NULL
  * when the kernels do not read them). */
 static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_t n_rows, const uint8_t *x,
@@ -181,10 +163,17 @@ static inline void matmul_tile(float *Y, const uint8_t *w, int64_t w_row, int64_
     }
 }
 
+/* Weight bytes a chunk of tiles reads at most: ~10-30 us of memory traffic, so the threads
+ * of a large matmul (the output head: ~100 MB) finish within that of each other and the
+ * barrier after it passes while they spin, instead of sleeping. */
+#define CHUNK_MAX_BYTES (256 << 10)
+
 /* Tiles per dynamic-schedule chunk: ~16 chunks per thread, so a thread slowed by another
- * process (shared machines) does not hold the others back, at little overhead. */
-static int64_t tile_chunk(int64_t n_tiles, int n_thr) {
-    const int64_t chunk = n_tiles / ((int64_t)n_thr * 16);
+ * process (shared machines) does not hold the others back, at little overhead; and no
+ * more than CHUNK_MAX_BYTES of weights. */
+static int64_t tile_chunk(int64_t n_tiles, int n_thr, int64_t tile_bytes) {
+    int64_t chunk = n_tiles / ((int64_t)n_thr * 16);
+    if (tile_bytes > 0 && chunk * tile_bytes > CHUNK_MAX_BYTES) chunk = CHUNK_MAX_BYTES / tile_bytes;
     return chunk < 1 ? 1 : chunk;
 }
 
@@ -220,7 +209,7 @@ int sm_matmul_q(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_co
     (void)use_threads;
 
     const int n_thr = sm_get_threads();
-    const int64_t chunk = tile_chunk(n_tiles, n_thr);
+    const int64_t chunk = tile_chunk(n_tiles, n_thr, ROW_TILE * w_row);
     (void)chunk;
 
 #pragma omp parallel for schedule(dynamic, chunk) num_threads(n_thr) if (use_threads)
@@ -253,72 +242,131 @@ int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols
     return sm_matmul_multi(&part, 1, n_cols, X, n_tok, ws);
 }
 
-int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, const float *X, int64_t n_tok,
-                    sm_workspace *ws) {
+/* What a matmul over several parts needs, worked out (and checked) the same way by every
+ * thread of a team: the activation type and row size, each part's weight row size and
+ * kernels, where each part's row tiles start in the common list of tiles. */
+typedef struct {
+    int act_type;
+    int64_t x_row;
+    int64_t first_tile[SM_MATMUL_MAX_PARTS + 1];
+    int64_t w_row[SM_MATMUL_MAX_PARTS];
+    row_kernels rk[SM_MATMUL_MAX_PARTS];
+    int with_panels;
+    int use_threads;  /* 0: too small to split, one thread does every tile */
+} matmul_plan;
+
+static int plan_matmul(matmul_plan *pl, const sm_kernels *k, const sm_matmul_part *parts, int n_parts,
+                       int64_t n_cols, int64_t n_tok) {
     if (n_parts <= 0 || n_parts > SM_MATMUL_MAX_PARTS) return SM_E_ARG;
     if (n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
-    const sm_kernels *k = sm_kernels_current();
     const int at = sm_type_supported(parts[0].wtype) ? sm_vec_dot_type(parts[0].wtype) : -1;
     if (at < 0) return SM_E_TYPE;
-    const int64_t x_row = sm_row_size(at, n_cols);
-    if (x_row < 0) return SM_E_SHAPE;
-    int64_t first_tile[SM_MATMUL_MAX_PARTS + 1], w_row[SM_MATMUL_MAX_PARTS];
-    row_kernels rk[SM_MATMUL_MAX_PARTS];
+    pl->act_type = at;
+    pl->x_row = sm_row_size(at, n_cols);
+    if (pl->x_row < 0) return SM_E_SHAPE;
+    if (at != SM_TYPE_F32 && !k->quantize[at]) return SM_E_TYPE;
     int64_t bytes = 0;
-    first_tile[0] = 0;
+    pl->first_tile[0] = 0;
+    pl->with_panels = 0;
     for (int p = 0; p < n_parts; p++) {
         const int t = parts[p].wtype;
         if (!sm_type_supported(t) || sm_vec_dot_type(t) != at) return SM_E_TYPE;
-        w_row[p] = sm_row_size(t, n_cols);
-        if (w_row[p] < 0 || parts[p].n_rows < 0) return SM_E_SHAPE;
-        rk[p] = pick_kernels(k, t, n_tok);
-        if (!rk[p].dot) return SM_E_TYPE;
-        first_tile[p + 1] = first_tile[p] + (parts[p].n_rows + ROW_TILE - 1) / ROW_TILE;
-        bytes += parts[p].n_rows * w_row[p];
+        pl->w_row[p] = sm_row_size(t, n_cols);
+        if (pl->w_row[p] < 0 || parts[p].n_rows < 0) return SM_E_SHAPE;
+        pl->rk[p] = pick_kernels(k, t, n_tok);
+        if (!pl->rk[p].dot) return SM_E_TYPE;
+        pl->first_tile[p + 1] = pl->first_tile[p] + (parts[p].n_rows + ROW_TILE - 1) / ROW_TILE;
+        pl->with_panels |= needs_scale_panels(&pl->rk[p], at);
+        bytes += parts[p].n_rows * pl->w_row[p];
     }
+    pl->use_threads = bytes >= (1 << 16) && pl->first_tile[n_parts] > 1;
+    return SM_OK;
+}
+
+/* Workspace bytes for the quantized rows (64-byte aligned), then the scale panels. */
+static size_t act_bytes(int64_t x_row, int64_t n_tok) {
+    return ((size_t)(x_row * (n_tok > 0 ? n_tok : 1)) + 63) & ~(size_t)63;
+}
+
+size_t sm_matmul_workspace_bytes(int wtype, int64_t n_cols, int64_t n_tok) {
+    if (!sm_type_supported(wtype)) return 0;
+    const int at = sm_vec_dot_type(wtype);
+    if (at == SM_TYPE_F32 || sm_row_size(at, n_cols) < 0) return 0;
+    const size_t panels = at == SM_TYPE_Q8_0 ? sizeof(float) * (size_t)panels_entries(n_cols, n_tok) : 0;
+    return act_bytes(sm_row_size(at, n_cols), n_tok) + panels;
+}
+
+/* Tile `tile` of the common list: up to ROW_TILE rows of one part. */
+static void run_tile(const matmul_plan *pl, const sm_matmul_part *parts, const uint8_t *x, const float *panels,
+                     int n, int64_t n_tok, int64_t tile) {
+    int p = 0;
+    while (tile >= pl->first_tile[p + 1]) p++;
+    const int64_t rows = parts[p].n_rows;
+    const int64_t r0 = (tile - pl->first_tile[p]) * ROW_TILE;
+    const int64_t r1 = r0 + ROW_TILE < rows ? r0 + ROW_TILE : rows;
+    matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, pl->w_row[p], rows, x, pl->x_row, panels, n, n_tok, r0,
+                r1, &pl->rk[p]);
+}
+
+int sm_matmul_team(sm_team *tm, int tid, const sm_matmul_part *parts, int n_parts, int64_t n_cols,
+                   const float *X, int64_t n_tok, sm_workspace *ws) {
+    const sm_kernels *k = sm_kernels_current();
+    matmul_plan pl;
+    const int rc = plan_matmul(&pl, k, parts, n_parts, n_cols, n_tok);
+    if (rc != SM_OK) return rc;
+    const int at = pl.act_type;
     const uint8_t *x = (const uint8_t *)X;
     float *panels = NULL;
-    int with_panels = 0;
-    for (int p = 0; p < n_parts; p++) with_panels |= needs_scale_panels(&rk[p], at);
     if (at != SM_TYPE_F32) {
-        /* quantized rows, then (64-byte aligned) the scale panels */
-        const size_t xq_bytes = ((size_t)(x_row * (n_tok > 0 ? n_tok : 1)) + 63) & ~(size_t)63;
-        const size_t panel_bytes = with_panels ? sizeof(float) * (size_t)panels_entries(n_cols, n_tok) : 0;
-        uint8_t *xq = workspace_reserve(ws, xq_bytes + panel_bytes);
-        if (!xq) return SM_E_NOMEM;
-        if (!k->quantize[at]) return SM_E_TYPE;
-        x = xq;
-        if (with_panels) panels = (float *)(xq + xq_bytes);
+        const size_t xq_bytes = act_bytes(pl.x_row, n_tok);
+        if (ws->cap < sm_matmul_workspace_bytes(parts[0].wtype, n_cols, n_tok)) return SM_E_NOMEM;
+        x = ws->buf;
+        if (pl.with_panels) panels = (float *)((uint8_t *)ws->buf + xq_bytes);
     }
+
+    /* this thread's token groups: their quantized rows and scale panel */
     const sm_quantize_fn quantize = at != SM_TYPE_F32 ? k->quantize[at] : NULL;
-    const int64_t n_tiles = first_tile[n_parts];
-    const int n = (int)n_cols;
-    const int n_thr = sm_get_threads();
-    const int64_t chunk = tile_chunk(n_tiles, n_thr);
-    const int use_threads = bytes >= (1 << 16) && n_tiles > 1;
-    (void)chunk;
-
-    /* Small batches (decode) are prepared by this thread before the region: a few
-     * microseconds of work, where splitting it over threads costs two more barriers per
-     * matmul, and a decode step runs ~75 matmuls.  Larger ones split it in the region. */
-    const int prep_in_region = use_threads && n_tok * n_cols > PREP_SERIAL_MAX;
-    if (!prep_in_region) prepare_activations(quantize, X, n_cols, n_tok, (uint8_t *)x, x_row, panels);
-
-    /* one parallel region: (large batches) the activations, then all parts' row tiles as
-     * one list */
-#pragma omp parallel num_threads(n_thr) if (use_threads)
-    {
-        if (prep_in_region) prepare_activations(quantize, X, n_cols, n_tok, (uint8_t *)x, x_row, panels);
-#pragma omp for schedule(dynamic, chunk)
-        for (int64_t tile = 0; tile < n_tiles; tile++) {
-            int p = 0;
-            while (tile >= first_tile[p + 1]) p++;
-            const int64_t rows = parts[p].n_rows;
-            const int64_t r0 = (tile - first_tile[p]) * ROW_TILE;
-            const int64_t r1 = r0 + ROW_TILE < rows ? r0 + ROW_TILE : rows;
-            matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, w_row[p], rows, x, x_row, panels, n, n_tok,
-                        r0, r1, &rk[p]);
-        }
+    for (int64_t t0 = 0; t0 < n_tok; t0 += SM_VEC_DOT_N_MAX) {
+        if (!sm_team_owns_token(tm, tid, t0)) continue;
+        const int64_t t1 = t0 + SM_VEC_DOT_N_MAX < n_tok ? t0 + SM_VEC_DOT_N_MAX : n_tok;
+        if (quantize)
+            for (int64_t t = t0; t < t1; t++) quantize((uint8_t *)x + t * pl.x_row, X + t * n_cols, n_cols);
+        if (panels) fill_scale_panel(panels, x, pl.x_row, n_cols, n_tok, t0);
     }
+    sm_team_publish(tm, tid, n_tok);
+
+    /* all parts' row tiles as one list, claimed in chunks */
+    const int64_t n_tiles = pl.first_tile[n_parts];
+    const int n = (int)n_cols;
+    if (pl.use_threads) {
+        const int64_t chunk = tile_chunk(n_tiles, atomic_load_explicit(&tm->n_threads, memory_order_relaxed),
+                                         ROW_TILE * pl.w_row[0]);
+        for (int64_t c0; (c0 = sm_team_claim(tm, chunk, n_tiles)) < n_tiles;) {
+            const int64_t c1 = c0 + chunk < n_tiles ? c0 + chunk : n_tiles;
+            for (int64_t tile = c0; tile < c1; tile++) run_tile(&pl, parts, x, panels, n, n_tok, tile);
+        }
+    } else if (tid == 0) {
+        for (int64_t tile = 0; tile < n_tiles; tile++) run_tile(&pl, parts, x, panels, n, n_tok, tile);
+    }
+    sm_team_barrier(tm);
     return SM_OK;
+}
+
+int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, const float *X, int64_t n_tok,
+                    sm_workspace *ws) {
+    matmul_plan pl;
+    int rc = plan_matmul(&pl, sm_kernels_current(), parts, n_parts, n_cols, n_tok);
+    if (rc != SM_OK) return rc;
+    if (pl.act_type != SM_TYPE_F32 && !workspace_reserve(ws, sm_matmul_workspace_bytes(parts[0].wtype, n_cols, n_tok)))
+        return SM_E_NOMEM;
+    const int n_thr = pl.use_threads ? sm_get_threads() : 1;
+    sm_team tm;
+    sm_team_init(&tm, n_thr);
+#pragma omp parallel num_threads(n_thr) if (n_thr > 1)
+    {
+        sm_team_enter(&tm, sm_team_region_size());
+        const int r = sm_matmul_team(&tm, sm_team_region_tid(), parts, n_parts, n_cols, X, n_tok, ws);
+        if (sm_team_region_tid() == 0) rc = r;
+    }
+    return rc;
 }

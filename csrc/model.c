@@ -95,11 +95,8 @@ static int check_weights(const sm_config *c, const sm_weights *w) {
 static size_t workspace_bytes(const sm_config *c, const sm_weights *w) {
     size_t most = 0;
 #define NEED(t) do {                                                                     \
-        const int at = sm_vec_dot_type((t).type);                                          \
-        if (at != SM_TYPE_F32) {                                                           \
-            const size_t b = (size_t)sm_row_size(at, (t).n_cols) * c->max_batch_tokens;    \
-            if (b > most) most = b;                                                        \
-        }                                                                                  \
+        const size_t b = sm_matmul_workspace_bytes((t).type, (t).n_cols, c->max_batch_tokens); \
+        if (b > most) most = b;                                                            \
     } while (0)
     NEED(w->output.data ? w->output : w->token_embd);
     for (int l = 0; l < c->n_layers; l++) {

@@ -30,6 +30,7 @@ cdef extern from "kernels.h" nogil:
     void sm_set_threads(int n)
     int sm_get_threads()
     int sm_max_threads()
+    void sm_thread_counts(int64_t *forks, int64_t *barriers, int64_t *sleeps)
 
     int sm_dequantize_row(int type, const void *src, float *dst, int64_t n)
     int sm_quantize_activation(int wtype, const float *src, void *dst, int64_t n)

@@ -89,6 +89,12 @@ def max_threads():
     return sm_max_threads()
 
 
+def thread_counts():
+    cdef int64_t forks, barriers, sleeps
+    sm_thread_counts(&forks, &barriers, &sleeps)
+    return forks, barriers, sleeps
+
+
 def type_supported(int t):
     return bool(sm_type_supported(t))
 

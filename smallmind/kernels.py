@@ -94,6 +94,14 @@ def get_threads() -> int:
     return _kernels.get_threads()
 
 
+def thread_counts() -> dict[str, int]:
+    """Since the process started: forks of the threads (one per multi-threaded forward step
+    or standalone matmul), barriers passed between the step's operations, and barrier waits
+    that ended in a sleep (the rest spun)."""
+    forks, barriers, sleeps = _kernels.thread_counts()
+    return {"forks": forks, "barriers": barriers, "sleeps": sleeps}
+
+
 def usable_cores() -> int:
     """The default thread count: physical cores this process may use, within its cgroup CPU
     quota (see cpu_budget)."""
