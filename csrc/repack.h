@@ -1,7 +1,9 @@
 /* Load-time weight repacking (prototype, issue 18): Q4_K rows interleaved in groups of 8,
  * and a matmul over that layout whose every output is bit-identical to the AVX2 unit's
  * Q4_K vec_dot (and so to its vec_dot_n and to sm_matmul_q on a table whose Q4_K entries
- * come from the avx2 unit).  Not used by the model: scripts/bench_repack.py measures it.
+ * come from the avx2 unit).  The model keeps such a copy of each Q4_K layer matrix where the
+ * table takes Q4_K's dot kernels from the avx2 unit (model.c), and sm_matmul_team reads it
+ * while they still do (matmul.c); scripts/bench_repack.py measures the kernel alone.
  *
  * block_q4_Kx8: one 256-weight super-block of 8 rows.  Each row's 8 six-bit scales and
  * mins are unpacked at repack time; the quants are regrouped so that one 32-byte load
@@ -39,5 +41,10 @@ int sm_repack_q4_K_x8(void *dst, const void *W, int64_t n_rows, int64_t n_cols);
 /* Y (n_tok, n_rows) = Xq (n_tok rows of Q8_K) @ W^T with W repacked by sm_repack_q4_K_x8;
  * one thread.  SM_E_ISA where the AVX2 kernel is not built in or the CPU lacks it. */
 int sm_matmul_q4_K_x8(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok);
+/* Rows [r0, r1) of that Y, r0 a multiple of SM_REPACK_ROWS (a row tile of matmul.c).  No
+ * shape or CPU check: the caller uses it only where the current table's Q4_K dot kernels
+ * are the avx2 unit's, so the CPU runs AVX2 and the build has this kernel. */
+void sm_matmul_q4_K_x8_rows(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok,
+                            int64_t r0, int64_t r1);
 
 #endif

@@ -1,5 +1,4 @@
-/* Q4_K repacked in groups of 8 rows (repack.h) and its AVX2 matmul: a prototype measured by
- * scripts/bench_repack.py.  Compiled with -mavx2 -mfma -mf16c on x86-64 (setup.py); the
+/* Q4_K repacked in groups of 8 rows (repack.h) and its AVX2 matmul.  Compiled with -mavx2 -mfma -mf16c on x86-64 (setup.py); the
  * repack itself is plain C, the matmul returns SM_E_ISA elsewhere.
  *
  * Bit-identity with vec_dot_q4_K_avx2 (dot_avx2.c): that kernel keeps, per output, 8 int32
@@ -180,27 +179,37 @@ static void q4_K_x8_group(float *y, size_t y_stride, int n_valid, const block_q4
  * microseconds, a third of a decode-sized matmul): asked once.  -1: not yet asked. */
 static int avx2_ok = -1;
 
-int sm_matmul_q4_K_x8(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok) {
-    if (sm_repack_q4_K_x8_size(n_rows, n_cols) < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
-    if (avx2_ok < 0) avx2_ok = sm_isa_available(SM_ISA_AVX2);
-    if (!avx2_ok) return SM_E_ISA;
+void sm_matmul_q4_K_x8_rows(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok,
+                            int64_t r0, int64_t r1) {
     const int nb = (int)(n_cols / QK_K);
     const size_t a_stride = (size_t)nb * sizeof(block_q8_K);
     const block_q4_Kx8 *w = (const block_q4_Kx8 *)Wr;
     /* row groups outer, token groups inner, as matmul_tile: a group's weights stay in L1
      * while every group of activation rows passes */
-    for (int64_t r0 = 0; r0 < n_rows; r0 += SM_REPACK_ROWS) {
-        const int n_valid = (int)(n_rows - r0 < SM_REPACK_ROWS ? n_rows - r0 : SM_REPACK_ROWS);
-        const block_q4_Kx8 *wg = w + r0 / SM_REPACK_ROWS * nb;
+    for (int64_t g0 = r0; g0 < r1; g0 += SM_REPACK_ROWS) {
+        const int n_valid = (int)(r1 - g0 < SM_REPACK_ROWS ? r1 - g0 : SM_REPACK_ROWS);
+        const block_q4_Kx8 *wg = w + g0 / SM_REPACK_ROWS * nb;
         for (int64_t t0 = 0; t0 < n_tok; t0 += TOKENS_MAX) {
             const int nt = (int)(n_tok - t0 < TOKENS_MAX ? n_tok - t0 : TOKENS_MAX);
-            q4_K_x8_group(Y + t0 * n_rows + r0, (size_t)n_rows, n_valid, wg, (const uint8_t *)Xq + t0 * a_stride,
+            q4_K_x8_group(Y + t0 * n_rows + g0, (size_t)n_rows, n_valid, wg, (const uint8_t *)Xq + t0 * a_stride,
                           a_stride, nb, nt);
         }
     }
+}
+
+int sm_matmul_q4_K_x8(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok) {
+    if (sm_repack_q4_K_x8_size(n_rows, n_cols) < 0 || n_tok < 0 || n_cols > INT32_MAX) return SM_E_SHAPE;
+    if (avx2_ok < 0) avx2_ok = sm_isa_available(SM_ISA_AVX2);
+    if (!avx2_ok) return SM_E_ISA;
+    sm_matmul_q4_K_x8_rows(Y, Wr, n_rows, n_cols, Xq, n_tok, 0, n_rows);
     return SM_OK;
 }
 #else
+void sm_matmul_q4_K_x8_rows(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok,
+                            int64_t r0, int64_t r1) {
+    (void)Y, (void)Wr, (void)n_rows, (void)n_cols, (void)Xq, (void)n_tok, (void)r0, (void)r1;
+}
+
 int sm_matmul_q4_K_x8(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok) {
     (void)Y, (void)Wr, (void)n_rows, (void)n_cols, (void)Xq, (void)n_tok;
     return SM_E_ISA;

@@ -77,6 +77,10 @@ cdef extern from "forward.h" nogil:
     sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err)
     void sm_model_free(sm_model *m)
     int64_t sm_model_kv_bytes(const sm_model *m)
+    void sm_set_repack(int on)
+    int sm_get_repack()
+    int sm_model_repacked(const sm_model *m)
+    void sm_model_release_originals(sm_model *m)
     int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
                    const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
                    float *hidden)
