@@ -10,9 +10,9 @@
  * (vec_dot_n), each weight row is decoded once per group of tokens instead of once per
  * token.  Both read Q8_0 activations with the groups' block scales (as floats) and quant
  * sums laid out once per call in a panel (fill_scale_panel).  A Q4_K part with a repacked
- * copy (repack.h) is read through it while the table's Q4_K dot kernels are the avx2
- * unit's, the kernels that copy's matmul matches bit for bit; after a switch to another
- * table the original rows are read.  Every path gives the floats of vec_dot. */
+ * copy (repack.h) is read through it, for 2 tokens or more, while the table's Q4_K dot
+ * kernels are the avx2 unit's, the kernels that copy's matmul matches bit for bit; after
+ * a switch to another table the original rows are read.  Every path gives the floats of vec_dot. */
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -78,6 +78,11 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
 static_assert(ROW_TILE % SM_REPACK_ROWS == 0, "a row tile is whole groups of a repacked matrix");
+
+/* Tokens from which a matmul reads a repacked copy: a lone token's decode step measured
+ * ~7% slower through it (scripts/bench_repack_engine.py, 1 thread), batches of 8 and
+ * more 5-13% faster. */
+#define X8_MIN_TOKENS 2
 
 /* The kernels a matmul of n_tok tokens uses for one weight type: the tile kernel where
  * the table has one, else the multi-row dot for several tokens, else vec_dot alone.
@@ -281,7 +286,7 @@ static int plan_matmul(matmul_plan *pl, const sm_kernels *k, const sm_matmul_par
         if (pl->w_row[p] < 0 || parts[p].n_rows < 0) return SM_E_SHAPE;
         pl->rk[p] = pick_kernels(k, t, n_tok);
         if (!pl->rk[p].dot) return SM_E_TYPE;
-        pl->x8[p] = x8_ok && t == SM_TYPE_Q4_K && parts[p].W_x8 != NULL;
+        pl->x8[p] = x8_ok && n_tok >= X8_MIN_TOKENS && t == SM_TYPE_Q4_K && parts[p].W_x8 != NULL;
         pl->first_tile[p + 1] = pl->first_tile[p] + (parts[p].n_rows + ROW_TILE - 1) / ROW_TILE;
         pl->with_panels |= needs_scale_panels(&pl->rk[p], at);
         bytes += parts[p].n_rows * pl->w_row[p];

@@ -1,7 +1,8 @@
 """The model's load-time repacking of Q4_K matrices (csrc/repack.h, SMALLMIND_REPACK): where
 the kernel table takes Q4_K's dot kernels from the avx2 unit, the default model keeps a
 repacked copy of each Q4_K layer matrix and its logits keep every bit of the model without
-(prefill and decode, 1 and 2 threads, and across a switch of kernel table while loaded)."""
+(prefill and decode, 1 and 2 threads, and across a switch of kernel table while loaded).
+One-token matmuls read the original rows (matmul.c X8_MIN_TOKENS): the same path either way."""
 
 import re
 import sys
