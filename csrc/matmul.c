@@ -79,9 +79,10 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
 #define ROW_TILE 16
 static_assert(ROW_TILE % SM_REPACK_ROWS == 0, "a row tile is whole groups of a repacked matrix");
 
-/* Tokens from which a matmul reads a repacked copy: a lone token's decode step measured
- * ~7% slower through it (scripts/bench_repack_engine.py, 1 thread), batches of 8 and
- * more 5-13% faster. */
+/* Tokens from which a matmul reads a repacked copy.  Batch-1 decode measured 0.93x through
+ * it in two runs of scripts/bench_repack_engine.py (1 thread, busy machine), but 0.94-0.95x
+ * in a third where both settings read the original rows, so maybe order bias: until a
+ * clean measurement, a lone token keeps today's path; prefill measured 1.02-1.13x. */
 #define X8_MIN_TOKENS 2
 
 /* The kernels a matmul of n_tok tokens uses for one weight type: the tile kernel where
