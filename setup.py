@@ -86,6 +86,8 @@ BASE_SOURCES = [
     "csrc/model.c",
 ]
 SAMPLE_SOURCE = "csrc/sample.c"
+# Load-time repacking prototype (issue 18): its matmul is AVX2 code, built where AVX2 is
+REPACK_SOURCE = ("csrc/repack_avx2.c", ["-mavx2", "-mfma", "-mf16c"] if IS_X86 else [])
 
 
 def openmp_flags(compiler_cmd):
@@ -137,6 +139,12 @@ class BuildWithIsaUnits(build_ext):
                 include_dirs=["csrc"],
                 extra_postargs=COMMON_FLAGS + CSRC_WARNING_FLAGS + flags + omp,
             )
+        objects += self.compiler.compile(
+            [REPACK_SOURCE[0]],
+            output_dir=self.build_temp,
+            include_dirs=["csrc"],
+            extra_postargs=COMMON_FLAGS + CSRC_WARNING_FLAGS + REPACK_SOURCE[1],
+        )
         ext.extra_objects = objects
         super().build_extension(ext)
 
@@ -155,10 +163,11 @@ extension = Extension(
         "csrc/forward.h",
         "csrc/model.h",
         "csrc/sample.h",
+        "csrc/repack.h",
         "smallmind/_engine.pxi",
     ]
     + BASE_SOURCES
-    + [SAMPLE_SOURCE]
+    + [SAMPLE_SOURCE, REPACK_SOURCE[0]]
     + [u[0] for u in ISA_UNITS],
 )
 

@@ -275,9 +275,9 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
     /* the tokens of this thread's per-token steps */
 #define MY_TOKENS(t, N) for (int t = 0; t < (N); t++) if (sm_team_owns_token(tm, tid, t))
 
-#define MATMUL(Y, W, X, N)                                                                 \
+#define MATMUL(Y, W, W_X8, X, N)                                                           \
     do {                                                                                   \
-        const sm_matmul_part part_ = {(Y), (W).data, (W).type, (W).n_rows};                \
+        const sm_matmul_part part_ = {(Y), (W).data, (W).type, (W).n_rows, (W_X8)};        \
         rc = sm_matmul_team(tm, tid, &part_, 1, (W).n_cols, (X), (N), ws);                 \
         if (rc != SM_OK) return rc;                                                        \
     } while (0)
@@ -313,6 +313,7 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
 
     for (int l = 0; l < c->n_layers; l++) {
         const sm_layer_weights *lw = &m->layers[l];
+        const layer_repacked *rp = &m->repacked[l];
         const layer_vectors *lv = &m->vec[l];
         const kv_layer *kv = &m->kv[l];
 
@@ -321,9 +322,9 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
 
         /* q, k, v projections */
         {
-            const sm_matmul_part parts[3] = {{m->q, lw->wq.data, lw->wq.type, lw->wq.n_rows},
-                                             {m->k, lw->wk.data, lw->wk.type, lw->wk.n_rows},
-                                             {m->v, lw->wv.data, lw->wv.type, lw->wv.n_rows}};
+            const sm_matmul_part parts[3] = {{m->q, lw->wq.data, lw->wq.type, lw->wq.n_rows, rp->wq},
+                                             {m->k, lw->wk.data, lw->wk.type, lw->wk.n_rows, rp->wk},
+                                             {m->v, lw->wv.data, lw->wv.type, lw->wv.n_rows, rp->wv}};
             MATMUL_MULTI(parts, 3, xb);
         }
 
@@ -363,7 +364,7 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
         sm_team_barrier(tm); /* the output projection reads every item's att_out rows */
 
         /* output projection, gemma's post-attention norm, residual */
-        MATMUL(xb2, lw->wo, m->att_out, T);
+        MATMUL(xb2, lw->wo, rp->wo, m->att_out, T);
         MY_TOKENS(t, T) {
             float *bt = xb2 + (int64_t)t * dim, *xt = x + (int64_t)t * dim;
             if (lv->post_attn_norm) rmsnorm(bt, bt, lv->post_attn_norm, dim, eps);
@@ -374,15 +375,15 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
 
         /* gated ffn: w_down (act(w_gate x) * w_up x) */
         {
-            const sm_matmul_part parts[2] = {{m->hb, lw->w_gate.data, lw->w_gate.type, lw->w_gate.n_rows},
-                                             {m->hb2, lw->w_up.data, lw->w_up.type, lw->w_up.n_rows}};
+            const sm_matmul_part parts[2] = {{m->hb, lw->w_gate.data, lw->w_gate.type, lw->w_gate.n_rows, rp->w_gate},
+                                             {m->hb2, lw->w_up.data, lw->w_up.type, lw->w_up.n_rows, rp->w_up}};
             MATMUL_MULTI(parts, 2, xb);
         }
         MY_TOKENS(t, T) {
             const int64_t row = (int64_t)t * hidden_dim;
             glu(m->hb + row, m->hb2 + row, hidden_dim, c->act, m->gelu_table);
         }
-        MATMUL(xb2, lw->w_down, m->hb, T);
+        MATMUL(xb2, lw->w_down, rp->w_down, m->hb, T);
 
         /* gemma's post-ffn norm, residual */
         MY_TOKENS(t, T) {
@@ -399,7 +400,7 @@ static int forward_team(sm_model *m, sm_team *tm, int tid, int T, const int32_t 
 
     /* logits of the out rows (tied: token_embd is the output matrix) */
     const sm_tensor *head = m->w.output.data ? &m->w.output : &m->w.token_embd;
-    if (n_out > 0) MATMUL(logits, *head, xb, n_out);
+    if (n_out > 0) MATMUL(logits, *head, NULL, xb, n_out);
 #undef MY_TOKENS
 #undef MATMUL
 #undef MATMUL_MULTI

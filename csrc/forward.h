@@ -78,6 +78,19 @@ void sm_model_free(sm_model *m);
 /* Bytes held by the KV cache (for reporting). */
 int64_t sm_model_kv_bytes(const sm_model *m);
 
+/* Load-time repacking of Q4_K layer matrices (repack.h): on (1, the default) or off (0)
+ * for models created afterwards.  A model repacks where the current table takes Q4_K's
+ * dot kernels from the avx2 unit, keeping the original rows as the fallback. */
+void sm_set_repack(int on);
+int sm_get_repack(void);
+/* Matrices the model holds a repacked copy of. */
+int sm_model_repacked(const sm_model *m);
+/* Lets the OS drop the resident pages of the originals of the repacked matrices (their
+ * whole pages; Linux; best effort), so the copies do not double their memory.  Only for
+ * weights in a read-only file mapping, from which a later read (after a switch of kernel
+ * table) pages them back in: on anonymous memory it would zero them. */
+void sm_model_release_originals(sm_model *m);
+
 /* Runs n_tokens tokens.  Token i is tokens[i] at position positions[i] of slot slots[i].
  * Within a slot, positions in one call must be increasing and contiguous, and every earlier
  * position of that slot must already be in the cache (from earlier calls).

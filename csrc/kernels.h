@@ -171,6 +171,7 @@ typedef struct {
     const void *W;
     int wtype;
     int64_t n_rows;
+    const void *W_x8; /* Q4_K: W repacked by sm_repack_q4_K_x8 (repack.h), else NULL */
 } sm_matmul_part;
 int sm_matmul_multi(const sm_matmul_part *parts, int n_parts, int64_t n_cols, const float *X, int64_t n_tok,
                     sm_workspace *ws);

@@ -9,11 +9,14 @@
  * weight rows side by side (also for a single token); else, where it has a multi-row dot
  * (vec_dot_n), each weight row is decoded once per group of tokens instead of once per
  * token.  Both read Q8_0 activations with the groups' block scales (as floats) and quant
- * sums laid out once per call in a panel (fill_scale_panel).  Every path gives the floats
- * of vec_dot. */
+ * sums laid out once per call in a panel (fill_scale_panel).  A Q4_K part with a repacked
+ * copy (repack.h) is read through it, for 2 tokens or more, while the table's Q4_K dot
+ * kernels are the avx2 unit's, the kernels that copy's matmul matches bit for bit; after
+ * a switch to another table the original rows are read.  Every path gives the floats of vec_dot. */
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "repack.h"
 #include "team.h"
 
 #ifdef _OPENMP
@@ -74,6 +77,13 @@ static void *workspace_reserve(sm_workspace *ws, size_t bytes) {
 
 /* Rows per tile: small enough that a tile of weights stays in L1/L2 while all tokens pass. */
 #define ROW_TILE 16
+static_assert(ROW_TILE % SM_REPACK_ROWS == 0, "a row tile is whole groups of a repacked matrix");
+
+/* Tokens from which a matmul reads a repacked copy.  Batch-1 decode measured 0.93x through
+ * it in two runs of scripts/bench_repack_engine.py (1 thread, busy machine), but 0.94-0.95x
+ * in a third where both settings read the original rows, so maybe order bias: until a
+ * clean measurement, a lone token keeps today's path; prefill measured 1.02-1.13x. */
+#define X8_MIN_TOKENS 2
 
 /* The kernels a matmul of n_tok tokens uses for one weight type: the tile kernel where
  * the table has one, else the multi-row dot for several tokens, else vec_dot alone.
@@ -238,7 +248,7 @@ int sm_matmul_q_vec_dot(float *Y, const void *W, int wtype, int64_t n_rows, int6
 int sm_matmul(float *Y, const void *W, int wtype, int64_t n_rows, int64_t n_cols,
               const float *X, int64_t n_tok, sm_workspace *ws) {
     if (!sm_type_supported(wtype)) return SM_E_TYPE;
-    const sm_matmul_part part = {Y, W, wtype, n_rows};
+    const sm_matmul_part part = {Y, W, wtype, n_rows, NULL};
     return sm_matmul_multi(&part, 1, n_cols, X, n_tok, ws);
 }
 
@@ -251,6 +261,7 @@ typedef struct {
     int64_t first_tile[SM_MATMUL_MAX_PARTS + 1];
     int64_t w_row[SM_MATMUL_MAX_PARTS];
     row_kernels rk[SM_MATMUL_MAX_PARTS];
+    int x8[SM_MATMUL_MAX_PARTS]; /* 1: rows read from the part's repacked copy */
     int with_panels;
     int use_threads;  /* 0: too small to split, one thread does every tile */
 } matmul_plan;
@@ -266,6 +277,7 @@ static int plan_matmul(matmul_plan *pl, const sm_kernels *k, const sm_matmul_par
     if (pl->x_row < 0) return SM_E_SHAPE;
     if (at != SM_TYPE_F32 && !k->quantize[at]) return SM_E_TYPE;
     int64_t bytes = 0;
+    const int x8_ok = sm_entry_unit(SM_ENTRY_DOT, SM_TYPE_Q4_K) == SM_ISA_AVX2;
     pl->first_tile[0] = 0;
     pl->with_panels = 0;
     for (int p = 0; p < n_parts; p++) {
@@ -275,6 +287,7 @@ static int plan_matmul(matmul_plan *pl, const sm_kernels *k, const sm_matmul_par
         if (pl->w_row[p] < 0 || parts[p].n_rows < 0) return SM_E_SHAPE;
         pl->rk[p] = pick_kernels(k, t, n_tok);
         if (!pl->rk[p].dot) return SM_E_TYPE;
+        pl->x8[p] = x8_ok && n_tok >= X8_MIN_TOKENS && t == SM_TYPE_Q4_K && parts[p].W_x8 != NULL;
         pl->first_tile[p + 1] = pl->first_tile[p] + (parts[p].n_rows + ROW_TILE - 1) / ROW_TILE;
         pl->with_panels |= needs_scale_panels(&pl->rk[p], at);
         bytes += parts[p].n_rows * pl->w_row[p];
@@ -304,6 +317,10 @@ static void run_tile(const matmul_plan *pl, const sm_matmul_part *parts, const u
     const int64_t rows = parts[p].n_rows;
     const int64_t r0 = (tile - pl->first_tile[p]) * ROW_TILE;
     const int64_t r1 = r0 + ROW_TILE < rows ? r0 + ROW_TILE : rows;
+    if (pl->x8[p]) {
+        sm_matmul_q4_K_x8_rows(parts[p].Y, parts[p].W_x8, rows, n, x, n_tok, r0, r1);
+        return;
+    }
     matmul_tile(parts[p].Y, (const uint8_t *)parts[p].W, pl->w_row[p], rows, x, pl->x_row, panels, n, n_tok, r0,
                 r1, &pl->rk[p]);
 }

@@ -1,11 +1,17 @@
 /* The model of forward.h: checking a config and its weights, then allocating once what
- * every step uses (the f32 copies of the 1-D weights, the KV cache, scratch buffers, the
- * GELU table).  The step itself is forward.c. */
+ * every step uses (the f32 copies of the 1-D weights, repacked copies of Q4_K matrices,
+ * the KV cache, scratch buffers, the GELU table).  The step itself is forward.c. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model.h"
+#include "repack.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 /* GELU, tanh approximation: the values of ggml's f16 table (built at creation). */
 static float gelu_tanh(float x) {
@@ -91,6 +97,68 @@ static int check_weights(const sm_config *c, const sm_weights *w) {
     return SM_OK;
 }
 
+/* ---- load-time repacking (repack.h) ---- */
+
+static int repack_setting = 1;
+
+void sm_set_repack(int on) { repack_setting = on != 0; }
+
+int sm_get_repack(void) { return repack_setting; }
+
+/* *copy = t repacked, if t is Q4_K: SM_OK (also for other types), or SM_E_NOMEM. */
+static int repack_matrix(const sm_tensor *t, void **copy, int *count) {
+    if (t->type != SM_TYPE_Q4_K) return SM_OK;
+    const int64_t bytes = sm_repack_q4_K_x8_size(t->n_rows, t->n_cols);
+    if (bytes < 0) return SM_E_SHAPE; /* not reached: check_weights passed */
+    *copy = aligned_alloc(64, ((size_t)bytes + 63) & ~(size_t)63);
+    if (!*copy) return SM_E_NOMEM;
+    sm_repack_q4_K_x8(*copy, t->data, t->n_rows, t->n_cols);
+    (*count)++;
+    return SM_OK;
+}
+
+/* Repacked copies of the layers' Q4_K matrices where the current table takes Q4_K's dot
+ * kernels from the avx2 unit: the kernels whose floats the repacked matmul reproduces. */
+static int repack_layers(sm_model *m) {
+    if (!repack_setting || sm_entry_unit(SM_ENTRY_DOT, SM_TYPE_Q4_K) != SM_ISA_AVX2) return SM_OK;
+    int rc;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const sm_layer_weights *lw = &m->layers[l];
+        layer_repacked *r = &m->repacked[l];
+#define REPACK(f) do { if ((rc = repack_matrix(&lw->f, &r->f, &m->n_repacked)) != SM_OK) return rc; } while (0)
+        REPACK(wq); REPACK(wk); REPACK(wv); REPACK(wo);
+        REPACK(w_gate); REPACK(w_up); REPACK(w_down);
+#undef REPACK
+    }
+    return SM_OK;
+}
+
+int sm_model_repacked(const sm_model *m) { return m->n_repacked; }
+
+/* The whole pages inside [p, p + n): pages shared with a neighbouring tensor stay. */
+static void release_pages(const void *p, int64_t n) {
+#if defined(__linux__)
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t)p + (uintptr_t)n) & ~(page - 1);
+    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED); /* best effort */
+#else
+    (void)p, (void)n;
+#endif
+}
+
+void sm_model_release_originals(sm_model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const sm_layer_weights *lw = &m->layers[l];
+        const layer_repacked *r = &m->repacked[l];
+#define RELEASE(f) \
+    do { if (r->f) release_pages(lw->f.data, lw->f.n_rows * sm_row_size(lw->f.type, lw->f.n_cols)); } while (0)
+        RELEASE(wq); RELEASE(wk); RELEASE(wv); RELEASE(wo);
+        RELEASE(w_gate); RELEASE(w_up); RELEASE(w_down);
+#undef RELEASE
+    }
+}
+
 /* Bytes of quantized activations the largest matmul of a batch needs. */
 static size_t workspace_bytes(const sm_config *c, const sm_weights *w) {
     size_t most = 0;
@@ -116,6 +184,13 @@ void sm_model_free(sm_model *m) {
             free(m->kv[l].v);
         }
     free(m->kv);
+    if (m->repacked)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            layer_repacked *r = &m->repacked[l];
+            free(r->wq); free(r->wk); free(r->wv); free(r->wo);
+            free(r->w_gate); free(r->w_up); free(r->w_down);
+        }
+    free(m->repacked);
     free(m->layers);
     free(m->vec);
     free(m->vec_arena);
@@ -155,7 +230,8 @@ sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err) {
     const int64_t per_layer = 4 * (int64_t)dim + q_dim + 2 * kv_dim + 2 * hd;
     m->vec_arena = malloc(sizeof(float) * (size_t)(per_layer * L + dim + hd / 2));
     m->layer_swa = calloc(L, 1);
-    if (!m->layers || !m->vec || !m->vec_arena || !m->layer_swa) goto nomem;
+    m->repacked = calloc(L, sizeof(layer_repacked));
+    if (!m->layers || !m->vec || !m->vec_arena || !m->layer_swa || !m->repacked) goto nomem;
     memcpy(m->layers, w->layers, sizeof(sm_layer_weights) * L);
     m->w.layers = m->layers;
     float *arena = m->vec_arena;
@@ -176,6 +252,7 @@ sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err) {
         m->layer_swa[l] = (c->sliding_window > 0 && cfg->layer_swa) ? (cfg->layer_swa[l] != 0) : 0;
     }
     m->cfg.layer_swa = m->layer_swa;
+    if (repack_layers(m) != SM_OK) goto nomem;
 
     /* KV cache: f16, zeroed (attention never reads a cell before it is written) */
     m->swa_cap = c->sliding_window > 0 ? c->sliding_window + B : 0;

@@ -15,6 +15,12 @@ typedef struct {
         *post_ffn_norm;
 } layer_vectors;
 
+/* Repacked copies (repack.h) of one layer's Q4_K matrices, 64-byte aligned; NULL where
+ * there is none (another type, or repacking off).  The originals stay the fallback. */
+typedef struct {
+    void *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+} layer_repacked;
+
 /* One layer's KV cache. */
 typedef struct {
     sm_half *k;  /* (n_slots, cap, n_kv_heads, head_dim) */
@@ -28,6 +34,8 @@ struct sm_model {
     sm_weights w;
     sm_layer_weights *layers;  /* copy of w.layers */
     layer_vectors *vec;        /* n_layers */
+    layer_repacked *repacked;  /* n_layers */
+    int n_repacked;            /* matrices with a repacked copy */
     float *output_norm;        /* (dim) */
     float *rope_freqs;         /* (head_dim/2) or NULL */
     float *vec_arena;          /* owns all the f32 vectors above */

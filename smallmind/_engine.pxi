@@ -1,7 +1,26 @@
 # The transformer step of csrc/forward.h, included into _kernels.pyx (one extension, so
 # the forward pass runs on the very kernel table and thread setting smallmind.kernels
 # chose).  Use smallmind.engine.model, not this class.
+import mmap
+
 from libc.stdlib cimport calloc, free
+
+
+def set_repack(bint on):
+    sm_set_repack(on)
+
+
+def get_repack():
+    return bool(sm_get_repack())
+
+
+def _in_read_only_file_mapping(cnp.ndarray a):
+    """True if `a` views a read-only mmap of a file (GGUFFile's), whose pages the OS can
+    drop and page back in from the file."""
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and base.readonly and isinstance(base.obj, mmap.mmap)
 
 
 cdef sm_tensor _tensor(object spec, list keep) except *:
@@ -96,6 +115,8 @@ cdef class NativeModel:
         finally:
             free(w.layers)  # sm_model_create copies the layer table
         check(err, "create model")
+        if sm_model_repacked(self.m) and all(_in_read_only_file_mapping(a) for a in self._keep):
+            sm_model_release_originals(self.m)
         self.vocab_size = c.vocab_size
         self.dim = c.dim
         self.n_ctx = c.n_ctx
@@ -109,6 +130,10 @@ cdef class NativeModel:
 
     def kv_bytes(self):
         return sm_model_kv_bytes(self.m)
+
+    def repacked(self):
+        """Matrices held as a repacked copy (csrc/repack.h)."""
+        return sm_model_repacked(self.m)
 
     def forward(self, tokens, slots, positions, out_rows, bint want_hidden=False, cnp.ndarray out=None):
         """int32 arrays (n_tokens,) x3 and (n_out,) -> logits float32 (n_out, vocab_size)

@@ -77,6 +77,10 @@ cdef extern from "forward.h" nogil:
     sm_model *sm_model_create(const sm_config *cfg, const sm_weights *w, int *err)
     void sm_model_free(sm_model *m)
     int64_t sm_model_kv_bytes(const sm_model *m)
+    void sm_set_repack(int on)
+    int sm_get_repack()
+    int sm_model_repacked(const sm_model *m)
+    void sm_model_release_originals(sm_model *m)
     int sm_forward(sm_model *m, int n_tokens, const int32_t *tokens, const int32_t *slots,
                    const int32_t *positions, int n_out, const int32_t *out_rows, float *logits,
                    float *hidden)
@@ -116,3 +120,11 @@ cdef extern from "sample.h" nogil:
     int64_t sm_sample_scratch_floats(int64_t n_vocab)
     void sm_sample_batch(sm_sample_row *rows, int64_t n_rows, int64_t n_vocab, const sm_exp *ex,
                          float *scratch)
+
+
+# ---- load-time repacking (csrc/repack.h), called directly by tests and benchmarks ----
+cdef extern from "repack.h" nogil:
+    int SM_TYPE_Q4_K
+    int64_t sm_repack_q4_K_x8_size(int64_t n_rows, int64_t n_cols)
+    int sm_repack_q4_K_x8(void *dst, const void *W, int64_t n_rows, int64_t n_cols)
+    int sm_matmul_q4_K_x8(float *Y, const void *Wr, int64_t n_rows, int64_t n_cols, const void *Xq, int64_t n_tok)

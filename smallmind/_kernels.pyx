@@ -176,6 +176,13 @@ def quantize_activation(cnp.ndarray x not None, int wtype):
     return out
 
 
+cdef int64_t _quantized_rows(cnp.ndarray xq, int64_t x_row) except -1:
+    """How many activation rows of x_row bytes `xq` (from quantize_activation) holds."""
+    if not xq.flags.c_contiguous or xq.nbytes % x_row != 0:
+        raise ValueError("quantized activations must be C-contiguous whole rows")
+    return xq.nbytes // x_row
+
+
 def _output(cnp.ndarray out, int64_t n_tok, int64_t n_rows):
     """`out` checked for use as a (n_tok, n_rows) float32 result, or a new array."""
     if out is None:
@@ -226,10 +233,7 @@ def matmul_q(cnp.ndarray w not None, int wtype, int64_t n_cols, cnp.ndarray xq n
     """As matmul, with activations already quantized by quantize_activation.  vec_dot_only:
     every element from the kernel table's one-row vec_dot (the reference for tests)."""
     cdef int64_t n_rows = _weight_rows(w, wtype, n_cols)
-    cdef int64_t x_row = sm_row_size(sm_vec_dot_type(wtype), n_cols)
-    if not xq.flags.c_contiguous or xq.nbytes % x_row != 0:
-        raise ValueError("quantized activations must be C-contiguous whole rows")
-    cdef int64_t n_tok = xq.nbytes // x_row
+    cdef int64_t n_tok = _quantized_rows(xq, sm_row_size(sm_vec_dot_type(wtype), n_cols))
     out = _output(out, n_tok, n_rows)
     cdef float *Y = <float *>cnp.PyArray_DATA(out)
     cdef const void *W = cnp.PyArray_DATA(w)
@@ -382,3 +386,38 @@ def sample_batch(list settings not None, const float[:, ::1] logits not None, li
 
 
 include "_engine.pxi"
+
+
+# ---- load-time repacking (csrc/repack.h), called directly by tests and benchmarks ----
+
+def repack_q4_K_x8(cnp.ndarray w not None, int64_t n_cols):
+    """Q4_K rows (n_rows, n_cols) -> a new uint8 array in the 8-row interleaved layout."""
+    cdef int64_t n_rows = _weight_rows(w, SM_TYPE_Q4_K, n_cols)
+    cdef int64_t size = sm_repack_q4_K_x8_size(n_rows, n_cols)
+    if size < 0:
+        raise NativeError(SM_E_SHAPE, f"{n_cols} columns for Q4_K")
+    out = np.empty(size, dtype=np.uint8)
+    cdef void *dst = cnp.PyArray_DATA(out)
+    cdef const void *W = cnp.PyArray_DATA(w)
+    cdef int rc
+    with nogil:
+        rc = sm_repack_q4_K_x8(dst, W, n_rows, n_cols)
+    check(rc, "repack")
+    return out
+
+
+def matmul_q4_K_x8(cnp.ndarray wr not None, int64_t n_rows, int64_t n_cols, cnp.ndarray xq not None,
+                   cnp.ndarray out=None):
+    """As matmul_q for Q4_K weights, over their repack_q4_K_x8 copy; one thread."""
+    if not wr.flags.c_contiguous or wr.nbytes != sm_repack_q4_K_x8_size(n_rows, n_cols):
+        raise ValueError(f"repacked weights must be the C-contiguous repack of {n_rows}x{n_cols} Q4_K")
+    cdef int64_t n_tok = _quantized_rows(xq, sm_row_size(SM_TYPE_Q8_K, n_cols))
+    out = _output(out, n_tok, n_rows)
+    cdef float *Y = <float *>cnp.PyArray_DATA(out)
+    cdef const void *Wr = cnp.PyArray_DATA(wr)
+    cdef const void *Xq = cnp.PyArray_DATA(xq)
+    cdef int rc
+    with nogil:
+        rc = sm_matmul_q4_K_x8(Y, Wr, n_rows, n_cols, Xq, n_tok)
+    check(rc, "matmul_q4_K_x8")
+    return out

@@ -3,7 +3,8 @@
 The instruction set is chosen once, at import: SMALLMIND_ISA (scalar|avx2|avx512|neon)
 forces one and is an error if this CPU lacks it; otherwise the best available is used.
 SMALLMIND_THREADS sets the OpenMP thread count (default: the physical cores this process may
-use, within its cgroup CPU quota)."""
+use, within its cgroup CPU quota).  SMALLMIND_REPACK=0 turns off the load-time repacking of
+Q4_K matrices (csrc/repack.h), so that the path without it stays measurable."""
 
 from __future__ import annotations
 
@@ -108,8 +109,22 @@ def usable_cores() -> int:
     return default_threads()
 
 
+def set_repack(on: bool) -> None:
+    """Whether models loaded from now on keep repacked copies of their Q4_K matrices (where
+    the kernel table's Q4_K dot kernels are the avx2 unit's); same logits either way."""
+    _kernels.set_repack(bool(on))
+
+
+def repack_enabled() -> bool:
+    return _kernels.get_repack()
+
+
 def configure_from_env(environ=os.environ) -> None:
-    """Apply SMALLMIND_ISA and SMALLMIND_THREADS."""
+    """Apply SMALLMIND_ISA, SMALLMIND_THREADS and SMALLMIND_REPACK."""
+    repack = environ.get("SMALLMIND_REPACK", "1").strip()
+    if repack not in ("0", "1"):
+        raise ConfigError(f"SMALLMIND_REPACK must be 0 or 1, got {repack!r}")
+    set_repack(repack == "1")
     isa = environ.get("SMALLMIND_ISA", "").strip().lower()
     select_isa(isa if isa else _kernels.isa_name(_kernels.isa_best()))
     threads = environ.get("SMALLMIND_THREADS", "").strip()
@@ -201,3 +216,18 @@ def sample_batch(
     one of the SAMPLE_* codes per row; a SAMPLE_FALLBACK row that applied a mask, a bias or
     penalties leaves its processed logits in its row of ``processed`` (rows, n_vocab)."""
     return _call(_kernels.sample_batch, settings, logits, allowed, windows, u, processed, scratch)
+
+
+# ---- load-time repacking (csrc/repack.h; the model makes its own copies in csrc/model.c) ----
+
+
+def repack_q4_K_x8(raw_w: np.ndarray, n_cols: int) -> np.ndarray:
+    """Raw Q4_K rows -> a uint8 copy with rows interleaved in groups of 8 (csrc/repack.h)."""
+    return _call(_kernels.repack_q4_K_x8, np.ascontiguousarray(raw_w), n_cols)
+
+
+def matmul_q4_K_x8(repacked: np.ndarray, n_rows: int, n_cols: int, xq: np.ndarray, out=None) -> np.ndarray:
+    """As matmul_q for Q4_K weights, over their repack_q4_K_x8 copy, on one thread; the same
+    floats as matmul_q where the table's Q4_K kernels are the avx2 unit's.  KernelError
+    where the CPU lacks AVX2."""
+    return _call(_kernels.matmul_q4_K_x8, repacked, n_rows, n_cols, xq, out)

@@ -334,6 +334,10 @@ class Model:
     def kv_bytes(self) -> int:
         return self._native.kv_bytes()
 
+    def repacked_matrices(self) -> int:
+        """Weight matrices the native model reads through a repacked copy (SMALLMIND_REPACK)."""
+        return self._native.repacked()
+
     def close(self) -> None:
         self._native = None
         self.gguf.close()
