@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_server  # noqa: E402
-from bench_server import ServerProcess, ours_spec  # noqa: E402
+from bench_server import ours_spec  # noqa: E402
 from bench_server_client import chat_body, stream_chat, throughput_prompt  # noqa: E402
 
 from smallmind import kernels  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     servers = {}
     for name, tree in trees.items():
         bench_server.REPO = tree  # the server runs from (and imports) that tree
-        servers[name] = ServerProcess(ours_spec(path, args.threads, args.server_arg, name=name))
+        servers[name] = bench_server.start_server(ours_spec(path, args.threads, args.server_arg, name=name))
     figures: dict = defaultdict(list)
     try:
         for server in servers.values():
