@@ -78,9 +78,12 @@ void sm_model_free(sm_model *m);
 /* Bytes held by the KV cache (for reporting). */
 int64_t sm_model_kv_bytes(const sm_model *m);
 
-/* Load-time repacking of Q4_K layer matrices (repack.h): on (1, the default) or off (0)
- * for models created afterwards.  A model repacks where the current table takes Q4_K's
- * dot kernels from the avx2 unit, keeping the original rows as the fallback. */
+/* Load-time repacking of Q4_K layer matrices (repack.h) for models created afterwards:
+ * on (1), off (0), or SM_REPACK_MEASURED (-1, the default): on only on the CPU class it was
+ * measured faster on (Intel with AMX; elsewhere unmeasured, so off).  A model repacks where
+ * the current table takes Q4_K's dot kernels from the avx2 unit, keeping the original rows
+ * as the fallback.  sm_get_repack: whether models created now repack (the setting resolved). */
+#define SM_REPACK_MEASURED (-1)
 void sm_set_repack(int on);
 int sm_get_repack(void);
 /* Matrices the model holds a repacked copy of. */

@@ -99,11 +99,14 @@ static int check_weights(const sm_config *c, const sm_weights *w) {
 
 /* ---- load-time repacking (repack.h) ---- */
 
-static int repack_setting = 1;
+static int repack_setting = SM_REPACK_MEASURED;
 
-void sm_set_repack(int on) { repack_setting = on != 0; }
+void sm_set_repack(int on) { repack_setting = on < 0 ? SM_REPACK_MEASURED : on != 0; }
 
-int sm_get_repack(void) { return repack_setting; }
+int sm_get_repack(void) {
+    /* measured faster only on an Intel Xeon with AMX (scripts/bench_repack_engine.py) */
+    return repack_setting == SM_REPACK_MEASURED ? sm_cpu_class() == SM_CPU_INTEL_AMX : repack_setting;
+}
 
 /* *copy = t repacked, if t is Q4_K: SM_OK (also for other types), or SM_E_NOMEM. */
 static int repack_matrix(const sm_tensor *t, void **copy, int *count) {
@@ -120,7 +123,7 @@ static int repack_matrix(const sm_tensor *t, void **copy, int *count) {
 /* Repacked copies of the layers' Q4_K matrices where the current table takes Q4_K's dot
  * kernels from the avx2 unit: the kernels whose floats the repacked matmul reproduces. */
 static int repack_layers(sm_model *m) {
-    if (!repack_setting || sm_entry_unit(SM_ENTRY_DOT, SM_TYPE_Q4_K) != SM_ISA_AVX2) return SM_OK;
+    if (!sm_get_repack() || sm_entry_unit(SM_ENTRY_DOT, SM_TYPE_Q4_K) != SM_ISA_AVX2) return SM_OK;
     int rc;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const sm_layer_weights *lw = &m->layers[l];

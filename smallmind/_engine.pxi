@@ -6,8 +6,8 @@ import mmap
 from libc.stdlib cimport calloc, free
 
 
-def set_repack(bint on):
-    sm_set_repack(on)
+def set_repack(on):
+    sm_set_repack(-1 if on is None else (1 if on else 0))
 
 
 def get_repack():

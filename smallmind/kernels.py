@@ -3,8 +3,8 @@
 The instruction set is chosen once, at import: SMALLMIND_ISA (scalar|avx2|avx512|neon)
 forces one and is an error if this CPU lacks it; otherwise the best available is used.
 SMALLMIND_THREADS sets the OpenMP thread count (default: the physical cores this process may
-use, within its cgroup CPU quota).  SMALLMIND_REPACK=0 turns off the load-time repacking of
-Q4_K matrices (csrc/repack.h), so that the path without it stays measurable."""
+use, within its cgroup CPU quota).  SMALLMIND_REPACK=0/1 turns the load-time repacking of
+Q4_K matrices (csrc/repack.h) off or on; unset, it is on where it was measured faster."""
 
 from __future__ import annotations
 
@@ -109,10 +109,11 @@ def usable_cores() -> int:
     return default_threads()
 
 
-def set_repack(on: bool) -> None:
+def set_repack(on: bool | None) -> None:
     """Whether models loaded from now on keep repacked copies of their Q4_K matrices (where
-    the kernel table's Q4_K dot kernels are the avx2 unit's); same logits either way."""
-    _kernels.set_repack(bool(on))
+    the kernel table's Q4_K dot kernels are the avx2 unit's); same logits either way.  None
+    (the default): only on the CPU class it was measured faster on (csrc/forward.h)."""
+    _kernels.set_repack(None if on is None else bool(on))
 
 
 def repack_enabled() -> bool:
@@ -121,10 +122,10 @@ def repack_enabled() -> bool:
 
 def configure_from_env(environ=os.environ) -> None:
     """Apply SMALLMIND_ISA, SMALLMIND_THREADS and SMALLMIND_REPACK."""
-    repack = environ.get("SMALLMIND_REPACK", "1").strip()
-    if repack not in ("0", "1"):
+    repack = environ.get("SMALLMIND_REPACK", "").strip()
+    if repack not in ("", "0", "1"):
         raise ConfigError(f"SMALLMIND_REPACK must be 0 or 1, got {repack!r}")
-    set_repack(repack == "1")
+    set_repack(None if repack == "" else repack == "1")
     isa = environ.get("SMALLMIND_ISA", "").strip().lower()
     select_isa(isa if isa else _kernels.isa_name(_kernels.isa_best()))
     threads = environ.get("SMALLMIND_THREADS", "").strip()

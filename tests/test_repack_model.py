@@ -6,6 +6,7 @@ One-token matmuls read the original rows (matmul.c X8_MIN_TOKENS): the same path
 
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,8 +108,12 @@ def test_kernel_table_switch_while_loaded():
 def test_environment_switch():
     kernels.configure_from_env({"SMALLMIND_REPACK": "0"})
     assert not kernels.repack_enabled()
-    kernels.configure_from_env({})
+    kernels.configure_from_env({"SMALLMIND_REPACK": "1"})
     assert kernels.repack_enabled()
+    # unset: on only where it was measured faster (an Intel CPU with AMX, as sm_cpu_class)
+    kernels.configure_from_env({})
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    assert kernels.repack_enabled() == ("GenuineIntel" in cpuinfo and " amx_tile" in cpuinfo)
     with pytest.raises(ConfigError, match="SMALLMIND_REPACK"):
         kernels.configure_from_env({"SMALLMIND_REPACK": "yes"})
 
